@@ -1,0 +1,29 @@
+"""dqt-triton: Dynamic Quantization Training with dequantization-free nested integer arithmetic.
+
+The integer contract lives in docs/numerics.md; `dqt_triton.ops` implements it with the Numba
+reference on CPU tensors and Triton kernels on CUDA tensors.
+"""
+
+import logging
+
+from .backends import BACKENDS, use_backend
+from .errors import AccumulatorOverflowError, BackendUnavailableError, DQTError
+from .ops import int_add, int_avg_pool2d, int_conv2d, int_matmul, int_max_pool2d, int_mul
+
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = [
+    "BACKENDS",
+    "AccumulatorOverflowError",
+    "BackendUnavailableError",
+    "DQTError",
+    "int_add",
+    "int_avg_pool2d",
+    "int_conv2d",
+    "int_matmul",
+    "int_max_pool2d",
+    "int_mul",
+    "use_backend",
+]

@@ -1,0 +1,13 @@
+"""Exceptions raised by dqt_triton; each also derives from the builtin a caller would expect."""
+
+
+class DQTError(Exception):
+    """Base class of every error raised on purpose by dqt_triton."""
+
+
+class AccumulatorOverflowError(DQTError, ValueError):
+    """A layer's worst-case int32 accumulator (products plus bias) could overflow."""
+
+
+class BackendUnavailableError(DQTError, RuntimeError):
+    """The requested backend cannot run here (missing package, wrong device, not built)."""

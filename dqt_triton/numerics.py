@@ -1,0 +1,161 @@
+"""Float-side helpers of the integer contract (docs/numerics.md).
+
+Master codes, nested lower-width codes, and the conversion of float scale ratios into the
+integer constants (dyadic multipliers and shifts) that the kernels consume. Everything that
+runs per element here is plain torch, so it works on any device and inside autograd.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .errors import AccumulatorOverflowError
+
+MASTER_BITS = 8
+MAX_SHIFT = MASTER_BITS - 1
+INT32_MAX = 2**31 - 1
+MAX_REQUANT_SHIFT = 62
+# Bounds that keep k1*q1 + k2*q2 + k3 (and the multiply form) inside int64 with rounding added.
+MAX_OFFSET_ABS = 2**47
+SHIFT_RULES = ("floor", "round")
+
+
+def code_range(bits: int = MASTER_BITS, signed: bool = True) -> tuple[int, int]:
+    """Inclusive [lo, hi] of b-bit codes: signed two's complement or unsigned from zero."""
+    if not 1 <= bits <= MASTER_BITS:
+        raise ValueError(f"bits must be in [1, {MASTER_BITS}], got {bits}")
+    if signed:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def check_shift_rule(rule: str) -> bool:
+    """Validate a shift rule name; returns True for the rounding rule."""
+    if rule not in SHIFT_RULES:
+        raise ValueError(f"shift_rule must be one of {SHIFT_RULES}, got {rule!r}")
+    return rule == "round"
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor | float, signed: bool) -> torch.Tensor:
+    """Master (8-bit) codes clamp(round_half_even(x / scale), lo, hi) as int16 (fits both ranges)."""
+    lo, hi = code_range(MASTER_BITS, signed)
+    return torch.clamp(torch.round(x / scale), lo, hi).to(torch.int16)
+
+
+def nested_shift(
+    q: torch.Tensor, shift: int | torch.Tensor, signed: bool, rule: str = "floor"
+) -> torch.Tensor:
+    """b-bit codes from master codes `q` with shift k = 8 - b (scalar or broadcastable tensor).
+
+    floor: q >> k. round: min((q + 2^(k-1)) >> k, hi_b) for k > 0. Result dtype int16.
+    """
+    round_rule = check_shift_rule(rule)
+    q = q.to(torch.int16)
+    k = torch.as_tensor(shift, dtype=torch.int16, device=q.device)
+    if not round_rule:
+        return q >> k
+    hi = code_range(MASTER_BITS, signed)[1]
+    half = torch.where(k > 0, torch.ones_like(k) << (k - 1).clamp_min(0), torch.zeros_like(k))
+    return torch.minimum((q + half) >> k, hi >> k)
+
+
+def accumulator_bound(reduction_size: int, x_signed: bool, bias_abs_max: int = 0) -> int:
+    """Worst-case |acc| in master units: K * max|x| * max|w| + max|bias|."""
+    x_abs_max = 128 if x_signed else 255
+    return reduction_size * x_abs_max * 128 + int(bias_abs_max)
+
+
+def check_accumulator(
+    reduction_size: int, x_signed: bool, bias_abs_max: int = 0, where: str = "layer"
+) -> None:
+    """Refuse a layer whose int32 accumulator could overflow at any width (docs/numerics.md 4.3)."""
+    bound = accumulator_bound(reduction_size, x_signed, bias_abs_max)
+    if bound > INT32_MAX:
+        kind = "int8" if x_signed else "uint8"
+        raise AccumulatorOverflowError(
+            f"{where}: accumulator overflow risk: reduction size K={reduction_size} with {kind} "
+            f"activations and int8 weights gives a worst case of {bound} (bias max "
+            f"{int(bias_abs_max)}), beyond int32 ({INT32_MAX}); split the reduction or shrink the bias"
+        )
+
+
+def quantize_multiplier(real: float) -> tuple[int, int]:
+    """Dyadic (M, S) with M * 2^-S ~= real, M in [2^30, 2^31), S in [0, 62].
+
+    |M * 2^-S - real| <= 2^-(S+1), so the relative error is at most 2^-31. Ratios below 2^-32
+    get S = 62 and a smaller M (absolute error still <= 2^-63). real = 0 gives (0, 1).
+    """
+    if not math.isfinite(real) or real < 0:
+        raise ValueError(f"requantization ratio must be finite and >= 0, got {real}")
+    if real == 0.0:
+        return 0, 1
+    mantissa, exponent = math.frexp(real)  # real = mantissa * 2^exponent, mantissa in [0.5, 1)
+    multiplier = round(mantissa * (1 << 31))
+    if multiplier == 1 << 31:
+        multiplier //= 2
+        exponent += 1
+    shift = 31 - exponent
+    if shift < 0:
+        raise ValueError(f"requantization ratio {real} is too large (>= 2^31) for a dyadic multiplier")
+    if shift > MAX_REQUANT_SHIFT:
+        multiplier = round(real * 2.0**MAX_REQUANT_SHIFT)
+        shift = MAX_REQUANT_SHIFT
+    return int(multiplier), int(shift)
+
+
+def requant_constants(
+    input_scale: float, weight_scale: torch.Tensor, output_scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel (multiplier int32, shift int32) for D_x * D_w[n] / D_y."""
+    ratios = (torch.as_tensor(weight_scale, dtype=torch.float64) * input_scale / output_scale).flatten()
+    pairs = [quantize_multiplier(float(r)) for r in ratios.tolist()]
+    multiplier = torch.tensor([p[0] for p in pairs], dtype=torch.int32)
+    shift = torch.tensor([p[1] for p in pairs], dtype=torch.int32)
+    return multiplier, shift
+
+
+@dataclass(frozen=True)
+class ElementwiseConstants:
+    """Integer constants of y = round_shift(k1*q1 + k2*q2 + k3, shift) (add) or of
+    y = round_shift(k1*q1*q2 + k2*q1 + k3*q2 + k4, shift) (multiply)."""
+
+    k1: int
+    k2: int
+    k3: int
+    k4: int
+    shift: int
+
+
+def _common_shift(ratios: list[float]) -> int:
+    """Largest shift keeping every round(r * 2^S) below 2^30 (S <= 62)."""
+    largest = max(abs(r) for r in ratios)
+    if not math.isfinite(largest):
+        raise ValueError(f"scale ratios must be finite, got {ratios}")
+    if largest == 0.0:
+        return 0
+    exponent = math.frexp(largest)[1]  # largest < 2^exponent
+    shift = min(MAX_REQUANT_SHIFT, 30 - exponent)
+    if shift < 0:
+        raise ValueError(f"scale ratio {largest} is too large (>= 2^30) for int32 constants")
+    return shift
+
+
+def add_constants(scale_a: float, scale_b: float, scale_out: float) -> ElementwiseConstants:
+    """Constants of the integer residual add y = a + b for symmetric codes (k3 = 0).
+
+    k_i = round(D_i / D_y * 2^S); each ratio is represented within 2^-(S+1).
+    """
+    ratios = [scale_a / scale_out, scale_b / scale_out]
+    shift = _common_shift(ratios)
+    k1, k2 = (round(r * 2.0**shift) for r in ratios)
+    return ElementwiseConstants(int(k1), int(k2), 0, 0, shift)
+
+
+def mul_constants(scale_a: float, scale_b: float, scale_out: float) -> ElementwiseConstants:
+    """Constants of the integer product y = a * b for symmetric codes (k2 = k3 = k4 = 0)."""
+    ratio = scale_a * scale_b / scale_out
+    shift = _common_shift([ratio])
+    return ElementwiseConstants(int(round(ratio * 2.0**shift)), 0, 0, 0, shift)

@@ -1,0 +1,531 @@
+"""Public integer ops of the DQT contract (docs/numerics.md) and their dispatch.
+
+Every op validates its inputs, normalises them into one plan (`Epilogue`, per-row shift
+tensors), and hands that plan to the backend chosen by `dqt_triton.backends`. No kernel code
+lives here: the Numba kernels are in `dqt_triton.reference`, the Triton ones in
+`dqt_triton.kernels`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from . import reference as ref
+from .backends import resolve_backend
+from .errors import BackendUnavailableError
+from .numerics import (
+    INT32_MAX,
+    MAX_OFFSET_ABS,
+    MAX_REQUANT_SHIFT,
+    MAX_SHIFT,
+    check_accumulator,
+    check_shift_rule,
+)
+
+ShiftArg = Union[int, torch.Tensor]
+IntPair = Union[int, tuple[int, int]]
+
+CODE_DTYPES = (torch.uint8, torch.int8)
+_DTYPE_RANGE = {torch.uint8: (0, 255), torch.int8: (-128, 127)}
+_NUMPY_OUT = {torch.int32: np.int32, torch.uint8: np.uint8, torch.int8: np.int8, torch.float32: np.float32}
+
+
+@dataclass
+class Epilogue:
+    """What happens to the master-unit accumulator v = (acc << (ka + kw)) + bias[n].
+
+    mode: ref.EPILOGUE_RAW (int32 v), ref.EPILOGUE_REQUANT (8-bit codes) or ref.EPILOGUE_FLOAT
+    (float32(v) * scale[n]). Per-channel tensors have N entries on the op's device.
+    """
+
+    mode: int
+    out_dtype: torch.dtype
+    bias: torch.Tensor  # int32 [N]
+    multiplier: torch.Tensor  # int32 [N]
+    shift: torch.Tensor  # int32 [N]
+    scale: torch.Tensor  # float32 [N]
+    relu: bool
+    lo: int
+    hi: int
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _require_tensor(t: object, name: str, op: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def _require_codes(t: object, name: str, op: str, dtypes=CODE_DTYPES, ndim: int | None = None) -> torch.Tensor:
+    t = _require_tensor(t, name, op)
+    if t.dtype not in dtypes:
+        allowed = " or ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{op}: {name} must have dtype {allowed}, got {str(t.dtype).replace('torch.', '')}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{op}: {name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    return t
+
+
+def _same_device(op: str, **tensors: Optional[torch.Tensor]) -> torch.device:
+    devices = {name: t.device for name, t in tensors.items() if isinstance(t, torch.Tensor)}
+    first = next(iter(devices.values()))
+    for name, dev in devices.items():
+        if dev != first:
+            raise ValueError(f"{op}: all tensors must be on one device; {name} is on {dev}, not {first}")
+    return first
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _per_row_shift(value: ShiftArg, rows: int, name: str, op: str, device: torch.device) -> torch.Tensor:
+    """int32 [rows] shift amounts from a per-layer int or a per-sample tensor, range-checked."""
+    if _is_int(value):
+        if not 0 <= value <= MAX_SHIFT:
+            raise ValueError(f"{op}: {name}={value} is outside the shift range [0, {MAX_SHIFT}]")
+        return torch.full((rows,), int(value), dtype=torch.int32, device=device)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be an int or an integer tensor, got {type(value).__name__}")
+    if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+        raise TypeError(f"{op}: {name} must have an integer dtype, got {value.dtype}")
+    if value.dim() == 0:
+        value = value.reshape(1).expand(rows)
+    if value.dim() != 1 or value.shape[0] != rows:
+        raise ValueError(
+            f"{op}: per-sample {name} must have one entry per sample ({rows}), got shape {tuple(value.shape)}"
+        )
+    value = value.to(device=device)
+    if rows and (int(value.min()) < 0 or int(value.max()) > MAX_SHIFT):
+        raise ValueError(
+            f"{op}: {name} values must lie in the shift range [0, {MAX_SHIFT}], "
+            f"got min {int(value.min())} max {int(value.max())}"
+        )
+    return value.to(torch.int32).contiguous()
+
+
+def _per_channel(
+    value: object, n: int, name: str, op: str, device: torch.device, dtype: torch.dtype, integer: bool
+) -> torch.Tensor:
+    """[n] tensor from a scalar or an [n] tensor; integer tensors must already be integral."""
+    if isinstance(value, torch.Tensor):
+        if integer and (value.dtype.is_floating_point or value.dtype == torch.bool):
+            raise TypeError(f"{op}: {name} must have an integer dtype, got {value.dtype}")
+        if not integer and not value.dtype.is_floating_point:
+            raise TypeError(f"{op}: {name} must have a floating dtype, got {value.dtype}")
+        if value.dim() == 0:
+            value = value.reshape(1).expand(n)
+        if value.dim() != 1 or value.shape[0] != n:
+            raise ValueError(f"{op}: {name} must have one entry per output channel ({n}), got {tuple(value.shape)}")
+        if integer:
+            return value.to(device=device, dtype=torch.int64).contiguous()
+        return value.to(device=device, dtype=dtype).contiguous()
+    if integer and _is_int(value):
+        return torch.full((n,), int(value), dtype=torch.int64, device=device)
+    if not integer and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.full((n,), float(value), dtype=dtype, device=device)
+    kind = "an int" if integer else "a float"
+    raise TypeError(f"{op}: {name} must be {kind} or a tensor, got {type(value).__name__}")
+
+
+def _check_range(t: torch.Tensor, lo: int, hi: int, name: str, op: str, what: str) -> None:
+    if t.numel() and (int(t.min()) < lo or int(t.max()) > hi):
+        raise ValueError(f"{op}: {name} must lie in [{lo}, {hi}] ({what}), got min {int(t.min())} max {int(t.max())}")
+
+
+def _build_epilogue(
+    op: str,
+    n: int,
+    device: torch.device,
+    bias: Optional[torch.Tensor],
+    multiplier: object,
+    shift: object,
+    out_scale: object,
+    out_dtype: Optional[torch.dtype],
+    relu: bool,
+) -> Epilogue:
+    if not isinstance(relu, bool):
+        raise TypeError(f"{op}: relu must be a bool, got {type(relu).__name__}")
+    if bias is None:
+        bias_t = torch.zeros(n, dtype=torch.int32, device=device)
+    else:
+        bias_t = _require_tensor(bias, "bias", op)
+        if bias_t.dtype != torch.int32:
+            raise TypeError(f"{op}: bias must be int32 in master accumulator units, got {bias_t.dtype}")
+        if bias_t.shape != (n,):
+            raise ValueError(f"{op}: bias must have shape ({n},), got {tuple(bias_t.shape)}")
+        bias_t = bias_t.to(device).contiguous()
+    requant = multiplier is not None or shift is not None
+    if requant and (multiplier is None or shift is None):
+        raise ValueError(f"{op}: requantization needs both multiplier and shift")
+    if requant and out_scale is not None:
+        raise ValueError(f"{op}: give either multiplier/shift (requantize) or out_scale (dequantize), not both")
+    zeros_i = torch.zeros(n, dtype=torch.int32, device=device)
+    if requant:
+        dtype = out_dtype if out_dtype is not None else (torch.uint8 if relu else torch.int8)
+        if dtype not in CODE_DTYPES:
+            raise ValueError(f"{op}: requantized output must be uint8 or int8, got out_dtype={dtype}")
+        mult = _per_channel(multiplier, n, "multiplier", op, device, torch.int64, integer=True)
+        _check_range(mult, 0, INT32_MAX, "multiplier", op, "non-negative int32")
+        rshift = _per_channel(shift, n, "shift", op, device, torch.int64, integer=True)
+        _check_range(rshift, 0, MAX_REQUANT_SHIFT, "shift", op, "requantization right shift")
+        lo, hi = _DTYPE_RANGE[dtype]
+        return Epilogue(ref.EPILOGUE_REQUANT, dtype, bias_t, mult.to(torch.int32), rshift.to(torch.int32),
+                        torch.zeros(n, dtype=torch.float32, device=device), relu, max(lo, 0) if relu else lo, hi)
+    if out_scale is not None:
+        if out_dtype not in (None, torch.float32):
+            raise ValueError(f"{op}: the dequantizing epilogue returns float32, got out_dtype={out_dtype}")
+        scale = _per_channel(out_scale, n, "out_scale", op, device, torch.float32, integer=False)
+        if not bool(torch.isfinite(scale).all()):
+            raise ValueError(f"{op}: out_scale must be finite")
+        return Epilogue(ref.EPILOGUE_FLOAT, torch.float32, bias_t, zeros_i, zeros_i, scale, relu, 0, 0)
+    if out_dtype not in (None, torch.int32):
+        raise ValueError(
+            f"{op}: out_dtype={out_dtype} needs an epilogue: pass multiplier and shift to requantize "
+            "(uint8/int8) or out_scale to dequantize (float32); the raw epilogue returns int32"
+        )
+    return Epilogue(ref.EPILOGUE_RAW, torch.int32, bias_t, zeros_i, zeros_i,
+                    torch.zeros(n, dtype=torch.float32, device=device), relu, 0, 0)
+
+
+def _pair(value: IntPair, name: str, op: str, minimum: int) -> tuple[int, int]:
+    pair = (value, value) if _is_int(value) else tuple(value) if isinstance(value, (tuple, list)) else None
+    if pair is None or len(pair) != 2 or not all(_is_int(v) for v in pair):
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _out_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
+    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
+# ----------------------------------------------------------------------------- numba glue
+
+
+def _np_epilogue(ep: Epilogue) -> tuple:
+    return (
+        ep.bias.numpy().astype(np.int64),
+        ep.mode,
+        ep.multiplier.numpy().astype(np.int64),
+        ep.shift.numpy().astype(np.int64),
+        ep.scale.numpy(),
+        ep.relu,
+        ep.lo,
+        ep.hi,
+    )
+
+
+def _np_shifts(act_shift: torch.Tensor, weight_shift: torch.Tensor) -> tuple:
+    """Per-row activation shifts, and weight shifts as (slot per row, distinct shifts)."""
+    distinct, slot = np.unique(weight_shift.numpy().astype(np.int64), return_inverse=True)
+    return act_shift.numpy().astype(np.int64), slot.astype(np.int64), distinct
+
+
+def _triton_kernels():
+    try:
+        from . import kernels
+    except ImportError as exc:  # triton missing or broken
+        raise BackendUnavailableError(f"backend 'triton' cannot be imported: {exc}") from exc
+    if not getattr(kernels, "AVAILABLE", False):
+        raise BackendUnavailableError("backend 'triton': the Triton kernels are not built yet (issue 3)")
+    return kernels
+
+
+# ----------------------------------------------------------------------------- public ops
+
+
+def int_matmul(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    *,
+    act_shift: ShiftArg = 0,
+    weight_shift: ShiftArg = 0,
+    bias: Optional[torch.Tensor] = None,
+    multiplier: Union[int, torch.Tensor, None] = None,
+    shift: Union[int, torch.Tensor, None] = None,
+    out_scale: Union[float, torch.Tensor, None] = None,
+    out_dtype: Optional[torch.dtype] = None,
+    relu: bool = False,
+    shift_rule: str = "floor",
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Integer matmul ``out[m, n] = epilogue(sum_k s(x[m, k], ka[m]) * s(w[n, k], kw[m]))``.
+
+    Args:
+        x: activation codes ``[M, K]``, uint8 (after ReLU) or int8.
+        w: weight codes ``[N, K]``, int8 (K-contiguous, like ``nn.Linear.weight``).
+        act_shift: activation shift k_a = 8 - bits, an int (per layer) or an integer tensor
+            ``[M]`` (per sample); values in [0, 7].
+        weight_shift: weight shift k_w, an int or an integer tensor ``[M]``; values in [0, 7].
+        bias: int32 ``[N]`` in master accumulator units (scale D_x * D_w[n]).
+        multiplier, shift: requantization constants (int or ``[N]`` tensor); the output is
+            ``clamp(round_shift(v * multiplier, shift))`` as ``out_dtype`` (uint8 default with
+            ``relu``, else int8).
+        out_scale: float or ``[N]`` float tensor; the output is float32 ``float32(v) * scale``.
+        out_dtype: output dtype check; int32 for the raw epilogue.
+        relu: clamp the accumulator at zero before the epilogue.
+        shift_rule: "floor" (the paper's truncating shift) or "round".
+        backend: "reference", "cpu", "triton" or "auto" (default: see ``use_backend``).
+
+    Returns:
+        ``[M, N]`` tensor: int32 master-unit accumulator (raw), 8-bit codes, or float32.
+    """
+    op = "int_matmul"
+    x = _require_codes(x, "x", op, ndim=2)
+    w = _require_codes(w, "w", op, dtypes=(torch.int8,), ndim=2)
+    if w.shape[1] != x.shape[1]:
+        raise ValueError(f"{op}: x is [M, K]=[{x.shape[0]}, {x.shape[1]}] but w is [N, K]={list(w.shape)}: K differs")
+    if x.shape[1] == 0 or w.shape[0] == 0:
+        raise ValueError(f"{op}: K and N must be >= 1, got x {tuple(x.shape)}, w {tuple(w.shape)}")
+    device = _same_device(op, x=x, w=w, bias=bias)
+    round_rule = check_shift_rule(shift_rule)
+    M, K = x.shape
+    N = w.shape[0]
+    ka = _per_row_shift(act_shift, M, "act_shift", op, device)
+    kw = _per_row_shift(weight_shift, M, "weight_shift", op, device)
+    ep = _build_epilogue(op, N, device, bias, multiplier, shift, out_scale, out_dtype, relu)
+    check_accumulator(K, x.dtype == torch.int8, int(ep.bias.abs().max()), op)
+    name = resolve_backend(backend, device, op)
+    if name == "triton":
+        return _triton_kernels().int_matmul(x, w, ka, kw, round_rule, ep)
+    out = np.empty((M, N), _NUMPY_OUT[ep.out_dtype])
+    if M == 0:
+        return torch.from_numpy(out)
+    kernel = ref.int_matmul_kernel if name == "reference" else ref.int_matmul_blas
+    x_hi = 127 if x.dtype == torch.int8 else 255
+    kernel(x.contiguous().numpy(), w.contiguous().numpy(), *_np_shifts(ka, kw), round_rule, x_hi,
+           *_np_epilogue(ep), out)
+    return torch.from_numpy(out)
+
+
+def int_conv2d(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    *,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    act_shift: ShiftArg = 0,
+    weight_shift: ShiftArg = 0,
+    bias: Optional[torch.Tensor] = None,
+    multiplier: Union[int, torch.Tensor, None] = None,
+    shift: Union[int, torch.Tensor, None] = None,
+    out_scale: Union[float, torch.Tensor, None] = None,
+    out_dtype: Optional[torch.dtype] = None,
+    relu: bool = False,
+    shift_rule: str = "floor",
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Integer 2-D convolution with the same shifts and epilogues as :func:`int_matmul`.
+
+    Args:
+        x: activation codes ``[B, C, H, W]`` (any memory format; channels_last is fastest).
+        w: weight codes ``[Cout, C / groups, KH, KW]`` int8, like ``nn.Conv2d.weight``.
+        stride, padding, dilation, groups: as in ``torch.nn.functional.conv2d``; padding
+            contributes code 0.
+        act_shift, weight_shift: int, or integer tensor ``[B]`` for per-sample shifts.
+        Other arguments: see :func:`int_matmul`; per-channel tensors have Cout entries.
+
+    Returns:
+        ``[B, Cout, OH, OW]`` tensor in channels_last memory format.
+    """
+    op = "int_conv2d"
+    x = _require_codes(x, "x", op, ndim=4)
+    w = _require_codes(w, "w", op, dtypes=(torch.int8,), ndim=4)
+    device = _same_device(op, x=x, w=w, bias=bias)
+    if not _is_int(groups) or groups < 1:
+        raise ValueError(f"{op}: groups must be an int >= 1, got {groups!r}")
+    B, C, H, W = x.shape
+    Cout, Cg, KH, KW = w.shape
+    if C % groups or Cout % groups:
+        raise ValueError(f"{op}: in channels ({C}) and out channels ({Cout}) must be divisible by groups ({groups})")
+    if Cg != C // groups:
+        raise ValueError(f"{op}: w has {Cg} input channels per group but x has {C} channels / {groups} groups = {C // groups}")
+    if Cg == 0 or KH == 0 or KW == 0 or Cout == 0:
+        raise ValueError(f"{op}: empty weight shape {tuple(w.shape)}")
+    sh, sw = _pair(stride, "stride", op, 1)
+    ph, pw = _pair(padding, "padding", op, 0)
+    dh, dw = _pair(dilation, "dilation", op, 1)
+    OH, OW = _out_size(H, KH, sh, ph, dh), _out_size(W, KW, sw, pw, dw)
+    if OH < 1 or OW < 1:
+        raise ValueError(f"{op}: input {H}x{W} is too small for kernel {KH}x{KW} with padding {padding}, dilation {dilation}")
+    round_rule = check_shift_rule(shift_rule)
+    ka = _per_row_shift(act_shift, B, "act_shift", op, device)
+    kw = _per_row_shift(weight_shift, B, "weight_shift", op, device)
+    ep = _build_epilogue(op, Cout, device, bias, multiplier, shift, out_scale, out_dtype, relu)
+    check_accumulator(Cg * KH * KW, x.dtype == torch.int8, int(ep.bias.abs().max()), op)
+    name = resolve_backend(backend, device, op)
+    geometry = (sh, sw, ph, pw, dh, dw, groups)
+    if name == "triton":
+        return _triton_kernels().int_conv2d(x, w, geometry, ka, kw, round_rule, ep)
+    out = np.empty((B * OH * OW, Cout), _NUMPY_OUT[ep.out_dtype])
+    if B > 0:
+        kernel = ref.int_conv2d_kernel if name == "reference" else ref.int_conv2d_blas
+        x_nhwc = x.permute(0, 2, 3, 1).contiguous().numpy()
+        w_nhwc = w.permute(0, 2, 3, 1).contiguous().numpy()
+        x_hi = 127 if x.dtype == torch.int8 else 255
+        kernel(x_nhwc, w_nhwc, *geometry, *_np_shifts(ka, kw), round_rule, x_hi, *_np_epilogue(ep), out)
+    return torch.from_numpy(out).view(B, OH, OW, Cout).permute(0, 3, 1, 2)
+
+
+def _elementwise_operands(op: str, a: object, b: object) -> tuple[torch.Tensor, torch.Tensor, torch.device]:
+    a = _require_codes(a, "a", op)
+    b = _require_codes(b, "b", op)
+    if a.shape != b.shape:
+        raise ValueError(f"{op}: a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return a, b, _same_device(op, a=a, b=b)
+
+
+def _check_constants(op: str, shift: int, **constants: int) -> None:
+    for name, value in constants.items():
+        if not _is_int(value):
+            raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}")
+        limit = MAX_OFFSET_ABS if name in ("k3", "k4") else INT32_MAX
+        if abs(int(value)) > limit:
+            raise ValueError(f"{op}: |{name}| = {abs(int(value))} exceeds {limit}")
+    if not _is_int(shift) or not 0 <= shift <= MAX_REQUANT_SHIFT:
+        raise ValueError(f"{op}: shift must be an int in [0, {MAX_REQUANT_SHIFT}], got {shift!r}")
+
+
+def _output_range(op: str, out_dtype: Optional[torch.dtype], relu: bool) -> tuple[torch.dtype, int, int]:
+    dtype = out_dtype if out_dtype is not None else (torch.uint8 if relu else torch.int8)
+    if dtype not in CODE_DTYPES:
+        raise ValueError(f"{op}: out_dtype must be uint8 or int8, got {dtype}")
+    lo, hi = _DTYPE_RANGE[dtype]
+    return dtype, (max(lo, 0) if relu else lo), hi
+
+
+def _flat_pair(a: torch.Tensor, b: torch.Tensor):
+    """Flat numpy views in a's dense layout (channels_last kept), plus a function that rebuilds."""
+    if a.dim() == 4 and not a.is_contiguous() and a.is_contiguous(memory_format=torch.channels_last):
+        a_p, b_p = a.permute(0, 2, 3, 1).contiguous(), b.permute(0, 2, 3, 1).contiguous()
+        return a_p.numpy().reshape(-1), b_p.numpy().reshape(-1), lambda o: o.view(a_p.shape).permute(0, 3, 1, 2)
+    return (a.contiguous().numpy().reshape(-1), b.contiguous().numpy().reshape(-1), lambda o: o.view(a.shape))
+
+
+def _elementwise(op, a, b, kernel, constants, shift, relu, out_dtype, backend):
+    a, b, device = _elementwise_operands(op, a, b)
+    _check_constants(op, shift, **constants)
+    if not isinstance(relu, bool):
+        raise TypeError(f"{op}: relu must be a bool, got {type(relu).__name__}")
+    dtype, lo, hi = _output_range(op, out_dtype, relu)
+    name = resolve_backend(backend, device, op)
+    if name == "triton":
+        return getattr(_triton_kernels(), op)(a, b, tuple(int(v) for v in constants.values()), int(shift), lo, hi, dtype)
+    fa, fb, rebuild = _flat_pair(a, b)
+    out = np.empty(fa.shape[0], _NUMPY_OUT[dtype])
+    kernel(fa, fb, *(int(v) for v in constants.values()), int(shift), lo, hi, out)
+    return rebuild(torch.from_numpy(out))
+
+
+def int_add(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    k1: int,
+    k2: int,
+    k3: int = 0,
+    shift: int,
+    relu: bool = False,
+    out_dtype: Optional[torch.dtype] = None,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Integer add ``clamp(round_shift(k1*a + k2*b + k3, shift))`` of two code tensors.
+
+    Constants come from :func:`dqt_triton.numerics.add_constants`. ``relu`` clamps at zero;
+    ``out_dtype`` is uint8 (default with ``relu``) or int8. The result keeps a's layout.
+    """
+    return _elementwise("int_add", a, b, ref.int_add_kernel, {"k1": k1, "k2": k2, "k3": k3},
+                        shift, relu, out_dtype, backend)
+
+
+def int_mul(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    k1: int,
+    k2: int = 0,
+    k3: int = 0,
+    k4: int = 0,
+    shift: int,
+    relu: bool = False,
+    out_dtype: Optional[torch.dtype] = None,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Integer multiply ``clamp(round_shift(k1*a*b + k2*a + k3*b + k4, shift))``.
+
+    Constants come from :func:`dqt_triton.numerics.mul_constants`; see :func:`int_add`.
+    """
+    return _elementwise("int_mul", a, b, ref.int_mul_kernel, {"k1": k1, "k2": k2, "k3": k3, "k4": k4},
+                        shift, relu, out_dtype, backend)
+
+
+def _pool_geometry(op, x, kernel_size, stride, padding, dilation):
+    x = _require_codes(x, "x", op, ndim=4)
+    kh, kw = _pair(kernel_size, "kernel_size", op, 1)
+    sh, sw = _pair(stride if stride is not None else (kh, kw), "stride", op, 1)
+    ph, pw = _pair(padding, "padding", op, 0)
+    dh, dw = _pair(dilation, "dilation", op, 1)
+    if ph > kh // 2 or pw > kw // 2:
+        raise ValueError(f"{op}: padding {padding} must be at most half the kernel size {kernel_size}")
+    H, W = x.shape[2], x.shape[3]
+    OH, OW = _out_size(H, kh, sh, ph, dh), _out_size(W, kw, sw, pw, dw)
+    if OH < 1 or OW < 1:
+        raise ValueError(f"{op}: input {H}x{W} is too small for kernel {kernel_size}")
+    return x, (kh, kw, sh, sw, ph, pw, dh, dw), (OH, OW)
+
+
+def _pool(op, x, kernel_size, stride, padding, dilation, backend):
+    x, geo, (OH, OW) = _pool_geometry(op, x, kernel_size, stride, padding, dilation)
+    name = resolve_backend(backend, x.device, op)
+    if name == "triton":
+        return getattr(_triton_kernels(), op)(x, geo)
+    B, C = x.shape[0], x.shape[1]
+    out = np.empty((B, OH, OW, C), _NUMPY_OUT[x.dtype])
+    x_nhwc = x.permute(0, 2, 3, 1).contiguous().numpy()
+    if op == "int_max_pool2d":
+        ref.int_max_pool2d_kernel(x_nhwc, *geo, out)
+    else:
+        ref.int_avg_pool2d_kernel(x_nhwc, *geo[:6], out)
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+
+def int_max_pool2d(
+    x: torch.Tensor,
+    kernel_size: IntPair,
+    stride: Optional[IntPair] = None,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    *,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Max pooling of codes ``[B, C, H, W]`` (torch semantics, floor mode; padding is ignored).
+
+    Returns the input dtype in channels_last format.
+    """
+    return _pool("int_max_pool2d", x, kernel_size, stride, padding, dilation, backend)
+
+
+def int_avg_pool2d(
+    x: torch.Tensor,
+    kernel_size: IntPair,
+    stride: Optional[IntPair] = None,
+    padding: IntPair = 0,
+    *,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Average pooling ``floor((sum + count // 2) / count)`` with count = kernel area.
+
+    Zero padding is counted (torch's ``count_include_pad=True``). Returns the input dtype,
+    channels_last.
+    """
+    return _pool("int_avg_pool2d", x, kernel_size, stride, padding, 1, backend)

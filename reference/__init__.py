@@ -1,0 +1,29 @@
+"""Numba reference kernels: the exact implementation of docs/numerics.md on the CPU.
+
+`int_*_kernel` are pure loops (the reference); `blas` holds the CPU execution path that wraps
+an exact float32 GEMM with the same Numba shifts and epilogues. Arguments are numpy arrays
+already validated and normalised by `dqt_triton.ops`; call the ops, not these, from user code.
+"""
+
+from .blas import float32_gemm_is_exact, int_conv2d_blas, int_matmul_blas
+from .common import EPILOGUE_FLOAT, EPILOGUE_RAW, EPILOGUE_REQUANT, MAX_SHIFT
+from .conv import int_conv2d_kernel
+from .elementwise import int_add_kernel, int_mul_kernel
+from .matmul import int_matmul_kernel
+from .pool import int_avg_pool2d_kernel, int_max_pool2d_kernel
+
+__all__ = [
+    "EPILOGUE_FLOAT",
+    "EPILOGUE_RAW",
+    "EPILOGUE_REQUANT",
+    "MAX_SHIFT",
+    "float32_gemm_is_exact",
+    "int_add_kernel",
+    "int_avg_pool2d_kernel",
+    "int_conv2d_blas",
+    "int_conv2d_kernel",
+    "int_matmul_blas",
+    "int_matmul_kernel",
+    "int_max_pool2d_kernel",
+    "int_mul_kernel",
+]

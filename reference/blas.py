@@ -1,0 +1,167 @@
+"""CPU execution path: Numba shifts and epilogues around an exact float32 library GEMM.
+
+int8 x int8 products summed over a K-chunk stay integers of magnitude <= 2^24 when the chunk is
+short enough, and every float32 integer up to 2^24 is exact, so any summation order (blocking,
+FMA, threads) gives the exact integer. Chunk results are converted to int32 and added, so the
+result equals the pure reference bit for bit (tests/reference/test_blas_path.py checks it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit, prange
+
+from .common import apply_epilogue, nested_shift
+from .matmul import shifted_weight_table
+
+FLOAT32_EXACT_LIMIT = 1 << 24
+WEIGHT_ABS_MAX = 128
+MAX_COLS_BYTES = 64 << 20
+
+
+def float32_gemm_is_exact() -> bool:
+    """False when torch is allowed to run float32 matmuls in reduced precision (bf16/tf32)."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    mkldnn_matmul = getattr(torch.backends.mkldnn, "matmul", None)
+    precision = getattr(mkldnn_matmul, "fp32_precision", "ieee")
+    return precision in ("ieee", "none")
+
+
+def shifted_abs_max(code_abs_max: int, min_shift: int) -> int:
+    """Largest |code| after a shift of at least `min_shift` (either shift rule)."""
+    return max(1, code_abs_max >> min_shift)
+
+
+def exact_int_gemm(a: np.ndarray, b: np.ndarray, a_abs_max: int, b_abs_max: int) -> torch.Tensor:
+    """int32 a @ b^T for integer-valued float32 arrays with bounded magnitudes.
+
+    a is [R, K] and b [N, K], or batched [G, R, K] and [G, N, K].
+    """
+    ta = torch.from_numpy(a)
+    tb = torch.from_numpy(b).transpose(-1, -2)
+    if not float32_gemm_is_exact():
+        return torch.matmul(ta.double(), tb.double()).to(torch.int32)
+    # Longest K-chunk whose partial sums stay exactly representable in float32, split evenly.
+    longest = FLOAT32_EXACT_LIMIT // (a_abs_max * b_abs_max)
+    chunks = -(-a.shape[-1] // longest)
+    step = -(-a.shape[-1] // chunks)
+    acc = None
+    for k0 in range(0, a.shape[-1], step):
+        part = torch.matmul(ta[..., k0:k0 + step], tb[..., k0:k0 + step, :]).to(torch.int32)
+        acc = part if acc is None else acc.add_(part)
+    return acc
+
+
+@njit(parallel=True, cache=True)
+def _shift_rows_f32(x, rows, act_shift, round_rule, x_hi):
+    out = np.empty((rows.shape[0], x.shape[1]), np.float32)
+    for r in prange(rows.shape[0]):
+        m = rows[r]
+        k = act_shift[m]
+        for j in range(x.shape[1]):
+            out[r, j] = nested_shift(np.int64(x[m, j]), k, round_rule, x_hi)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _epilogue_rows(acc, dest, total_shift, bias, mode, multiplier, rshift, scale, relu, lo, hi, out):
+    for r in prange(acc.shape[0]):
+        m = dest[r]
+        t = total_shift[r]
+        for n in range(acc.shape[1]):
+            v = (np.int64(acc[r, n]) << t) + bias[n]
+            apply_epilogue(v, n, mode, multiplier, rshift, scale, relu, lo, hi, out, m)
+
+
+def int_matmul_blas(
+    x, w, act_shift, weight_slot, weight_shifts, round_rule, x_hi,
+    bias, mode, multiplier, rshift, scale, relu, lo, hi, out,
+):
+    """Same arguments and result as `int_matmul_kernel`, via exact float32 GEMMs."""
+    x_abs_max = 255 if x_hi == 255 else 128
+    w_table = shifted_weight_table(w, weight_shifts, round_rule).astype(np.float32)
+    for slot in range(weight_shifts.shape[0]):
+        rows = np.flatnonzero(weight_slot == slot)
+        if rows.size == 0:
+            continue
+        xs = _shift_rows_f32(x, rows, act_shift, round_rule, x_hi)
+        x_max = shifted_abs_max(x_abs_max, int(act_shift[rows].min()))
+        w_max = shifted_abs_max(WEIGHT_ABS_MAX, int(weight_shifts[slot]))
+        acc = exact_int_gemm(xs, w_table[slot], x_max, w_max).numpy()
+        total = act_shift[rows] + weight_shifts[slot]
+        _epilogue_rows(acc, rows, total, bias, mode, multiplier, rshift, scale, relu, lo, hi, out)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _im2col_f32(x, samples, act_shift, round_rule, x_hi, KH, KW, sh, sw, ph, pw, dh, dw, groups, OH, OW):
+    """cols[(s, oh, ow), g, (kh, kw, c)] with each sample's activation shift applied."""
+    _, H, W, C = x.shape
+    Cg = C // groups
+    Kg = KH * KW * Cg
+    shifted = np.empty((samples.shape[0], H, W, C), np.float32)
+    for s in prange(samples.shape[0]):
+        b = samples[s]
+        k = act_shift[b]
+        for i in range(H):
+            for j in range(W):
+                for c in range(C):
+                    shifted[s, i, j, c] = nested_shift(np.int64(x[b, i, j, c]), k, round_rule, x_hi)
+    cols = np.empty((samples.shape[0] * OH * OW, groups, Kg), np.float32)
+    for row in prange(samples.shape[0] * OH):
+        s = row // OH
+        oh = row % OH
+        for ow in range(OW):
+            r = (s * OH + oh) * OW + ow
+            for i in range(KH):
+                ih = oh * sh - ph + i * dh
+                for j in range(KW):
+                    iw = ow * sw - pw + j * dw
+                    base = (i * KW + j) * Cg
+                    if ih < 0 or ih >= H or iw < 0 or iw >= W:
+                        cols[r, :, base:base + Cg] = 0.0
+                    else:
+                        for g in range(groups):
+                            cols[r, g, base:base + Cg] = shifted[s, ih, iw, g * Cg:(g + 1) * Cg]
+    return cols
+
+
+def int_conv2d_blas(
+    x, w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups,
+    act_shift, weight_slot, weight_shifts, round_rule, x_hi,
+    bias, mode, multiplier, rshift, scale, relu, lo, hi, out,
+):
+    """Same arguments and result as `int_conv2d_kernel`, via im2col and exact float32 GEMMs."""
+    B, H, W, C = x.shape
+    Cout, KH, KW, Cg = w.shape
+    OH = (H + 2 * pad_h - dil_h * (KH - 1) - 1) // stride_h + 1
+    OW = (W + 2 * pad_w - dil_w * (KW - 1) - 1) // stride_w + 1
+    Kg = KH * KW * Cg
+    Cout_g = Cout // groups
+    x_abs_max = 255 if x_hi == 255 else 128
+    w_table = shifted_weight_table(w, weight_shifts, round_rule).astype(np.float32)
+    w_table = w_table.reshape(weight_shifts.shape[0], groups, Cout_g, Kg)
+    samples_per_tile = max(1, MAX_COLS_BYTES // max(1, OH * OW * groups * Kg * 4))
+    for slot in range(weight_shifts.shape[0]):
+        samples = np.flatnonzero(weight_slot == slot)
+        for s0 in range(0, samples.size, samples_per_tile):
+            tile = samples[s0:s0 + samples_per_tile]
+            cols = _im2col_f32(
+                x, tile, act_shift, round_rule, x_hi, KH, KW,
+                stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, OH, OW,
+            )
+            x_max = shifted_abs_max(x_abs_max, int(act_shift[tile].min()))
+            w_max = shifted_abs_max(WEIGHT_ABS_MAX, int(weight_shifts[slot]))
+            if groups == 1:
+                acc = exact_int_gemm(cols[:, 0], w_table[slot, 0], x_max, w_max).numpy()
+            else:
+                per_group = np.ascontiguousarray(cols.transpose(1, 0, 2))
+                acc = exact_int_gemm(per_group, w_table[slot], x_max, w_max)  # [G, rows, Cout_g]
+                acc = acc.permute(1, 0, 2).reshape(cols.shape[0], Cout).numpy()
+            pix = np.arange(OH * OW)
+            dest = (tile[:, None] * (OH * OW) + pix[None, :]).reshape(-1)
+            total = np.repeat(act_shift[tile] + weight_shifts[slot], OH * OW)
+            _epilogue_rows(acc, dest, total, bias, mode, multiplier, rshift, scale, relu, lo, hi, out)
+    return out

@@ -1,0 +1,85 @@
+"""Scalar building blocks of the integer contract (docs/numerics.md), jitted with Numba.
+
+Every reference kernel composes these helpers, so one definition of the nested shift, the
+rounding shift and the epilogue serves them all. Arithmetic is done in int64: the contract's
+int32 accumulator can never overflow because `dqt_triton.ops` refuses such layers up front.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# Epilogue selectors shared with the dispatch layer.
+EPILOGUE_RAW = 0  # int32 accumulator in master units (+ bias)
+EPILOGUE_REQUANT = 1  # dyadic requantization to 8-bit codes
+EPILOGUE_FLOAT = 2  # float32 dequantization (training path)
+
+MAX_SHIFT = 7  # widths 8..1 bits from the 8-bit master code
+
+
+@njit(cache=True, inline="always")
+def nested_shift(q: int, k: int, round_rule: bool, code_hi: int) -> int:
+    """b-bit code from an 8-bit master code: floor shift, or rounding shift clamped at the top."""
+    if k == 0:
+        return q
+    if round_rule:
+        v = (q + (1 << (k - 1))) >> k
+        top = code_hi >> k
+        return top if v > top else v
+    return q >> k
+
+
+@njit(cache=True, inline="always")
+def round_shift(v: int, s: int) -> int:
+    """Arithmetic right shift by s rounding half up: (v + 2^(s-1)) >> s, identity for s == 0."""
+    if s == 0:
+        return v
+    return (v + (np.int64(1) << (s - 1))) >> s
+
+
+@njit(cache=True, inline="always")
+def clamp(v: int, lo: int, hi: int) -> int:
+    if v < lo:
+        return lo
+    if v > hi:
+        return hi
+    return v
+
+
+@njit(cache=True, inline="always")
+def apply_epilogue(acc, n, mode, multiplier, rshift, scale, relu, lo, hi, out, m):
+    """Write out[m, n] from the master-unit accumulator `acc` (int64, bias already added)."""
+    if relu and acc < 0:
+        acc = 0
+    if mode == EPILOGUE_RAW:
+        out[m, n] = acc
+    elif mode == EPILOGUE_REQUANT:
+        out[m, n] = clamp(round_shift(acc * np.int64(multiplier[n]), rshift[n]), lo, hi)
+    else:
+        out[m, n] = np.float32(acc) * scale[n]
+
+
+@njit(cache=True, inline="always")
+def dot_rows_i32(a, a0, b, length, acc_out):
+    """acc_out[n] = sum_i a[a0 + i] * b[n, i] for int16 codes, stored as the contract's int32.
+
+    Storing into an int32 buffer (overflow is refused up front) lets LLVM run the reduction
+    in 32-bit lanes, about twice as fast as an int64 accumulator.
+    """
+    for n in range(acc_out.shape[0]):
+        acc = np.int64(0)
+        for i in range(length):
+            acc += np.int64(a[a0 + i]) * np.int64(b[n, i])
+        acc_out[n] = acc
+
+
+@njit(cache=True)
+def shift_codes_2d(q, shifts, round_rule, code_hi, out):
+    """out[i, :] = nested_shift(q[i, :], shifts[i]) for a 2-D code array."""
+    rows, cols = q.shape
+    for i in range(rows):
+        k = shifts[i]
+        for j in range(cols):
+            out[i, j] = nested_shift(np.int64(q[i, j]), k, round_rule, code_hi)
+    return out

@@ -1,0 +1,58 @@
+"""Reference integer pooling on NHWC codes."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def int_max_pool2d_kernel(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
+    """Max over each window; padded positions are ignored (they act as minus infinity)."""
+    B, H, W, C = x.shape
+    _, OH, OW, _ = out.shape
+    for row in prange(B * OH):
+        b = row // OH
+        oh = row % OH
+        for ow in range(OW):
+            for c in range(C):
+                best = np.int64(-(1 << 40))
+                for i in range(kh):
+                    ih = oh * sh - ph + i * dh
+                    if ih < 0 or ih >= H:
+                        continue
+                    for j in range(kw):
+                        iw = ow * sw - pw + j * dw
+                        if iw < 0 or iw >= W:
+                            continue
+                        v = np.int64(x[b, ih, iw, c])
+                        if v > best:
+                            best = v
+                out[b, oh, ow, c] = best
+    return out
+
+
+@njit(parallel=True, cache=True)
+def int_avg_pool2d_kernel(x, kh, kw, sh, sw, ph, pw, out):
+    """floor((window_sum + count // 2) / count) with count = kh * kw (zero padding counted)."""
+    B, H, W, C = x.shape
+    _, OH, OW, _ = out.shape
+    count = np.int64(kh * kw)
+    half = count // 2
+    for row in prange(B * OH):
+        b = row // OH
+        oh = row % OH
+        for ow in range(OW):
+            for c in range(C):
+                total = np.int64(0)
+                for i in range(kh):
+                    ih = oh * sh - ph + i
+                    if ih < 0 or ih >= H:
+                        continue
+                    for j in range(kw):
+                        iw = ow * sw - pw + j
+                        if iw < 0 or iw >= W:
+                            continue
+                        total += np.int64(x[b, ih, iw, c])
+                out[b, oh, ow, c] = (total + half) // count
+    return out

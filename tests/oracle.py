@@ -1,0 +1,80 @@
+"""Independent oracle for the integer contract, written in plain torch int64 / exact float64.
+
+Deliberately shares no code with dqt_triton: it re-derives every rule from docs/numerics.md.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def shift(q: torch.Tensor, k: torch.Tensor, rule: str, top: int) -> torch.Tensor:
+    """Nested shift of int64 codes by per-element k (int64); `top` is the master code maximum."""
+    q = q.long()
+    k = k.long()
+    if rule == "floor":
+        return torch.div(q, 2**k, rounding_mode="floor")
+    half = torch.where(k > 0, 2 ** (k - 1).clamp(min=0), torch.zeros_like(k))
+    return torch.minimum(torch.div(q + half, 2**k, rounding_mode="floor"), torch.div(torch.full_like(q, top), 2**k, rounding_mode="floor"))
+
+
+def round_shift(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    s = s.long()
+    half = torch.where(s > 0, 2 ** (s - 1).clamp(min=0), torch.zeros_like(s))
+    return torch.div(v + half, 2**s, rounding_mode="floor")
+
+
+def epilogue(v, bias, mode, multiplier, rshift, scale, relu, out_dtype):
+    """v: int64 [rows, N] master-unit accumulators without bias."""
+    v = v + bias.long()[None, :]
+    if relu:
+        v = v.clamp(min=0)
+    if mode == "raw":
+        return v.to(torch.int32)
+    if mode == "float":
+        return v.to(torch.float32) * scale.float()[None, :]
+    y = round_shift(v * multiplier.long()[None, :], rshift.long()[None, :].expand_as(v))
+    lo, hi = (0, 255) if out_dtype == torch.uint8 else (-128, 127)
+    if relu:
+        lo = max(lo, 0)
+    return y.clamp(lo, hi).to(out_dtype)
+
+
+def matmul_acc(x, w, ka, kw, rule):
+    """int64 [M, N] master-unit accumulators: (sum shifted products) * 2^(ka + kw)."""
+    x_top = 127 if x.dtype == torch.int8 else 255
+    xs = shift(x.long(), ka.long()[:, None].expand(x.shape), rule, x_top)
+    rows = []
+    for m in range(x.shape[0]):
+        ws = shift(w.long(), kw[m].long().expand(w.shape), rule, 127)
+        rows.append((xs[m][None, :] * ws).sum(dim=1) * 2 ** int(ka[m] + kw[m]))
+    return torch.stack(rows) if rows else torch.zeros((0, w.shape[0]), dtype=torch.int64)
+
+
+def conv_acc(x, w, ka, kw, rule, stride, padding, dilation, groups):
+    """int64 [B, Cout, OH, OW] master-unit accumulators via exact float64 convolution."""
+    x_top = 127 if x.dtype == torch.int8 else 255
+    outs = []
+    for b in range(x.shape[0]):
+        xs = shift(x[b : b + 1].long(), ka[b].long().expand(x[b : b + 1].shape), rule, x_top)
+        ws = shift(w.long(), kw[b].long().expand(w.shape), rule, 127)
+        acc = F.conv2d(xs.double(), ws.double(), stride=stride, padding=padding, dilation=dilation, groups=groups)
+        outs.append(acc.round().long() * 2 ** int(ka[b] + kw[b]))
+    return torch.cat(outs)
+
+
+def elementwise(values: torch.Tensor, s: int, relu: bool, out_dtype) -> torch.Tensor:
+    y = round_shift(values, torch.tensor(s))
+    lo, hi = (0, 255) if out_dtype == torch.uint8 else (-128, 127)
+    if relu:
+        lo = max(lo, 0)
+    return y.clamp(lo, hi).to(out_dtype)
+
+
+def avg_pool(x, kernel, stride, padding):
+    kh, kw = kernel
+    total = F.avg_pool2d(x.double(), kernel, stride, padding, count_include_pad=True, divisor_override=1)
+    total = total.round().long()
+    count = kh * kw
+    return torch.div(total + count // 2, count, rounding_mode="floor").to(x.dtype)
