@@ -1,0 +1,109 @@
+"""Every bad input to the public ops gets a clear error that names the problem."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dqt_triton as dq
+
+X = torch.zeros((4, 16), dtype=torch.uint8)
+W = torch.zeros((8, 16), dtype=torch.int8)
+XC = torch.zeros((2, 4, 6, 6), dtype=torch.uint8)
+WC = torch.zeros((8, 4, 3, 3), dtype=torch.int8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, pattern",
+    [
+        ({"x": X.float()}, TypeError, "x must have dtype uint8 or int8, got float32"),
+        ({"w": W.to(torch.uint8)}, TypeError, "w must have dtype int8"),
+        ({"x": X[0]}, ValueError, "x must be 2-D"),
+        ({"w": W[:, :15]}, ValueError, "K differs"),
+        ({"x": X.numpy()}, TypeError, "x must be a torch.Tensor"),
+        ({"act_shift": 8}, ValueError, r"act_shift=8 is outside the shift range \[0, 7\]"),
+        ({"weight_shift": -1}, ValueError, "weight_shift=-1 is outside"),
+        ({"act_shift": torch.tensor([0, 1, 2])}, ValueError, r"one entry per sample \(4\)"),
+        ({"act_shift": torch.tensor([0, 1, 9, 2])}, ValueError, "max 9"),
+        ({"weight_shift": torch.tensor([0.0, 1, 2, 3])}, TypeError, "integer dtype"),
+        ({"act_shift": 1.5}, TypeError, "act_shift must be an int"),
+        ({"bias": torch.zeros(8, dtype=torch.int64)}, TypeError, "bias must be int32"),
+        ({"bias": torch.zeros(7, dtype=torch.int32)}, ValueError, r"bias must have shape \(8,\)"),
+        ({"multiplier": 5}, ValueError, "needs both multiplier and shift"),
+        ({"multiplier": 2**31, "shift": 3}, ValueError, "multiplier must lie in"),
+        ({"multiplier": -1, "shift": 3}, ValueError, "multiplier must lie in"),
+        ({"multiplier": 1, "shift": 63}, ValueError, "shift must lie in"),
+        ({"multiplier": torch.ones(3, dtype=torch.int32), "shift": 1}, ValueError, "one entry per output channel"),
+        ({"multiplier": 1, "shift": 1, "out_scale": 0.5}, ValueError, "not both"),
+        ({"multiplier": 1, "shift": 1, "out_dtype": torch.int32}, ValueError, "must be uint8 or int8"),
+        ({"out_dtype": torch.uint8}, ValueError, "needs an epilogue"),
+        ({"out_scale": float("nan")}, ValueError, "out_scale must be finite"),
+        ({"out_scale": torch.ones(8, dtype=torch.int32)}, TypeError, "floating dtype"),
+        ({"shift_rule": "nearest"}, ValueError, "shift_rule must be one of"),
+        ({"backend": "gpu"}, ValueError, "unknown backend 'gpu'"),
+        ({"relu": 1}, TypeError, "relu must be a bool"),
+        ({"bias": torch.full((8,), 2**31 - 1, dtype=torch.int32)}, dq.AccumulatorOverflowError, "overflow risk"),
+    ],
+)
+def test_int_matmul_rejects(kwargs, error, pattern):
+    args = {"x": X, "w": W}
+    args.update(kwargs)
+    with pytest.raises(error, match=pattern):
+        dq.int_matmul(args.pop("x"), args.pop("w"), **args)
+
+
+def test_int_matmul_refuses_reductions_that_could_overflow():
+    x = torch.zeros((1, 65794), dtype=torch.uint8)
+    w = torch.zeros((1, 65794), dtype=torch.int8)
+    with pytest.raises(dq.AccumulatorOverflowError, match="K=65794"):
+        dq.int_matmul(x, w)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, pattern",
+    [
+        ({"x": XC[0]}, ValueError, "x must be 4-D"),
+        ({"w": WC[:, :3]}, ValueError, "input channels per group"),
+        ({"groups": 3}, ValueError, "divisible by groups"),
+        ({"groups": 0}, ValueError, "groups must be an int >= 1"),
+        ({"stride": 0}, ValueError, "stride must be >= 1"),
+        ({"padding": -1}, ValueError, "padding must be >= 0"),
+        ({"dilation": (1, 2, 3)}, TypeError, "dilation must be an int or a pair"),
+        ({"x": XC[:, :, :2, :2]}, ValueError, "too small"),
+        ({"act_shift": torch.tensor([1, 2, 3])}, ValueError, r"one entry per sample \(2\)"),
+        ({"x": XC.to(torch.int16)}, TypeError, "x must have dtype"),
+    ],
+)
+def test_int_conv2d_rejects(kwargs, error, pattern):
+    args = {"x": XC, "w": WC}
+    args.update(kwargs)
+    with pytest.raises(error, match=pattern):
+        dq.int_conv2d(args.pop("x"), args.pop("w"), **args)
+
+
+def test_elementwise_and_pool_reject_bad_input():
+    a = torch.zeros((2, 3), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="same shape"):
+        dq.int_add(a, a[:, :2], k1=1, k2=1, shift=0)
+    with pytest.raises(ValueError, match=r"\|k1\|"):
+        dq.int_add(a, a, k1=2**31, k2=1, shift=0)
+    with pytest.raises(ValueError, match=r"\|k4\|"):
+        dq.int_mul(a, a, k1=1, k4=2**48, shift=0)
+    with pytest.raises(TypeError, match="k2 must be an int"):
+        dq.int_add(a, a, k1=1, k2=0.5, shift=0)
+    with pytest.raises(ValueError, match="shift must be an int in"):
+        dq.int_add(a, a, k1=1, k2=1, shift=63)
+    with pytest.raises(ValueError, match="out_dtype must be uint8 or int8"):
+        dq.int_add(a, a, k1=1, k2=1, shift=0, out_dtype=torch.int32)
+    with pytest.raises(ValueError, match="padding .* at most half"):
+        dq.int_max_pool2d(XC, 2, padding=2)
+    with pytest.raises(TypeError, match="dtype uint8 or int8"):
+        dq.int_avg_pool2d(XC.float(), 2)
+
+
+def test_tensors_on_different_devices_or_backends_are_refused():
+    with pytest.raises(dq.BackendUnavailableError, match="needs CUDA tensors"):
+        dq.int_matmul(X, W, backend="triton")
+    with pytest.raises(ValueError, match="unknown backend"):
+        with dq.use_backend("tpu"):
+            pass
