@@ -6,7 +6,7 @@ already validated and normalised by `dqt_triton.ops`; call the ops, not these, f
 """
 
 from .blas import float32_gemm_is_exact, int_conv2d_blas, int_matmul_blas
-from .common import EPILOGUE_FLOAT, EPILOGUE_RAW, EPILOGUE_REQUANT, MAX_SHIFT
+from .common import EPILOGUE_FLOAT, EPILOGUE_RAW, EPILOGUE_REQUANT
 from .conv import int_conv2d_kernel
 from .elementwise import int_add_kernel, int_mul_kernel
 from .matmul import int_matmul_kernel
@@ -16,7 +16,6 @@ __all__ = [
     "EPILOGUE_FLOAT",
     "EPILOGUE_RAW",
     "EPILOGUE_REQUANT",
-    "MAX_SHIFT",
     "float32_gemm_is_exact",
     "int_add_kernel",
     "int_avg_pool2d_kernel",

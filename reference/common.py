@@ -15,8 +15,6 @@ EPILOGUE_RAW = 0  # int32 accumulator in master units (+ bias)
 EPILOGUE_REQUANT = 1  # dyadic requantization to 8-bit codes
 EPILOGUE_FLOAT = 2  # float32 dequantization (training path)
 
-MAX_SHIFT = 7  # widths 8..1 bits from the 8-bit master code
-
 
 @njit(cache=True, inline="always")
 def nested_shift(q: int, k: int, round_rule: bool, code_hi: int) -> int:
@@ -72,14 +70,3 @@ def dot_rows_i32(a, a0, b, length, acc_out):
         for i in range(length):
             acc += np.int64(a[a0 + i]) * np.int64(b[n, i])
         acc_out[n] = acc
-
-
-@njit(cache=True)
-def shift_codes_2d(q, shifts, round_rule, code_hi, out):
-    """out[i, :] = nested_shift(q[i, :], shifts[i]) for a 2-D code array."""
-    rows, cols = q.shape
-    for i in range(rows):
-        k = shifts[i]
-        for j in range(cols):
-            out[i, j] = nested_shift(np.int64(q[i, j]), k, round_rule, code_hi)
-    return out
