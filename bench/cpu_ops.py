@@ -59,6 +59,22 @@ def machine() -> dict:
     }
 
 
+def add_torch_ao_case(cases: dict, kind: str, make_module, xf: torch.Tensor, wf: torch.Tensor) -> None:
+    """Add the torch.ao int8 baseline built by `make_module(nnq)`, fed the same codes as ours."""
+    try:
+        import torch.ao.nn.quantized as nnq
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # quantized-tensor creation is deprecated in torch
+            module = make_module(nnq)
+            module.set_weight_bias(torch.quantize_per_tensor(wf * 0.01, 0.01, 0, torch.qint8), torch.zeros(wf.shape[0]))
+            module.scale, module.zero_point = 1.0, 0
+            xq = torch.quantize_per_tensor(xf / 255.0, 1 / 255.0, 0, torch.quint8)
+        cases[f"torch.ao int8 {kind} ({torch.backends.quantized.engine})"] = lambda: module(xq)
+    except (ImportError, RuntimeError) as exc:
+        print(f"torch.ao int8 {kind} unavailable: {exc}")
+
+
 def matmul_cases(M: int, K: int, N: int):
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (M, K), generator=gen).to(torch.uint8)
@@ -78,18 +94,7 @@ def matmul_cases(M: int, K: int, N: int):
         "torch float64 matmul": lambda: xd @ wd.T,
         "torch._int_mm (int8 -> int32)": lambda: torch._int_mm(x8, wt),
     }
-    try:
-        import torch.ao.nn.quantized as nnq
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            lin = nnq.Linear(K, N)
-            lin.set_weight_bias(torch.quantize_per_tensor(wf * 0.01, 0.01, 0, torch.qint8), torch.zeros(N))
-            lin.scale, lin.zero_point = 1.0, 0
-            xq = torch.quantize_per_tensor(xf / 255.0, 1 / 255.0, 0, torch.quint8)
-        cases[f"torch.ao int8 Linear ({torch.backends.quantized.engine})"] = lambda: lin(xq)
-    except (ImportError, RuntimeError) as exc:
-        print(f"torch.ao int8 linear unavailable: {exc}")
+    add_torch_ao_case(cases, "Linear", lambda nnq: nnq.Linear(K, N), xf, wf)
     if M * K * N <= 64 * 1024 * 1024:
         xi, wi = x.int(), w.int()
         cases["torch int32 matmul"] = lambda: xi @ wi.T
@@ -109,18 +114,7 @@ def conv_cases(B: int, C: int, HW: int, Cout: int, ksize: int):
         "dqt cpu path, 4-bit, requant": lambda: dq.int_conv2d(x, w, padding=pad, act_shift=4, weight_shift=4, backend="cpu", **requant),
         "torch float32 conv2d (channels_last)": lambda: torch.nn.functional.conv2d(xf, wf, padding=pad),
     }
-    try:
-        import torch.ao.nn.quantized as nnq
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            conv = nnq.Conv2d(C, Cout, ksize, padding=pad)
-            conv.set_weight_bias(torch.quantize_per_tensor(wf * 0.01, 0.01, 0, torch.qint8), torch.zeros(Cout))
-            conv.scale, conv.zero_point = 1.0, 0
-            xq = torch.quantize_per_tensor(xf / 255.0, 1 / 255.0, 0, torch.quint8)
-        cases[f"torch.ao int8 Conv2d ({torch.backends.quantized.engine})"] = lambda: conv(xq)
-    except (ImportError, RuntimeError) as exc:
-        print(f"torch.ao int8 conv unavailable: {exc}")
+    add_torch_ao_case(cases, "Conv2d", lambda nnq: nnq.Conv2d(C, Cout, ksize, padding=pad), xf, wf)
     macs = B * Cout * HW * HW * C * ksize * ksize
     return cases, 2 * macs
 
