@@ -234,9 +234,18 @@ def _triton_kernels():
         from . import kernels
     except ImportError as exc:  # triton missing or broken
         raise BackendUnavailableError(f"backend 'triton' cannot be imported: {exc}") from exc
-    if not getattr(kernels, "AVAILABLE", False):
-        raise BackendUnavailableError("backend 'triton': the Triton kernels are not built yet (issue 3)")
+    if not kernels.AVAILABLE:
+        raise BackendUnavailableError(f"backend 'triton' needs the triton package: {kernels.IMPORT_ERROR}")
     return kernels
+
+
+def _triton_epilogue_args(ep: Epilogue) -> tuple:
+    return (ep.bias, ep.multiplier, ep.shift, ep.scale)
+
+
+def _triton_weight_shift(weight_shift: ShiftArg, kw: torch.Tensor) -> torch.Tensor:
+    """A per-layer shift goes to the kernels as one entry, so they skip bucketing rows by shift."""
+    return kw[:1].contiguous() if _is_int(weight_shift) else kw
 
 
 # ----------------------------------------------------------------------------- public ops
@@ -295,7 +304,10 @@ def int_matmul(
     check_accumulator(K, x.dtype == torch.int8, int(ep.bias.abs().max()), op)
     name = resolve_backend(backend, device, op)
     if name == "triton":
-        return _triton_kernels().int_matmul(x, w, ka, kw, round_rule, ep)
+        return _triton_kernels().int_matmul(
+            x, w, ka, _triton_weight_shift(weight_shift, kw), *_triton_epilogue_args(ep),
+            bool(round_rule), ep.mode, ep.relu, ep.lo, ep.hi, ep.out_dtype,
+        )
     out = np.empty((M, N), _NUMPY_OUT[ep.out_dtype])
     if M == 0:
         return torch.from_numpy(out)
@@ -366,7 +378,12 @@ def int_conv2d(
     name = resolve_backend(backend, device, op)
     geometry = (sh, sw, ph, pw, dh, dw, groups)
     if name == "triton":
-        return _triton_kernels().int_conv2d(x, w, geometry, ka, kw, round_rule, ep)
+        # Weights as [Cout, KH, KW, C/g] in memory: the kernel's channel loads are contiguous.
+        w_cl = w.contiguous(memory_format=torch.channels_last)
+        return _triton_kernels().int_conv2d(
+            x, w_cl, list(geometry), ka, _triton_weight_shift(weight_shift, kw), *_triton_epilogue_args(ep),
+            bool(round_rule), ep.mode, ep.relu, ep.lo, ep.hi, ep.out_dtype,
+        )
     out = np.empty((B * OH * OW, Cout), _NUMPY_OUT[ep.out_dtype])
     if B > 0:
         kernel = ref.int_conv2d_kernel if name == "reference" else ref.int_conv2d_blas
@@ -405,11 +422,11 @@ def _output_range(op: str, out_dtype: Optional[torch.dtype], relu: bool) -> tupl
 
 
 def _flat_pair(a: torch.Tensor, b: torch.Tensor):
-    """Flat numpy views in a's dense layout (channels_last kept), plus a function that rebuilds."""
+    """Flat dense tensors in a's layout (channels_last kept), plus a function that rebuilds."""
     if a.dim() == 4 and not a.is_contiguous() and a.is_contiguous(memory_format=torch.channels_last):
         a_p, b_p = a.permute(0, 2, 3, 1).contiguous(), b.permute(0, 2, 3, 1).contiguous()
-        return a_p.numpy().reshape(-1), b_p.numpy().reshape(-1), lambda o: o.view(a_p.shape).permute(0, 3, 1, 2)
-    return (a.contiguous().numpy().reshape(-1), b.contiguous().numpy().reshape(-1), lambda o: o.view(a.shape))
+        return a_p.reshape(-1), b_p.reshape(-1), lambda o: o.view(a_p.shape).permute(0, 3, 1, 2)
+    return a.contiguous().reshape(-1), b.contiguous().reshape(-1), lambda o: o.view(a.shape)
 
 
 def _elementwise(op, a, b, kernel, constants, shift, relu, out_dtype, backend):
@@ -419,11 +436,12 @@ def _elementwise(op, a, b, kernel, constants, shift, relu, out_dtype, backend):
         raise TypeError(f"{op}: relu must be a bool, got {type(relu).__name__}")
     dtype, lo, hi = _output_range(op, out_dtype, relu)
     name = resolve_backend(backend, device, op)
-    if name == "triton":
-        return getattr(_triton_kernels(), op)(a, b, tuple(int(v) for v in constants.values()), int(shift), lo, hi, dtype)
     fa, fb, rebuild = _flat_pair(a, b)
+    values = [int(v) for v in constants.values()]
+    if name == "triton":
+        return rebuild(_triton_kernels().int_elementwise(op, fa, fb, values, int(shift), lo, hi, dtype))
     out = np.empty(fa.shape[0], _NUMPY_OUT[dtype])
-    kernel(fa, fb, *(int(v) for v in constants.values()), int(shift), lo, hi, out)
+    kernel(fa.numpy(), fb.numpy(), *values, int(shift), lo, hi, out)
     return rebuild(torch.from_numpy(out))
 
 
@@ -488,7 +506,7 @@ def _pool(op, x, kernel_size, stride, padding, dilation, backend):
     x, geo, (OH, OW) = _pool_geometry(op, x, kernel_size, stride, padding, dilation)
     name = resolve_backend(backend, x.device, op)
     if name == "triton":
-        return getattr(_triton_kernels(), op)(x, geo)
+        return _triton_kernels().int_pool2d(x, list(geo), op == "int_max_pool2d")
     B, C = x.shape[0], x.shape[1]
     out = np.empty((B, OH, OW, C), _NUMPY_OUT[x.dtype])
     x_nhwc = x.permute(0, 2, 3, 1).contiguous().numpy()

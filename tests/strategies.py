@@ -67,3 +67,78 @@ def epilogue_spec(draw, n: int, gen_seed: int):
         kwargs["out_scale"] = scale
         oracle["scale"] = scale
     return kwargs, oracle
+
+
+@st.composite
+def matmul_case(draw, rows=(1, 2, 3, 7, 16, 17, 33), depths=(1, 5, 8, 13, 31, 64, 100, 257),
+                cols=(1, 3, 8, 15, 32, 41)):
+    """x, w, shifts, rule and epilogue of one matmul; odd sizes, saturation, mixed shifts."""
+    M = draw(st.sampled_from(rows))
+    K = draw(st.sampled_from(depths))
+    N = draw(st.sampled_from(cols))
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    extreme = draw(st.booleans())
+    x = codes(gen, (M, K), draw(st.sampled_from(CODE_DTYPES)), extreme)
+    w = codes(gen, (N, K), torch.int8, extreme)
+    ka = draw(shift_spec(M))
+    kw = draw(shift_spec(M))
+    rule = draw(st.sampled_from(["floor", "round"]))
+    kwargs, spec = draw(epilogue_spec(N, seed))
+    return x, w, ka, kw, rule, kwargs, spec
+
+
+@st.composite
+def conv_case(draw, channels=(1, 3, 5, 8), kernels=(1, 3, 5, 7), max_extra=6):
+    """x, w, geometry, shifts, rule and epilogue of one conv2d (groups, depthwise, dilation)."""
+    B = draw(st.sampled_from([1, 2, 3]))
+    groups = draw(st.sampled_from([1, 1, 2, "depthwise"]))
+    cin_g = draw(st.sampled_from(channels))
+    cout_g = draw(st.sampled_from([1, 2, 7]))
+    if groups == "depthwise":
+        groups, cin_g, cout_g = draw(st.sampled_from([3, 6])), 1, draw(st.sampled_from([1, 2]))
+    KH = draw(st.sampled_from(kernels))
+    KW = draw(st.sampled_from([KH, 1, 3]))
+    stride = draw(st.sampled_from([1, 2, (1, 2)]))
+    dilation = draw(st.sampled_from([1, 1, 2]))
+    padding = draw(st.sampled_from([0, 1, KH // 2, (KH // 2, KW // 2)]))
+    H = draw(st.integers(dilation * (KH - 1) + 1, dilation * (KH - 1) + max_extra))
+    W = draw(st.integers(dilation * (KW - 1) + 1, dilation * (KW - 1) + max_extra))
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    extreme = draw(st.booleans())
+    x = codes(gen, (B, cin_g * groups, H, W), draw(st.sampled_from(CODE_DTYPES)), extreme)
+    if draw(st.booleans()):
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = codes(gen, (cout_g * groups, cin_g, KH, KW), torch.int8, extreme)
+    geometry = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
+    kwargs, spec = draw(epilogue_spec(cout_g * groups, seed))
+    return x, w, geometry, draw(shift_spec(B)), draw(shift_spec(B)), draw(st.sampled_from(["floor", "round"])), kwargs, spec
+
+
+@st.composite
+def elementwise_operands(draw):
+    """Two code tensors of one shape, any dtype mix, sometimes channels_last."""
+    shape = draw(st.sampled_from([(1,), (7,), (3, 5), (2, 3, 4, 5), (1, 8, 3, 3)]))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    extreme = draw(st.booleans())
+    a = codes(gen, shape, draw(st.sampled_from(CODE_DTYPES)), extreme)
+    b = codes(gen, shape, draw(st.sampled_from(CODE_DTYPES)), extreme)
+    if len(shape) == 4 and draw(st.booleans()):
+        a = a.contiguous(memory_format=torch.channels_last)
+    return a, b
+
+
+@st.composite
+def pool_case(draw):
+    """Codes plus kernel, stride and padding of one pooling call."""
+    k = draw(st.sampled_from([1, 2, 3, (2, 3)]))
+    kh, kw = (k, k) if isinstance(k, int) else k
+    stride = draw(st.sampled_from([None, 1, 2]))
+    padding = draw(st.sampled_from([0, (kh // 2, kw // 2)]))
+    H = draw(st.integers(kh * 2, 9))
+    W = draw(st.integers(kw * 2, 9))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    x = codes(gen, (draw(st.integers(1, 3)), draw(st.integers(1, 5)), H, W), draw(st.sampled_from(CODE_DTYPES)),
+              draw(st.booleans()))
+    return x, (kh, kw), stride, padding

@@ -101,7 +101,8 @@ def test_elementwise_and_pool_reject_bad_input():
         dq.int_avg_pool2d(XC.float(), 2)
 
 
-def test_tensors_on_different_devices_or_backends_are_refused():
+def test_tensors_on_different_devices_or_backends_are_refused(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(dq.BackendUnavailableError, match="needs CUDA tensors"):
         dq.int_matmul(X, W, backend="triton")
     with pytest.raises(ValueError, match="unknown backend"):

@@ -8,36 +8,9 @@ from hypothesis import strategies as st
 
 import dqt_triton as dq
 from tests import oracle
-from tests.strategies import CODE_DTYPES, as_rows, codes, epilogue_spec, shift_spec
+from tests.strategies import as_rows, codes, conv_case
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@st.composite
-def conv_case(draw):
-    B = draw(st.sampled_from([1, 2, 3]))
-    groups = draw(st.sampled_from([1, 1, 2, "depthwise"]))
-    cin_g = draw(st.sampled_from([1, 3, 5, 8]))
-    cout_g = draw(st.sampled_from([1, 2, 7]))
-    if groups == "depthwise":
-        groups, cin_g, cout_g = draw(st.sampled_from([3, 6])), 1, draw(st.sampled_from([1, 2]))
-    KH = draw(st.sampled_from([1, 3, 5, 7]))
-    KW = draw(st.sampled_from([KH, 1, 3]))
-    stride = draw(st.sampled_from([1, 2, (1, 2)]))
-    dilation = draw(st.sampled_from([1, 1, 2]))
-    padding = draw(st.sampled_from([0, 1, KH // 2, (KH // 2, KW // 2)]))
-    H = draw(st.integers(dilation * (KH - 1) + 1, dilation * (KH - 1) + 6))
-    W = draw(st.integers(dilation * (KW - 1) + 1, dilation * (KW - 1) + 6))
-    seed = draw(st.integers(0, 2**31 - 1))
-    gen = torch.Generator().manual_seed(seed)
-    extreme = draw(st.booleans())
-    x = codes(gen, (B, cin_g * groups, H, W), draw(st.sampled_from(CODE_DTYPES)), extreme)
-    if draw(st.booleans()):
-        x = x.contiguous(memory_format=torch.channels_last)
-    w = codes(gen, (cout_g * groups, cin_g, KH, KW), torch.int8, extreme)
-    geometry = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
-    kwargs, spec = draw(epilogue_spec(cout_g * groups, seed))
-    return x, w, geometry, draw(shift_spec(B)), draw(shift_spec(B)), draw(st.sampled_from(["floor", "round"])), kwargs, spec
 
 
 @SETTINGS

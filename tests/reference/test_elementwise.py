@@ -8,21 +8,9 @@ from hypothesis import strategies as st
 
 import dqt_triton as dq
 from tests import oracle
-from tests.strategies import CODE_DTYPES, codes
+from tests.strategies import CODE_DTYPES, elementwise_operands
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@st.composite
-def operands(draw):
-    shape = draw(st.sampled_from([(1,), (7,), (3, 5), (2, 3, 4, 5), (1, 8, 3, 3)]))
-    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    extreme = draw(st.booleans())
-    a = codes(gen, shape, draw(st.sampled_from(CODE_DTYPES)), extreme)
-    b = codes(gen, shape, draw(st.sampled_from(CODE_DTYPES)), extreme)
-    if len(shape) == 4 and draw(st.booleans()):
-        a = a.contiguous(memory_format=torch.channels_last)
-    return a, b
 
 
 constants = st.integers(-(2**31) + 1, 2**31 - 1)
@@ -30,7 +18,7 @@ offsets = st.integers(-(2**47), 2**47)
 
 
 @SETTINGS
-@given(operands(), constants, constants, offsets, st.integers(0, 62), st.booleans(), st.sampled_from(CODE_DTYPES))
+@given(elementwise_operands(), constants, constants, offsets, st.integers(0, 62), st.booleans(), st.sampled_from(CODE_DTYPES))
 def test_add_matches_oracle(ab, k1, k2, k3, shift, relu, out_dtype):
     a, b = ab
     out = dq.int_add(a, b, k1=k1, k2=k2, k3=k3, shift=shift, relu=relu, out_dtype=out_dtype)
@@ -39,7 +27,7 @@ def test_add_matches_oracle(ab, k1, k2, k3, shift, relu, out_dtype):
 
 
 @SETTINGS
-@given(operands(), constants, constants, constants, offsets, st.integers(0, 62), st.booleans(),
+@given(elementwise_operands(), constants, constants, constants, offsets, st.integers(0, 62), st.booleans(),
        st.sampled_from(CODE_DTYPES))
 def test_mul_matches_oracle(ab, k1, k2, k3, k4, shift, relu, out_dtype):
     a, b = ab

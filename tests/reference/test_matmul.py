@@ -9,26 +9,9 @@ from hypothesis import strategies as st
 
 import dqt_triton as dq
 from tests import oracle
-from tests.strategies import CODE_DTYPES, as_rows, codes, epilogue_spec, shift_spec
+from tests.strategies import CODE_DTYPES, as_rows, codes, matmul_case
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@st.composite
-def matmul_case(draw):
-    M = draw(st.sampled_from([1, 2, 3, 7, 16, 17, 33]))
-    K = draw(st.sampled_from([1, 5, 8, 13, 31, 64, 100, 257]))
-    N = draw(st.sampled_from([1, 3, 8, 15, 32, 41]))
-    seed = draw(st.integers(0, 2**31 - 1))
-    gen = torch.Generator().manual_seed(seed)
-    extreme = draw(st.booleans())
-    x = codes(gen, (M, K), draw(st.sampled_from(CODE_DTYPES)), extreme)
-    w = codes(gen, (N, K), torch.int8, extreme)
-    ka = draw(shift_spec(M))
-    kw = draw(shift_spec(M))
-    rule = draw(st.sampled_from(["floor", "round"]))
-    kwargs, spec = draw(epilogue_spec(N, seed))
-    return x, w, ka, kw, rule, kwargs, spec
 
 
 def expected(x, w, ka, kw, rule, spec):

@@ -9,23 +9,9 @@ from hypothesis import strategies as st
 
 import dqt_triton as dq
 from tests import oracle
-from tests.strategies import CODE_DTYPES, codes
+from tests.strategies import pool_case
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@st.composite
-def pool_case(draw):
-    k = draw(st.sampled_from([1, 2, 3, (2, 3)]))
-    kh, kw = (k, k) if isinstance(k, int) else k
-    stride = draw(st.sampled_from([None, 1, 2]))
-    padding = draw(st.sampled_from([0, (kh // 2, kw // 2)]))
-    H = draw(st.integers(kh * 2, 9))
-    W = draw(st.integers(kw * 2, 9))
-    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    x = codes(gen, (draw(st.integers(1, 3)), draw(st.integers(1, 5)), H, W), draw(st.sampled_from(CODE_DTYPES)),
-              draw(st.booleans()))
-    return x, (kh, kw), stride, padding
 
 
 @SETTINGS

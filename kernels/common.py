@@ -1,0 +1,131 @@
+"""Triton building blocks of the integer contract (docs/numerics.md), shared by every kernel.
+
+The Numba twins of these helpers live in `dqt_triton.reference.common`; the tests hold the two
+to exact equality.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+# Epilogue selectors, the same values as dqt_triton.reference.EPILOGUE_*.
+EPILOGUE_RAW = 0
+EPILOGUE_REQUANT = 1
+EPILOGUE_FLOAT = 2
+
+MAX_SHIFT = 7
+
+
+def interpreting() -> bool:
+    """True when TRITON_INTERPRET is set: kernels run as numpy code on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@triton.jit
+def nested_shift(q, k, ROUND: tl.constexpr, CODE_HI: tl.constexpr):
+    """b-bit code from an int32 master code `q` and shift `k` (broadcastable int32).
+
+    floor: q >> k. round: min((q + 2^(k-1)) >> k, CODE_HI >> k); `(1 << k) >> 1` is the
+    rounding term without a negative shift at k = 0.
+    """
+    if ROUND:
+        return tl.minimum((q + ((1 << k) >> 1)) >> k, CODE_HI >> k)
+    else:
+        return q >> k
+
+
+@triton.jit
+def clamp_shift(k):
+    """Shift amounts outside [0, 7] are refused by dqt_triton.ops; clamping here keeps a shift
+    by >= 32 (undefined on the GPU) out of the kernels even if a caller bypasses the checks."""
+    return tl.minimum(tl.maximum(k, 0), 7)
+
+
+@triton.jit
+def rows_of_tile(
+    pid_m, num_rows, rows_per_sample,
+    sample_order_ptr, bucket_start_ptr, weight_shift_ptr,
+    BLOCK_M: tl.constexpr, BUCKETED: tl.constexpr,
+):
+    """Output rows, their sample, a row mask and the tile's weight shift for M-tile `pid_m`.
+
+    One tile can only use one weight shift, because floor(w / 2^s) does not factor out of a
+    dot product. With per-sample weight shifts (BUCKETED) the samples are sorted by shift
+    (`sample_order`) and `bucket_start[s]..bucket_start[s+1]` indexes the samples with shift s;
+    each bucket gets its own run of tiles, so the grid has at most 7 tiles more than the
+    uniform case. Tiles past the last bucket come back with an all-false mask and shift -1.
+    """
+    offs = tl.arange(0, BLOCK_M)
+    if BUCKETED:
+        tile = pid_m
+        kw = pid_m * 0 - 1
+        pos_begin = pid_m * 0
+        pos_end = pid_m * 0
+        for s in tl.static_range(MAX_SHIFT + 1):
+            start = tl.load(bucket_start_ptr + s) * rows_per_sample
+            end = tl.load(bucket_start_ptr + s + 1) * rows_per_sample
+            num_tiles = (end - start + BLOCK_M - 1) // BLOCK_M
+            hit = (tile >= 0) & (tile < num_tiles)
+            kw = tl.where(hit, s, kw)
+            pos_begin = tl.where(hit, start + tile * BLOCK_M, pos_begin)
+            pos_end = tl.where(hit, end, pos_end)
+            tile = tile - num_tiles
+        pos = pos_begin + offs
+        row_mask = pos < pos_end
+        sample_pos = pos // rows_per_sample
+        sample = tl.load(sample_order_ptr + sample_pos, mask=row_mask, other=0)
+        rows = sample * rows_per_sample + (pos - sample_pos * rows_per_sample)
+    else:
+        rows = pid_m * BLOCK_M + offs
+        row_mask = rows < num_rows
+        sample = rows // rows_per_sample
+        kw = tl.load(weight_shift_ptr)
+    return rows, sample, row_mask, kw
+
+
+@triton.jit
+def shifted_left_operand(x, ka, ROUND: tl.constexpr, X_UNSIGNED: tl.constexpr):
+    """int8 tile for tl.dot from master activation codes `x` [BM, BK] and row shifts `ka` [BM, 1].
+
+    uint8 codes above 127 do not fit int8, so unsigned tiles are offset by -128; the caller adds
+    128 * (column sums of the shifted weights) back, which is exact.
+    """
+    if X_UNSIGNED:
+        return (nested_shift(x.to(tl.int32), ka, ROUND, 255) - 128).to(tl.int8)
+    else:
+        return nested_shift(x.to(tl.int32), ka, ROUND, 127).to(tl.int8)
+
+
+@triton.jit
+def epilogue_store(
+    acc, total_shift, rows, row_mask, offs_n, n_mask,
+    out_ptr, stride_om, stride_on,
+    bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr, lo, hi,
+    EPILOGUE: tl.constexpr, RELU: tl.constexpr,
+):
+    """Master units, bias, ReLU and one of the three epilogues; stores the [BM, BN] tile.
+
+    v = (acc << (ka + kw)) + bias in int64; requant = clamp(round_shift(v * M, S), lo, hi) with
+    an int64 product; float = float32(v) * scale, one IEEE multiply (nothing for FMA to fuse).
+    """
+    bias = tl.load(bias_ptr + offs_n, mask=n_mask, other=0).to(tl.int64)
+    v = (acc.to(tl.int64) << total_shift[:, None].to(tl.int64)) + bias[None, :]
+    if RELU:
+        v = tl.maximum(v, 0)
+    if EPILOGUE == 1:
+        multiplier = tl.load(multiplier_ptr + offs_n, mask=n_mask, other=0).to(tl.int64)
+        rshift = tl.load(rshift_ptr + offs_n, mask=n_mask, other=0).to(tl.int64)
+        product = v * multiplier[None, :]
+        rounded = (product + ((1 << rshift[None, :]) >> 1)) >> rshift[None, :]
+        result = tl.minimum(tl.maximum(rounded, lo), hi)
+    elif EPILOGUE == 2:
+        scale = tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)
+        # v fits int32 by the accumulator rule; int32 -> float32 rounds to nearest even.
+        result = v.to(tl.int32).to(tl.float32) * scale[None, :]
+    else:
+        result = v
+    out_ptrs = out_ptr + rows[:, None].to(tl.int64) * stride_om + offs_n[None, :] * stride_on
+    tl.store(out_ptrs, result.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])

@@ -1,0 +1,61 @@
+"""Element-wise integer add and multiply (docs/numerics.md section 5) over flat code tensors."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import interpreting
+
+
+@triton.jit
+def _round_shift_clamp(v, shift, lo, hi):
+    """clamp(round_shift(v, shift), lo, hi) for int64 v; (1 << s) >> 1 is 0 at s = 0."""
+    v = (v + ((tl.full((), 1, tl.int64) << shift) >> 1)) >> shift
+    return tl.minimum(tl.maximum(v, lo), hi)
+
+
+# Constants are plain ints; no specialisation on their values (== 1, divisibility), so one
+# compiled kernel serves every layer's constants.
+_RUNTIME_INTS = ["numel", "k1", "k2", "k3", "k4", "shift", "lo", "hi"]
+
+
+@triton.jit(do_not_specialize=_RUNTIME_INTS[:4] + _RUNTIME_INTS[5:])
+def int_add_kernel(a_ptr, b_ptr, out_ptr, numel, k1, k2, k3, shift, lo, hi, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    a = tl.load(a_ptr + offs, mask=mask, other=0).to(tl.int64)
+    b = tl.load(b_ptr + offs, mask=mask, other=0).to(tl.int64)
+    v = k1.to(tl.int64) * a + k2.to(tl.int64) * b + k3.to(tl.int64)
+    tl.store(out_ptr + offs, _round_shift_clamp(v, shift.to(tl.int64), lo, hi).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
+def int_mul_kernel(a_ptr, b_ptr, out_ptr, numel, k1, k2, k3, k4, shift, lo, hi, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    a = tl.load(a_ptr + offs, mask=mask, other=0).to(tl.int64)
+    b = tl.load(b_ptr + offs, mask=mask, other=0).to(tl.int64)
+    v = k1.to(tl.int64) * a * b + k2.to(tl.int64) * a + k3.to(tl.int64) * b + k4.to(tl.int64)
+    tl.store(out_ptr + offs, _round_shift_clamp(v, shift.to(tl.int64), lo, hi).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _block() -> int:
+    return 256 if interpreting() else 1024
+
+
+def launch_elementwise(name: str, a: torch.Tensor, b: torch.Tensor, constants: list[int], shift: int,
+                       lo: int, hi: int, out_dtype: torch.dtype) -> torch.Tensor:
+    """Flat element-wise op `name` ("int_add" or "int_mul") on contiguous equal-shape code tensors."""
+    if a.shape != b.shape or not a.is_contiguous() or not b.is_contiguous():
+        raise ValueError(f"{name} kernel: a and b must be contiguous tensors of one shape")
+    kernel, arity = (int_add_kernel, 3) if name == "int_add" else (int_mul_kernel, 4)
+    if len(constants) != arity:
+        raise ValueError(f"{name} kernel takes {arity} constants, got {len(constants)}")
+    out = torch.empty(a.shape, dtype=out_dtype, device=a.device)
+    numel = a.numel()
+    if numel:
+        block = _block()
+        kernel[(triton.cdiv(numel, block),)](a, b, out, numel, *constants, shift, lo, hi, BLOCK=block)
+    return out

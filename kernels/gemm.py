@@ -1,0 +1,280 @@
+"""Integer matmul and implicit-GEMM conv2d with runtime nested shifts and fused epilogues.
+
+Both kernels compute, for output row m (a matmul row or an output pixel) and channel n,
+
+    acc = sum_k nested_shift(x[m, k], ka[sample]) * nested_shift(w[n, k], kw[sample])   (int32)
+
+then the epilogue of docs/numerics.md section 3.5. Shift amounts are loaded from device
+tensors at run time, so changing a bit-width never recompiles. Launchers check shapes and
+dtypes; model logic and input validation live in dqt_triton.ops.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import clamp_shift, epilogue_store, nested_shift, rows_of_tile, shifted_left_operand
+from .configs import conv_configs, m_bucket, matmul_configs
+
+MAX_SHIFT = 7
+
+
+@triton.autotune(configs=matmul_configs(), key=["M_BUCKET", "N", "K", "EPILOGUE", "BUCKETED"])
+@triton.jit
+def int_matmul_kernel(
+    x_ptr, w_ptr, out_ptr,
+    act_shift_ptr, weight_shift_ptr, sample_order_ptr, bucket_start_ptr,
+    bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr,
+    M, N, K, M_BUCKET,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_om, stride_on,
+    lo, hi,
+    BUCKETED: tl.constexpr, ROUND: tl.constexpr, X_UNSIGNED: tl.constexpr,
+    EPILOGUE: tl.constexpr, RELU: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """out[M, N] = epilogue(shift(x[M, K]) . shift(w[N, K])^T), one [BLOCK_M, BLOCK_N] tile per program."""
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M) + (MAX_SHIFT if BUCKETED else 0)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    # Grouped ordering: GROUP_M row tiles share each weight tile while it is in L2.
+    pids_per_group = GROUP_M * num_pid_n
+    first_pid_m = (pid // pids_per_group) * GROUP_M
+    group_rows = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (pid % pids_per_group) % group_rows
+    pid_n = (pid % pids_per_group) // group_rows
+
+    rows, sample, row_mask, kw = rows_of_tile(
+        pid_m, M, 1, sample_order_ptr, bucket_start_ptr, weight_shift_ptr, BLOCK_M, BUCKETED
+    )
+    k_tiles = tl.where(kw >= 0, tl.cdiv(K, BLOCK_K), 0)
+    kw = clamp_shift(kw)
+    ka = clamp_shift(tl.load(act_shift_ptr + sample, mask=row_mask, other=0))
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    offs_k = tl.arange(0, BLOCK_K)
+    x_ptrs = x_ptr + rows[:, None].to(tl.int64) * stride_xm + offs_k[None, :] * stride_xk
+    w_ptrs = w_ptr + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None] * stride_wk
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    w_colsum = tl.zeros((BLOCK_N,), dtype=tl.int32)
+    for kt in range(0, k_tiles):
+        k_mask = offs_k < K - kt * BLOCK_K
+        x = tl.load(x_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0)
+        w = tl.load(w_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0)
+        a = shifted_left_operand(x, ka[:, None], ROUND, X_UNSIGNED)
+        b = nested_shift(w.to(tl.int32), kw, ROUND, 127)
+        if X_UNSIGNED:
+            w_colsum += tl.sum(b, axis=0)
+        acc = tl.dot(a, b.to(tl.int8), acc, out_dtype=tl.int32)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+    if X_UNSIGNED:
+        acc += 128 * w_colsum[None, :]
+
+    epilogue_store(
+        acc, ka + kw, rows, row_mask, offs_n, n_mask, out_ptr, stride_om, stride_on,
+        bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr, lo, hi, EPILOGUE, RELU,
+    )
+
+
+@triton.autotune(
+    configs=conv_configs(),
+    key=["M_BUCKET", "C_GROUP", "COUT_GROUP", "KH", "KW", "STRIDE_H", "EPILOGUE", "BUCKETED"],
+)
+@triton.jit
+def int_conv2d_kernel(
+    x_ptr, w_ptr, out_ptr,
+    act_shift_ptr, weight_shift_ptr, sample_order_ptr, bucket_start_ptr,
+    bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr,
+    M, M_BUCKET, H, W, OH, OW, C_GROUP, COUT_GROUP, KH, KW,
+    STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
+    stride_xb, stride_xh, stride_xw, stride_xc,
+    stride_wo, stride_wh, stride_ww, stride_wc,
+    stride_om, stride_on,
+    lo, hi,
+    BUCKETED: tl.constexpr, ROUND: tl.constexpr, X_UNSIGNED: tl.constexpr,
+    EPILOGUE: tl.constexpr, RELU: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Implicit GEMM: rows are output pixels (b, oh, ow), columns the output channels of one
+    group, and the reduction runs over (kh, kw, channel block) without materialising im2col.
+    x is NHWC (any strides), w is [Cout, KH, KW, C/groups]; padding loads code 0."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    group = tl.program_id(2)
+    pixels = OH * OW
+    rows, sample, row_mask, kw = rows_of_tile(
+        pid_m, M, pixels, sample_order_ptr, bucket_start_ptr, weight_shift_ptr, BLOCK_M, BUCKETED
+    )
+    c_tiles = tl.cdiv(C_GROUP, BLOCK_K)
+    k_tiles = tl.where(kw >= 0, KH * KW * c_tiles, 0)
+    kw = clamp_shift(kw)
+    ka = clamp_shift(tl.load(act_shift_ptr + sample, mask=row_mask, other=0))
+
+    pixel = rows - sample * pixels
+    ih0 = (pixel // OW) * STRIDE_H - PAD_H
+    iw0 = (pixel % OW) * STRIDE_W - PAD_W
+    x_row_ptr = x_ptr + sample.to(tl.int64) * stride_xb + (group * C_GROUP) * stride_xc
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < COUT_GROUP
+    channel_out = group * COUT_GROUP + offs_n
+    offs_k = tl.arange(0, BLOCK_K)
+    w_col_ptr = w_ptr + channel_out[None, :].to(tl.int64) * stride_wo
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    w_colsum = tl.zeros((BLOCK_N,), dtype=tl.int32)
+    for kt in range(0, k_tiles):
+        # One flat loop over (kh, kw, channel block) keeps the reduction software-pipelined.
+        tap = kt // c_tiles
+        c0 = (kt - tap * c_tiles) * BLOCK_K
+        i = tap // KW
+        j = tap - i * KW
+        ih = ih0 + i * DIL_H
+        iw = iw0 + j * DIL_W
+        inside = row_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        channels = c0 + offs_k
+        c_mask = channels < C_GROUP
+        x = tl.load(
+            x_row_ptr[:, None] + (ih * stride_xh + iw * stride_xw)[:, None] + channels[None, :] * stride_xc,
+            mask=inside[:, None] & c_mask[None, :], other=0,
+        )
+        w = tl.load(
+            w_col_ptr + (i * stride_wh + j * stride_ww) + channels[:, None] * stride_wc,
+            mask=c_mask[:, None] & n_mask[None, :], other=0,
+        )
+        a = shifted_left_operand(x, ka[:, None], ROUND, X_UNSIGNED)
+        b = nested_shift(w.to(tl.int32), kw, ROUND, 127)
+        if X_UNSIGNED:
+            w_colsum += tl.sum(b, axis=0)
+        acc = tl.dot(a, b.to(tl.int8), acc, out_dtype=tl.int32)
+    if X_UNSIGNED:
+        acc += 128 * w_colsum[None, :]
+
+    epilogue_store(
+        acc, ka + kw, rows, row_mask, channel_out, n_mask, out_ptr, stride_om, stride_on,
+        bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr, lo, hi, EPILOGUE, RELU,
+    )
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def weight_shift_buckets(weight_shift: torch.Tensor, samples: int):
+    """(bucketed, sample_order, bucket_start) for a [1] (per layer) or [samples] shift tensor.
+
+    Sorting and counting stay on the device (no host sync): bucket_start[s] is the number of
+    samples whose weight shift is below s.
+    """
+    device = weight_shift.device
+    if weight_shift.numel() == 1:
+        dummy = torch.zeros(1, dtype=torch.int32, device=device)
+        return False, dummy, dummy
+    shifts = weight_shift.to(torch.int64).clamp(0, MAX_SHIFT)
+    order = torch.argsort(shifts, stable=True).to(torch.int32)
+    levels = torch.arange(MAX_SHIFT + 2, device=device)
+    bucket_start = (shifts[None, :] < levels[:, None]).sum(dim=1).to(torch.int32)
+    return True, order, bucket_start
+
+
+def _check_common(x, w, act_shift, weight_shift, samples, epilogue_tensors, n):
+    if x.dtype not in (torch.uint8, torch.int8) or w.dtype != torch.int8:
+        raise TypeError(f"integer kernels take uint8/int8 activations and int8 weights, got {x.dtype}, {w.dtype}")
+    if act_shift.shape != (samples,) or act_shift.dtype != torch.int32:
+        raise ValueError(f"act_shift must be int32 [{samples}], got {act_shift.dtype} {tuple(act_shift.shape)}")
+    if weight_shift.dtype != torch.int32 or weight_shift.shape not in ((1,), (samples,)):
+        raise ValueError(f"weight_shift must be int32 [1] or [{samples}], got {weight_shift.dtype} {tuple(weight_shift.shape)}")
+    for name, t in zip(("bias", "multiplier", "rshift", "scale"), epilogue_tensors):
+        if t.shape != (n,) or not t.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous [{n}] tensor, got {tuple(t.shape)}")
+    devices = {t.device for t in (x, w, act_shift, weight_shift, *epilogue_tensors)}
+    if len(devices) != 1:
+        raise ValueError(f"all kernel operands must be on one device, got {sorted(map(str, devices))}")
+
+
+def launch_int_matmul(
+    x: torch.Tensor, w: torch.Tensor, act_shift: torch.Tensor, weight_shift: torch.Tensor,
+    bias: torch.Tensor, multiplier: torch.Tensor, rshift: torch.Tensor, scale: torch.Tensor,
+    round_rule: bool, epilogue: int, relu: bool, lo: int, hi: int, out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """out [M, N] = epilogue(acc) for x [M, K] codes and w [N, K] int8 (see the module docstring).
+
+    act_shift is int32 [M]; weight_shift is int32 [1] (per layer) or [M] (per sample).
+    """
+    if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"int_matmul kernel: x must be [M, K] and w [N, K], got {tuple(x.shape)}, {tuple(w.shape)}")
+    M, K = x.shape
+    N = w.shape[0]
+    _check_common(x, w, act_shift, weight_shift, M, (bias, multiplier, rshift, scale), N)
+    out = torch.empty((M, N), dtype=out_dtype, device=x.device)
+    if M == 0:
+        return out
+    bucketed, order, bucket_start = weight_shift_buckets(weight_shift, M)
+    extra = MAX_SHIFT if bucketed else 0
+
+    def grid(meta):
+        return ((triton.cdiv(M, meta["BLOCK_M"]) + extra) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+    int_matmul_kernel[grid](
+        x, w, out, act_shift, weight_shift, order, bucket_start,
+        bias, multiplier, rshift, scale,
+        M, N, K, m_bucket(M),
+        x.stride(0), x.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1),
+        lo, hi,
+        BUCKETED=bucketed, ROUND=bool(round_rule), X_UNSIGNED=x.dtype == torch.uint8,
+        EPILOGUE=int(epilogue), RELU=bool(relu), GROUP_M=8,
+    )
+    return out
+
+
+def launch_int_conv2d(
+    x: torch.Tensor, w: torch.Tensor, geometry: list[int], act_shift: torch.Tensor, weight_shift: torch.Tensor,
+    bias: torch.Tensor, multiplier: torch.Tensor, rshift: torch.Tensor, scale: torch.Tensor,
+    round_rule: bool, epilogue: int, relu: bool, lo: int, hi: int, out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """out [B, Cout, OH, OW] (channels_last) for x [B, C, H, W] codes and w [Cout, C/g, KH, KW].
+
+    geometry = [stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups]. Any memory format is
+    read in place through strides; channels_last gives the coalesced channel loads.
+    """
+    if x.dim() != 4 or w.dim() != 4 or len(geometry) != 7:
+        raise ValueError(f"int_conv2d kernel: x and w must be 4-D and geometry 7 ints, got {tuple(x.shape)}, "
+                         f"{tuple(w.shape)}, {geometry}")
+    sh, sw, ph, pw, dh, dw, groups = (int(v) for v in geometry)
+    B, C, H, W = x.shape
+    Cout, Cg, KH, KW = w.shape
+    if groups < 1 or C != Cg * groups or Cout % groups:
+        raise ValueError(f"int_conv2d kernel: channels {C} -> {Cout} do not split into {groups} groups of {Cg}")
+    OH = (H + 2 * ph - dh * (KH - 1) - 1) // sh + 1
+    OW = (W + 2 * pw - dw * (KW - 1) - 1) // sw + 1
+    if OH < 1 or OW < 1:
+        raise ValueError(f"int_conv2d kernel: empty output {OH}x{OW}")
+    _check_common(x, w, act_shift, weight_shift, B, (bias, multiplier, rshift, scale), Cout)
+    out = torch.empty((B, OH, OW, Cout), dtype=out_dtype, device=x.device)
+    if B == 0:
+        return out.permute(0, 3, 1, 2)
+    out_rows = out.view(B * OH * OW, Cout)
+    bucketed, order, bucket_start = weight_shift_buckets(weight_shift, B)
+    M = B * OH * OW
+    extra = MAX_SHIFT if bucketed else 0
+    cout_g = Cout // groups
+
+    def grid(meta):
+        return (triton.cdiv(M, meta["BLOCK_M"]) + extra, triton.cdiv(cout_g, meta["BLOCK_N"]), groups)
+
+    int_conv2d_kernel[grid](
+        x, w, out_rows, act_shift, weight_shift, order, bucket_start,
+        bias, multiplier, rshift, scale,
+        M, m_bucket(M), H, W, OH, OW, Cg, cout_g, KH, KW,
+        sh, sw, ph, pw, dh, dw,
+        x.stride(0), x.stride(2), x.stride(3), x.stride(1),
+        w.stride(0), w.stride(2), w.stride(3), w.stride(1),
+        out_rows.stride(0), out_rows.stride(1),
+        lo, hi,
+        BUCKETED=bucketed, ROUND=bool(round_rule), X_UNSIGNED=x.dtype == torch.uint8,
+        EPILOGUE=int(epilogue), RELU=bool(relu),
+    )
+    return out.permute(0, 3, 1, 2)

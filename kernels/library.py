@@ -1,0 +1,82 @@
+"""`torch.library` registration of the Triton kernels as `torch.ops.dqt_triton.*`.
+
+Each op has a fake (Meta) implementation that only computes the output's shape, dtype and
+layout, so `torch.compile` can trace models that call them without running a kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .elementwise import launch_elementwise
+from .gemm import launch_int_conv2d, launch_int_matmul
+from .pool import launch_pool2d
+
+Tensor = torch.Tensor
+
+
+def _conv_out_hw(H: int, W: int, KH: int, KW: int, geometry: list[int]) -> tuple[int, int]:
+    sh, sw, ph, pw, dh, dw = geometry[:6]
+    return (H + 2 * ph - dh * (KH - 1) - 1) // sh + 1, (W + 2 * pw - dw * (KW - 1) - 1) // sw + 1
+
+
+@torch.library.custom_op("dqt_triton::int_matmul", mutates_args=())
+def int_matmul(
+    x: Tensor, w: Tensor, act_shift: Tensor, weight_shift: Tensor,
+    bias: Tensor, multiplier: Tensor, rshift: Tensor, scale: Tensor,
+    round_rule: bool, epilogue: int, relu: bool, lo: int, hi: int, out_dtype: torch.dtype,
+) -> Tensor:
+    """Integer matmul kernel; arguments as in `gemm.launch_int_matmul`."""
+    return launch_int_matmul(x, w, act_shift, weight_shift, bias, multiplier, rshift, scale,
+                             round_rule, epilogue, relu, lo, hi, out_dtype)
+
+
+@int_matmul.register_fake
+def _(x, w, act_shift, weight_shift, bias, multiplier, rshift, scale, round_rule, epilogue, relu, lo, hi, out_dtype):
+    return x.new_empty((x.shape[0], w.shape[0]), dtype=out_dtype)
+
+
+@torch.library.custom_op("dqt_triton::int_conv2d", mutates_args=())
+def int_conv2d(
+    x: Tensor, w: Tensor, geometry: list[int], act_shift: Tensor, weight_shift: Tensor,
+    bias: Tensor, multiplier: Tensor, rshift: Tensor, scale: Tensor,
+    round_rule: bool, epilogue: int, relu: bool, lo: int, hi: int, out_dtype: torch.dtype,
+) -> Tensor:
+    """Implicit-GEMM conv2d kernel; arguments as in `gemm.launch_int_conv2d`."""
+    return launch_int_conv2d(x, w, geometry, act_shift, weight_shift, bias, multiplier, rshift, scale,
+                             round_rule, epilogue, relu, lo, hi, out_dtype)
+
+
+@int_conv2d.register_fake
+def _(x, w, geometry, act_shift, weight_shift, bias, multiplier, rshift, scale, round_rule, epilogue, relu, lo, hi,
+      out_dtype):
+    OH, OW = _conv_out_hw(x.shape[2], x.shape[3], w.shape[2], w.shape[3], geometry)
+    return torch.empty((x.shape[0], w.shape[0], OH, OW), dtype=out_dtype, device=x.device,
+                       memory_format=torch.channels_last)
+
+
+@torch.library.custom_op("dqt_triton::int_elementwise", mutates_args=())
+def int_elementwise(
+    name: str, a: Tensor, b: Tensor, constants: list[int], shift: int, lo: int, hi: int, out_dtype: torch.dtype
+) -> Tensor:
+    """Flat `int_add` / `int_mul` kernel on contiguous code tensors of one shape."""
+    return launch_elementwise(name, a, b, constants, shift, lo, hi, out_dtype)
+
+
+@int_elementwise.register_fake
+def _(name, a, b, constants, shift, lo, hi, out_dtype):
+    return a.new_empty(a.shape, dtype=out_dtype)
+
+
+@torch.library.custom_op("dqt_triton::int_pool2d", mutates_args=())
+def int_pool2d(x: Tensor, geometry: list[int], is_max: bool) -> Tensor:
+    """Max or average pooling kernel; geometry = [kh, kw, sh, sw, ph, pw, dh, dw]."""
+    return launch_pool2d(x, geometry, is_max)
+
+
+@int_pool2d.register_fake
+def _(x, geometry, is_max):
+    kh, kw, sh, sw, ph, pw, dh, dw = geometry
+    OH, OW = _conv_out_hw(x.shape[2], x.shape[3], kh, kw, [sh, sw, ph, pw, dh, dw])
+    return torch.empty((x.shape[0], x.shape[1], OH, OW), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last)

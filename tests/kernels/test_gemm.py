@@ -1,0 +1,147 @@
+"""Triton int_matmul / int_conv2d against the Numba reference, with exact equality.
+
+Under TRITON_INTERPRET=1 (CI) the kernels run on CPU tensors; on a machine with a GPU the same
+tests run the compiled kernels on CUDA tensors.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+
+import dqt_triton as dq
+from dqt_triton.kernels.gemm import weight_shift_buckets
+from tests.kernels.device import DEVICE, kwargs_on_device, on_device
+from tests.strategies import CODE_DTYPES, codes, conv_case, matmul_case
+
+pytestmark = pytest.mark.interpreter
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def triton_matmul(x, w, ka, kw, **kwargs):
+    x_d, w_d, ka_d, kw_d = on_device(x, w, ka, kw)
+    out = dq.int_matmul(x_d, w_d, act_shift=ka_d, weight_shift=kw_d, backend="triton", **kwargs_on_device(kwargs))
+    assert out.device.type == DEVICE.type
+    return out.cpu()
+
+
+def triton_conv(x, w, ka, kw, **kwargs):
+    x_d, w_d, ka_d, kw_d = on_device(x, w, ka, kw)
+    out = dq.int_conv2d(x_d, w_d, act_shift=ka_d, weight_shift=kw_d, backend="triton", **kwargs_on_device(kwargs))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    return out.cpu()
+
+
+@settings(SETTINGS, max_examples=30)
+@given(matmul_case(cols=(1, 3, 15, 32, 41, 70)))
+def test_matmul_matches_reference(case):
+    x, w, ka, kw, rule, kwargs, _ = case
+    want = dq.int_matmul(x, w, act_shift=ka, weight_shift=kw, shift_rule=rule, backend="reference", **kwargs)
+    got = triton_matmul(x, w, ka, kw, shift_rule=rule, **kwargs)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+@settings(SETTINGS, max_examples=30)
+@given(conv_case(channels=(1, 3, 5, 8, 35), kernels=(1, 3, 7), max_extra=3))
+def test_conv_matches_reference(case):
+    x, w, geometry, ka, kw, rule, kwargs, _ = case
+    want = dq.int_conv2d(x, w, act_shift=ka, weight_shift=kw, shift_rule=rule, backend="reference",
+                         **geometry, **kwargs)
+    got = triton_conv(x, w, ka, kw, shift_rule=rule, **geometry, **kwargs)
+    assert got.shape == want.shape and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("x_dtype", CODE_DTYPES)
+@pytest.mark.parametrize("rule", ["floor", "round"])
+def test_all_64_shift_pairs_in_one_mixed_batch(x_dtype, rule):
+    """Every (act, weight) shift pair as a per-sample choice, on saturated codes: 64 rows in 8
+    weight-shift buckets, each bucket 8 rows (not a multiple of the tile)."""
+    gen = torch.Generator().manual_seed(7)
+    x = codes(gen, (64, 45), x_dtype, extreme=True)
+    w = codes(gen, (37, 45), torch.int8, extreme=True)
+    pairs = torch.randperm(64, generator=gen)
+    ka, kw = pairs % 8, pairs // 8
+    want = dq.int_matmul(x, w, act_shift=ka, weight_shift=kw, shift_rule=rule, backend="reference")
+    assert torch.equal(triton_matmul(x, w, ka, kw, shift_rule=rule), want)
+
+
+@pytest.mark.parametrize("weight_shift", [0, "mixed"])
+def test_every_activation_code_at_every_shift(weight_shift):
+    """Each uint8 code at each activation shift (2,048 rows, K = 1) against 32 weight codes at
+    the range ends and around the powers of two: the unsigned offset trick and the rounding
+    clamp at the top are checked code by code."""
+    x = torch.arange(256).repeat_interleave(8).to(torch.uint8).reshape(-1, 1)
+    ka = torch.arange(8).repeat(256)
+    w_codes = [-128, -127, -65, -64, -63, -33, -32, -31, -17, -16, -15, -9, -8, -7, -3, -2,
+               -1, 0, 1, 2, 3, 7, 8, 9, 15, 16, 31, 32, 63, 64, 126, 127]
+    w = torch.tensor(w_codes, dtype=torch.int8).reshape(-1, 1)
+    kw = torch.arange(2048) % 7 if weight_shift == "mixed" else weight_shift
+    for rule in ("floor", "round"):
+        want = dq.int_matmul(x, w, act_shift=ka, weight_shift=kw, shift_rule=rule, backend="reference")
+        assert torch.equal(triton_matmul(x, w, ka, kw, shift_rule=rule), want), rule
+
+
+def test_uneven_buckets_over_many_tiles():
+    """150 rows with random weight shifts: buckets straddle tiles, some are empty."""
+    gen = torch.Generator().manual_seed(11)
+    x = codes(gen, (150, 40), torch.uint8, extreme=False)
+    w = codes(gen, (20, 40), torch.int8, extreme=False)
+    ka = torch.randint(0, 8, (150,), generator=gen)
+    kw = torch.tensor([0, 2, 2, 5, 7])[torch.randint(0, 5, (150,), generator=gen)]
+    want = dq.int_matmul(x, w, act_shift=ka, weight_shift=kw, backend="reference", relu=True,
+                         multiplier=1 << 30, shift=33)
+    assert torch.equal(triton_matmul(x, w, ka, kw, relu=True, multiplier=1 << 30, shift=33), want)
+
+
+@pytest.mark.parametrize("out_dtype", CODE_DTYPES)
+def test_requant_rounding_ties_go_up(out_dtype):
+    """multiplier 1 with shift 1: every odd accumulator is an exact tie, negative ones too."""
+    x = torch.tensor([[1], [3], [-1], [-3], [5]], dtype=torch.int8)
+    w = torch.tensor([[1], [-1]], dtype=torch.int8)
+    want = dq.int_matmul(x, w, multiplier=1, shift=1, out_dtype=out_dtype, backend="reference")
+    got = triton_matmul(x, w, 0, 0, multiplier=1, shift=1, out_dtype=out_dtype)
+    assert torch.equal(got, want)
+    if out_dtype == torch.int8:
+        assert got[:, 0].tolist() == [1, 2, 0, -1, 3]
+
+
+def test_conv_resnet_block_shape_with_mixed_shifts():
+    gen = torch.Generator().manual_seed(5)
+    x = codes(gen, (2, 40, 6, 6), torch.uint8, extreme=False).contiguous(memory_format=torch.channels_last)
+    w = codes(gen, (48, 40, 3, 3), torch.int8, extreme=False)
+    bias = torch.randint(-(2**16), 2**16, (48,), generator=gen, dtype=torch.int32)
+    kwargs = dict(padding=1, bias=bias, multiplier=torch.randint(2**30, 2**31 - 1, (48,), generator=gen),
+                  shift=torch.randint(40, 50, (48,), generator=gen), relu=True)
+    ka, kw = torch.tensor([0, 3]), torch.tensor([4, 1])
+    want = dq.int_conv2d(x, w, act_shift=ka, weight_shift=kw, backend="reference", **kwargs)
+    assert torch.equal(triton_conv(x, w, ka, kw, **kwargs), want)
+
+
+def test_conv_accepts_nchw_input_and_stem_shapes():
+    """A 7x7 stride-2 stem on 3 channels, NCHW input, float epilogue."""
+    gen = torch.Generator().manual_seed(6)
+    x = codes(gen, (1, 3, 11, 9), torch.uint8, extreme=False)
+    w = codes(gen, (16, 3, 7, 7), torch.int8, extreme=False)
+    kwargs = dict(stride=2, padding=3, out_scale=torch.rand(16, generator=gen) * 1e-4)
+    want = dq.int_conv2d(x, w, act_shift=2, weight_shift=1, backend="reference", **kwargs)
+    assert torch.equal(triton_conv(x, w, 2, 1, **kwargs), want)
+
+
+def test_weight_shift_buckets_sort_and_count_on_device():
+    kw = torch.tensor([3, 0, 3, 7, 1, 0], dtype=torch.int32)
+    bucketed, order, start = weight_shift_buckets(kw, 6)
+    assert bucketed
+    assert order.tolist() == [1, 5, 4, 0, 2, 3]  # stable within a bucket
+    assert start.tolist() == [0, 2, 3, 3, 5, 5, 5, 5, 6]  # samples with a shift below s
+    assert not weight_shift_buckets(kw[:1], 6)[0]
+
+
+def test_empty_batch():
+    x = torch.zeros((0, 8), dtype=torch.uint8, device=DEVICE)
+    w = torch.zeros((4, 8), dtype=torch.int8, device=DEVICE)
+    assert dq.int_matmul(x, w, backend="triton").shape == (0, 4)
+    xc = torch.zeros((0, 3, 5, 5), dtype=torch.uint8, device=DEVICE)
+    wc = torch.zeros((4, 3, 3, 3), dtype=torch.int8, device=DEVICE)
+    assert dq.int_conv2d(xc, wc, backend="triton").shape == (0, 4, 3, 3)
