@@ -9,54 +9,14 @@ Measures, never asserts: the targets live in the issue and the closing notes.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
-import subprocess
-import time
 import warnings
 from pathlib import Path
 
 import torch
 
 import dqt_triton as dq
-
-
-def timeit(fn, repeats: int) -> float:
-    """Median seconds of `repeats` calls after two warm-up calls (JIT compile, caches)."""
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {
-        "cpu": cpu,
-        "threads": torch.get_num_threads(),
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": commit,
-    }
+from bench.common import machine, timeit
 
 
 def add_torch_ao_case(cases: dict, kind: str, make_module, xf: torch.Tensor, wf: torch.Tensor) -> None:
