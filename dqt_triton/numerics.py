@@ -83,13 +83,17 @@ def check_accumulator(
 
 
 def quantize_multiplier(real: float) -> tuple[int, int]:
-    """Dyadic (M, S) with M * 2^-S ~= real, M in [2^30, 2^31), S in [0, 62].
+    """Dyadic (M, S) with M * 2^-S ~= real, |M| in [2^30, 2^31), S in [0, 62].
 
     |M * 2^-S - real| <= 2^-(S+1), so the relative error is at most 2^-31. Ratios below 2^-32
-    get S = 62 and a smaller M (absolute error still <= 2^-63). real = 0 gives (0, 1).
+    in magnitude get S = 62 and a smaller |M| (absolute error still <= 2^-63). real = 0 gives
+    (0, 1). A negative ratio (batch norm with a negative gamma folded in) gives a negative M.
     """
-    if not math.isfinite(real) or real < 0:
-        raise ValueError(f"requantization ratio must be finite and >= 0, got {real}")
+    if not math.isfinite(real):
+        raise ValueError(f"requantization ratio must be finite, got {real}")
+    if real < 0:
+        multiplier, shift = quantize_multiplier(-real)
+        return -multiplier, shift
     if real == 0.0:
         return 0, 1
     mantissa, exponent = math.frexp(real)  # real = mantissa * 2^exponent, mantissa in [0.5, 1)

@@ -172,7 +172,7 @@ def _build_epilogue(
         if dtype not in CODE_DTYPES:
             raise ValueError(f"{op}: requantized output must be uint8 or int8, got out_dtype={dtype}")
         mult = _per_channel(multiplier, n, "multiplier", op, device, torch.int64, integer=True)
-        _check_range(mult, 0, INT32_MAX, "multiplier", op, "non-negative int32")
+        _check_range(mult, -INT32_MAX, INT32_MAX, "multiplier", op, "int32 with |M| <= 2^31 - 1")
         rshift = _per_channel(shift, n, "shift", op, device, torch.int64, integer=True)
         _check_range(rshift, 0, MAX_REQUANT_SHIFT, "shift", op, "requantization right shift")
         lo, hi = _DTYPE_RANGE[dtype]

@@ -54,7 +54,7 @@ def epilogue_spec(draw, n: int, gen_seed: int):
             mult = torch.full((n,), 1, dtype=torch.int64)
             rshift = torch.full((n,), draw(st.integers(1, 12)), dtype=torch.int64)
         else:
-            mult = torch.randint(0, INT32_MAX, (n,), generator=gen, dtype=torch.int64)
+            mult = torch.randint(-INT32_MAX, INT32_MAX + 1, (n,), generator=gen, dtype=torch.int64)
             rshift = torch.randint(20, 63, (n,), generator=gen, dtype=torch.int64)
         per_channel = draw(st.booleans())
         kwargs.update(multiplier=mult if per_channel else int(mult[0]), shift=rshift if per_channel else int(rshift[0]),

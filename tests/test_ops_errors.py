@@ -31,7 +31,7 @@ WC = torch.zeros((8, 4, 3, 3), dtype=torch.int8)
         ({"bias": torch.zeros(7, dtype=torch.int32)}, ValueError, r"bias must have shape \(8,\)"),
         ({"multiplier": 5}, ValueError, "needs both multiplier and shift"),
         ({"multiplier": 2**31, "shift": 3}, ValueError, "multiplier must lie in"),
-        ({"multiplier": -1, "shift": 3}, ValueError, "multiplier must lie in"),
+        ({"multiplier": -(2**31), "shift": 3}, ValueError, "multiplier must lie in"),
         ({"multiplier": 1, "shift": 63}, ValueError, "shift must lie in"),
         ({"multiplier": torch.ones(3, dtype=torch.int32), "shift": 1}, ValueError, "one entry per output channel"),
         ({"multiplier": 1, "shift": 1, "out_scale": 0.5}, ValueError, "not both"),
