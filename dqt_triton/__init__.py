@@ -7,7 +7,15 @@ reference on CPU tensors and Triton kernels on CUDA tensors.
 import logging
 
 from .backends import BACKENDS, use_backend
-from .errors import AccumulatorOverflowError, BackendUnavailableError, DQTError
+from .errors import (
+    AccumulatorOverflowError,
+    BackendUnavailableError,
+    CheckpointError,
+    DQTError,
+    UnsupportedLayerError,
+)
+from .model import DQTModel, FrozenDQTModel
+from .nn import ActQuantizer, DQTConv2d, DQTLinear
 from .ops import int_add, int_avg_pool2d, int_conv2d, int_matmul, int_max_pool2d, int_mul
 
 __version__ = "0.1.0"
@@ -17,8 +25,15 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = [
     "BACKENDS",
     "AccumulatorOverflowError",
+    "ActQuantizer",
     "BackendUnavailableError",
+    "CheckpointError",
+    "DQTConv2d",
     "DQTError",
+    "DQTLinear",
+    "DQTModel",
+    "FrozenDQTModel",
+    "UnsupportedLayerError",
     "int_add",
     "int_avg_pool2d",
     "int_conv2d",

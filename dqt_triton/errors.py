@@ -11,3 +11,11 @@ class AccumulatorOverflowError(DQTError, ValueError):
 
 class BackendUnavailableError(DQTError, RuntimeError):
     """The requested backend cannot run here (missing package, wrong device, not built)."""
+
+
+class UnsupportedLayerError(DQTError, TypeError):
+    """The float model contains an operation DQTModel cannot convert (named in the message)."""
+
+
+class CheckpointError(DQTError, ValueError):
+    """A DQT checkpoint is truncated, corrupt, or not a dqt-triton file."""

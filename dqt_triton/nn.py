@@ -1,0 +1,189 @@
+"""Quantized modules of the DQT module layer.
+
+- `ActQuantizer`: one learned master step size per activation tensor (LSQ gradients), with
+  its range tracked by an exponential moving average for the first training batches
+  (PACT-like clip at ``hi * step``; the EMA sets the initial clip).
+- `DQTLinear`, `DQTConv2d`: a float layer with per-output-channel learned weight steps, an
+  optional batch norm and ReLU. Training runs the integer kernels through
+  `dqt_triton.quant.int_layer` with straight-through gradients; `integer_constants` folds the
+  batch norm and produces the integer-only constants of docs/numerics.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import numerics
+from .errors import AccumulatorOverflowError
+from .quant import int_layer, lsq_codes
+
+Tensor = torch.Tensor
+
+
+class ActQuantizer(nn.Module):
+    """Master step size D of one activation tensor; codes are uint8 (`signed=False`) or int8.
+
+    The clip is ``hi * D``. For the first `calibration_batches` training batches D follows an
+    EMA of the observed range; after that it is learned (LSQ gradient through ``log D``).
+    """
+
+    def __init__(self, signed: bool, calibration_batches: int = 20, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.signed = signed
+        self.lo, self.hi = numerics.code_range(numerics.MASTER_BITS, signed)
+        # Steps are learned as logarithms: Adam's roughly fixed-size updates then change a step
+        # by a fraction of itself, whatever its magnitude (1e-4 for weights, 1e-1 for inputs).
+        self.log_step = nn.Parameter(torch.tensor(0.0))
+        self.calibration_batches = calibration_batches
+        self.momentum = momentum
+        self.register_buffer("running_range", torch.tensor(0.0))
+        self.register_buffer("batches_seen", torch.tensor(0, dtype=torch.long))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Master codes of x as a float tensor (LSQ straight-through gradients)."""
+        if self.training and int(self.batches_seen) < self.calibration_batches:
+            with torch.no_grad():
+                observed = x.detach().abs().amax() if self.signed else x.detach().clamp_min(0).amax()
+                seen = int(self.batches_seen)
+                self.running_range.copy_(observed if seen == 0 else
+                                         (1 - self.momentum) * self.running_range + self.momentum * observed)
+                # .data: the consistency term runs several forwards per step; an in-place
+                # update visible to autograd would invalidate the earlier ones' graphs.
+                self.log_step.data.copy_(torch.log((self.running_range / self.hi).clamp_min(1e-8)))
+                self.batches_seen += 1
+        return lsq_codes(x, self.positive_step(), self.lo, self.hi)
+
+    def positive_step(self) -> Tensor:
+        return torch.exp(self.log_step)
+
+
+@dataclass
+class IntegerConstants:
+    """What the integer-only pipeline needs for one conv/linear layer (docs/numerics.md 3.5)."""
+
+    weight: Tensor  # int8 master codes, the module's weight layout
+    bias: Tensor  # int32 master-unit bias
+    multiplier: Optional[Tensor]  # int32 [N] (requantizing layers)
+    shift: Optional[Tensor]  # int32 [N]
+    out_scale: Optional[Tensor]  # float32 [N] (the final, dequantizing layer)
+    relu: bool
+    out_dtype: torch.dtype
+
+
+class _DQTLayer(nn.Module):
+    """Common parts of DQTLinear and DQTConv2d."""
+
+    conv: Optional[dict] = None
+
+    def __init__(self, weight: Tensor, bias: Optional[Tensor], bn: Optional[nn.Module], relu: bool,
+                 per_channel: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone())
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+        self.bn = bn
+        self.relu = relu
+        self.per_channel = per_channel
+        w = self.weight.detach().flatten(1)
+        w_max = w.abs().amax(dim=1) if per_channel else w.abs().amax().expand(w.shape[0])
+        initial = (w_max / 127.0).clamp_min(1e-8).reshape(-1) if per_channel else (w_max[:1] / 127.0).clamp_min(1e-8)
+        self.log_weight_step = nn.Parameter(torch.log(initial))
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
+
+    def reduction_size(self) -> int:
+        return self.weight[0].numel()
+
+    def weight_steps(self) -> Tensor:
+        """[N] positive per-output-channel steps (one shared value if not per channel)."""
+        step = torch.exp(self.log_weight_step)
+        return step if self.per_channel else step.expand(self.out_channels)
+
+    def weight_codes(self) -> Tensor:
+        view = (-1,) + (1,) * (self.weight.dim() - 1)
+        return lsq_codes(self.weight, self.weight_steps().view(view), -128, 127)
+
+    def forward_codes(self, q_x: Tensor, x_step: Tensor, x_signed: bool, act_shift, weight_shift,
+                      rule: str, gates: Optional[Tensor] = None, candidate_bits=()) -> Tensor:
+        """Float output (bias, batch norm, ReLU applied) of the integer layer on codes q_x."""
+        scale = (x_step * self.weight_steps()).to(torch.float32)
+        y = int_layer(q_x, self.weight_codes(), scale, act_shift=act_shift, weight_shift=weight_shift,
+                      signed=x_signed, rule=rule, conv=self.conv, gates=gates, candidate_bits=candidate_bits)
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, *([1] * (y.dim() - 2)))
+        if self.bn is not None:
+            y = self.bn(y)
+        return torch.relu(y) if self.relu else y
+
+    @torch.no_grad()
+    def integer_constants(self, x_step: float, x_signed: bool, out_step: Optional[float]) -> IntegerConstants:
+        """Fold bias and batch norm (running statistics) into integer constants.
+
+        With `out_step` the layer requantizes to master codes of its output quantizer; without,
+        it dequantizes to float32 (the logits).
+        """
+        steps = self.weight_steps().double()
+        view = (-1,) + (1,) * (self.weight.dim() - 1)
+        codes = numerics.quantize(self.weight.detach(), steps.view(view).float(), signed=True).to(torch.int8)
+        scale = x_step * steps  # real value of one master accumulator unit, per channel
+        bias = self.bias.detach().double() if self.bias is not None else torch.zeros_like(scale)
+        if self.bn is not None:
+            gamma = self.bn.weight.detach().double() if self.bn.affine else torch.ones_like(scale)
+            beta = self.bn.bias.detach().double() if self.bn.affine else torch.zeros_like(scale)
+            factor = gamma / torch.sqrt(self.bn.running_var.double() + self.bn.eps)
+            bias = factor * (bias - self.bn.running_mean.double()) + beta
+            scale = scale * factor
+        safe = torch.where(scale == 0, torch.ones_like(scale), scale)
+        bias_codes = torch.where(scale == 0, torch.zeros_like(bias), torch.round(bias / safe))
+        budget = numerics.INT32_MAX - numerics.accumulator_bound(self.reduction_size(), x_signed)
+        if bool((bias_codes.abs() > budget).any()):
+            worst = int(bias_codes.abs().argmax())
+            raise AccumulatorOverflowError(
+                f"{self.__class__.__name__}: folded bias of channel {worst} is {int(bias_codes[worst])} accumulator "
+                f"units, beyond the {budget} the int32 accumulator leaves for a bias (K={self.reduction_size()}); "
+                "its batch-norm scale is nearly zero")
+        relu = self.relu
+        if out_step is None:
+            return IntegerConstants(codes, bias_codes.to(torch.int32), None, None, scale.float(), relu, torch.float32)
+        ratios = scale / out_step
+        pairs = [numerics.quantize_multiplier(float(r)) for r in ratios.tolist()]
+        multiplier = torch.tensor([m for m, _ in pairs], dtype=torch.int32)
+        shift = torch.tensor([s for _, s in pairs], dtype=torch.int32)
+        return IntegerConstants(codes, bias_codes.to(torch.int32), multiplier, shift, None, relu,
+                                torch.uint8 if relu else torch.int8)
+
+
+class DQTLinear(_DQTLayer):
+    """Linear layer with learned nested quantization (weights [N, K], K-contiguous)."""
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, bn: Optional[nn.Module] = None, relu: bool = False,
+                   per_channel: bool = True) -> "DQTLinear":
+        return cls(linear.weight, linear.bias, bn, relu, per_channel)
+
+    def macs_per_sample(self, out_shape) -> int:
+        return self.weight.numel()
+
+
+class DQTConv2d(_DQTLayer):
+    """Conv2d with learned nested quantization; geometry as in `nn.Conv2d` (zero padding)."""
+
+    def __init__(self, weight, bias, bn, relu, stride, padding, dilation, groups, per_channel: bool = True):
+        super().__init__(weight, bias, bn, relu, per_channel)
+        self.conv = {"stride": tuple(stride), "padding": tuple(padding), "dilation": tuple(dilation),
+                     "groups": int(groups)}
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, bn: Optional[nn.Module] = None, relu: bool = False) -> "DQTConv2d":
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"DQTConv2d supports numeric zero padding only, got padding={conv.padding!r}, "
+                             f"padding_mode={conv.padding_mode!r}")
+        return cls(conv.weight, conv.bias, bn, relu, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    def macs_per_sample(self, out_shape) -> int:
+        return self.weight.numel() * int(out_shape[-1]) * int(out_shape[-2])

@@ -1,0 +1,194 @@
+"""Autograd pieces of nested quantization-aware training.
+
+Forward passes produce exactly the integers of docs/numerics.md (matmul and conv run through
+`dqt_triton.ops`); backward passes are floating point with straight-through estimators:
+
+- `lsq_codes`: master codes clamp(round_half_even(x / D)) with LSQ gradients for x and the
+  step D (Esser et al.; the gradient of D is scaled by 1 / sqrt(numel * hi)).
+- `int_linear` / `int_conv2d`: the integer layer on master codes with per-sample shifts, output
+  ``float32(v) * scale`` with v the master-unit accumulator. Gradients reach the codes (through
+  the nested shift as identity), the per-channel output scale, and optionally the per-sample
+  width gates of a controller (the gradient of gate j is the layer output at candidate j).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import ops
+from .numerics import MASTER_BITS, check_shift_rule
+
+Tensor = torch.Tensor
+
+
+class _LSQCodes(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, step: Tensor, lo: int, hi: int, grad_scale: float) -> Tensor:
+        ratio = x / step
+        q = torch.clamp(torch.round(ratio), lo, hi)
+        inside = (ratio >= lo) & (ratio <= hi)
+        ctx.save_for_backward(ratio, step, inside)
+        ctx.grad_scale = grad_scale
+        return q
+
+    @staticmethod
+    def backward(ctx, grad_q: Tensor):
+        ratio, step, inside = ctx.saved_tensors
+        grad_x = torch.where(inside, grad_q / step, torch.zeros_like(grad_q))
+        # Downstream multiplies q by D, which supplies the q term of LSQ's (q - x/D); here only
+        # the -x/D^2 part of d(round(x/D))/dD remains, and clipped elements contribute nothing.
+        grad_step_elems = torch.where(inside, -grad_q * ratio / step, torch.zeros_like(grad_q))
+        grad_step = _sum_to(grad_step_elems, step.shape) * ctx.grad_scale
+        return grad_x, grad_step, None, None, None
+
+
+def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
+    """Sum a broadcast gradient back to `shape` (a scalar or a per-channel [C, 1, ...] step)."""
+    if t.shape == shape:
+        return t
+    if len(shape) == 0:
+        return t.sum()
+    dims = [d for d in range(t.dim()) if d >= len(shape) or shape[d] == 1]
+    return t.sum(dim=dims, keepdim=True).reshape(shape)
+
+
+def lsq_codes(x: Tensor, step: Tensor, lo: int, hi: int) -> Tensor:
+    """Master codes of `x` as a float tensor, with LSQ straight-through gradients."""
+    elements_per_step = max(x.numel() // max(step.numel(), 1), 1)
+    grad_scale = 1.0 / math.sqrt(elements_per_step * hi)
+    return _LSQCodes.apply(x, step, lo, hi, grad_scale)
+
+
+def shifted_float(q: Tensor, shift: Tensor | int, signed: bool, rule: str) -> Tensor:
+    """Nested-width codes back in master units as float: shift(q, k) * 2^k (broadcast `shift`)."""
+    hi = 127 if signed else 255
+    qi = q.detach().to(torch.int32)
+    k = torch.as_tensor(shift, dtype=torch.int32, device=q.device)
+    if check_shift_rule(rule):
+        shifted = torch.minimum((qi + ((1 << k) >> 1)) >> k, hi >> k)
+    else:
+        shifted = qi >> k
+    return (shifted << k).to(q.dtype)
+
+
+def _rows_shift(shift: Tensor | int, rows: int, device) -> Tensor:
+    if isinstance(shift, int):
+        return torch.full((rows,), shift, dtype=torch.int32, device=device)
+    return shift.to(device=device, dtype=torch.int32)
+
+
+def _view_rows(t: Tensor, ndim: int) -> Tensor:
+    return t.view(-1, *([1] * (ndim - 1)))
+
+
+class _IntLayer(torch.autograd.Function):
+    """Shared forward/backward of the integer linear and conv2d layers (see module docstring)."""
+
+    @staticmethod
+    def forward(ctx, q_x, q_w, scale, gates, act_shift, weight_shift, candidates, conv, signed, rule):
+        x_codes = q_x.detach().to(torch.int8 if signed else torch.uint8)
+        w_codes = q_w.detach().to(torch.int8)
+        if conv is None:
+            v = ops.int_matmul(x_codes, w_codes, act_shift=act_shift, weight_shift=weight_shift, shift_rule=rule)
+            y = v.to(torch.float32) * scale
+        else:
+            v = ops.int_conv2d(x_codes, w_codes, act_shift=act_shift, weight_shift=weight_shift, shift_rule=rule,
+                               **conv)
+            y = v.to(torch.float32) * scale.view(1, -1, 1, 1)
+        ctx.save_for_backward(q_x, q_w, scale, v)
+        ctx.meta = (act_shift, weight_shift, candidates, conv, signed, rule, gates is not None)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        q_x, q_w, scale, v = ctx.saved_tensors
+        act_shift, weight_shift, candidates, conv, signed, rule, has_gates = ctx.meta
+        rows = q_x.shape[0]
+        channel_view = (1, -1) if conv is None else (1, -1, 1, 1)
+        grad_v = grad_y * scale.view(*channel_view)
+        ka = _rows_shift(act_shift, rows, q_x.device)
+        kw = _rows_shift(weight_shift, rows, q_x.device)
+        x_eff = shifted_float(q_x, _view_rows(ka, q_x.dim()), signed, rule)
+        grad_x = torch.zeros_like(q_x) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros_like(q_w) if ctx.needs_input_grad[1] else None
+        for k in torch.unique(kw).tolist():
+            sel = (kw == k).nonzero().flatten()
+            w_eff = shifted_float(q_w, k, True, rule)
+            if grad_x is not None:
+                grad_x[sel] = _grad_input(grad_v[sel], w_eff, q_x[sel].shape, conv)
+            if grad_w is not None:
+                grad_w += _grad_weight(grad_v[sel], x_eff[sel], q_w.shape, conv)
+        grad_scale = None
+        if ctx.needs_input_grad[2]:
+            dims = [0] if conv is None else [0, 2, 3]
+            grad_scale = (grad_y * v.to(grad_y.dtype)).sum(dim=dims)
+        grad_gates = None
+        if has_gates and ctx.needs_input_grad[3]:
+            grad_gates = torch.stack(
+                [(grad_v * _candidate_output(q_x, q_w, k, conv, signed, rule)).flatten(1).sum(1) for k in candidates],
+                dim=1,
+            )
+        return grad_x, grad_w, grad_scale, grad_gates, None, None, None, None, None, None
+
+
+def _grad_input(grad_v, w_eff, x_shape, conv):
+    if conv is None:
+        return grad_v @ w_eff
+    return torch.nn.grad.conv2d_input(x_shape, w_eff, grad_v, conv["stride"], conv["padding"], conv["dilation"],
+                                      conv["groups"])
+
+
+def _grad_weight(grad_v, x_eff, w_shape, conv):
+    if conv is None:
+        return grad_v.t() @ x_eff
+    return torch.nn.grad.conv2d_weight(x_eff, w_shape, grad_v, conv["stride"], conv["padding"], conv["dilation"],
+                                       conv["groups"])
+
+
+def _candidate_output(q_x, q_w, k, conv, signed, rule):
+    """Master-unit accumulator of the layer if every sample used shift k (float, for gate grads)."""
+    x_eff = shifted_float(q_x, k, signed, rule)
+    w_eff = shifted_float(q_w, k, True, rule)
+    if conv is None:
+        return x_eff @ w_eff.t()
+    return F.conv2d(x_eff, w_eff, None, conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
+
+
+def int_layer(
+    q_x: Tensor,
+    q_w: Tensor,
+    scale: Tensor,
+    *,
+    act_shift: Tensor | int,
+    weight_shift: Tensor | int,
+    signed: bool,
+    rule: str = "floor",
+    conv: Optional[dict] = None,
+    gates: Optional[Tensor] = None,
+    candidate_bits: Sequence[int] = (),
+) -> Tensor:
+    """``float32(v) * scale[n]`` where v is the integer layer's master-unit accumulator.
+
+    q_x, q_w: master codes as float tensors (from `lsq_codes`); scale: D_x * D_w[n] (float32,
+    [N]); conv: None for a linear layer, else dict(stride, padding, dilation, groups). With
+    `gates` ([rows, J] hard one-hot, straight-through) the shifts must be the per-sample choice
+    of `candidate_bits` that the gates select; gate gradients are then computed.
+    """
+    candidates = tuple(MASTER_BITS - b for b in candidate_bits)
+    return _IntLayer.apply(q_x, q_w, scale, gates, act_shift, weight_shift, candidates, conv, signed, rule)
+
+
+def gumbel_hard(logits: Tensor, tau: float, training: bool, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Hard one-hot over the last axis: Gumbel-Softmax with straight-through gradients in
+    training, argmax (first maximum) otherwise."""
+    if training:
+        uniform = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-10, 1 - 1e-10)
+        soft = torch.softmax((logits - torch.log(-torch.log(uniform))) / tau, dim=-1)
+    else:
+        soft = torch.softmax(logits, dim=-1)
+    hard = F.one_hot(soft.argmax(dim=-1) if training else logits.argmax(dim=-1), logits.shape[-1]).to(soft.dtype)
+    return hard + soft - soft.detach()
