@@ -385,7 +385,7 @@ class DQTModel(nn.Module):
         gates = None
         if self.dynamic and force_bits is None:
             logits = self.controller(q_in, in_step, self.config["input_dtype"] == "int8")
-            gates = gumbel_hard(logits, self.tau, training=True)  # [B, L, J]
+            gates = gumbel_hard(logits, self.tau, training=self.training)  # [B, L, J]
             bits_table = torch.tensor(self.candidate_bits, dtype=torch.float32, device=x.device)
             chosen_bits = (gates.detach() * bits_table).sum(-1).round().long()  # [B, L]
             soft_bits_sq = (gates * bits_table**2).sum(-1)  # straight-through, for the budget
@@ -442,6 +442,32 @@ class DQTModel(nn.Module):
             elif kind == "flatten":
                 values.append((q.flatten(1), step_size, signed))
         raise UnsupportedLayerError("the model has no final layer")  # capture() guarantees one
+
+    @torch.no_grad()
+    def simulated_forward(self, x: Tensor) -> Tensor:
+        """The training-path computation on eval statistics (batch-norm running stats, frozen
+        quantizer ranges, argmax controller): what training believes the model computes.
+        Compare with the integer eval (`agreement`)."""
+        _check_input(self.config, x)
+        was_training = self.training
+        self.train(False)
+        try:
+            return self._train_forward(x)
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def agreement(self, x: Tensor, batch_size: int = 256) -> float:
+        """Top-1 agreement between `simulated_forward` and the integer-only eval on inputs x."""
+        was_training = self.training
+        self.eval()
+        same = 0
+        try:
+            for chunk in x.split(batch_size):
+                same += int((self.simulated_forward(chunk).argmax(1) == self(chunk).argmax(1)).sum())
+        finally:
+            self.train(was_training)
+        return same / max(len(x), 1)
 
     def forward_at_bits(self, x: Tensor, bits: int) -> Tensor:
         """Training-path logits with every layer at `bits` (the consistency term's paths)."""

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from . import numerics
 from .errors import AccumulatorOverflowError
-from .quant import int_layer, lsq_codes
+from .quant import int_layer, lsq_codes, lsq_grad_factor, scale_grad
 
 Tensor = torch.Tensor
 
@@ -55,10 +56,12 @@ class ActQuantizer(nn.Module):
                 # update visible to autograd would invalidate the earlier ones' graphs.
                 self.log_step.data.copy_(torch.log((self.running_range / self.hi).clamp_min(1e-8)))
                 self.batches_seen += 1
+        self.elements = max(x[0].numel(), 1)  # per sample: LSQ's gradient scale uses the layer size
         return lsq_codes(x, self.positive_step(), self.lo, self.hi)
 
     def positive_step(self) -> Tensor:
-        return torch.exp(self.log_step)
+        step = torch.exp(self.log_step)
+        return scale_grad(step, lsq_grad_factor(getattr(self, "elements", 1), self.hi)) if self.training else step
 
 
 @dataclass
@@ -102,6 +105,9 @@ class _DQTLayer(nn.Module):
     def weight_steps(self) -> Tensor:
         """[N] positive per-output-channel steps (one shared value if not per channel)."""
         step = torch.exp(self.log_weight_step)
+        if self.training:
+            per_step = self.weight.numel() // step.numel()
+            step = scale_grad(step, lsq_grad_factor(per_step, 127))
         return step if self.per_channel else step.expand(self.out_channels)
 
     def weight_codes(self) -> Tensor:
@@ -138,6 +144,9 @@ class _DQTLayer(nn.Module):
             factor = gamma / torch.sqrt(self.bn.running_var.double() + self.bn.eps)
             bias = factor * (bias - self.bn.running_mean.double()) + beta
             scale = scale * factor
+        if not bool(torch.isfinite(scale).all() and torch.isfinite(bias).all()) or not math.isfinite(x_step):
+            raise ValueError(f"{self.__class__.__name__}: step sizes or batch-norm statistics are not finite "
+                             "(training diverged?); cannot build integer constants")
         safe = torch.where(scale == 0, torch.ones_like(scale), scale)
         bias_codes = torch.where(scale == 0, torch.zeros_like(bias), torch.round(bias / safe))
         budget = numerics.INT32_MAX - numerics.accumulator_bound(self.reduction_size(), x_signed)

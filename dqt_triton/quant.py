@@ -27,12 +27,11 @@ Tensor = torch.Tensor
 
 class _LSQCodes(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, step: Tensor, lo: int, hi: int, grad_scale: float) -> Tensor:
+    def forward(ctx, x: Tensor, step: Tensor, lo: int, hi: int) -> Tensor:
         ratio = x / step
         q = torch.clamp(torch.round(ratio), lo, hi)
         inside = (ratio >= lo) & (ratio <= hi)
         ctx.save_for_backward(ratio, step, inside)
-        ctx.grad_scale = grad_scale
         return q
 
     @staticmethod
@@ -42,8 +41,8 @@ class _LSQCodes(torch.autograd.Function):
         # Downstream multiplies q by D, which supplies the q term of LSQ's (q - x/D); here only
         # the -x/D^2 part of d(round(x/D))/dD remains, and clipped elements contribute nothing.
         grad_step_elems = torch.where(inside, -grad_q * ratio / step, torch.zeros_like(grad_q))
-        grad_step = _sum_to(grad_step_elems, step.shape) * ctx.grad_scale
-        return grad_x, grad_step, None, None, None
+        grad_step = _sum_to(grad_step_elems, step.shape)
+        return grad_x, grad_step, None, None
 
 
 def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
@@ -57,10 +56,33 @@ def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
 
 
 def lsq_codes(x: Tensor, step: Tensor, lo: int, hi: int) -> Tensor:
-    """Master codes of `x` as a float tensor, with LSQ straight-through gradients."""
-    elements_per_step = max(x.numel() // max(step.numel(), 1), 1)
-    grad_scale = 1.0 / math.sqrt(elements_per_step * hi)
-    return _LSQCodes.apply(x, step, lo, hi, grad_scale)
+    """Master codes of `x` as a float tensor, with LSQ straight-through gradients.
+
+    The step's gradient here is only the -x/D part of LSQ's (q - x/D); the q part arrives
+    through the consumer, which multiplies the codes by D. Scale the step's gradient where
+    the step is produced (`scale_grad`), so both parts get the same factor.
+    """
+    return _LSQCodes.apply(x, step, lo, hi)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t: Tensor, factor: float) -> Tensor:
+        ctx.factor = factor
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.factor, None
+
+
+def scale_grad(t: Tensor, factor: float) -> Tensor:
+    """Identity forward (bit for bit); gradient multiplied by `factor` (LSQ's 1/sqrt(n * hi))."""
+    return _ScaleGrad.apply(t, factor)
+
+
+def lsq_grad_factor(elements_per_step: int, hi: int) -> float:
+    return 1.0 / math.sqrt(max(elements_per_step, 1) * hi)
 
 
 def shifted_float(q: Tensor, shift: Tensor | int, signed: bool, rule: str) -> Tensor:

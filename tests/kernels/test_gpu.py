@@ -99,3 +99,13 @@ def test_changing_bit_width_never_recompiles():
     for k in range(8):
         dq.int_matmul(x, w, act_shift=k, weight_shift=7 - k, multiplier=1 << 30, shift=40)
     assert _compiled_variants(gemm.int_matmul_kernel) == before
+
+
+@pytest.mark.parametrize("mode", ["uniform4", "dynamic"])
+def test_dqt_model_on_cuda_equals_cpu(mode):
+    """The frozen integer ResNet-18 on CUDA tensors (compiled kernels) gives the CPU logits."""
+    from tests.test_model import build
+
+    model, x = build("resnet18_cifar", mode)
+    logits = model(x)
+    assert torch.equal(model.freeze()(x.to(CUDA)).cpu(), logits)

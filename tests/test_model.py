@@ -1,0 +1,231 @@
+"""DQTModel: conversion, integer-only eval == frozen == reloaded (exact), backends, gradients,
+the controller's response to the budget, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import dqt_triton as dq
+from dqt_triton import models
+
+ARCHS = {
+    "mlp": (lambda: models.mlp(64, 32, 10), (1, 8, 8)),
+    "cnn": (lambda: models.simple_cnn(1, 10, 8, 8), (1, 8, 8)),
+    "resnet18_cifar": (lambda: models.resnet18_cifar(10, 3, 8), (3, 16, 16)),
+    "resnet50": (lambda: models.resnet50(10, 3, 4), (3, 32, 32)),
+}
+MODES = ["uniform4", "mixed", "dynamic"]
+
+
+def build(arch: str, mode: str, seed: int = 0) -> tuple[dq.DQTModel, torch.Tensor]:
+    torch.manual_seed(seed)
+    make, shape = ARCHS[arch]
+    model = dq.DQTModel.from_float(make(), shape, candidate_bits=(2, 4, 6, 8), dynamic=mode == "dynamic")
+    if mode == "uniform4":
+        model.set_bits(4)
+    elif mode == "mixed":
+        model.set_bits([(2 + 2 * (i % 4), 8 - 2 * (i % 3)) for i in range(len(model.layer_names))])
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (6, *shape), generator=gen).to(torch.uint8)
+    y = torch.randint(0, 10, (6,), generator=gen)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(2):  # move batch-norm statistics, quantizer ranges and weights off their init
+        out = model.dqt_loss(x, y, alpha=0.5, beta=1.0 if mode == "dynamic" else 0.0,
+                             target_bitops=model.uniform_bitops(4))
+        opt.zero_grad()
+        out["loss"].backward()
+        # 2-bit paths through batch norm can blow gradients up; training clips, as the CLI does.
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    model.eval()
+    return model, x
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_frozen_and_reloaded_models_equal_eval_exactly(arch, mode, tmp_path):
+    model, x = build(arch, mode)
+    logits = model(x)
+    assert logits.dtype == torch.float32 and logits.shape == (6, 10)
+    frozen = model.freeze()
+    assert torch.equal(frozen(x), logits)
+    frozen.save(tmp_path / "frozen.pt")
+    assert torch.equal(dq.FrozenDQTModel.load(tmp_path / "frozen.pt")(x), logits)
+    model.save(tmp_path / "model.pt")
+    reloaded = dq.DQTModel.load(tmp_path / "model.pt").eval()
+    assert torch.equal(reloaded(x), logits)
+    assert torch.equal(dq.FrozenDQTModel.load(tmp_path / "model.pt")(x), logits)
+    with dq.use_backend("reference"):
+        assert torch.equal(model(x), logits)
+    assert torch.equal(frozen.last_bits, model.last_bits)
+    assert torch.equal(frozen.last_bitops, model.last_bitops)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize(("arch", "mode"), [("mlp", "dynamic"), ("cnn", "mixed"), ("resnet18_cifar", "dynamic")])
+def test_triton_backend_gives_the_same_integer_model(arch, mode):
+    from tests.kernels.device import DEVICE
+
+    model, x = build(arch, mode)
+    x = x[:2]  # the interpreter runs every program in Python: keep the batch small
+    logits = model(x)
+    with dq.use_backend("triton"):
+        got = model.freeze()(x.to(DEVICE))
+    assert torch.equal(got.cpu(), logits)
+
+
+def test_one_file_serves_every_width_and_dynamic(tmp_path):
+    model, x = build("cnn", "dynamic")
+    model.save(tmp_path / "m.pt")
+    reloaded = dq.DQTModel.load(tmp_path / "m.pt").eval()
+    for bits in (2, 4, 6, 8):
+        model.set_bits(bits)
+        reloaded.set_bits(bits)
+        assert torch.equal(reloaded(x), model(x))
+        assert (model.last_bits == bits).all()
+    assert torch.equal(dq.FrozenDQTModel.load(tmp_path / "m.pt", mode="dynamic")(x),
+                       model.set_dynamic(True)(x))
+
+
+def test_chosen_bits_and_bitops_after_forward():
+    model, x = build("cnn", "mixed")
+    model(x)
+    macs = torch.tensor([model.config["macs"][n] for n in model.layer_names], dtype=torch.float64)
+    want = (model.last_bits[..., 0] * model.last_bits[..., 1] * macs).sum(1)
+    assert torch.equal(model.last_bitops, want)
+    assert model.last_bits.shape == (6, 3, 2)
+
+
+def test_gradients_reach_steps_clips_and_controller():
+    model, x = build("cnn", "dynamic")
+    model.train()
+    out = model.dqt_loss(x, torch.arange(6) % 10, alpha=0.5, beta=1.0, target_bitops=model.uniform_bitops(4))
+    model.zero_grad()
+    out["loss"].backward()
+    for name, p in model.named_parameters():
+        if "bn" in name or name.endswith("bias") and "controller" in name:
+            continue
+        assert p.grad is not None and bool(p.grad.abs().sum() > 0), name
+    assert any("controller" in n for n, _ in model.named_parameters())
+
+
+def test_budget_moves_the_chosen_widths_on_digits():
+    """Same data and seed; a 2-bit budget must end with fewer bits than an 8-bit budget."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.round(torch.tensor(data.images[:512], dtype=torch.float32) * 255 / 16).to(torch.uint8).reshape(-1, 64)
+    y = torch.tensor(data.target[:512])
+    average_bits = {}
+    for target in (2, 8):
+        torch.manual_seed(0)
+        model = dq.DQTModel.from_float(models.mlp(64, 32, 10), (64,), candidate_bits=(2, 4, 6, 8), dynamic=True)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        model.train()
+        for _ in range(3):
+            for idx in torch.arange(512).split(64):
+                out = model.dqt_loss(x[idx], y[idx], alpha=0.0, beta=5.0, target_bitops=model.uniform_bitops(target))
+                opt.zero_grad()
+                out["loss"].backward()
+                opt.step()
+        model.eval()
+        model(x)
+        average_bits[target] = model.last_bits.float().mean().item()
+    assert average_bits[2] < average_bits[8] - 1.0, average_bits
+
+
+def _digits(n: int = 1797):
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.round(torch.tensor(data.images[:n], dtype=torch.float32) * 255 / 16).to(torch.uint8).reshape(-1, 64)
+    return x, torch.tensor(data.target[:n])
+
+
+def _train_mlp(alpha: float, epochs: int = 6) -> dq.DQTModel:
+    x, y = _digits(1200)
+    torch.manual_seed(0)
+    model = dq.DQTModel.from_float(models.mlp(64, 32, 10), (64,), candidate_bits=(2, 4, 8))
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y), generator=torch.Generator().manual_seed(1)).split(64):
+            out = model.dqt_loss(x[idx], y[idx], alpha=alpha)
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+    return model.eval()
+
+
+def test_consistency_term_rescues_the_low_bit_paths_and_train_eval_agree():
+    """alpha > 0 trains every candidate width; alpha = 0 only the 8-bit path (the paper's
+    ablation). Also measures train-path / integer-eval top-1 agreement on held-out digits."""
+    x, y = _digits()
+    test_x, test_y = x[1200:], y[1200:]
+    accuracy = {}
+    for alpha in (0.0, 1.0):
+        model = _train_mlp(alpha)
+        accuracy[alpha] = {b: (model.set_bits(b)(test_x).argmax(1) == test_y).float().mean().item() for b in (8, 2)}
+        if alpha:
+            agreement = {b: model.set_bits(b).agreement(test_x) for b in (8, 4, 2)}
+            print(f"train/eval top-1 agreement on {len(test_y)} held-out digits: {agreement}")
+            assert min(agreement.values()) >= 0.97, agreement
+    print(f"accuracy by alpha and bits: {accuracy}")
+    assert accuracy[1.0][2] > accuracy[0.0][2] + 0.1, accuracy
+    assert accuracy[1.0][8] > 0.85, accuracy
+
+
+def test_unsupported_operation_is_named():
+    class WithSigmoid(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(torch.sigmoid(x))
+
+    with pytest.raises(dq.UnsupportedLayerError, match="sigmoid"):
+        dq.DQTModel.from_float(WithSigmoid(), (4,))
+    with pytest.raises(dq.UnsupportedLayerError, match="GELU"):
+        dq.DQTModel.from_float(nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 2)), (4,))
+    with pytest.raises(dq.UnsupportedLayerError, match="end in a Linear"):
+        dq.DQTModel.from_float(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Flatten()), (4,))
+
+
+def test_invalid_bits_and_inputs_give_clear_errors():
+    model = dq.DQTModel.from_float(models.mlp(64, 16, 10), (64,))
+    with pytest.raises(ValueError, match="distinct integers in \\[2, 8\\]"):
+        dq.DQTModel.from_float(models.mlp(64, 16, 10), (64,), candidate_bits=(1, 4))
+    with pytest.raises(ValueError, match="bits for layer"):
+        model.set_bits(9)
+    with pytest.raises(ValueError, match="unknown layer names"):
+        model.set_bits({"nope": 4})
+    with pytest.raises(ValueError, match="no controller"):
+        model.set_dynamic(True)
+    model.eval()
+    with pytest.raises(TypeError, match="uint8 codes"):
+        model(torch.rand(2, 64))
+    with pytest.raises(ValueError, match=r"shape \[batch, 64\]"):
+        model(torch.zeros(2, 63, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="input_shape"):
+        dq.DQTModel.from_float(models.mlp(64, 16, 10), (65,))
+
+
+def test_corrupt_truncated_and_foreign_files_are_refused(tmp_path):
+    model, _ = build("mlp", "uniform4")
+    good = tmp_path / "m.pt"
+    model.save(good)
+    data = good.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    for name, pattern in (("truncated.pt", "truncated"), ("garbage.pt", "truncated"),
+                          ("foreign.pt", "not a dqt-triton checkpoint")):
+        with pytest.raises(dq.CheckpointError, match=pattern):
+            dq.DQTModel.load(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        dq.DQTModel.load(tmp_path / "missing.pt")
+    assert good.read_bytes() == data  # loading never touches the file
