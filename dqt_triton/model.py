@@ -349,6 +349,14 @@ class DQTModel(nn.Module):
         self._program_cache = None
         return self
 
+    def anneal_temperature(self, progress: float, start: float = 5.0, end: float = 0.5) -> float:
+        """Set the Gumbel-Softmax temperature for training progress in [0, 1]: exponential
+        decay from `start` to `end` (soft exploration first, near-argmax at the end)."""
+        if not 0.0 <= progress <= 1.0 or start <= 0 or end <= 0:
+            raise ValueError(f"need progress in [0, 1] and positive temperatures, got {progress}, {start}, {end}")
+        self.tau = float(start * (end / start) ** progress)
+        return self.tau
+
     def bitops_per_sample(self, bits: Tensor) -> Tensor:
         """BitOPs per sample from chosen bits [B, layers, 2] (+ the controller at 8x8 bits)."""
         macs = torch.tensor([self.config["macs"][n] for n in self.layer_names], dtype=torch.float64,

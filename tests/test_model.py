@@ -90,6 +90,14 @@ def test_one_file_serves_every_width_and_dynamic(tmp_path):
                        model.set_dynamic(True)(x))
 
 
+def test_temperature_schedule_decays_from_start_to_end():
+    model = dq.DQTModel.from_float(models.mlp(64, 16, 10), (64,), dynamic=True)
+    taus = [model.anneal_temperature(p) for p in (0.0, 0.5, 1.0)]
+    assert taus[0] == 5.0 and abs(taus[2] - 0.5) < 1e-12 and taus[0] > taus[1] > taus[2]
+    with pytest.raises(ValueError, match="progress"):
+        model.anneal_temperature(1.5)
+
+
 def test_chosen_bits_and_bitops_after_forward():
     model, x = build("cnn", "mixed")
     model(x)
