@@ -10,7 +10,9 @@ load round trip.
 
 from __future__ import annotations
 
+import copy
 import io
+import itertools
 import logging
 import math
 import os
@@ -230,7 +232,7 @@ class DQTModel(nn.Module):
         self.dynamic = bool(config["dynamic"]) and controller is not None
         self.last_bits: Optional[Tensor] = None
         self.last_bitops: Optional[Tensor] = None
-        self._program_cache: Optional[dict] = None
+        self._program_cache: Optional[tuple[tuple, dict]] = None
 
     # ------------------------------------------------------------------ construction
 
@@ -273,7 +275,7 @@ class DQTModel(nn.Module):
             src = step.inputs[0]
             if step.kind == "layer":
                 float_layer, bn = step.fused["layer"], step.fused["bn"]
-                bn_copy = _copy_module(bn) if bn is not None else None
+                bn_copy = copy.deepcopy(bn) if bn is not None else None
                 if isinstance(float_layer, nn.Conv2d):
                     layer = DQTConv2d.from_float(float_layer, bn_copy, step.relu)
                 else:
@@ -338,7 +340,6 @@ class DQTModel(nn.Module):
             parsed[name] = pair
         self.static_bits = parsed
         self.dynamic = False
-        self._program_cache = None
         return self
 
     def set_dynamic(self, enabled: bool = True) -> "DQTModel":
@@ -346,7 +347,6 @@ class DQTModel(nn.Module):
         if enabled and self.controller is None:
             raise ValueError("this DQTModel has no controller; build it with from_float(..., dynamic=True)")
         self.dynamic = enabled
-        self._program_cache = None
         return self
 
     def anneal_temperature(self, progress: float, start: float = 5.0, end: float = 0.5) -> float:
@@ -371,10 +371,6 @@ class DQTModel(nn.Module):
         return float(sum(self.config["macs"].values()) * bits * bits)
 
     # ------------------------------------------------------------------ forward
-
-    def train(self, mode: bool = True) -> "DQTModel":
-        self._program_cache = None
-        return super().train(mode)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits for input codes x. Training: nested QAT; eval: the integer-only program."""
@@ -511,9 +507,12 @@ class DQTModel(nn.Module):
 
     @torch.no_grad()
     def integer_program(self) -> dict:
-        """Integer constants of every layer (cached until the next train() or width change)."""
-        if self._program_cache is not None:
-            return self._program_cache
+        """Integer constants of every layer, cached while no parameter, buffer or width changes
+        (tensor version counters see optimizer steps and load_state_dict)."""
+        key = (self.dynamic, tuple(self.static_bits.items()),
+               tuple((id(t), t._version) for t in itertools.chain(self.parameters(), self.buffers())))
+        if self._program_cache is not None and self._program_cache[0] == key:
+            return self._program_cache[1]
         value_step = [float(self.input_step)]
         program_layers, adds = {}, {}
         for step in self.steps:
@@ -543,7 +542,7 @@ class DQTModel(nn.Module):
             "controller": self.controller.program(float(self.input_step), self.config["input_dtype"] == "int8")
             if self.dynamic else None,
         }
-        self._program_cache = program
+        self._program_cache = (key, program)
         return program
 
     def freeze(self) -> "FrozenDQTModel":
@@ -561,13 +560,13 @@ class DQTModel(nn.Module):
         self.eval()
         programs = {}
         try:
-            self.dynamic, self._program_cache = False, None
+            self.dynamic = False
             programs["static"] = _clone_program(self.integer_program())
             if self.controller is not None:
                 self.set_dynamic(True)
                 programs["dynamic"] = _clone_program(self.integer_program())
         finally:
-            self.static_bits, self.dynamic, self._program_cache = static, dynamic, None
+            self.static_bits, self.dynamic = static, dynamic
             self.train(was_training)
         payload = {"format": FORMAT, "version": FORMAT_VERSION, "config": self.config, "steps": self.steps,
                    "state_dict": state, "programs": programs, "static_bits": {n: list(b) for n, b in static.items()},
@@ -645,12 +644,6 @@ def _controller_features(input_shape: tuple[int, ...]) -> int:
         ph, pw = max(H // 4, 1), max(W // 4, 1)
         return C * (H // ph) * (W // pw)
     return int(math.prod(input_shape))
-
-
-def _copy_module(module: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(module)
 
 
 def _layer_spec(layer: nn.Module) -> dict:

@@ -43,6 +43,7 @@ class ActQuantizer(nn.Module):
         self.momentum = momentum
         self.register_buffer("running_range", torch.tensor(0.0))
         self.register_buffer("batches_seen", torch.tensor(0, dtype=torch.long))
+        self.elements = 1  # elements per sample of the last input: LSQ's gradient scale
 
     def forward(self, x: Tensor) -> Tensor:
         """Master codes of x as a float tensor (LSQ straight-through gradients)."""
@@ -56,12 +57,12 @@ class ActQuantizer(nn.Module):
                 # update visible to autograd would invalidate the earlier ones' graphs.
                 self.log_step.data.copy_(torch.log((self.running_range / self.hi).clamp_min(1e-8)))
                 self.batches_seen += 1
-        self.elements = max(x[0].numel(), 1)  # per sample: LSQ's gradient scale uses the layer size
+        self.elements = max(x[0].numel(), 1)
         return lsq_codes(x, self.positive_step(), self.lo, self.hi)
 
     def positive_step(self) -> Tensor:
         step = torch.exp(self.log_step)
-        return scale_grad(step, lsq_grad_factor(getattr(self, "elements", 1), self.hi)) if self.training else step
+        return scale_grad(step, lsq_grad_factor(self.elements, self.hi)) if self.training else step
 
 
 @dataclass

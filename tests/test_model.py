@@ -237,3 +237,13 @@ def test_corrupt_truncated_and_foreign_files_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError):
         dq.DQTModel.load(tmp_path / "missing.pt")
     assert good.read_bytes() == data  # loading never touches the file
+
+
+def test_eval_constants_follow_weight_changes_made_in_eval_mode():
+    """No stale integer program: loading other weights into an eval-mode model changes its output."""
+    model, x = build("cnn", "uniform4")
+    other, _ = build("cnn", "uniform4", seed=1)
+    before = model(x)
+    model.load_state_dict(other.state_dict())
+    assert torch.equal(model(x), other(x))
+    assert not torch.equal(model(x), before)
