@@ -3,7 +3,8 @@
 `dqt demo` runs the integer contract end to end on scikit-learn's digits (shipped with the
 package, no download): a small float MLP is trained, its weights are quantized once to 8-bit
 master codes, and the integer-only forward pass is evaluated at every nested width by changing
-shift amounts only. The training CLI (`dqt train`) arrives with nested QAT.
+shift amounts only. `dqt train` runs DQT training (digits by default, no download) and prints
+the results table; `dqt eval CHECKPOINT` prints it for a saved model.
 """
 
 from __future__ import annotations
@@ -100,6 +101,37 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train(args: argparse.Namespace) -> int:
+    from .training import TrainConfig, Trainer, environment_device, format_table
+
+    cfg = TrainConfig(data=args.data, data_dir=args.data_dir, model=args.model, width=args.width,
+                      candidate_bits=tuple(args.bits), budget_bits=args.budget, alpha=args.alpha, beta=args.beta,
+                      warmup_epochs=args.warmup_epochs, epochs=args.epochs, batch_size=args.batch_size,
+                      lr=args.lr, dqt_lr=args.dqt_lr, shift_rule=args.shift_rule, seed=args.seed,
+                      device=environment_device(args.device), limit=args.limit)
+    trainer = Trainer(cfg, args.out)
+    if args.resume:
+        trainer.resume()
+    print(f"DQT training: {cfg.model} (width {cfg.width}) on {cfg.data}, {len(trainer.ds.y_train)} train / "
+          f"{len(trainer.ds.y_test)} test, widths {list(cfg.candidate_bits)}, budget {cfg.budget_bits}-bit, "
+          f"alpha {cfg.alpha}, beta {cfg.beta}; output in {args.out}")
+    try:
+        results = trainer.train()
+    except KeyboardInterrupt:
+        print(f"interrupted; resume with: dqt train --resume --out {args.out} (and the same options)")
+        return 130
+    print(format_table(results))
+    print(f"model: {args.out}/model.pt  metrics: {args.out}/metrics.csv  results: {args.out}/results.json")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .training import evaluate_checkpoint, format_table
+
+    print(format_table(evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.bits)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dqt", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -109,6 +141,35 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--epochs", type=int, default=30)
     demo.add_argument("--hidden", type=int, default=64)
     demo.set_defaults(func=run_demo)
+
+    train = sub.add_parser("train", help="DQT training with the results table (default: digits, no download)")
+    train.add_argument("--data", choices=["digits", "cifar10"], default="digits")
+    train.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py/ (torchvision format)")
+    train.add_argument("--model", choices=["resnet18", "resnet50", "cnn", "mlp"], default="resnet18")
+    train.add_argument("--width", type=int, default=8, help="base channel count (ResNet: 64 is the paper's)")
+    train.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 5, 6, 7, 8], help="candidate widths")
+    train.add_argument("--budget", type=float, default=4.0, help="average BitOPs budget, as a uniform bit-width")
+    train.add_argument("--alpha", type=float, default=0.5, help="consistency coefficient")
+    train.add_argument("--beta", type=float, default=2.0, help="BitOPs budget coefficient")
+    train.add_argument("--warmup-epochs", type=int, default=4, help="static 8-bit QAT epochs before DQT")
+    train.add_argument("--epochs", type=int, default=6, help="DQT epochs")
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--lr", type=float, default=3e-3, help="learning rate of the warm-up")
+    train.add_argument("--dqt-lr", type=float, default=1e-3, help="learning rate of the DQT epochs")
+    train.add_argument("--shift-rule", choices=["floor", "round"], default="floor")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+    train.add_argument("--limit", type=int, default=0, help="train on the first N images only (quick checks)")
+    train.add_argument("--out", default="runs/dqt", help="output directory (checkpoints, metrics, results)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    train.set_defaults(func=run_train)
+
+    evaluate = sub.add_parser("eval", help="results table of a saved model")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--data", choices=["digits", "cifar10"], default="digits")
+    evaluate.add_argument("--data-dir", default=None)
+    evaluate.add_argument("--bits", type=int, default=None, help="one static width only")
+    evaluate.set_defaults(func=run_eval)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return args.func(args)

@@ -1,0 +1,315 @@
+"""Training and evaluation loops behind `dqt train` and `dqt eval`.
+
+The recipe: `warmup_epochs` of static 8-bit QAT (learns ranges and steps), then DQT epochs
+(dynamic widths with the consistency and budget terms, Gumbel temperature annealed). Every
+epoch ends with an atomic checkpoint (`train_state.pt`, for `--resume`) and the model file
+(`model.pt`, for `dqt eval`); the data order and the random state depend only on the seed and
+the epoch, so a resumed run reproduces an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import pickle
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import models
+from .model import DQTModel, _atomic_save
+
+log = logging.getLogger(__name__)
+
+CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run (stored in the checkpoint; `--resume` checks it)."""
+
+    data: str = "digits"
+    data_dir: Optional[str] = None
+    model: str = "resnet18"
+    width: int = 8
+    candidate_bits: tuple = (2, 3, 4, 5, 6, 7, 8)
+    budget_bits: float = 4.0
+    alpha: float = 0.5
+    beta: float = 2.0
+    warmup_epochs: int = 4
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 3e-3
+    dqt_lr: float = 1e-3
+    clip: float = 1.0
+    tau_start: float = 1.0
+    tau_end: float = 0.3
+    shift_rule: str = "floor"
+    seed: int = 0
+    device: str = "cpu"
+    limit: int = 0  # use only the first N training images (0 = all); for quick checks
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Dataset:
+    x_train: torch.Tensor  # uint8 codes [N, *shape]
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    input_shape: tuple
+    num_classes: int
+
+
+def load_dataset(name: str, data_dir: Optional[str] = None, seed: int = 0, limit: int = 0) -> Dataset:
+    """digits (scikit-learn, embedded: 8x8 images, 1,437/360 split) or cifar10 (a local copy
+    in torchvision's `cifar-10-batches-py` format)."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        data = load_digits()
+        x = torch.round(torch.tensor(data.images, dtype=torch.float32) * (255.0 / 16.0)).to(torch.uint8)[:, None]
+        y = torch.tensor(data.target, dtype=torch.long)
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234))  # fixed split
+        split = int(0.8 * len(y))
+        train, test = order[:split], order[split:]
+        ds = Dataset(x[train], y[train], x[test], y[test], (1, 8, 8), 10)
+    elif name == "cifar10":
+        ds = _load_cifar10(data_dir)
+    else:
+        raise ValueError(f"unknown dataset {name!r}; choose digits or cifar10")
+    if limit:
+        ds.x_train, ds.y_train = ds.x_train[:limit], ds.y_train[:limit]
+    return ds
+
+
+def _load_cifar10(data_dir: Optional[str]) -> Dataset:
+    if not data_dir:
+        raise FileNotFoundError("--data cifar10 needs --data-dir PATH pointing at a local CIFAR-10 copy "
+                                "(the folder that contains cifar-10-batches-py/, as torchvision downloads it)")
+    root = Path(data_dir)
+    folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
+    missing = [f for f in CIFAR_FILES if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"CIFAR-10 not found under {root}: missing {', '.join(missing)} in {folder}. "
+                                "Expected torchvision's python format (cifar-10-batches-py/data_batch_1..5, "
+                                "test_batch); nothing is downloaded.")
+    xs, ys = [], []
+    for name in CIFAR_FILES:
+        with open(folder / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")  # the dataset's official (numpy-only) format
+        xs.append(torch.as_tensor(batch[b"data"]).reshape(-1, 3, 32, 32))
+        ys.append(torch.as_tensor(batch[b"labels"]))
+    return Dataset(torch.cat(xs[:5]), torch.cat(ys[:5]).long(), xs[5], ys[5].long(), (3, 32, 32), 10)
+
+
+def build_model(cfg: TrainConfig, ds: Dataset) -> DQTModel:
+    channels, size = ds.input_shape[0], ds.input_shape[-1]
+    if cfg.model == "resnet18":
+        net = models.resnet18_cifar(ds.num_classes, channels, cfg.width)
+    elif cfg.model == "resnet50":
+        net = models.resnet50(ds.num_classes, channels, cfg.width)
+    elif cfg.model == "cnn":
+        net = models.simple_cnn(channels, ds.num_classes, cfg.width, size)
+    elif cfg.model == "mlp":
+        net = models.mlp(int(torch.tensor(ds.input_shape).prod()), 4 * cfg.width, ds.num_classes)
+    else:
+        raise ValueError(f"unknown model {cfg.model!r}; choose resnet18, resnet50, cnn or mlp")
+    return DQTModel.from_float(net, ds.input_shape, bits=8, candidate_bits=cfg.candidate_bits, dynamic=True,
+                               shift_rule=cfg.shift_rule)
+
+
+def evaluate(model: DQTModel, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict:
+    """Integer-only accuracy, mean BitOPs and chosen-width histogram in the model's current mode."""
+    model.eval()
+    correct, bitops, bits = 0, [], []
+    with torch.no_grad():
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+            logits = model(xb)
+            correct += int((logits.argmax(1).cpu() == yb).sum())
+            bitops.append(model.last_bitops.cpu())
+            bits.append(model.last_bits[..., 0].cpu())
+    chosen = torch.cat(bits)
+    histogram = {int(b): float((chosen == b).float().mean()) for b in model.candidate_bits}
+    return {"accuracy": correct / max(len(y), 1), "bitops": float(torch.cat(bitops).mean()),
+            "mean_bits": float(chosen.float().mean()), "histogram": histogram}
+
+
+def results_table(model: DQTModel, ds: Dataset) -> dict:
+    """Accuracy at every static width and in dynamic mode, with BitOPs and the width histogram."""
+    rows = []
+    for b in sorted(model.candidate_bits, reverse=True):
+        model.set_bits(b)
+        rows.append({"mode": f"static {b}-bit", **evaluate(model, ds.x_test, ds.y_test)})
+    agreement = None
+    if model.controller is not None:
+        model.set_dynamic(True)
+        rows.append({"mode": "dynamic", **evaluate(model, ds.x_test, ds.y_test)})
+        agreement = model.agreement(ds.x_test)
+    for r in rows:
+        r["bitops_vs_uniform4"] = r["bitops"] / model.uniform_bitops(4)
+    return {"rows": rows, "agreement_dynamic": agreement}
+
+
+def format_table(results: dict) -> str:
+    lines = [f"{'mode':<14} {'accuracy':>9} {'BitOPs/sample':>15} {'vs uniform 4':>12}  chosen-width histogram"]
+    for r in results["rows"]:
+        hist = " ".join(f"{b}:{p:.2f}" for b, p in r["histogram"].items() if p > 0)
+        lines.append(f"{r['mode']:<14} {r['accuracy']:>9.4f} {r['bitops']:>15,.0f} {r['bitops_vs_uniform4']:>12.2f}  {hist}")
+    if results.get("agreement_dynamic") is not None:
+        lines.append(f"train-path / integer-eval top-1 agreement (dynamic): {results['agreement_dynamic']:.4f}")
+    return "\n".join(lines)
+
+
+class Trainer:
+    """Runs the recipe of the module docstring into `out_dir`."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: Path) -> None:
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.ds = load_dataset(cfg.data, cfg.data_dir, cfg.seed, cfg.limit)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg, self.ds).to(cfg.device)
+        self.epoch = 0  # epochs completed
+        self.optimizer = self._optimizer_for(0)
+
+    @property
+    def total_epochs(self) -> int:
+        return self.cfg.warmup_epochs + self.cfg.epochs
+
+    def _optimizer_for(self, epoch: int) -> torch.optim.Optimizer:
+        lr = self.cfg.lr if epoch < self.cfg.warmup_epochs else self.cfg.dqt_lr
+        return torch.optim.Adam(self.model.parameters(), lr=lr)
+
+    def state(self) -> dict:
+        return {"format": "dqt-triton-train-state", "config": asdict(self.cfg), "epoch": self.epoch,
+                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state(), "tau": self.model.tau}
+
+    def resume(self) -> None:
+        path = self.out / "train_state.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume: no {path} to resume from")
+        try:
+            state = torch.load(path, weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"--resume: {path} is truncated or corrupt: {exc}") from exc
+        saved = {k: (tuple(v) if isinstance(v, list) else v) for k, v in state["config"].items()}
+        mine = {k: (tuple(v) if isinstance(v, list) else v) for k, v in asdict(self.cfg).items()}
+        differ = {k for k in mine if k not in ("device",) and saved.get(k) != mine[k]}
+        if differ:
+            raise ValueError(f"--resume: options differ from the checkpoint's: {sorted(differ)}")
+        self.model.load_state_dict(state["model"])
+        self.epoch = state["epoch"]
+        # The optimizer of the phase the saved epoch ran in; train() replaces it at the phase
+        # change, exactly as an uninterrupted run does.
+        self.optimizer = self._optimizer_for(max(self.epoch - 1, 0))
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        self.model.tau = state["tau"]
+        log.info("resumed %s after epoch %d", path, self.epoch)
+
+    def _checkpoint(self) -> None:
+        _atomic_save(self.state(), self.out / "train_state.pt")
+        self.model.save(self.out / "model.pt")
+
+    def _log_metrics(self, row: dict) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        csv_path = self.out / "metrics.csv"
+        new = not csv_path.exists()
+        with open(csv_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def train(self) -> dict:
+        cfg, model = self.cfg, self.model
+        target = model.uniform_bitops(1) * cfg.budget_bits**2
+        epochs = tqdm(range(self.epoch, self.total_epochs), desc="epochs", unit="epoch", initial=self.epoch,
+                      total=self.total_epochs)
+        try:
+            for epoch in epochs:
+                dqt_phase = epoch >= cfg.warmup_epochs
+                if epoch == cfg.warmup_epochs:
+                    self.optimizer = self._optimizer_for(epoch)
+                if dqt_phase:
+                    model.set_dynamic(True)
+                    span = max(cfg.epochs - 1, 1)
+                    model.anneal_temperature((epoch - cfg.warmup_epochs) / span, cfg.tau_start, cfg.tau_end)
+                else:
+                    model.set_bits(8)
+                row = self._train_epoch(epoch, dqt_phase, target)
+                self.epoch = epoch + 1
+                self._checkpoint()
+                self._log_metrics(row)
+                epochs.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['test_accuracy']:.3f}")
+        except KeyboardInterrupt:
+            model.save(self.out / "model-interrupted.pt")
+            log.warning("interrupted: %s holds the last finished epoch (%d); resume with --resume. The "
+                        "unfinished epoch's weights are in model-interrupted.pt", self.out / "train_state.pt", self.epoch)
+            raise
+        results = results_table(model, self.ds)
+        (self.out / "results.json").write_text(json.dumps({"config": asdict(cfg), **results}, indent=2) + "\n")
+        return results
+
+    def _train_epoch(self, epoch: int, dqt_phase: bool, target: float) -> dict:
+        cfg, model, ds = self.cfg, self.model, self.ds
+        model.train()
+        order = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        sums = {"loss": 0.0, "task": 0.0, "consistency": 0.0, "budget": 0.0}
+        start, batches = time.perf_counter(), 0
+        for idx in tqdm(order.split(cfg.batch_size), desc=f"epoch {epoch + 1}", unit="batch", leave=False):
+            xb, yb = ds.x_train[idx].to(cfg.device), ds.y_train[idx].to(cfg.device)
+            if dqt_phase:
+                out = model.dqt_loss(xb, yb, alpha=cfg.alpha, beta=cfg.beta, target_bitops=target)
+            else:
+                loss = F.cross_entropy(model(xb), yb)
+                out = {"loss": loss, "task": loss.detach(), "consistency": torch.zeros(()), "budget": torch.zeros(())}
+            self.optimizer.zero_grad()
+            out["loss"].backward()
+            if cfg.clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            self.optimizer.step()
+            for k in sums:
+                sums[k] += float(out[k].detach())
+            batches += 1
+        test = evaluate(model, ds.x_test, ds.y_test)
+        return {"epoch": epoch + 1, "phase": "dqt" if dqt_phase else "qat8", "tau": model.tau if dqt_phase else None,
+                **{k: v / max(batches, 1) for k, v in sums.items()}, "test_accuracy": test["accuracy"],
+                "test_mean_bits": test["mean_bits"], "test_bitops_vs_uniform4": test["bitops"] / model.uniform_bitops(4),
+                "seconds": time.perf_counter() - start}
+
+
+def evaluate_checkpoint(path: str, data: str = "digits", data_dir: Optional[str] = None,
+                        bits: Optional[int] = None) -> dict:
+    """`dqt eval`: the results table for a saved model (every width and dynamic, or one width)."""
+    model = DQTModel.load(path)
+    ds = load_dataset(data, data_dir)
+    if tuple(model.config["input_shape"]) != tuple(ds.input_shape):
+        raise ValueError(f"{path} expects inputs {tuple(model.config['input_shape'])}, dataset {data} has "
+                         f"{tuple(ds.input_shape)}")
+    if bits is not None:
+        model.set_bits(bits)
+        row = {"mode": f"static {bits}-bit", **evaluate(model, ds.x_test, ds.y_test)}
+        row["bitops_vs_uniform4"] = row["bitops"] / model.uniform_bitops(4)
+        return {"rows": [row], "agreement_dynamic": None}
+    return results_table(model, ds)
+
+
+def environment_device(requested: str) -> str:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available")
+    return requested if requested != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+__all__ = ["TrainConfig", "Trainer", "load_dataset", "evaluate", "results_table", "format_table",
+           "evaluate_checkpoint"]

@@ -1,0 +1,88 @@
+"""`dqt train` / `dqt eval`: the results table, checkpoints, exact resume, Ctrl-C, data errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dqt_triton import DQTModel
+from dqt_triton.cli import main
+from dqt_triton.training import TrainConfig, Trainer
+
+QUICK = ["--model", "mlp", "--width", "8", "--limit", "256", "--warmup-epochs", "1", "--epochs", "2",
+         "--bits", "2", "4", "8", "--batch-size", "64"]
+
+
+def _config(**overrides) -> TrainConfig:
+    base = dict(model="mlp", width=8, limit=256, warmup_epochs=1, epochs=2, candidate_bits=(2, 4, 8), batch_size=64)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def test_train_prints_the_results_table_and_writes_its_files(tmp_path, capsys):
+    assert main(["train", *QUICK, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    modes = [line.split()[0] + " " + line.split()[1] for line in out.splitlines() if line.startswith("static")]
+    assert modes == ["static 8-bit", "static 4-bit", "static 2-bit"]
+    assert any(line.startswith("dynamic") for line in out.splitlines())
+    assert "agreement" in out
+    for name in ("model.pt", "train_state.pt", "metrics.csv", "metrics.jsonl", "results.json"):
+        assert (tmp_path / name).is_file(), name
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3] and [m["phase"] for m in metrics] == ["qat8", "dqt", "dqt"]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["rows"]) == 4 and 0.0 <= results["rows"][-1]["accuracy"] <= 1.0
+
+    assert main(["eval", str(tmp_path / "model.pt")]) == 0
+    eval_out = capsys.readouterr().out
+    assert [ln for ln in eval_out.splitlines() if ln.startswith(("static", "dynamic"))] == \
+        [ln for ln in out.splitlines() if ln.startswith(("static", "dynamic"))]
+
+
+def test_resume_after_ctrl_c_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
+    straight = Trainer(_config(), tmp_path / "straight")
+    straight.train()
+
+    interrupted = Trainer(_config(), tmp_path / "resumed")
+    original = Trainer._train_epoch
+
+    def stop_in_second_dqt_epoch(self, epoch, dqt_phase, target):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch, dqt_phase, target)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", stop_in_second_dqt_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    DQTModel.load(tmp_path / "resumed" / "model-interrupted.pt")  # usable
+    DQTModel.load(tmp_path / "resumed" / "model.pt")
+
+    resumed = Trainer(_config(), tmp_path / "resumed")
+    resumed.resume()
+    assert resumed.epoch == 2
+    resumed.train()
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def metrics(run):
+        rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    assert metrics("straight") == metrics("resumed")
+
+
+def test_resume_refuses_other_options(tmp_path):
+    Trainer(_config(epochs=1), tmp_path).train()
+    with pytest.raises(ValueError, match="alpha"):
+        Trainer(_config(epochs=1, alpha=0.0), tmp_path).resume()
+
+
+def test_missing_cifar_copy_is_named(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="needs --data-dir"):
+        main(["train", "--data", "cifar10", "--out", str(tmp_path)])
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    with pytest.raises(FileNotFoundError, match="missing data_batch_1"):
+        main(["train", "--data", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
