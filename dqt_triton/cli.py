@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -109,19 +110,24 @@ def run_train(args: argparse.Namespace) -> int:
                       warmup_epochs=args.warmup_epochs, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, dqt_lr=args.dqt_lr, shift_rule=args.shift_rule, seed=args.seed,
                       device=environment_device(args.device), limit=args.limit)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if cfg.device == "cuda" else "gloo")  # under torchrun
+        if cfg.device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     trainer = Trainer(cfg, args.out)
     if args.resume:
         trainer.resume()
-    print(f"DQT training: {cfg.model} (width {cfg.width}) on {cfg.data}, {len(trainer.ds.y_train)} train / "
+    say = print if trainer.rank == 0 else (lambda *a, **k: None)
+    say(f"DQT training: {cfg.model} (width {cfg.width}) on {cfg.data}, {len(trainer.ds.y_train)} train / "
           f"{len(trainer.ds.y_test)} test, widths {list(cfg.candidate_bits)}, budget {cfg.budget_bits}-bit, "
           f"alpha {cfg.alpha}, beta {cfg.beta}; output in {args.out}")
     try:
         results = trainer.train()
     except KeyboardInterrupt:
-        print(f"interrupted; resume with: dqt train --resume --out {args.out} (and the same options)")
+        say(f"interrupted; resume with: dqt train --resume --out {args.out} (and the same options)")
         return 130
-    print(format_table(results))
-    print(f"model: {args.out}/model.pt  metrics: {args.out}/metrics.csv  results: {args.out}/results.json")
+    say(format_table(results))
+    say(f"model: {args.out}/model.pt  metrics: {args.out}/metrics.csv  results: {args.out}/results.json")
     return 0
 
 

@@ -50,6 +50,8 @@ class ActQuantizer(nn.Module):
         if self.training and int(self.batches_seen) < self.calibration_batches:
             with torch.no_grad():
                 observed = x.detach().abs().amax() if self.signed else x.detach().clamp_min(0).amax()
+                if torch.distributed.is_initialized():  # every rank calibrates on the global batch's range
+                    torch.distributed.all_reduce(observed, op=torch.distributed.ReduceOp.MAX)
                 seen = int(self.batches_seen)
                 self.running_range.copy_(observed if seen == 0 else
                                          (1 - self.momentum) * self.running_range + self.momentum * observed)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -179,6 +180,9 @@ class Trainer:
         self.model = build_model(cfg, self.ds).to(cfg.device)
         self.epoch = 0  # epochs completed
         self.optimizer = self._optimizer_for(0)
+        # Under torchrun every rank holds the whole model and trains on its share of each batch.
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
 
     @property
     def total_epochs(self) -> int:
@@ -217,10 +221,33 @@ class Trainer:
         log.info("resumed %s after epoch %d", path, self.epoch)
 
     def _checkpoint(self) -> None:
-        _atomic_save(self.state(), self.out / "train_state.pt")
-        self.model.save(self.out / "model.pt")
+        if self.rank == 0:
+            _atomic_save(self.state(), self.out / "train_state.pt")
+            self.model.save(self.out / "model.pt")
+
+    def _sync_gradients_and_buffers(self) -> None:
+        """All-reduce gradients (already weighted by each rank's share of the batch) and take
+        rank 0's buffers (batch-norm statistics), as DDP does."""
+        for p in self.model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+
+    def _broadcast_buffers(self) -> None:
+        for b in self.model.buffers():
+            dist.broadcast(b, 0)
+
+    def _check_ranks_in_sync(self) -> None:
+        """Every rank must hold the same weights; a checksum spread across ranks says otherwise."""
+        total = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).sum().reshape(1)
+        low, high = total.clone(), total.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        if not torch.equal(low, high):
+            raise RuntimeError(f"ranks out of sync after epoch {self.epoch}: parameter checksums {low.item()} vs {high.item()}")
 
     def _log_metrics(self, row: dict) -> None:
+        if self.rank != 0:
+            return
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         csv_path = self.out / "metrics.csv"
@@ -249,6 +276,8 @@ class Trainer:
                     model.set_bits(8)
                 row = self._train_epoch(epoch, dqt_phase, target)
                 self.epoch = epoch + 1
+                if self.world > 1:
+                    self._check_ranks_in_sync()
                 self._checkpoint()
                 self._log_metrics(row)
                 epochs.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['test_accuracy']:.3f}")
@@ -258,7 +287,8 @@ class Trainer:
                         "unfinished epoch's weights are in model-interrupted.pt", self.out / "train_state.pt", self.epoch)
             raise
         results = results_table(model, self.ds)
-        (self.out / "results.json").write_text(json.dumps({"config": asdict(cfg), **results}, indent=2) + "\n")
+        if self.rank == 0:
+            (self.out / "results.json").write_text(json.dumps({"config": asdict(cfg), **results}, indent=2) + "\n")
         return results
 
     def _train_epoch(self, epoch: int, dqt_phase: bool, target: float) -> dict:
@@ -267,7 +297,9 @@ class Trainer:
         order = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
         sums = {"loss": 0.0, "task": 0.0, "consistency": 0.0, "budget": 0.0}
         start, batches = time.perf_counter(), 0
-        for idx in tqdm(order.split(cfg.batch_size), desc=f"epoch {epoch + 1}", unit="batch", leave=False):
+        for batch in tqdm(order.split(cfg.batch_size), desc=f"epoch {epoch + 1}", unit="batch", leave=False,
+                          disable=self.rank != 0):
+            idx = batch[self.rank::self.world]
             xb, yb = ds.x_train[idx].to(cfg.device), ds.y_train[idx].to(cfg.device)
             if dqt_phase:
                 out = model.dqt_loss(xb, yb, alpha=cfg.alpha, beta=cfg.beta, target_bitops=target)
@@ -275,10 +307,15 @@ class Trainer:
                 loss = F.cross_entropy(model(xb), yb)
                 out = {"loss": loss, "task": loss.detach(), "consistency": torch.zeros(()), "budget": torch.zeros(())}
             self.optimizer.zero_grad()
-            out["loss"].backward()
+            # Weight by this rank's share so the summed gradients are the global batch's mean.
+            (out["loss"] * (len(idx) / len(batch))).backward()
+            if self.world > 1:
+                self._sync_gradients_and_buffers()
             if cfg.clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             self.optimizer.step()
+            if self.world > 1:
+                self._broadcast_buffers()
             for k in sums:
                 sums[k] += float(out[k].detach())
             batches += 1

@@ -86,3 +86,26 @@ def test_missing_cifar_copy_is_named(tmp_path, capsys):
     (tmp_path / "cifar-10-batches-py").mkdir()
     with pytest.raises(FileNotFoundError, match="missing data_batch_1"):
         main(["train", "--data", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+
+
+def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
+    """2 CPU ranks under torchrun (gloo) stay in sync (checked each epoch inside the trainer) and
+    end where one process with the same global batch ends, up to float reduction order."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    args = ["train", "--model", "mlp", "--width", "8", "--limit", "256", "--warmup-epochs", "2", "--epochs", "0",
+            "--bits", "4", "8", "--batch-size", "64"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "dqt_triton.cli", *args,
+                          "--out", str(tmp_path / "ddp")], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert main([*args, "--out", str(tmp_path / "single")]) == 0
+    ddp = torch.load(tmp_path / "ddp" / "train_state.pt", weights_only=True)["model"]
+    single = torch.load(tmp_path / "single" / "train_state.pt", weights_only=True)["model"]
+    for name, value in single.items():
+        if value.dtype.is_floating_point:
+            torch.testing.assert_close(ddp[name], value, rtol=1e-4, atol=1e-5, msg=name)
