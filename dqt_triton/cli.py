@@ -109,7 +109,7 @@ def run_train(args: argparse.Namespace) -> int:
                       candidate_bits=tuple(args.bits), budget_bits=args.budget, alpha=args.alpha, beta=args.beta,
                       warmup_epochs=args.warmup_epochs, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, dqt_lr=args.dqt_lr, shift_rule=args.shift_rule, seed=args.seed,
-                      device=environment_device(args.device), limit=args.limit)
+                      device=environment_device(args.device), limit=args.limit, static_bits=args.static_bits)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if cfg.device == "cuda" else "gloo")  # under torchrun
         if cfg.device == "cuda":
@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(func=run_demo)
 
     train = sub.add_parser("train", help="DQT training with the results table (default: digits, no download)")
-    train.add_argument("--data", choices=["digits", "cifar10"], default="digits")
+    train.add_argument("--data", choices=["digits", "madelon", "cifar10"], default="digits",
+                       help="digits (embedded), madelon (scikit-learn's MADELON generator), cifar10 (local copy)")
     train.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py/ (torchvision format)")
     train.add_argument("--model", choices=["resnet18", "resnet50", "cnn", "mlp"], default="resnet18")
     train.add_argument("--width", type=int, default=8, help="base channel count (ResNet: 64 is the paper's)")
@@ -166,13 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
     train.add_argument("--limit", type=int, default=0, help="train on the first N images only (quick checks)")
+    train.add_argument("--static-bits", type=int, default=0,
+                       help="train a non-nested static baseline at this width only (no controller, no DQT phase)")
     train.add_argument("--out", default="runs/dqt", help="output directory (checkpoints, metrics, results)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     train.set_defaults(func=run_train)
 
     evaluate = sub.add_parser("eval", help="results table of a saved model")
     evaluate.add_argument("checkpoint")
-    evaluate.add_argument("--data", choices=["digits", "cifar10"], default="digits")
+    evaluate.add_argument("--data", choices=["digits", "madelon", "cifar10"], default="digits")
     evaluate.add_argument("--data-dir", default=None)
     evaluate.add_argument("--bits", type=int, default=None, help="one static width only")
     evaluate.set_defaults(func=run_eval)

@@ -14,7 +14,7 @@ import json
 import logging
 import pickle
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -55,7 +55,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     limit: int = 0  # use only the first N training images (0 = all); for quick checks
-    extra: dict = field(default_factory=dict)
+    static_bits: int = 0  # > 0: a non-nested static baseline trained at this width only (no DQT phase)
 
 
 @dataclass
@@ -66,6 +66,8 @@ class Dataset:
     y_test: torch.Tensor
     input_shape: tuple
     num_classes: int
+    input_scale: float = 1.0 / 255.0
+    input_signed: bool = False
 
 
 def load_dataset(name: str, data_dir: Optional[str] = None, seed: int = 0, limit: int = 0) -> Dataset:
@@ -83,11 +85,29 @@ def load_dataset(name: str, data_dir: Optional[str] = None, seed: int = 0, limit
         ds = Dataset(x[train], y[train], x[test], y[test], (1, 8, 8), 10)
     elif name == "cifar10":
         ds = _load_cifar10(data_dir)
+    elif name == "madelon":
+        ds = _make_madelon()
     else:
-        raise ValueError(f"unknown dataset {name!r}; choose digits or cifar10")
+        raise ValueError(f"unknown dataset {name!r}; choose digits, madelon or cifar10")
     if limit:
         ds.x_train, ds.y_train = ds.x_train[:limit], ds.y_train[:limit]
     return ds
+
+
+def _make_madelon() -> Dataset:
+    """A harder offline problem from a published generator: scikit-learn's make_classification
+    is Guyon's MADELON generator (NIPS 2003 feature-selection challenge). 10 classes, 64
+    features (24 informative, 16 redundant, 24 noise), 2 clusters per class, 3% label noise;
+    fixed generator seed. Features become int8 codes with one global scale."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(n_samples=6000, n_features=64, n_informative=24, n_redundant=16, n_classes=10,
+                               n_clusters_per_class=2, flip_y=0.03, class_sep=1.5, random_state=2003)
+    x = torch.tensor(x, dtype=torch.float32)
+    scale = float(x.abs().max()) / 127.0
+    codes = torch.clamp(torch.round(x / scale), -128, 127).to(torch.int8)
+    y = torch.tensor(y, dtype=torch.long)
+    return Dataset(codes[:5000], y[:5000], codes[5000:], y[5000:], (64,), 10, scale, True)
 
 
 def _load_cifar10(data_dir: Optional[str]) -> Dataset:
@@ -110,20 +130,25 @@ def _load_cifar10(data_dir: Optional[str]) -> Dataset:
     return Dataset(torch.cat(xs[:5]), torch.cat(ys[:5]).long(), xs[5], ys[5].long(), (3, 32, 32), 10)
 
 
-def build_model(cfg: TrainConfig, ds: Dataset) -> DQTModel:
+def float_network(cfg: TrainConfig, ds: Dataset) -> torch.nn.Module:
+    """The float architecture `cfg.model` sized for the dataset."""
     channels, size = ds.input_shape[0], ds.input_shape[-1]
     if cfg.model == "resnet18":
-        net = models.resnet18_cifar(ds.num_classes, channels, cfg.width)
-    elif cfg.model == "resnet50":
-        net = models.resnet50(ds.num_classes, channels, cfg.width)
-    elif cfg.model == "cnn":
-        net = models.simple_cnn(channels, ds.num_classes, cfg.width, size)
-    elif cfg.model == "mlp":
-        net = models.mlp(int(torch.tensor(ds.input_shape).prod()), 4 * cfg.width, ds.num_classes)
-    else:
-        raise ValueError(f"unknown model {cfg.model!r}; choose resnet18, resnet50, cnn or mlp")
-    return DQTModel.from_float(net, ds.input_shape, bits=8, candidate_bits=cfg.candidate_bits, dynamic=True,
-                               shift_rule=cfg.shift_rule)
+        return models.resnet18_cifar(ds.num_classes, channels, cfg.width)
+    if cfg.model == "resnet50":
+        return models.resnet50(ds.num_classes, channels, cfg.width)
+    if cfg.model == "cnn":
+        return models.simple_cnn(channels, ds.num_classes, cfg.width, size)
+    if cfg.model == "mlp":
+        return models.mlp(int(torch.tensor(ds.input_shape).prod()), 4 * cfg.width, ds.num_classes)
+    raise ValueError(f"unknown model {cfg.model!r}; choose resnet18, resnet50, cnn or mlp")
+
+
+def build_model(cfg: TrainConfig, ds: Dataset) -> DQTModel:
+    net = float_network(cfg, ds)
+    candidates = (cfg.static_bits,) if cfg.static_bits else cfg.candidate_bits
+    return DQTModel.from_float(net, ds.input_shape, bits=8, candidate_bits=candidates, dynamic=not cfg.static_bits,
+                               shift_rule=cfg.shift_rule, input_scale=ds.input_scale, input_signed=ds.input_signed)
 
 
 def evaluate(model: DQTModel, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict:
@@ -189,7 +214,7 @@ class Trainer:
         return self.cfg.warmup_epochs + self.cfg.epochs
 
     def _optimizer_for(self, epoch: int) -> torch.optim.Optimizer:
-        lr = self.cfg.lr if epoch < self.cfg.warmup_epochs else self.cfg.dqt_lr
+        lr = self.cfg.lr if epoch < self.cfg.warmup_epochs or self.cfg.static_bits else self.cfg.dqt_lr
         return torch.optim.Adam(self.model.parameters(), lr=lr)
 
     def state(self) -> dict:
@@ -265,10 +290,12 @@ class Trainer:
                       total=self.total_epochs)
         try:
             for epoch in epochs:
-                dqt_phase = epoch >= cfg.warmup_epochs
-                if epoch == cfg.warmup_epochs:
+                dqt_phase = epoch >= cfg.warmup_epochs and not cfg.static_bits
+                if epoch == cfg.warmup_epochs and not cfg.static_bits:
                     self.optimizer = self._optimizer_for(epoch)
-                if dqt_phase:
+                if cfg.static_bits:
+                    model.set_bits(cfg.static_bits)
+                elif dqt_phase:
                     model.set_dynamic(True)
                     span = max(cfg.epochs - 1, 1)
                     model.anneal_temperature((epoch - cfg.warmup_epochs) / span, cfg.tau_start, cfg.tau_end)

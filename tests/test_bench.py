@@ -24,3 +24,21 @@ def test_gpu_kernel_bench_smoke_run_writes_results(tmp_path, monkeypatch):
     assert unfused and all(r["unfused_equals_ours"] for r in unfused)
     assert result["machine"]["commit"] and result["command"].startswith("python -m bench.gpu_kernels --smoke")
     assert any("mixed-shift time" in line for line in result["targets"])
+
+
+def test_evidence_runs_resumably_and_summarizes(tmp_path, monkeypatch):
+    from bench import evidence
+
+    monkeypatch.setattr(evidence, "SETUPS", {"digits": dict(model="mlp", width=8, warmup_epochs=1, epochs=1,
+                                                            limit=256, candidate_bits=(2, 4, 8))})
+    monkeypatch.setattr(evidence, "VARIANTS", {"dqt": {}, "static4": {"static_bits": 4}})
+    evidence.main(["run", "--seeds", "0", "1", "--out", str(tmp_path)])
+    runs = sorted(p.name for p in (tmp_path / "runs").glob("*.json"))
+    assert runs == [f"digits-{v}-seed{s}.json" for v in ("dqt", "float", "static4") for s in (0, 1)]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    modes = {(r["variant"], r["mode"]): r for r in summary["rows"]}
+    assert modes[("dqt", "dynamic")]["seeds"] == [0, 1] and modes[("dqt", "dynamic")]["std"] >= 0
+    assert ("dqt", "agreement") in modes and ("float", "float") in modes and ("static4", "static 4-bit") in modes
+    before = (tmp_path / "runs" / "digits-dqt-seed0.json").read_text()
+    evidence.main(["run", "--seeds", "0", "--out", str(tmp_path)])  # finished runs are kept, not redone
+    assert (tmp_path / "runs" / "digits-dqt-seed0.json").read_text() == before
