@@ -267,10 +267,10 @@ class DQTModel(nn.Module):
         cands = _check_bits(candidate_bits)
         input_shape = tuple(int(s) for s in input_shape)
         steps = capture(model)
-        shapes = _layer_output_shapes(model, steps, input_shape, input_scale)
+        shapes, in_shapes = _layer_shapes(model, steps, input_shape)
         layers, quantizers = nn.ModuleDict(), nn.ModuleDict()
         signed = [input_signed]
-        macs = {}
+        macs, elements = {}, {}
         for step in steps:
             src = step.inputs[0]
             if step.kind == "layer":
@@ -283,6 +283,8 @@ class DQTModel(nn.Module):
                 numerics.check_accumulator(layer.reduction_size(), signed[src], 0, step.name)
                 layers[step.name] = layer
                 macs[step.name] = layer.macs_per_sample(shapes[step.name])
+                elements[step.name] = {"weights": layer.weight.numel(), "inputs": math.prod(in_shapes[step.name]),
+                                       "outputs": math.prod(shapes[step.name])}
                 if not step.geometry["final"]:
                     quantizers[step.name] = ActQuantizer(signed=not step.relu)
                 signed.append(not step.relu)
@@ -303,7 +305,7 @@ class DQTModel(nn.Module):
         config = {
             "input_shape": list(input_shape), "input_scale": float(input_scale),
             "input_dtype": "int8" if input_signed else "uint8", "candidate_bits": list(cands),
-            "shift_rule": shift_rule, "dynamic": bool(dynamic), "macs": macs,
+            "shift_rule": shift_rule, "dynamic": bool(dynamic), "macs": macs, "elements": elements,
             "controller": controller.spec() if controller is not None else None,
             "layer_specs": {n: _layer_spec(l) for n, l in layers.items()},
             "quantizer_signed": {n: q.signed for n, q in quantizers.items()},
@@ -673,13 +675,19 @@ def _layer_from_spec(spec: dict) -> nn.Module:
     return DQTLinear(weight, bias, bn, spec["relu"], spec["per_channel"])
 
 
-def _layer_output_shapes(model: nn.Module, steps: list[Step], input_shape, input_scale) -> dict:
-    """Output shape of every conv/linear layer for one sample (a float forward with hooks)."""
-    shapes, hooks = {}, []
+def _layer_shapes(model: nn.Module, steps: list[Step], input_shape) -> tuple[dict, dict]:
+    """Output and input shapes of every conv/linear layer for one sample (a float forward with hooks)."""
+    shapes, in_shapes, hooks = {}, {}, []
+
+    def record(name):
+        def hook(mod, inp, out):
+            shapes[name] = tuple(out.shape[1:])
+            in_shapes[name] = tuple(inp[0].shape[1:])
+        return hook
+
     for step in steps:
         if step.kind == "layer":
-            hooks.append(step.fused["layer"].register_forward_hook(
-                lambda mod, inp, out, name=step.name: shapes.__setitem__(name, tuple(out.shape[1:]))))
+            hooks.append(step.fused["layer"].register_forward_hook(record(step.name)))
     was_training = model.training
     model.eval()
     try:
@@ -691,7 +699,7 @@ def _layer_output_shapes(model: nn.Module, steps: list[Step], input_shape, input
         for h in hooks:
             h.remove()
         model.train(was_training)
-    return shapes
+    return shapes, in_shapes
 
 
 def _clone_program(program: dict) -> dict:

@@ -42,3 +42,14 @@ def test_evidence_runs_resumably_and_summarizes(tmp_path, monkeypatch):
     before = (tmp_path / "runs" / "digits-dqt-seed0.json").read_text()
     evidence.main(["run", "--seeds", "0", "--out", str(tmp_path)])  # finished runs are kept, not redone
     assert (tmp_path / "runs" / "digits-dqt-seed0.json").read_text() == before
+
+
+def test_bitops_bench_writes_tables_for_both_resnets(tmp_path):
+    from bench import bitops as bitops_bench
+
+    bitops_bench.main(["--out", str(tmp_path), "--batch", "2"])
+    report = json.loads(next(tmp_path.glob("bitops-*.json")).read_text())["report"]
+    r50 = report["ResNet-50 (ImageNet, 224x224)"]
+    assert r50["layers"] == 54 and r50["transition"]["weight_elements"] == 25_502_912
+    assert [r["mode"] for r in r50["rows"]][:4] == ["uniform 8-bit", "uniform 6-bit", "uniform 4-bit", "uniform 2-bit"]
+    assert "ResNet-18 (CIFAR, 32x32)" in report
