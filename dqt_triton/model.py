@@ -149,6 +149,13 @@ def run_controller(p: dict, x: Tensor) -> Tensor:
     return logits.view(-1, p["num_layers"], p["num_choices"]).argmax(dim=-1)
 
 
+def bitops_from_bits(bits: Tensor, macs: list[int], controller_macs: int = 0) -> Tensor:
+    """BitOPs per sample: sum over layers of MACs x weight bits x activation bits, for chosen
+    bits [B, layers, (w, a)], plus the controller's MACs at 8 x 8 bits."""
+    macs_t = torch.tensor(macs, dtype=torch.float64, device=bits.device)
+    return (bits[..., 0].double() * bits[..., 1].double() * macs_t).sum(dim=1) + controller_macs * 64
+
+
 def _check_input(program: dict, x: Tensor) -> None:
     want = _DTYPES[program["input_dtype"]]
     if not isinstance(x, torch.Tensor):
@@ -361,12 +368,8 @@ class DQTModel(nn.Module):
 
     def bitops_per_sample(self, bits: Tensor) -> Tensor:
         """BitOPs per sample from chosen bits [B, layers, 2] (+ the controller at 8x8 bits)."""
-        macs = torch.tensor([self.config["macs"][n] for n in self.layer_names], dtype=torch.float64,
-                            device=bits.device)
-        total = (bits[..., 0].double() * bits[..., 1].double() * macs).sum(dim=1)
-        if self.dynamic and self.controller is not None:
-            total = total + self.controller.macs() * 64
-        return total
+        controller_macs = self.controller.macs() if self.dynamic and self.controller is not None else 0
+        return bitops_from_bits(bits, [self.config["macs"][n] for n in self.layer_names], controller_macs)
 
     def uniform_bitops(self, bits: int) -> float:
         """BitOPs of one sample with every layer at `bits` (the budget unit of `--budget`)."""
@@ -611,8 +614,8 @@ class FrozenDQTModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         logits, chosen = run_program(self.program, x)
         self.last_bits = chosen
-        macs = torch.tensor([self.macs[n] for n in self.program["layer_names"]], dtype=torch.float64, device=x.device)
-        self.last_bitops = (chosen[..., 0].double() * chosen[..., 1].double() * macs).sum(1) + self.controller_macs * 64
+        self.last_bitops = bitops_from_bits(chosen, [self.macs[n] for n in self.program["layer_names"]],
+                                            self.controller_macs)
         return logits
 
     def save(self, path: Union[str, os.PathLike]) -> None:

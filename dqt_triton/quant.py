@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .numerics import MASTER_BITS, check_shift_rule
+from .numerics import MASTER_BITS, nested_shift
 
 Tensor = torch.Tensor
 
@@ -87,14 +87,8 @@ def lsq_grad_factor(elements_per_step: int, hi: int) -> float:
 
 def shifted_float(q: Tensor, shift: Tensor | int, signed: bool, rule: str) -> Tensor:
     """Nested-width codes back in master units as float: shift(q, k) * 2^k (broadcast `shift`)."""
-    hi = 127 if signed else 255
-    qi = q.detach().to(torch.int32)
     k = torch.as_tensor(shift, dtype=torch.int32, device=q.device)
-    if check_shift_rule(rule):
-        shifted = torch.minimum((qi + ((1 << k) >> 1)) >> k, hi >> k)
-    else:
-        shifted = qi >> k
-    return (shifted << k).to(q.dtype)
+    return (nested_shift(q.detach(), k, signed, rule).to(torch.int32) << k).to(q.dtype)
 
 
 def _rows_shift(shift: Tensor | int, rows: int, device) -> Tensor:

@@ -250,14 +250,14 @@ class Trainer:
             _atomic_save(self.state(), self.out / "train_state.pt")
             self.model.save(self.out / "model.pt")
 
-    def _sync_gradients_and_buffers(self) -> None:
-        """All-reduce gradients (already weighted by each rank's share of the batch) and take
-        rank 0's buffers (batch-norm statistics), as DDP does."""
+    def _all_reduce_gradients(self) -> None:
+        """Sum gradients over ranks; each is already weighted by its rank's share of the batch."""
         for p in self.model.parameters():
             if p.grad is not None:
                 dist.all_reduce(p.grad)
 
     def _broadcast_buffers(self) -> None:
+        """Every rank takes rank 0's buffers (batch-norm statistics), as DDP does."""
         for b in self.model.buffers():
             dist.broadcast(b, 0)
 
@@ -337,7 +337,7 @@ class Trainer:
             # Weight by this rank's share so the summed gradients are the global batch's mean.
             (out["loss"] * (len(idx) / len(batch))).backward()
             if self.world > 1:
-                self._sync_gradients_and_buffers()
+                self._all_reduce_gradients()
             if cfg.clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             self.optimizer.step()
