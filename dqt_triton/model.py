@@ -117,13 +117,17 @@ def _raw_constants(layer: DQTLinear, x_step: float) -> IntegerConstants:
 
 
 def _layer_program(c: IntegerConstants, conv: Optional[dict]) -> dict:
-    return {"weight": c.weight, "bias": c.bias, "multiplier": c.multiplier, "shift": c.shift,
+    # Conv weights in channels_last: both backends read [Cout, KH, KW, C/g] without a copy.
+    weight = c.weight.contiguous(memory_format=torch.channels_last) if conv else c.weight
+    return {"weight": weight, "bias": c.bias, "multiplier": c.multiplier, "shift": c.shift,
             "out_scale": c.out_scale, "relu": c.relu, "out_dtype": _DTYPE_NAMES[c.out_dtype],
             "conv": {k: list(v) if isinstance(v, tuple) else v for k, v in conv.items()} if conv else None}
 
 
 def _run_layer(p: dict, x: Tensor, act_shift, weight_shift, rule: str) -> Tensor:
-    kwargs = dict(act_shift=act_shift, weight_shift=weight_shift, bias=p["bias"], relu=p["relu"], shift_rule=rule)
+    # Program weights are frozen snapshots, so the CPU path may keep their shifted copies.
+    kwargs = dict(act_shift=act_shift, weight_shift=weight_shift, bias=p["bias"], relu=p["relu"], shift_rule=rule,
+                  cache_weight=True)
     if p["multiplier"] is not None:
         kwargs.update(multiplier=p["multiplier"].to(x.device), shift=p["shift"].to(x.device),
                       out_dtype=_DTYPES[p["out_dtype"]])

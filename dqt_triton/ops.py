@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from . import reference as ref
+from . import weight_cache
 from .backends import resolve_backend
 from .errors import BackendUnavailableError
 from .numerics import (
@@ -229,6 +230,17 @@ def _np_shifts(act_shift: torch.Tensor, weight_shift: torch.Tensor) -> tuple:
     return act_shift.numpy().astype(np.int64), slot.astype(np.int64), distinct
 
 
+def _cpu_weight_tables(w2d: torch.Tensor, owner: torch.Tensor, shifts: np.ndarray, round_rule: int,
+                       cache: bool) -> list:
+    """`reference.blas.weight_table` of `w2d` [N, K] at each shift, cached on `owner` if asked."""
+    tables = []
+    for k in shifts:
+        def build(k=int(k)):
+            return ref.weight_table(w2d.contiguous().numpy(), k, round_rule)
+        tables.append(weight_cache.lookup(owner, int(k), round_rule, build) if cache else build())
+    return tables
+
+
 def _triton_kernels():
     try:
         from . import kernels
@@ -265,6 +277,7 @@ def int_matmul(
     relu: bool = False,
     shift_rule: str = "floor",
     backend: Optional[str] = None,
+    cache_weight: bool = False,
 ) -> torch.Tensor:
     """Integer matmul ``out[m, n] = epilogue(sum_k s(x[m, k], ka[m]) * s(w[n, k], kw[m]))``.
 
@@ -283,6 +296,8 @@ def int_matmul(
         relu: clamp the accumulator at zero before the epilogue.
         shift_rule: "floor" (the paper's truncating shift) or "round".
         backend: "reference", "cpu", "triton" or "auto" (default: see ``use_backend``).
+        cache_weight: CPU path: keep the shifted float32 copies of ``w`` between calls (see
+            `dqt_triton.weight_cache`; only for weights changed by torch ops, if at all).
 
     Returns:
         ``[M, N]`` tensor: int32 master-unit accumulator (raw), 8-bit codes, or float32.
@@ -311,10 +326,15 @@ def int_matmul(
     out = np.empty((M, N), _NUMPY_OUT[ep.out_dtype])
     if M == 0:
         return torch.from_numpy(out)
-    kernel = ref.int_matmul_kernel if name == "reference" else ref.int_matmul_blas
     x_hi = 127 if x.dtype == torch.int8 else 255
-    kernel(x.contiguous().numpy(), w.contiguous().numpy(), *_np_shifts(ka, kw), round_rule, x_hi,
-           *_np_epilogue(ep), out)
+    act_np, slot_np, distinct = _np_shifts(ka, kw)
+    if name == "reference":
+        weights = w.contiguous().numpy()
+        kernel = ref.int_matmul_kernel
+    else:
+        weights = _cpu_weight_tables(w, w, distinct, round_rule, cache_weight)
+        kernel = ref.int_matmul_blas
+    kernel(x.contiguous().numpy(), weights, act_np, slot_np, distinct, round_rule, x_hi, *_np_epilogue(ep), out)
     return torch.from_numpy(out)
 
 
@@ -336,6 +356,7 @@ def int_conv2d(
     relu: bool = False,
     shift_rule: str = "floor",
     backend: Optional[str] = None,
+    cache_weight: bool = False,
 ) -> torch.Tensor:
     """Integer 2-D convolution with the same shifts and epilogues as :func:`int_matmul`.
 
@@ -386,11 +407,17 @@ def int_conv2d(
         )
     out = np.empty((B * OH * OW, Cout), _NUMPY_OUT[ep.out_dtype])
     if B > 0:
-        kernel = ref.int_conv2d_kernel if name == "reference" else ref.int_conv2d_blas
         x_nhwc = x.permute(0, 2, 3, 1).contiguous().numpy()
-        w_nhwc = w.permute(0, 2, 3, 1).contiguous().numpy()
         x_hi = 127 if x.dtype == torch.int8 else 255
-        kernel(x_nhwc, w_nhwc, *geometry, *_np_shifts(ka, kw), round_rule, x_hi, *_np_epilogue(ep), out)
+        act_np, slot_np, distinct = _np_shifts(ka, kw)
+        w_nhwc = w.permute(0, 2, 3, 1)
+        if name == "reference":
+            ref.int_conv2d_kernel(x_nhwc, w_nhwc.contiguous().numpy(), *geometry, act_np, slot_np, distinct,
+                                  round_rule, x_hi, *_np_epilogue(ep), out)
+        else:
+            tables = _cpu_weight_tables(w_nhwc.reshape(Cout, -1), w, distinct, round_rule, cache_weight)
+            ref.int_conv2d_blas(x_nhwc, tuple(w_nhwc.shape), tables, *geometry, act_np, slot_np, distinct,
+                                round_rule, x_hi, *_np_epilogue(ep), out)
     return torch.from_numpy(out).view(B, OH, OW, Cout).permute(0, 3, 1, 2)
 
 

@@ -5,7 +5,7 @@ an exact float32 GEMM with the same Numba shifts and epilogues. Arguments are nu
 already validated and normalised by `dqt_triton.ops`; call the ops, not these, from user code.
 """
 
-from .blas import float32_gemm_is_exact, int_conv2d_blas, int_matmul_blas
+from .blas import WeightTable, float32_gemm_is_exact, int_conv2d_blas, int_matmul_blas, weight_table
 from .common import EPILOGUE_FLOAT, EPILOGUE_RAW, EPILOGUE_REQUANT
 from .conv import int_conv2d_kernel
 from .elementwise import int_add_kernel, int_mul_kernel
@@ -13,6 +13,7 @@ from .matmul import int_matmul_kernel
 from .pool import int_avg_pool2d_kernel, int_max_pool2d_kernel
 
 __all__ = [
+    "WeightTable",
     "EPILOGUE_FLOAT",
     "EPILOGUE_RAW",
     "EPILOGUE_REQUANT",
@@ -25,4 +26,5 @@ __all__ = [
     "int_matmul_kernel",
     "int_max_pool2d_kernel",
     "int_mul_kernel",
+    "weight_table",
 ]

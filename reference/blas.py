@@ -3,10 +3,18 @@
 int8 x int8 products summed over a K-chunk stay integers of magnitude <= 2^24 when the chunk is
 short enough, and every float32 integer up to 2^24 is exact, so any summation order (blocking,
 FMA, threads) gives the exact integer. Chunk results are converted to int32 and added, so the
-result equals the pure reference bit for bit (tests/reference/test_blas_path.py checks it).
+result equals the pure reference bit for bit (the oracle tests in tests/reference check it).
+
+Unshifted uint8 activations (up to 255) are offset by -128 before the GEMM and
+128 * (per-channel sums of the shifted weights) is added back: the products then stay within
+128 * 128 instead of 255 * 128, which doubles the exact chunk length and halves the number
+of GEMM calls at 8-bit activations. The shifted float32 weights (`WeightTable`) are built once
+per (weight, shift, rule) and may be cached by the caller (`dqt_triton.ops`, ``cache_weight``).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -16,6 +24,7 @@ from .common import apply_epilogue, nested_shift
 from .matmul import shifted_weight_table
 
 FLOAT32_EXACT_LIMIT = 1 << 24
+UINT8_OFFSET = 128
 WEIGHT_ABS_MAX = 128
 MAX_COLS_BYTES = 64 << 20
 
@@ -54,50 +63,78 @@ def exact_int_gemm(a: np.ndarray, b: np.ndarray, a_abs_max: int, b_abs_max: int)
     return acc
 
 
+class WeightTable(NamedTuple):
+    """Shifted weight codes as float32 [N, K] plus their int64 sums over K per output channel [N] (for the offset)."""
+
+    values: np.ndarray
+    channel_sums: np.ndarray
+    abs_max: int
+
+
+def weight_table(w2d: np.ndarray, shift: int, round_rule: int) -> WeightTable:
+    """The int8 weights [N, K] after the nested shift `shift`, ready for `exact_int_gemm`."""
+    shifted = shifted_weight_table(w2d, np.array([shift], np.int64), round_rule)[0]
+    return WeightTable(shifted.astype(np.float32), shifted.sum(axis=1, dtype=np.int64),
+                       shifted_abs_max(WEIGHT_ABS_MAX, shift))
+
+
+def _activation_plan(x_hi: int, min_act_shift: int) -> tuple[float, int]:
+    """(offset subtracted from shifted activations, largest |shifted activation - offset|)."""
+    if x_hi == 255 and min_act_shift == 0:
+        return float(UINT8_OFFSET), UINT8_OFFSET
+    x_abs_max = 255 if x_hi == 255 else 128
+    return 0.0, shifted_abs_max(x_abs_max, min_act_shift)
+
+
 @njit(parallel=True, cache=True)
-def _shift_rows_f32(x, rows, act_shift, round_rule, x_hi):
+def _shift_rows_f32(x, rows, act_shift, round_rule, x_hi, offset):
     out = np.empty((rows.shape[0], x.shape[1]), np.float32)
     for r in prange(rows.shape[0]):
         m = rows[r]
         k = act_shift[m]
         for j in range(x.shape[1]):
-            out[r, j] = nested_shift(np.int64(x[m, j]), k, round_rule, x_hi)
+            out[r, j] = nested_shift(np.int64(x[m, j]), k, round_rule, x_hi) - offset
     return out
 
 
 @njit(parallel=True, cache=True)
-def _epilogue_rows(acc, dest, total_shift, bias, mode, multiplier, rshift, scale, relu, lo, hi, out):
+def _epilogue_rows(acc, dest, total_shift, correction, bias, mode, multiplier, rshift, scale, relu, lo, hi, out):
     for r in prange(acc.shape[0]):
         m = dest[r]
         t = total_shift[r]
         for n in range(acc.shape[1]):
-            v = (np.int64(acc[r, n]) << t) + bias[n]
+            v = ((np.int64(acc[r, n]) + correction[n]) << t) + bias[n]
             apply_epilogue(v, n, mode, multiplier, rshift, scale, relu, lo, hi, out, m)
 
 
+def _correction(table: WeightTable, offset: float) -> np.ndarray:
+    return table.channel_sums * np.int64(offset)
+
+
 def int_matmul_blas(
-    x, w, act_shift, weight_slot, weight_shifts, round_rule, x_hi,
+    x, w_tables, act_shift, weight_slot, weight_shifts, round_rule, x_hi,
     bias, mode, multiplier, rshift, scale, relu, lo, hi, out,
 ):
-    """Same arguments and result as `int_matmul_kernel`, via exact float32 GEMMs."""
-    x_abs_max = 255 if x_hi == 255 else 128
-    w_table = shifted_weight_table(w, weight_shifts, round_rule).astype(np.float32)
+    """`int_matmul_kernel`'s result via exact float32 GEMMs; `w_tables[s]` is the
+    `weight_table` of the weights at `weight_shifts[s]`."""
     for slot in range(weight_shifts.shape[0]):
         rows = np.flatnonzero(weight_slot == slot)
         if rows.size == 0:
             continue
-        xs = _shift_rows_f32(x, rows, act_shift, round_rule, x_hi)
-        x_max = shifted_abs_max(x_abs_max, int(act_shift[rows].min()))
-        w_max = shifted_abs_max(WEIGHT_ABS_MAX, int(weight_shifts[slot]))
-        acc = exact_int_gemm(xs, w_table[slot], x_max, w_max).numpy()
+        table = w_tables[slot]
+        offset, x_max = _activation_plan(x_hi, int(act_shift[rows].min()))
+        xs = _shift_rows_f32(x, rows, act_shift, round_rule, x_hi, offset)
+        acc = exact_int_gemm(xs, table.values, x_max, table.abs_max).numpy()
         total = act_shift[rows] + weight_shifts[slot]
-        _epilogue_rows(acc, rows, total, bias, mode, multiplier, rshift, scale, relu, lo, hi, out)
+        _epilogue_rows(acc, rows, total, _correction(table, offset), bias, mode, multiplier, rshift, scale,
+                       relu, lo, hi, out)
     return out
 
 
 @njit(parallel=True, cache=True)
-def _im2col_f32(x, samples, act_shift, round_rule, x_hi, KH, KW, sh, sw, ph, pw, dh, dw, groups, OH, OW):
-    """cols[(s, oh, ow), g, (kh, kw, c)] with each sample's activation shift applied."""
+def _im2col_f32(x, samples, act_shift, round_rule, x_hi, offset, KH, KW, sh, sw, ph, pw, dh, dw, groups, OH, OW):
+    """cols[(s, oh, ow), g, (kh, kw, c)] with each sample's activation shift applied, minus
+    `offset` (padding is code 0, so it becomes -offset like every other code)."""
     _, H, W, C = x.shape
     Cg = C // groups
     Kg = KH * KW * Cg
@@ -108,7 +145,7 @@ def _im2col_f32(x, samples, act_shift, round_rule, x_hi, KH, KW, sh, sw, ph, pw,
         for i in range(H):
             for j in range(W):
                 for c in range(C):
-                    shifted[s, i, j, c] = nested_shift(np.int64(x[b, i, j, c]), k, round_rule, x_hi)
+                    shifted[s, i, j, c] = nested_shift(np.int64(x[b, i, j, c]), k, round_rule, x_hi) - offset
     cols = np.empty((samples.shape[0] * OH * OW, groups, Kg), np.float32)
     for row in prange(samples.shape[0] * OH):
         s = row // OH
@@ -121,7 +158,7 @@ def _im2col_f32(x, samples, act_shift, round_rule, x_hi, KH, KW, sh, sw, ph, pw,
                     iw = ow * sw - pw + j * dw
                     base = (i * KW + j) * Cg
                     if ih < 0 or ih >= H or iw < 0 or iw >= W:
-                        cols[r, :, base:base + Cg] = 0.0
+                        cols[r, :, base:base + Cg] = -offset
                     else:
                         for g in range(groups):
                             cols[r, g, base:base + Cg] = shifted[s, ih, iw, g * Cg:(g + 1) * Cg]
@@ -129,39 +166,39 @@ def _im2col_f32(x, samples, act_shift, round_rule, x_hi, KH, KW, sh, sw, ph, pw,
 
 
 def int_conv2d_blas(
-    x, w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups,
+    x, w_shape, w_tables, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups,
     act_shift, weight_slot, weight_shifts, round_rule, x_hi,
     bias, mode, multiplier, rshift, scale, relu, lo, hi, out,
 ):
-    """Same arguments and result as `int_conv2d_kernel`, via im2col and exact float32 GEMMs."""
+    """`int_conv2d_kernel`'s result via im2col and exact float32 GEMMs. `w_shape` is the NHWC
+    weight shape (Cout, KH, KW, C/groups); `w_tables[s]` the `weight_table` of its [Cout, KH*KW*C/g]
+    view at `weight_shifts[s]`."""
     B, H, W, C = x.shape
-    Cout, KH, KW, Cg = w.shape
+    Cout, KH, KW, Cg = w_shape
     OH = (H + 2 * pad_h - dil_h * (KH - 1) - 1) // stride_h + 1
     OW = (W + 2 * pad_w - dil_w * (KW - 1) - 1) // stride_w + 1
     Kg = KH * KW * Cg
     Cout_g = Cout // groups
-    x_abs_max = 255 if x_hi == 255 else 128
-    w_table = shifted_weight_table(w, weight_shifts, round_rule).astype(np.float32)
-    w_table = w_table.reshape(weight_shifts.shape[0], groups, Cout_g, Kg)
     samples_per_tile = max(1, MAX_COLS_BYTES // max(1, OH * OW * groups * Kg * 4))
     for slot in range(weight_shifts.shape[0]):
         samples = np.flatnonzero(weight_slot == slot)
+        table = w_tables[slot]
         for s0 in range(0, samples.size, samples_per_tile):
             tile = samples[s0:s0 + samples_per_tile]
+            offset, x_max = _activation_plan(x_hi, int(act_shift[tile].min()))
             cols = _im2col_f32(
-                x, tile, act_shift, round_rule, x_hi, KH, KW,
+                x, tile, act_shift, round_rule, x_hi, offset, KH, KW,
                 stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, OH, OW,
             )
-            x_max = shifted_abs_max(x_abs_max, int(act_shift[tile].min()))
-            w_max = shifted_abs_max(WEIGHT_ABS_MAX, int(weight_shifts[slot]))
             if groups == 1:
-                acc = exact_int_gemm(cols[:, 0], w_table[slot, 0], x_max, w_max).numpy()
+                acc = exact_int_gemm(cols[:, 0], table.values, x_max, table.abs_max).numpy()
             else:
                 per_group = np.ascontiguousarray(cols.transpose(1, 0, 2))
-                acc = exact_int_gemm(per_group, w_table[slot], x_max, w_max)  # [G, rows, Cout_g]
+                acc = exact_int_gemm(per_group, table.values.reshape(groups, Cout_g, Kg), x_max, table.abs_max)
                 acc = acc.permute(1, 0, 2).reshape(cols.shape[0], Cout).numpy()
             pix = np.arange(OH * OW)
             dest = (tile[:, None] * (OH * OW) + pix[None, :]).reshape(-1)
             total = np.repeat(act_shift[tile] + weight_shifts[slot], OH * OW)
-            _epilogue_rows(acc, dest, total, bias, mode, multiplier, rshift, scale, relu, lo, hi, out)
+            _epilogue_rows(acc, dest, total, _correction(table, offset), bias, mode, multiplier, rshift, scale,
+                           relu, lo, hi, out)
     return out
