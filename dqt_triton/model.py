@@ -398,6 +398,9 @@ class DQTModel(nn.Module):
         gates = None
         if self.dynamic and force_bits is None:
             logits = self.controller(q_in, in_step, self.config["input_dtype"] == "int8")
+            if not bool(torch.isfinite(logits).all()):
+                raise FloatingPointError("the controller produced non-finite logits (NaN/inf): training has diverged; "
+                                         "lower the learning rate or clip gradients (TrainConfig.clip)")
             gates = gumbel_hard(logits, self.tau, training=self.training)  # [B, L, J]
             bits_table = torch.tensor(self.candidate_bits, dtype=torch.float32, device=x.device)
             chosen_bits = (gates.detach() * bits_table).sum(-1).round().long()  # [B, L]

@@ -222,6 +222,17 @@ def test_invalid_bits_and_inputs_give_clear_errors():
         dq.DQTModel.from_float(models.mlp(64, 16, 10), (65,))
 
 
+def test_diverged_controller_is_reported_as_divergence():
+    """NaN controller logits used to surface as an out-of-range shift deep inside the ops."""
+    model = dq.DQTModel.from_float(models.mlp(64, 16, 10), (64,), dynamic=True).train()
+    x = torch.randint(0, 256, (4, 64), dtype=torch.uint8)
+    model(x)
+    with torch.no_grad():
+        model.controller.fc2.bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite logits.*diverged"):
+        model(x)
+
+
 def test_corrupt_truncated_and_foreign_files_are_refused(tmp_path):
     model, _ = build("mlp", "uniform4")
     good = tmp_path / "m.pt"
