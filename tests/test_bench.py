@@ -53,3 +53,32 @@ def test_bitops_bench_writes_tables_for_both_resnets(tmp_path):
     assert r50["layers"] == 54 and r50["transition"]["weight_elements"] == 25_502_912
     assert [r["mode"] for r in r50["rows"]][:4] == ["uniform 8-bit", "uniform 6-bit", "uniform 4-bit", "uniform 2-bit"]
     assert "ResNet-18 (CIFAR, 32x32)" in report
+
+
+def test_latency_bench_writes_every_row_and_target(tmp_path, monkeypatch):
+    from bench import latency
+    from dqt_triton import models
+
+    monkeypatch.setattr(latency, "NETS", {
+        "resnet18": ("ResNet-18 tiny", lambda: models.resnet18_cifar(10, 3, 4), (3, 16, 16)),
+        "resnet50": ("ResNet-50 tiny", lambda: models.resnet50(10, 3, 2), (3, 32, 32))})
+    monkeypatch.setattr(latency, "BATCHES", {"cpu": {"resnet18": (1, 3), "resnet50": (1,)}})
+    monkeypatch.setattr(latency, "TRAIN", {"cpu": ("resnet18", 3)})
+    monkeypatch.setattr(latency, "SECONDS_PER_ROW", 0.01)
+    report = latency.main(["--device", "cpu", "--out", str(tmp_path), "--max-repeats", "3"])
+    saved = json.loads(next(tmp_path.glob("latency-*.json")).read_text())
+    assert saved["machine"]["commit"] and saved["command"].startswith("python -m bench.latency")
+    impls = {(r["net"], r["batch"], r["impl"]) for r in saved["inference"]}
+    for batch in (1, 3):
+        for impl in ("DQT frozen integer, uniform 8-bit", "DQT frozen integer, uniform 2-bit",
+                     "DQT frozen integer, dynamic", "torch float32 eager", "torch.ao int8 (x86)",
+                     "dequant-requant dynamic (float, same controller)"):
+            assert ("ResNet-18 tiny", batch, impl) in impls
+    dynamic = next(r for r in saved["inference"] if r["impl"] == "DQT frozen integer, dynamic" and r["batch"] == 3)
+    assert 2 <= dynamic["mean_bits"] <= 8 and dynamic["gbitops_per_sample"] > 0
+    steps = [r["impl"] for r in saved["training"]]
+    assert steps[:2] == ["torch float32 step", "torch.ao fake-quant QAT step (8-bit)"] and len(steps) == 5
+    assert all(r["ms"] > 0 for r in saved["inference"] + saved["training"])
+    assert any("torch.ao int8" in t for t in saved["targets"]) and any("not measured" in t for t in saved["targets"])
+    assert (tmp_path / next(tmp_path.glob("latency-*.md")).name).read_text().startswith("# End-to-end latency")
+    assert report["plot"] == (tmp_path / next(tmp_path.glob("latency-*.json")).name).with_suffix(".png").exists()
