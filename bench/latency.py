@@ -62,6 +62,17 @@ def measure(fn, device: str, max_repeats: int, budget_s: float = SECONDS_PER_ROW
     return times[len(times) // 2]
 
 
+def images(batch: int, shape, seed: int) -> torch.Tensor:
+    """uint8 images whose coarse layout differs per sample (a random 4x4 pattern, upsampled, plus
+    noise), so the controller, which sees a pooled input, chooses differently per sample."""
+    gen = torch.Generator().manual_seed(seed)
+    C, H, W = shape
+    coarse = torch.randint(0, 256, (batch, C, 4, 4), generator=gen).float()
+    base = F.interpolate(coarse, size=(H, W), mode="nearest")
+    noise = torch.randint(-32, 33, (batch, C, H, W), generator=gen).float()
+    return (base + noise).clamp(0, 255).to(torch.uint8)
+
+
 def prepare(key: str, device: str, seed: int = 0) -> dict:
     """The float network, its DQTModel (calibrated, mixed-width controller) and frozen programs."""
     title, factory, shape = NETS[key]
@@ -71,8 +82,8 @@ def prepare(key: str, device: str, seed: int = 0) -> dict:
     model.set_dynamic(True).train()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for _ in range(3):  # activation ranges (controller's included) from random images, EMA calibration
-            model(torch.randint(0, 256, (2, *shape), generator=gen, dtype=torch.uint8))
+        for i in range(3):  # activation ranges (controller's included) from random images, EMA calibration
+            model(images(2, shape, seed + 100 + i))
         fc2 = model.controller.fc2
         fc2.weight.copy_(torch.randn(fc2.weight.shape, generator=gen) * torch.exp(fc2.log_weight_step) * 40)
     model.eval().to(device)
@@ -93,8 +104,7 @@ def inference_rows(key: str, device: str, max_repeats: int) -> list[dict]:
         float_net = float_net.to(memory_format=torch.channels_last)
     ao_model = None
     if device == "cpu":
-        gen = torch.Generator().manual_seed(1)
-        calibration = [torch.randint(0, 256, (4, *shape), generator=gen).float() * float(model.input_step)]
+        calibration = [images(4, shape, 1).float() * float(model.input_step)]
         try:
             ao_model = torch_ao_int8(net, shape, calibration)
         except Exception as exc:  # torch.ao missing or deprecated away: report, keep going
@@ -102,8 +112,7 @@ def inference_rows(key: str, device: str, max_repeats: int) -> list[dict]:
     dr = DequantRequantDynamic(model)
     rows = []
     for batch in BATCHES[device][key]:
-        codes = torch.randint(0, 256, (batch, *shape), generator=torch.Generator().manual_seed(batch),
-                              dtype=torch.uint8).to(device)
+        codes = images(batch, shape, batch).to(device)
         real = codes.float() * float(model.input_step)
         real_float = real.to(float_dtype)
         if device == "cuda":
@@ -261,7 +270,7 @@ def markdown(info: dict, command: str, rows: list[dict], train: list[dict], goal
     lines = [f"# End-to-end latency, {info['date']}", "",
              f"Machine: {where}, {info['threads']} CPU threads, torch {info['torch']}, commit {info['commit']}. "
              f"Command: `{command}`. Median of timed calls after two warm-ups; untrained networks (latency does not "
-             "depend on the weights), random inputs, randomised controller so dynamic mode mixes widths.", "",
+             "depend on the weights), random images, randomised controller so dynamic mode mixes widths (mean bits, and in brackets the mean number of distinct widths per layer within the batch).", "",
              "## Inference", "",
              "| network | batch | implementation | ms | images/s | speed vs float | GBitOPs/sample | mean bits "
              "(widths per layer) |", "|---|---:|---|---:|---:|---:|---:|---:|"]
