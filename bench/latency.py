@@ -43,10 +43,12 @@ TRAIN = {"cpu": ("resnet18", 32), "cuda": ("resnet18", 256)}
 SECONDS_PER_ROW = 3.0
 
 
-def measure(fn, device: str, max_repeats: int, budget_s: float = SECONDS_PER_ROW) -> float:
-    """Median seconds per call: two warm-up calls, then as many calls as fit `budget_s` (3..max)."""
+def measure(cases: dict, device: str, max_repeats: int, budget_s: float) -> dict:
+    """Median seconds per call of every case. Two warm-up calls each, then rounds that call every
+    case once (3..max_repeats rounds, as many as fit `budget_s`): interleaving keeps the ratios
+    fair on a machine whose speed drifts while it runs."""
 
-    def once() -> float:
+    def once(fn) -> float:
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -55,11 +57,16 @@ def measure(fn, device: str, max_repeats: int, budget_s: float = SECONDS_PER_ROW
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    once()
-    first = once()
-    repeats = max(3, min(max_repeats, int(budget_s / max(first, 1e-6))))
-    times = sorted(once() for _ in range(repeats))
-    return times[len(times) // 2]
+    round_s = 0.0
+    for fn in cases.values():
+        once(fn)
+        round_s += once(fn)
+    rounds = max(3, min(max_repeats, int(budget_s / max(round_s, 1e-6))))
+    times = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            times[name].append(once(fn))
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def images(batch: int, shape, seed: int) -> torch.Tensor:
@@ -125,24 +132,23 @@ def inference_rows(key: str, device: str, max_repeats: int) -> list[dict]:
         if ao_model is not None:
             cases[f"torch.ao int8 ({torch.backends.quantized.engine})"] = (lambda: ao_model(real), None)
         cases["dequant-requant dynamic (float, same controller)"] = (lambda: dr(codes), dr)
-        base = None
+        with torch.no_grad():
+            seconds = measure({impl: fn for impl, (fn, _) in cases.items()}, device, max_repeats,
+                              SECONDS_PER_ROW * len(cases))
+        base = seconds[float_name] * 1e3
         for impl, (fn, owner) in cases.items():
-            with torch.no_grad():
-                seconds = measure(fn, device, max_repeats)
-                row = {"net": p["title"], "batch": batch, "impl": impl, "ms": seconds * 1e3,
-                       "images_per_s": batch / seconds}
-                if owner is not None and getattr(owner, "last_bits", None) is not None:
-                    bits = owner.last_bits.float()
-                    bits = bits[..., 0] if bits.dim() == 3 else bits
-                    row["mean_bits"] = float(bits.mean())
-                    row["distinct_bits_per_layer"] = float(
-                        sum(len(torch.unique(bits[:, i])) for i in range(bits.shape[1])) / bits.shape[1])
-                    if hasattr(owner, "last_bitops") and owner.last_bitops is not None:
-                        row["gbitops_per_sample"] = float(owner.last_bitops.double().mean()) / 1e9
-                elif impl.startswith("torch.ao"):
-                    row["gbitops_per_sample"] = uniform8 / 1e9
-            if impl == float_name:
-                base = row["ms"]
+            row = {"net": p["title"], "batch": batch, "impl": impl, "ms": seconds[impl] * 1e3,
+                   "images_per_s": batch / seconds[impl]}
+            if owner is not None and getattr(owner, "last_bits", None) is not None:
+                bits = owner.last_bits.float()
+                bits = bits[..., 0] if bits.dim() == 3 else bits
+                row["mean_bits"] = float(bits.mean())
+                row["distinct_bits_per_layer"] = float(
+                    sum(len(torch.unique(bits[:, i])) for i in range(bits.shape[1])) / bits.shape[1])
+                if getattr(owner, "last_bitops", None) is not None:
+                    row["gbitops_per_sample"] = float(owner.last_bitops.double().mean()) / 1e9
+            elif impl.startswith("torch.ao"):
+                row["gbitops_per_sample"] = uniform8 / 1e9
             rows.append(row)
             log.info("%s batch %d %-52s %10.2f ms %9.1f img/s", key, batch, impl, row["ms"], row["images_per_s"])
         for row in rows:
@@ -206,17 +212,18 @@ def training_rows(device: str, max_repeats: int) -> list[dict]:
     cases["DQT static 8-bit QAT step"] = dqt(False)
     cases["DQT dynamic step (alpha 0, beta 2)"] = dqt(True, alpha=0.0, beta=2.0)
     cases["DQT dynamic step (alpha 0.5, beta 2: every width)"] = dqt(True, alpha=0.5, beta=2.0)
-    rows = []
+    steps = {}
     for impl, build in cases.items():
         try:
-            step = build()
+            steps[impl] = build()
         except Exception as exc:  # torch.ao QAT missing: report and go on
             log.warning("%s unavailable: %s", impl, exc)
-            continue
-        seconds = measure(step, device, max_repeats, budget_s=2 * SECONDS_PER_ROW)
-        row = {"net": title, "batch": batch, "impl": impl, "ms": seconds * 1e3, "images_per_s": batch / seconds}
-        rows.append(row)
-        log.info("train %-56s %10.1f ms", impl, row["ms"])
+    seconds = measure(steps, device, max_repeats, 2 * SECONDS_PER_ROW * len(steps))
+    rows = []
+    for impl in steps:
+        rows.append({"net": title, "batch": batch, "impl": impl, "ms": seconds[impl] * 1e3,
+                     "images_per_s": batch / seconds[impl]})
+        log.info("train %-56s %10.1f ms", impl, rows[-1]["ms"])
     qat = next((r["ms"] for r in rows if r["impl"].startswith("torch.ao")), None)
     for row in rows:
         if qat:
@@ -269,7 +276,8 @@ def markdown(info: dict, command: str, rows: list[dict], train: list[dict], goal
     where = info.get("gpu", info["cpu"])
     lines = [f"# End-to-end latency, {info['date']}", "",
              f"Machine: {where}, {info['threads']} CPU threads, torch {info['torch']}, commit {info['commit']}. "
-             f"Command: `{command}`. Median of timed calls after two warm-ups; untrained networks (latency does not "
+             f"Command: `{command}`. Median over interleaved rounds (every implementation once per round) after two "
+             "warm-ups; untrained networks (latency does not "
              "depend on the weights), random images, randomised controller so dynamic mode mixes widths (mean bits, and in brackets the mean number of distinct widths per layer within the batch).", "",
              "## Inference", "",
              "| network | batch | implementation | ms | images/s | speed vs float | GBitOPs/sample | mean bits "
