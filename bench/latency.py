@@ -311,16 +311,19 @@ def plot(rows: list[dict], train: list[dict], path: Path) -> bool:
     fig, axes = plt.subplots(panels, 1, figsize=(9, 2.2 + 0.45 * 8 * panels / 2), squeeze=False)
     for ax, (net, batch) in zip(axes[:, 0], groups):
         sel = [r for r in rows if (r["net"], r["batch"]) == (net, batch)]
-        ax.barh([r["impl"] for r in sel], [r["ms"] for r in sel],
-                color=["tab:blue" if r["impl"].startswith("DQT") else "tab:gray" for r in sel])
-        ax.set_xscale("log")
+        bars = ax.barh([r["impl"] for r in sel], [r["ms"] for r in sel],
+                       color=["tab:blue" if r["impl"].startswith("DQT") else "tab:gray" for r in sel])
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        ax.set_xlim(0, 1.15 * max(r["ms"] for r in sel))
         ax.invert_yaxis()
-        ax.set_title(f"{net}, batch {batch}: latency (ms, log scale)", fontsize=9)
+        ax.set_title(f"{net}, batch {batch}: latency (ms; DQT in blue)", fontsize=9)
         ax.tick_params(labelsize=7)
     if train:
         ax = axes[-1, 0]
-        ax.barh([r["impl"] for r in train], [r["ms"] for r in train],
-                color=["tab:blue" if r["impl"].startswith("DQT") else "tab:gray" for r in train])
+        bars = ax.barh([r["impl"] for r in train], [r["ms"] for r in train],
+                       color=["tab:blue" if r["impl"].startswith("DQT") else "tab:gray" for r in train])
+        ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=2)
+        ax.set_xlim(0, 1.15 * max(r["ms"] for r in train))
         ax.invert_yaxis()
         ax.set_title(f"{train[0]['net']}, batch {train[0]['batch']}: training step (ms)", fontsize=9)
         ax.tick_params(labelsize=7)
@@ -337,8 +340,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-train", action="store_true", help="skip the training-step rows")
     parser.add_argument("--max-repeats", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--replot", type=Path, metavar="JSON", help="redraw the markdown and PNG of a saved run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.replot:
+        report = json.loads(args.replot.read_text())
+        stem = args.replot.with_suffix("")
+        text = markdown(report["machine"], report["command"], report["inference"], report["training"],
+                        report["targets"])
+        stem.with_suffix(".md").write_text(text)
+        report["plot"] = plot(report["inference"], report["training"], stem.with_suffix(".png"))
+        return report
     command = "python -m bench.latency" + (f" {' '.join(argv)}" if argv else "")
     info = machine()
     rows, switches = [], []

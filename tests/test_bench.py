@@ -81,4 +81,9 @@ def test_latency_bench_writes_every_row_and_target(tmp_path, monkeypatch):
     assert all(r["ms"] > 0 for r in saved["inference"] + saved["training"])
     assert any("torch.ao int8" in t for t in saved["targets"]) and any("not measured" in t for t in saved["targets"])
     assert (tmp_path / next(tmp_path.glob("latency-*.md")).name).read_text().startswith("# End-to-end latency")
-    assert report["plot"] == (tmp_path / next(tmp_path.glob("latency-*.json")).name).with_suffix(".png").exists()
+    saved_json = next(tmp_path.glob("latency-*.json"))
+    assert report["plot"] == saved_json.with_suffix(".png").exists()
+    table = saved_json.with_suffix(".md").read_text()
+    saved_json.with_suffix(".md").unlink()
+    latency.main(["--replot", str(saved_json)])  # redraws from the JSON alone
+    assert saved_json.with_suffix(".md").read_text() == table
