@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from pathlib import Path
 
 import torch
@@ -49,13 +48,7 @@ def measure(cases: dict, device: str, max_repeats: int, budget_s: float) -> dict
     fair on a machine whose speed drifts while it runs."""
 
     def once(fn) -> float:
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return bitops.timed_call(fn, device)
 
     round_s = 0.0
     for fn in cases.values():
@@ -309,24 +302,20 @@ def plot(rows: list[dict], train: list[dict], path: Path) -> bool:
     groups = sorted({(r["net"], r["batch"]) for r in rows})
     panels = len(groups) + (1 if train else 0)
     fig, axes = plt.subplots(panels, 1, figsize=(9, 2.2 + 0.45 * 8 * panels / 2), squeeze=False)
-    for ax, (net, batch) in zip(axes[:, 0], groups):
-        sel = [r for r in rows if (r["net"], r["batch"]) == (net, batch)]
-        bars = ax.barh([r["impl"] for r in sel], [r["ms"] for r in sel],
-                       color=["tab:blue" if r["impl"].startswith("DQT") else "tab:gray" for r in sel])
-        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+    def bars(ax, sel: list[dict], title: str, fmt: str) -> None:
+        drawn = ax.barh([r["impl"] for r in sel], [r["ms"] for r in sel],
+                        color=["tab:blue" if r["impl"].startswith("DQT") else "tab:gray" for r in sel])
+        ax.bar_label(drawn, fmt=fmt, fontsize=7, padding=2)
         ax.set_xlim(0, 1.15 * max(r["ms"] for r in sel))
         ax.invert_yaxis()
-        ax.set_title(f"{net}, batch {batch}: latency (ms; DQT in blue)", fontsize=9)
+        ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)
+
+    for ax, (net, batch) in zip(axes[:, 0], groups):
+        sel = [r for r in rows if (r["net"], r["batch"]) == (net, batch)]
+        bars(ax, sel, f"{net}, batch {batch}: latency (ms; DQT in blue)", "%.1f")
     if train:
-        ax = axes[-1, 0]
-        bars = ax.barh([r["impl"] for r in train], [r["ms"] for r in train],
-                       color=["tab:blue" if r["impl"].startswith("DQT") else "tab:gray" for r in train])
-        ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=2)
-        ax.set_xlim(0, 1.15 * max(r["ms"] for r in train))
-        ax.invert_yaxis()
-        ax.set_title(f"{train[0]['net']}, batch {train[0]['batch']}: training step (ms)", fontsize=9)
-        ax.tick_params(labelsize=7)
+        bars(axes[-1, 0], train, f"{train[0]['net']}, batch {train[0]['batch']}: training step (ms)", "%.0f")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -80,6 +80,17 @@ def transition_cost(model: DQTModel) -> dict:
             "dqt_shifts": elements, "dequant_requant_flops": 2 * elements}
 
 
+def timed_call(fn, device: str = "cpu") -> float:
+    """Seconds one call of `fn` takes, waiting for queued CUDA work before and after."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def time_width_switch(model: DQTModel, device: str = "cpu", repeats: int = 10, to_bits: int = 4) -> dict:
     """Median seconds to derive every layer's weights at `to_bits` from the 8-bit master codes:
     one shift per element (DQT) vs dequantize + requantize in floating point."""
@@ -96,16 +107,8 @@ def time_width_switch(model: DQTModel, device: str = "cpu", repeats: int = 10, t
 
     def median(fn):
         fn()
-        times = []
-        for _ in range(repeats):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        return sorted(times)[len(times) // 2]
+        times = sorted(timed_call(fn, device) for _ in range(repeats))
+        return times[len(times) // 2]
 
     t_shift, t_float = median(shift), median(dequant_requant)
     return {"device": device, "elements": sum(c.numel() for c in codes), "shift_seconds": t_shift,
