@@ -233,12 +233,15 @@ def _np_shifts(act_shift: torch.Tensor, weight_shift: torch.Tensor) -> tuple:
 def _cpu_weight_tables(w2d: torch.Tensor, owner: torch.Tensor, shifts: np.ndarray, round_rule: int,
                        cache: bool) -> list:
     """`reference.blas.weight_table` of `w2d` [N, K] at each shift, cached on `owner` if asked."""
-    tables = []
-    for k in shifts:
-        def build(k=int(k)):
-            return ref.weight_table(w2d.contiguous().numpy(), k, round_rule)
-        tables.append(weight_cache.lookup(owner, int(k), round_rule, build) if cache else build())
-    return tables
+    w_np: list[np.ndarray] = []  # one contiguous copy, made on the first miss only
+
+    def build(k: int):
+        if not w_np:
+            w_np.append(w2d.contiguous().numpy())
+        return ref.weight_table(w_np[0], k, round_rule)
+
+    return [weight_cache.lookup(owner, int(k), round_rule, lambda k=int(k): build(k)) if cache else build(int(k))
+            for k in shifts]
 
 
 def _triton_kernels():
