@@ -31,24 +31,28 @@ ShiftArg = Union[int, torch.Tensor]
 IntPair = Union[int, tuple[int, int]]
 
 CODE_DTYPES = (torch.uint8, torch.int8)
+# Rows of a width table: one set of epilogue constants per weight shift 0..MAX_SHIFT.
+WIDTH_TABLE_ROWS = MAX_SHIFT + 1
 _DTYPE_RANGE = {torch.uint8: (0, 255), torch.int8: (-128, 127)}
 _NUMPY_OUT = {torch.int32: np.int32, torch.uint8: np.uint8, torch.int8: np.int8, torch.float32: np.float32}
 
 
 @dataclass
 class Epilogue:
-    """What happens to the master-unit accumulator v = (acc << (ka + kw)) + bias[n].
+    """What happens to the master-unit accumulator v = (acc << (ka + kw)) + bias[n] (bias[kw, n]
+    for a width table).
 
     mode: ref.EPILOGUE_RAW (int32 v), ref.EPILOGUE_REQUANT (8-bit codes) or ref.EPILOGUE_FLOAT
-    (float32(v) * scale[n]). Per-channel tensors have N entries on the op's device.
+    (float32(v) * scale[n]). Each constant is a contiguous tensor on the op's device, either
+    [N] (shared by every width) or a width table [8, N] whose row kw[m] serves row m.
     """
 
     mode: int
     out_dtype: torch.dtype
-    bias: torch.Tensor  # int32 [N]
-    multiplier: torch.Tensor  # int32 [N]
-    shift: torch.Tensor  # int32 [N]
-    scale: torch.Tensor  # float32 [N]
+    bias: torch.Tensor  # int32 [N] or [8, N]
+    multiplier: torch.Tensor  # int32 [N] or [8, N]
+    shift: torch.Tensor  # int32 [N] or [8, N]
+    scale: torch.Tensor  # float32 [N] or [8, N]
     relu: bool
     lo: int
     hi: int
@@ -111,19 +115,29 @@ def _per_row_shift(value: ShiftArg, rows: int, name: str, op: str, device: torch
     return value.to(torch.int32).contiguous()
 
 
+def _check_table_shape(t: torch.Tensor, n: int, name: str, op: str) -> None:
+    """An epilogue constant is [n] (one entry per output channel, every width) or a width table
+    [8, n] (row k for the rows whose weight shift is k)."""
+    if t.shape not in ((n,), (WIDTH_TABLE_ROWS, n)):
+        raise ValueError(
+            f"{op}: {name} must have shape ({n},) (one entry per output channel) or ({WIDTH_TABLE_ROWS}, {n}) "
+            f"(a width table: row k for weight shift k), got {tuple(t.shape)}"
+        )
+
+
 def _per_channel(
     value: object, n: int, name: str, op: str, device: torch.device, dtype: torch.dtype, integer: bool
 ) -> torch.Tensor:
-    """[n] tensor from a scalar or an [n] tensor; integer tensors must already be integral."""
+    """[n] or [8, n] tensor from a scalar, an [n] tensor or an [8, n] width table; integer
+    tensors must already be integral."""
     if isinstance(value, torch.Tensor):
-        if integer and (value.dtype.is_floating_point or value.dtype == torch.bool):
+        if integer and (value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool):
             raise TypeError(f"{op}: {name} must have an integer dtype, got {value.dtype}")
         if not integer and not value.dtype.is_floating_point:
             raise TypeError(f"{op}: {name} must have a floating dtype, got {value.dtype}")
         if value.dim() == 0:
             value = value.reshape(1).expand(n)
-        if value.dim() != 1 or value.shape[0] != n:
-            raise ValueError(f"{op}: {name} must have one entry per output channel ({n}), got {tuple(value.shape)}")
+        _check_table_shape(value, n, name, op)
         if integer:
             return value.to(device=device, dtype=torch.int64).contiguous()
         return value.to(device=device, dtype=dtype).contiguous()
@@ -159,8 +173,7 @@ def _build_epilogue(
         bias_t = _require_tensor(bias, "bias", op)
         if bias_t.dtype != torch.int32:
             raise TypeError(f"{op}: bias must be int32 in master accumulator units, got {bias_t.dtype}")
-        if bias_t.shape != (n,):
-            raise ValueError(f"{op}: bias must have shape ({n},), got {tuple(bias_t.shape)}")
+        _check_table_shape(bias_t, n, "bias", op)
         bias_t = bias_t.to(device).contiguous()
     requant = multiplier is not None or shift is not None
     if requant and (multiplier is None or shift is None):
@@ -211,17 +224,28 @@ def _out_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> i
 # ----------------------------------------------------------------------------- numba glue
 
 
+def _np_table(t: torch.Tensor, dtype) -> np.ndarray:
+    """An [N] constant as a one-row [1, N] table, a width table [8, N] as it is: the Numba
+    kernels always take 2-D tables and pick row kw when there are 8 rows, else row 0."""
+    return np.ascontiguousarray(t.numpy().reshape(-1, t.shape[-1]), dtype=dtype)
+
+
 def _np_epilogue(ep: Epilogue) -> tuple:
     return (
-        ep.bias.numpy().astype(np.int64),
+        _np_table(ep.bias, np.int64),
         ep.mode,
-        ep.multiplier.numpy().astype(np.int64),
-        ep.shift.numpy().astype(np.int64),
-        ep.scale.numpy(),
+        _np_table(ep.multiplier, np.int64),
+        _np_table(ep.shift, np.int64),
+        _np_table(ep.scale, np.float32),
         ep.relu,
         ep.lo,
         ep.hi,
     )
+
+
+def _bias_abs_max(ep: Epilogue) -> int:
+    """max |bias| over the whole table (every width), in int64 so that -2^31 counts as 2^31."""
+    return int(ep.bias.to(torch.int64).abs().max())
 
 
 def _np_shifts(act_shift: torch.Tensor, weight_shift: torch.Tensor) -> tuple:
@@ -290,11 +314,18 @@ def int_matmul(
         act_shift: activation shift k_a = 8 - bits, an int (per layer) or an integer tensor
             ``[M]`` (per sample); values in [0, 7].
         weight_shift: weight shift k_w, an int or an integer tensor ``[M]``; values in [0, 7].
-        bias: int32 ``[N]`` in master accumulator units (scale D_x * D_w[n]).
-        multiplier, shift: requantization constants (int or ``[N]`` tensor); the output is
-            ``clamp(round_shift(v * multiplier, shift))`` as ``out_dtype`` (uint8 default with
-            ``relu``, else int8).
-        out_scale: float or ``[N]`` float tensor; the output is float32 ``float32(v) * scale``.
+        bias: int32 ``[N]`` in master accumulator units (scale D_x * D_w[n]), or a width table
+            ``[8, N]``: row m adds ``bias[kw[m], n]``.
+        multiplier, shift: requantization constants (int, ``[N]`` tensor or ``[8, N]`` width
+            table); the output is ``clamp(round_shift(v * multiplier, shift))`` as ``out_dtype``
+            (uint8 default with ``relu``, else int8).
+        out_scale: float, ``[N]`` float tensor or ``[8, N]`` width table; the output is float32
+            ``float32(v) * scale``.
+
+        Width tables hold one set of constants per weight shift (a batch norm per bit-width
+        folded into its own constants): row m uses table row ``kw[m]``, with a per-layer or a
+        per-sample ``weight_shift``. Scalars and ``[N]`` tensors are shared by every width, and
+        the two forms mix freely (e.g. a bias table with one ``[N]`` multiplier).
         out_dtype: output dtype check; int32 for the raw epilogue.
         relu: clamp the accumulator at zero before the epilogue.
         shift_rule: "floor" (the paper's truncating shift) or "round".
@@ -319,7 +350,7 @@ def int_matmul(
     ka = _per_row_shift(act_shift, M, "act_shift", op, device)
     kw = _per_row_shift(weight_shift, M, "weight_shift", op, device)
     ep = _build_epilogue(op, N, device, bias, multiplier, shift, out_scale, out_dtype, relu)
-    check_accumulator(K, x.dtype == torch.int8, int(ep.bias.abs().max()), op)
+    check_accumulator(K, x.dtype == torch.int8, _bias_abs_max(ep), op)
     name = resolve_backend(backend, device, op)
     if name == "triton":
         return _triton_kernels().int_matmul(
@@ -369,7 +400,8 @@ def int_conv2d(
         stride, padding, dilation, groups: as in ``torch.nn.functional.conv2d``; padding
             contributes code 0.
         act_shift, weight_shift: int, or integer tensor ``[B]`` for per-sample shifts.
-        Other arguments: see :func:`int_matmul`; per-channel tensors have Cout entries.
+        Other arguments: see :func:`int_matmul`; per-channel tensors have Cout entries, width
+            tables are ``[8, Cout]`` and image b uses row ``kw[b]`` for all its pixels.
 
     Returns:
         ``[B, Cout, OH, OW]`` tensor in channels_last memory format.
@@ -398,7 +430,7 @@ def int_conv2d(
     ka = _per_row_shift(act_shift, B, "act_shift", op, device)
     kw = _per_row_shift(weight_shift, B, "weight_shift", op, device)
     ep = _build_epilogue(op, Cout, device, bias, multiplier, shift, out_scale, out_dtype, relu)
-    check_accumulator(Cg * KH * KW, x.dtype == torch.int8, int(ep.bias.abs().max()), op)
+    check_accumulator(Cg * KH * KW, x.dtype == torch.int8, _bias_abs_max(ep), op)
     name = resolve_backend(backend, device, op)
     geometry = (sh, sw, ph, pw, dh, dw, groups)
     if name == "triton":

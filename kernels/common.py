@@ -16,7 +16,10 @@ EPILOGUE_RAW = 0
 EPILOGUE_REQUANT = 1
 EPILOGUE_FLOAT = 2
 
-MAX_SHIFT = 7
+MAX_SHIFT = 7  # largest shift amount, for host code (launchers)
+# The same bound for @triton.jit code: the GPU compiler lets a kernel read a module global only
+# if it is a tl.constexpr object (the interpreter does not check), so kernels use this twin.
+MAX_SHIFT_C = tl.constexpr(MAX_SHIFT)
 
 
 def interpreting() -> bool:
@@ -64,7 +67,7 @@ def rows_of_tile(
         kw = pid_m * 0 - 1
         pos_begin = pid_m * 0
         pos_end = pid_m * 0
-        for s in tl.static_range(MAX_SHIFT + 1):
+        for s in tl.static_range(MAX_SHIFT_C + 1):
             start = tl.load(bucket_start_ptr + s) * rows_per_sample
             end = tl.load(bucket_start_ptr + s + 1) * rows_per_sample
             num_tiles = (end - start + BLOCK_M - 1) // BLOCK_M
@@ -101,28 +104,32 @@ def shifted_left_operand(x, ka, ROUND: tl.constexpr, X_UNSIGNED: tl.constexpr):
 
 @triton.jit
 def epilogue_store(
-    acc, total_shift, rows, row_mask, offs_n, n_mask,
+    acc, total_shift, kw, rows, row_mask, offs_n, n_mask,
     out_ptr, stride_om, stride_on,
-    bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr, lo, hi,
+    bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr,
+    stride_bias, stride_multiplier, stride_rshift, stride_scale,
+    lo, hi,
     EPILOGUE: tl.constexpr, RELU: tl.constexpr,
 ):
     """Master units, bias, ReLU and one of the three epilogues; stores the [BM, BN] tile.
 
     v = (acc << (ka + kw)) + bias in int64; requant = clamp(round_shift(v * M, S), lo, hi) with
     an int64 product; float = float32(v) * scale, one IEEE multiply (nothing for FMA to fuse).
+    Each constant is read at `ptr + kw * stride_* + offs_n`: the tile's weight shift `kw` picks
+    the row of an [8, N] width table (row stride N), and stride 0 shares one [N] row.
     """
-    bias = tl.load(bias_ptr + offs_n, mask=n_mask, other=0).to(tl.int64)
+    bias = tl.load(bias_ptr + kw * stride_bias + offs_n, mask=n_mask, other=0).to(tl.int64)
     v = (acc.to(tl.int64) << total_shift[:, None].to(tl.int64)) + bias[None, :]
     if RELU:
         v = tl.maximum(v, 0)
     if EPILOGUE == 1:
-        multiplier = tl.load(multiplier_ptr + offs_n, mask=n_mask, other=0).to(tl.int64)
-        rshift = tl.load(rshift_ptr + offs_n, mask=n_mask, other=0).to(tl.int64)
+        multiplier = tl.load(multiplier_ptr + kw * stride_multiplier + offs_n, mask=n_mask, other=0).to(tl.int64)
+        rshift = tl.load(rshift_ptr + kw * stride_rshift + offs_n, mask=n_mask, other=0).to(tl.int64)
         product = v * multiplier[None, :]
         rounded = (product + ((1 << rshift[None, :]) >> 1)) >> rshift[None, :]
         result = tl.minimum(tl.maximum(rounded, lo), hi)
     elif EPILOGUE == 2:
-        scale = tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)
+        scale = tl.load(scale_ptr + kw * stride_scale + offs_n, mask=n_mask, other=0.0)
         # v fits int32 by the accumulator rule; int32 -> float32 rounds to nearest even.
         result = v.to(tl.int32).to(tl.float32) * scale[None, :]
     else:

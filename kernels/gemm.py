@@ -5,8 +5,11 @@ Both kernels compute, for output row m (a matmul row or an output pixel) and cha
     acc = sum_k nested_shift(x[m, k], ka[sample]) * nested_shift(w[n, k], kw[sample])   (int32)
 
 then the epilogue of docs/numerics.md section 3.5. Shift amounts are loaded from device
-tensors at run time, so changing a bit-width never recompiles. Launchers check shapes and
-dtypes; model logic and input validation live in dqt_triton.ops.
+tensors at run time, so changing a bit-width never recompiles. Each epilogue constant is an [N]
+tensor shared by every width or an [8, N] width table: a runtime row stride (0 or N) lets the
+tile's weight shift pick its row, with no constexpr variant per form (Triton's usual integer
+specialisation of the stride value still applies). Launchers check shapes and dtypes; model
+logic and input validation live in dqt_triton.ops.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import clamp_shift, epilogue_store, nested_shift, rows_of_tile, shifted_left_operand
+from .common import (
+    MAX_SHIFT, MAX_SHIFT_C, clamp_shift, epilogue_store, nested_shift, rows_of_tile, shifted_left_operand,
+)
 from .configs import conv_configs, m_bucket, matmul_configs
 
-MAX_SHIFT = 7
+# Rows of a width table: one set of epilogue constants per weight shift.
+WIDTH_TABLE_ROWS = MAX_SHIFT + 1
 
 
 @triton.autotune(configs=matmul_configs(), key=["M_BUCKET", "N", "K", "EPILOGUE", "BUCKETED"])
@@ -29,6 +35,7 @@ def int_matmul_kernel(
     bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr,
     M, N, K, M_BUCKET,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_om, stride_on,
+    stride_bias, stride_multiplier, stride_rshift, stride_scale,
     lo, hi,
     BUCKETED: tl.constexpr, ROUND: tl.constexpr, X_UNSIGNED: tl.constexpr,
     EPILOGUE: tl.constexpr, RELU: tl.constexpr,
@@ -36,7 +43,7 @@ def int_matmul_kernel(
 ):
     """out[M, N] = epilogue(shift(x[M, K]) . shift(w[N, K])^T), one [BLOCK_M, BLOCK_N] tile per program."""
     pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M) + (MAX_SHIFT if BUCKETED else 0)
+    num_pid_m = tl.cdiv(M, BLOCK_M) + (MAX_SHIFT_C if BUCKETED else 0)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     # Grouped ordering: GROUP_M row tiles share each weight tile while it is in L2.
     pids_per_group = GROUP_M * num_pid_n
@@ -75,8 +82,9 @@ def int_matmul_kernel(
         acc += 128 * w_colsum[None, :]
 
     epilogue_store(
-        acc, ka + kw, rows, row_mask, offs_n, n_mask, out_ptr, stride_om, stride_on,
-        bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr, lo, hi, EPILOGUE, RELU,
+        acc, ka + kw, kw, rows, row_mask, offs_n, n_mask, out_ptr, stride_om, stride_on,
+        bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr,
+        stride_bias, stride_multiplier, stride_rshift, stride_scale, lo, hi, EPILOGUE, RELU,
     )
 
 
@@ -94,6 +102,7 @@ def int_conv2d_kernel(
     stride_xb, stride_xh, stride_xw, stride_xc,
     stride_wo, stride_wh, stride_ww, stride_wc,
     stride_om, stride_on,
+    stride_bias, stride_multiplier, stride_rshift, stride_scale,
     lo, hi,
     BUCKETED: tl.constexpr, ROUND: tl.constexpr, X_UNSIGNED: tl.constexpr,
     EPILOGUE: tl.constexpr, RELU: tl.constexpr,
@@ -155,8 +164,9 @@ def int_conv2d_kernel(
         acc += 128 * w_colsum[None, :]
 
     epilogue_store(
-        acc, ka + kw, rows, row_mask, channel_out, n_mask, out_ptr, stride_om, stride_on,
-        bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr, lo, hi, EPILOGUE, RELU,
+        acc, ka + kw, kw, rows, row_mask, channel_out, n_mask, out_ptr, stride_om, stride_on,
+        bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr,
+        stride_bias, stride_multiplier, stride_rshift, stride_scale, lo, hi, EPILOGUE, RELU,
     )
 
 
@@ -180,19 +190,35 @@ def weight_shift_buckets(weight_shift: torch.Tensor, samples: int):
     return True, order, bucket_start
 
 
-def _check_common(x, w, act_shift, weight_shift, samples, epilogue_tensors, n):
+def epilogue_table_strides(epilogue_tensors, n: int) -> list[int]:
+    """Row strides of the epilogue constants (bias, multiplier, rshift, scale) for the kernels:
+    0 for an [n] tensor shared by every width, n for an [8, n] width table (row = weight shift).
+    Also the shape check of the fake implementations in `library.py`."""
+    strides = []
+    for name, t in zip(("bias", "multiplier", "rshift", "scale"), epilogue_tensors):
+        if t.shape not in ((n,), (WIDTH_TABLE_ROWS, n)):
+            raise ValueError(f"{name} must be an [{n}] tensor or an [{WIDTH_TABLE_ROWS}, {n}] width table, "
+                             f"got {tuple(t.shape)}")
+        strides.append(t.stride(0) if t.dim() == 2 else 0)
+    return strides
+
+
+def _check_common(x, w, act_shift, weight_shift, samples, epilogue_tensors, n) -> list[int]:
+    """Checks the operands; returns the epilogue table row strides (`epilogue_table_strides`)."""
     if x.dtype not in (torch.uint8, torch.int8) or w.dtype != torch.int8:
         raise TypeError(f"integer kernels take uint8/int8 activations and int8 weights, got {x.dtype}, {w.dtype}")
     if act_shift.shape != (samples,) or act_shift.dtype != torch.int32:
         raise ValueError(f"act_shift must be int32 [{samples}], got {act_shift.dtype} {tuple(act_shift.shape)}")
     if weight_shift.dtype != torch.int32 or weight_shift.shape not in ((1,), (samples,)):
         raise ValueError(f"weight_shift must be int32 [1] or [{samples}], got {weight_shift.dtype} {tuple(weight_shift.shape)}")
+    strides = epilogue_table_strides(epilogue_tensors, n)
     for name, t in zip(("bias", "multiplier", "rshift", "scale"), epilogue_tensors):
-        if t.shape != (n,) or not t.is_contiguous():
-            raise ValueError(f"{name} must be a contiguous [{n}] tensor, got {tuple(t.shape)}")
+        if not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous, got strides {t.stride()}")
     devices = {t.device for t in (x, w, act_shift, weight_shift, *epilogue_tensors)}
     if len(devices) != 1:
         raise ValueError(f"all kernel operands must be on one device, got {sorted(map(str, devices))}")
+    return strides
 
 
 def launch_int_matmul(
@@ -202,13 +228,15 @@ def launch_int_matmul(
 ) -> torch.Tensor:
     """out [M, N] = epilogue(acc) for x [M, K] codes and w [N, K] int8 (see the module docstring).
 
-    act_shift is int32 [M]; weight_shift is int32 [1] (per layer) or [M] (per sample).
+    act_shift is int32 [M]; weight_shift is int32 [1] (per layer) or [M] (per sample). bias
+    (int32), multiplier (int32), rshift (int32) and scale (float32) are each [N], shared by
+    every width, or an [8, N] width table whose row kw serves the rows with weight shift kw.
     """
     if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"int_matmul kernel: x must be [M, K] and w [N, K], got {tuple(x.shape)}, {tuple(w.shape)}")
     M, K = x.shape
     N = w.shape[0]
-    _check_common(x, w, act_shift, weight_shift, M, (bias, multiplier, rshift, scale), N)
+    table_strides = _check_common(x, w, act_shift, weight_shift, M, (bias, multiplier, rshift, scale), N)
     out = torch.empty((M, N), dtype=out_dtype, device=x.device)
     if M == 0:
         return out
@@ -223,6 +251,7 @@ def launch_int_matmul(
         bias, multiplier, rshift, scale,
         M, N, K, m_bucket(M),
         x.stride(0), x.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1),
+        *table_strides,
         lo, hi,
         BUCKETED=bucketed, ROUND=bool(round_rule), X_UNSIGNED=x.dtype == torch.uint8,
         EPILOGUE=int(epilogue), RELU=bool(relu), GROUP_M=8,
@@ -238,7 +267,8 @@ def launch_int_conv2d(
     """out [B, Cout, OH, OW] (channels_last) for x [B, C, H, W] codes and w [Cout, C/g, KH, KW].
 
     geometry = [stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups]. Any memory format is
-    read in place through strides; channels_last gives the coalesced channel loads.
+    read in place through strides; channels_last gives the coalesced channel loads. The
+    epilogue constants are [Cout] or [8, Cout] width tables, as in `launch_int_matmul`.
     """
     if x.dim() != 4 or w.dim() != 4 or len(geometry) != 7:
         raise ValueError(f"int_conv2d kernel: x and w must be 4-D and geometry 7 ints, got {tuple(x.shape)}, "
@@ -252,7 +282,7 @@ def launch_int_conv2d(
     OW = (W + 2 * pw - dw * (KW - 1) - 1) // sw + 1
     if OH < 1 or OW < 1:
         raise ValueError(f"int_conv2d kernel: empty output {OH}x{OW}")
-    _check_common(x, w, act_shift, weight_shift, B, (bias, multiplier, rshift, scale), Cout)
+    table_strides = _check_common(x, w, act_shift, weight_shift, B, (bias, multiplier, rshift, scale), Cout)
     out = torch.empty((B, OH, OW, Cout), dtype=out_dtype, device=x.device)
     if B == 0:
         return out.permute(0, 3, 1, 2)
@@ -273,6 +303,7 @@ def launch_int_conv2d(
         x.stride(0), x.stride(2), x.stride(3), x.stride(1),
         w.stride(0), w.stride(2), w.stride(3), w.stride(1),
         out_rows.stride(0), out_rows.stride(1),
+        *table_strides,
         lo, hi,
         BUCKETED=bucketed, ROUND=bool(round_rule), X_UNSIGNED=x.dtype == torch.uint8,
         EPILOGUE=int(epilogue), RELU=bool(relu),

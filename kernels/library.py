@@ -1,7 +1,8 @@
 """`torch.library` registration of the Triton kernels as `torch.ops.dqt_triton.*`.
 
 Each op has a fake (Meta) implementation that only computes the output's shape, dtype and
-layout, so `torch.compile` can trace models that call them without running a kernel.
+layout (and checks the epilogue tables' shapes like the real op), so `torch.compile` can trace
+models that call them without running a kernel.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .elementwise import launch_elementwise
-from .gemm import launch_int_conv2d, launch_int_matmul
+from .gemm import epilogue_table_strides, launch_int_conv2d, launch_int_matmul
 from .pool import launch_pool2d
 
 Tensor = torch.Tensor
@@ -26,13 +27,15 @@ def int_matmul(
     bias: Tensor, multiplier: Tensor, rshift: Tensor, scale: Tensor,
     round_rule: bool, epilogue: int, relu: bool, lo: int, hi: int, out_dtype: torch.dtype,
 ) -> Tensor:
-    """Integer matmul kernel; arguments as in `gemm.launch_int_matmul`."""
+    """Integer matmul kernel; arguments as in `gemm.launch_int_matmul` (bias, multiplier, rshift
+    and scale are each [N] or an [8, N] width table indexed by the row's weight shift)."""
     return launch_int_matmul(x, w, act_shift, weight_shift, bias, multiplier, rshift, scale,
                              round_rule, epilogue, relu, lo, hi, out_dtype)
 
 
 @int_matmul.register_fake
 def _(x, w, act_shift, weight_shift, bias, multiplier, rshift, scale, round_rule, epilogue, relu, lo, hi, out_dtype):
+    epilogue_table_strides((bias, multiplier, rshift, scale), w.shape[0])
     return x.new_empty((x.shape[0], w.shape[0]), dtype=out_dtype)
 
 
@@ -42,7 +45,8 @@ def int_conv2d(
     bias: Tensor, multiplier: Tensor, rshift: Tensor, scale: Tensor,
     round_rule: bool, epilogue: int, relu: bool, lo: int, hi: int, out_dtype: torch.dtype,
 ) -> Tensor:
-    """Implicit-GEMM conv2d kernel; arguments as in `gemm.launch_int_conv2d`."""
+    """Implicit-GEMM conv2d kernel; arguments as in `gemm.launch_int_conv2d` (epilogue constants
+    [Cout] or [8, Cout] width tables)."""
     return launch_int_conv2d(x, w, geometry, act_shift, weight_shift, bias, multiplier, rshift, scale,
                              round_rule, epilogue, relu, lo, hi, out_dtype)
 
@@ -50,6 +54,7 @@ def int_conv2d(
 @int_conv2d.register_fake
 def _(x, w, geometry, act_shift, weight_shift, bias, multiplier, rshift, scale, round_rule, epilogue, relu, lo, hi,
       out_dtype):
+    epilogue_table_strides((bias, multiplier, rshift, scale), w.shape[0])
     OH, OW = _conv_out_hw(x.shape[2], x.shape[3], w.shape[2], w.shape[3], geometry)
     return torch.empty((x.shape[0], w.shape[0], OH, OW), dtype=out_dtype, device=x.device,
                        memory_format=torch.channels_last)

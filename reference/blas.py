@@ -98,13 +98,15 @@ def _shift_rows_f32(x, rows, act_shift, round_rule, x_hi, offset):
 
 
 @njit(parallel=True, cache=True)
-def _epilogue_rows(acc, dest, total_shift, correction, bias, mode, multiplier, rshift, scale, relu, lo, hi, out):
+def _epilogue_rows(acc, dest, total_shift, kw, correction, bias, mode, multiplier, rshift, scale, relu, lo, hi, out):
+    """out[dest[r]] from GEMM rows acc[r] that all use weight shift `kw` (its row of each
+    [T, N] epilogue table when T == 8)."""
     for r in prange(acc.shape[0]):
         m = dest[r]
         t = total_shift[r]
         for n in range(acc.shape[1]):
-            v = ((np.int64(acc[r, n]) + correction[n]) << t) + bias[n]
-            apply_epilogue(v, n, mode, multiplier, rshift, scale, relu, lo, hi, out, m)
+            v = (np.int64(acc[r, n]) + correction[n]) << t
+            apply_epilogue(v, kw, n, bias, mode, multiplier, rshift, scale, relu, lo, hi, out, m)
 
 
 def _correction(table: WeightTable, offset: float) -> np.ndarray:
@@ -116,7 +118,8 @@ def int_matmul_blas(
     bias, mode, multiplier, rshift, scale, relu, lo, hi, out,
 ):
     """`int_matmul_kernel`'s result via exact float32 GEMMs; `w_tables[s]` is the
-    `weight_table` of the weights at `weight_shifts[s]`."""
+    `weight_table` of the weights at `weight_shifts[s]`. The epilogue arguments are the [T, N]
+    tables of `int_matmul_kernel`."""
     for slot in range(weight_shifts.shape[0]):
         rows = np.flatnonzero(weight_slot == slot)
         if rows.size == 0:
@@ -126,8 +129,8 @@ def int_matmul_blas(
         xs = _shift_rows_f32(x, rows, act_shift, round_rule, x_hi, offset)
         acc = exact_int_gemm(xs, table.values, x_max, table.abs_max).numpy()
         total = act_shift[rows] + weight_shifts[slot]
-        _epilogue_rows(acc, rows, total, _correction(table, offset), bias, mode, multiplier, rshift, scale,
-                       relu, lo, hi, out)
+        _epilogue_rows(acc, rows, total, weight_shifts[slot], _correction(table, offset), bias, mode, multiplier,
+                       rshift, scale, relu, lo, hi, out)
     return out
 
 
@@ -199,6 +202,6 @@ def int_conv2d_blas(
             pix = np.arange(OH * OW)
             dest = (tile[:, None] * (OH * OW) + pix[None, :]).reshape(-1)
             total = np.repeat(act_shift[tile] + weight_shifts[slot], OH * OW)
-            _epilogue_rows(acc, dest, total, _correction(table, offset), bias, mode, multiplier, rshift, scale,
-                           relu, lo, hi, out)
+            _epilogue_rows(acc, dest, total, weight_shifts[slot], _correction(table, offset), bias, mode,
+                           multiplier, rshift, scale, relu, lo, hi, out)
     return out

@@ -46,16 +46,26 @@ def clamp(v: int, lo: int, hi: int) -> int:
 
 
 @njit(cache=True, inline="always")
-def apply_epilogue(acc, n, mode, multiplier, rshift, scale, relu, lo, hi, out, m):
-    """Write out[m, n] from the master-unit accumulator `acc` (int64, bias already added)."""
+def table_row(table, kw):
+    """Row of a [T, N] epilogue table for weight shift `kw`: T == 1 is one row shared by every
+    width, T == 8 a width table (one row per weight shift, docs/numerics.md section 3.5)."""
+    return kw if table.shape[0] > 1 else 0
+
+
+@njit(cache=True, inline="always")
+def apply_epilogue(acc, kw, n, bias, mode, multiplier, rshift, scale, relu, lo, hi, out, m):
+    """Write out[m, n] from the master-unit accumulator `acc` (int64, no bias yet) of a row
+    with weight shift `kw`. bias, multiplier, rshift and scale are [T, N] tables (T in {1, 8})."""
+    acc += bias[table_row(bias, kw), n]
     if relu and acc < 0:
         acc = 0
     if mode == EPILOGUE_RAW:
         out[m, n] = acc
     elif mode == EPILOGUE_REQUANT:
-        out[m, n] = clamp(round_shift(acc * np.int64(multiplier[n]), rshift[n]), lo, hi)
+        mult = np.int64(multiplier[table_row(multiplier, kw), n])
+        out[m, n] = clamp(round_shift(acc * mult, rshift[table_row(rshift, kw), n]), lo, hi)
     else:
-        out[m, n] = np.float32(acc) * scale[n]
+        out[m, n] = np.float32(acc) * scale[table_row(scale, kw), n]
 
 
 @njit(cache=True, inline="always")

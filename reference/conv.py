@@ -15,7 +15,8 @@ def int_conv2d_kernel(
     act_shift, weight_slot, weight_shifts, round_rule, x_hi,
     bias, mode, multiplier, rshift, scale, relu, lo, hi, out,
 ):
-    """x [B, H, W, Cin] codes, w [Cout, KH, KW, Cin/groups] int8, out [B*OH*OW, Cout] (NHWC rows).
+    """x [B, H, W, Cin] codes, w [Cout, KH, KW, Cin/groups] int8, out [B*OH*OW, Cout] (NHWC rows);
+    the epilogue tables are [T, Cout] as in `int_matmul_kernel` (row kw of sample b when T == 8).
 
     Each output pixel gathers its shifted input patch once (ordered group, kh, kw, c; padding
     contributes code 0, the zero of signed and unsigned codes), then takes one dot product per
@@ -35,7 +36,8 @@ def int_conv2d_kernel(
         oh = row % OH
         ka = act_shift[b]
         slot = weight_slot[b]
-        total_shift = ka + weight_shifts[slot]
+        kw = weight_shifts[slot]
+        total_shift = ka + kw
         patch = np.empty(groups * Kg, np.int16)
         acc = np.empty(Cout, np.int32)
         for ow in range(OW):
@@ -55,6 +57,6 @@ def int_conv2d_kernel(
                 dot_rows_i32(patch, g * Kg, w_table[slot, g], Kg, acc[g * Cout_g:(g + 1) * Cout_g])
             m = (b * OH + oh) * OW + ow
             for co in range(Cout):
-                v = (np.int64(acc[co]) << total_shift) + bias[co]
-                apply_epilogue(v, co, mode, multiplier, rshift, scale, relu, lo, hi, out, m)
+                v = np.int64(acc[co]) << total_shift
+                apply_epilogue(v, kw, co, bias, mode, multiplier, rshift, scale, relu, lo, hi, out, m)
     return out

@@ -29,7 +29,9 @@ def int_matmul_kernel(
     """Pure-loop reference.
 
     x [M, K] uint8/int8 codes, w [N, K] int8 codes, act_shift[m] and
-    weight_shifts[weight_slot[m]] the per-row shifts, bias [N] int64 in master units.
+    weight_shifts[weight_slot[m]] the per-row shifts. bias (int64, master units), multiplier,
+    rshift and scale are [T, N] epilogue tables: T == 1 shared by every width, T == 8 indexed
+    by the row's weight shift.
     """
     M, K = x.shape
     N = w.shape[0]
@@ -44,6 +46,6 @@ def int_matmul_kernel(
         acc = np.empty(N, np.int32)
         dot_rows_i32(xs, 0, w_table[slot], K, acc)
         for n in range(N):
-            v = (np.int64(acc[n]) << (ka + kw)) + bias[n]
-            apply_epilogue(v, n, mode, multiplier, rshift, scale, relu, lo, hi, out, m)
+            v = np.int64(acc[n]) << (ka + kw)
+            apply_epilogue(v, kw, n, bias, mode, multiplier, rshift, scale, relu, lo, hi, out, m)
     return out

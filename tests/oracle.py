@@ -25,16 +25,31 @@ def round_shift(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return torch.div(v + half, 2**s, rounding_mode="floor")
 
 
+def _per_row(constant: torch.Tensor) -> torch.Tensor:
+    """An [N] constant broadcast over rows; a [rows, N] one (one set per row) as it is."""
+    return constant[None, :] if constant.dim() == 1 else constant
+
+
+def width_table_rows(table: torch.Tensor, kw_rows: torch.Tensor) -> torch.Tensor:
+    """[rows, N] constants of a width table [8, N] (row k serves weight shift k) for output rows
+    with weight shifts kw_rows; an [N] constant is the same for every row."""
+    if table.dim() == 1:
+        return table[None, :].expand(kw_rows.shape[0], -1)
+    assert table.shape[0] == 8, table.shape
+    return table[kw_rows.long()]
+
+
 def epilogue(v, bias, mode, multiplier, rshift, scale, relu, out_dtype):
-    """v: int64 [rows, N] master-unit accumulators without bias."""
-    v = v + bias.long()[None, :]
+    """v: int64 [rows, N] master-unit accumulators without bias; each constant is [N] or
+    [rows, N] (per-row constants, e.g. from `width_table_rows`)."""
+    v = v + _per_row(bias.long())
     if relu:
         v = v.clamp(min=0)
     if mode == "raw":
         return v.to(torch.int32)
     if mode == "float":
-        return v.to(torch.float32) * scale.float()[None, :]
-    y = round_shift(v * multiplier.long()[None, :], rshift.long()[None, :].expand_as(v))
+        return v.to(torch.float32) * _per_row(scale.float())
+    y = round_shift(v * _per_row(multiplier.long()), _per_row(rshift.long()).expand_as(v))
     lo, hi = (0, 255) if out_dtype == torch.uint8 else (-128, 127)
     if relu:
         lo = max(lo, 0)
@@ -62,6 +77,29 @@ def conv_acc(x, w, ka, kw, rule, stride, padding, dilation, groups):
         acc = F.conv2d(xs.double(), ws.double(), stride=stride, padding=padding, dilation=dilation, groups=groups)
         outs.append(acc.round().long() * 2 ** int(ka[b] + kw[b]))
     return torch.cat(outs)
+
+
+def _epilogue_per_row(acc_rows, kw_rows, spec):
+    """The epilogue with each output row's constants: spec's bias / multiplier / rshift / scale
+    are [N] (every width) or [8, N] width tables read at row kw_rows[r]."""
+    per_row = {key: width_table_rows(spec[key], kw_rows) for key in ("bias", "multiplier", "rshift", "scale")}
+    return epilogue(acc_rows, per_row["bias"], spec["mode"], per_row["multiplier"], per_row["rshift"],
+                    per_row["scale"], spec["relu"], spec["out_dtype"])
+
+
+def matmul(x, w, ka, kw, rule, spec):
+    """Whole int_matmul output for per-row shifts ka, kw [M] and an epilogue spec (see
+    `_epilogue_per_row`)."""
+    return _epilogue_per_row(matmul_acc(x, w, ka, kw, rule), kw, spec)
+
+
+def conv2d(x, w, ka, kw, rule, spec, stride, padding, dilation, groups):
+    """Whole int_conv2d output [B, Cout, OH, OW] for per-image shifts ka, kw [B]; every pixel of
+    image b reads row kw[b] of a width table."""
+    acc = conv_acc(x, w, ka, kw, rule, stride, padding, dilation, groups)
+    B, Co, OH, OW = acc.shape
+    rows = _epilogue_per_row(acc.permute(0, 2, 3, 1).reshape(-1, Co), kw.long().repeat_interleave(OH * OW), spec)
+    return rows.reshape(B, OH, OW, Co).permute(0, 3, 1, 2)
 
 
 def elementwise(values: torch.Tensor, s: int, relu: bool, out_dtype) -> torch.Tensor:

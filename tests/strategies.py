@@ -69,9 +69,56 @@ def epilogue_spec(draw, n: int, gen_seed: int):
     return kwargs, oracle
 
 
+# Epilogue arguments per mode: (keyword of the op, key of the oracle spec).
+_EPILOGUE_CONSTANTS = {
+    "raw": [("bias", "bias")],
+    "requant": [("bias", "bias"), ("multiplier", "multiplier"), ("shift", "rshift")],
+    "float": [("bias", "bias"), ("out_scale", "scale")],
+}
+
+
+@st.composite
+def width_epilogue_spec(draw, n: int, gen_seed: int):
+    """Keyword arguments of an epilogue whose constants mix [8, n] width tables (one row per
+    weight shift, e.g. a batch norm per bit-width folded in) with [n] tensors, scalars and no
+    bias; at least one constant is a table. The oracle view holds an [8, n] table for each."""
+    gen = torch.Generator().manual_seed(gen_seed)
+    mode = draw(st.sampled_from(["raw", "requant", "float"]))
+    relu = draw(st.booleans())
+    tables = {"bias": torch.randint(-(2**20), 2**20, (8, n), generator=gen, dtype=torch.int32),
+              "scale": torch.rand(8, n, generator=gen, dtype=torch.float32) * 1e-3 + 1e-6}
+    if draw(st.booleans()):
+        # Small multipliers over short shifts put exact rounding ties on many outputs.
+        tables["multiplier"] = torch.randint(-3, 4, (8, n), generator=gen, dtype=torch.int64)
+        tables["rshift"] = torch.randint(1, 13, (8, n), generator=gen, dtype=torch.int64)
+    else:
+        tables["multiplier"] = torch.randint(-INT32_MAX, INT32_MAX + 1, (8, n), generator=gen, dtype=torch.int64)
+        tables["rshift"] = torch.randint(20, 63, (8, n), generator=gen, dtype=torch.int64)
+    constants = _EPILOGUE_CONSTANTS[mode]
+    forms = {key: draw(st.sampled_from(["none", "channel", "table"] if key == "bias" else ["scalar", "channel", "table"]))
+             for _, key in constants}
+    if "table" not in forms.values():
+        forms[draw(st.sampled_from(sorted(forms)))] = "table"
+    kwargs: dict = {"relu": relu}
+    oracle = {"mode": mode, "relu": relu, "out_dtype": None, "bias": torch.zeros(8, n, dtype=torch.int32),
+              "multiplier": torch.zeros(8, n), "rshift": torch.zeros(8, n), "scale": torch.zeros(8, n)}
+    for arg, key in constants:
+        table, form = tables[key], forms[key]
+        row = table[draw(st.integers(0, 7))]
+        if form == "table":
+            kwargs[arg], oracle[key] = table, table
+        elif form == "channel":
+            kwargs[arg], oracle[key] = row, row[None, :].expand(8, n)
+        elif form == "scalar":
+            kwargs[arg], oracle[key] = row[0].item(), row[:1][None, :].expand(8, n)
+    if mode == "requant":
+        kwargs["out_dtype"] = oracle["out_dtype"] = draw(st.sampled_from([torch.uint8, torch.int8]))
+    return kwargs, oracle
+
+
 @st.composite
 def matmul_case(draw, rows=(1, 2, 3, 7, 16, 17, 33), depths=(1, 5, 8, 13, 31, 64, 100, 257),
-                cols=(1, 3, 8, 15, 32, 41)):
+                cols=(1, 3, 8, 15, 32, 41), epilogue=None):
     """x, w, shifts, rule and epilogue of one matmul; odd sizes, saturation, mixed shifts."""
     M = draw(st.sampled_from(rows))
     K = draw(st.sampled_from(depths))
@@ -84,12 +131,12 @@ def matmul_case(draw, rows=(1, 2, 3, 7, 16, 17, 33), depths=(1, 5, 8, 13, 31, 64
     ka = draw(shift_spec(M))
     kw = draw(shift_spec(M))
     rule = draw(st.sampled_from(["floor", "round"]))
-    kwargs, spec = draw(epilogue_spec(N, seed))
+    kwargs, spec = draw((epilogue or epilogue_spec)(N, seed))
     return x, w, ka, kw, rule, kwargs, spec
 
 
 @st.composite
-def conv_case(draw, channels=(1, 3, 5, 8), kernels=(1, 3, 5, 7), max_extra=6):
+def conv_case(draw, channels=(1, 3, 5, 8), kernels=(1, 3, 5, 7), max_extra=6, epilogue=None):
     """x, w, geometry, shifts, rule and epilogue of one conv2d (groups, depthwise, dilation)."""
     B = draw(st.sampled_from([1, 2, 3]))
     groups = draw(st.sampled_from([1, 1, 2, "depthwise"]))
@@ -112,7 +159,7 @@ def conv_case(draw, channels=(1, 3, 5, 8), kernels=(1, 3, 5, 7), max_extra=6):
         x = x.contiguous(memory_format=torch.channels_last)
     w = codes(gen, (cout_g * groups, cin_g, KH, KW), torch.int8, extreme)
     geometry = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
-    kwargs, spec = draw(epilogue_spec(cout_g * groups, seed))
+    kwargs, spec = draw((epilogue or epilogue_spec)(cout_g * groups, seed))
     return x, w, geometry, draw(shift_spec(B)), draw(shift_spec(B)), draw(st.sampled_from(["floor", "round"])), kwargs, spec
 
 

@@ -43,6 +43,7 @@ WC = torch.zeros((8, 4, 3, 3), dtype=torch.int8)
         ({"backend": "gpu"}, ValueError, "unknown backend 'gpu'"),
         ({"relu": 1}, TypeError, "relu must be a bool"),
         ({"bias": torch.full((8,), 2**31 - 1, dtype=torch.int32)}, dq.AccumulatorOverflowError, "overflow risk"),
+        ({"bias": torch.full((8,), -(2**31), dtype=torch.int32)}, dq.AccumulatorOverflowError, "bias max 2147483648"),
     ],
 )
 def test_int_matmul_rejects(kwargs, error, pattern):
@@ -50,6 +51,64 @@ def test_int_matmul_rejects(kwargs, error, pattern):
     args.update(kwargs)
     with pytest.raises(error, match=pattern):
         dq.int_matmul(args.pop("x"), args.pop("w"), **args)
+
+
+def _table(value, row: int, n: int = 8, fill: int = 0, dtype=torch.int64) -> torch.Tensor:
+    """An [8, n] width table of `fill` with `value` in every entry of one row."""
+    t = torch.full((8, n), fill, dtype=dtype)
+    t[row] = value
+    return t
+
+
+TABLE_SHAPES = r"must have shape \(8,\) \(one entry per output channel\) or \(8, 8\) \(a width table"
+
+WIDTH_TABLE_ERRORS = [
+    ({"bias": torch.zeros((7, 8), dtype=torch.int32)}, ValueError, "bias " + TABLE_SHAPES + r".*got \(7, 8\)"),
+    ({"bias": torch.zeros((8, 9), dtype=torch.int32)}, ValueError, "bias " + TABLE_SHAPES + r".*got \(8, 9\)"),
+    ({"bias": torch.zeros((8, 8, 1), dtype=torch.int32)}, ValueError, "bias " + TABLE_SHAPES),
+    ({"bias": torch.zeros((1, 8), dtype=torch.int32)}, ValueError, "bias " + TABLE_SHAPES),
+    ({"multiplier": torch.ones((7, 8), dtype=torch.int32), "shift": 1}, ValueError, "multiplier " + TABLE_SHAPES),
+    ({"multiplier": 1, "shift": torch.ones((8, 9), dtype=torch.int32)}, ValueError, "shift " + TABLE_SHAPES),
+    ({"multiplier": 1, "shift": torch.ones((2, 8, 8), dtype=torch.int32)}, ValueError, "shift " + TABLE_SHAPES),
+    ({"out_scale": torch.ones((9, 8))}, ValueError, "out_scale " + TABLE_SHAPES),
+    ({"out_scale": torch.ones((8, 8), dtype=torch.int32)}, TypeError, "out_scale must have a floating dtype"),
+    ({"multiplier": torch.ones((8, 8)), "shift": 1}, TypeError, "multiplier must have an integer dtype"),
+    # Range checks cover every row of a table, including rows no sample of the call uses.
+    ({"multiplier": _table(2**31, 6, fill=1), "shift": 1}, ValueError, r"multiplier must lie in .* max 2147483648"),
+    ({"multiplier": _table(-(2**31), 0, fill=1), "shift": 1}, ValueError, "multiplier must lie in"),
+    ({"multiplier": 1, "shift": _table(63, 7, fill=1)}, ValueError, r"shift must lie in \[0, 62\] .* max 63"),
+    ({"multiplier": 1, "shift": _table(-1, 2, fill=1)}, ValueError, "shift must lie in .* min -1"),
+    ({"out_scale": _table(float("inf"), 4, fill=1, dtype=torch.float32)}, ValueError, "out_scale must be finite"),
+    # max|bias| over the whole table: one row of large bias refuses the layer at every width.
+    ({"bias": _table(2**31 - 1, 3, dtype=torch.int32)}, dq.AccumulatorOverflowError, "bias max 2147483647"),
+    ({"bias": _table(-(2**31), 7, dtype=torch.int32)}, dq.AccumulatorOverflowError, "bias max 2147483648"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, pattern", WIDTH_TABLE_ERRORS)
+@pytest.mark.parametrize("weight_shift", [0, torch.tensor([0, 1, 1, 0])])
+def test_int_matmul_rejects_bad_width_tables(kwargs, error, pattern, weight_shift):
+    with pytest.raises(error, match=pattern):
+        dq.int_matmul(X, W, weight_shift=weight_shift, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, error, pattern", WIDTH_TABLE_ERRORS)
+def test_int_conv2d_rejects_bad_width_tables(kwargs, error, pattern):
+    if error is dq.AccumulatorOverflowError:
+        pattern = "int_conv2d: accumulator overflow risk: reduction size K=36"
+    with pytest.raises(error, match=pattern):
+        dq.int_conv2d(XC, WC, weight_shift=torch.tensor([0, 1]), **kwargs)
+
+
+def test_largest_safe_bias_table_is_accepted_and_one_more_is_refused():
+    """The accumulator rule with a bias table: the bound uses max|bias| over all 8 rows."""
+    K = 16
+    limit = 2**31 - 1 - K * 255 * 128
+    bias = _table(limit, 5, dtype=torch.int32)
+    assert dq.int_matmul(X, W, weight_shift=0, bias=bias).shape == (4, 8)
+    bias[2, 3] = limit + 1
+    with pytest.raises(dq.AccumulatorOverflowError, match=f"bias max {limit + 1}"):
+        dq.int_matmul(X, W, weight_shift=0, bias=bias)
 
 
 def test_int_matmul_refuses_reductions_that_could_overflow():

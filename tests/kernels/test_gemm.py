@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 
 import dqt_triton as dq
 from dqt_triton.kernels.gemm import weight_shift_buckets
+from tests import oracle
 from tests.kernels.device import DEVICE, kwargs_on_device, on_device
-from tests.strategies import CODE_DTYPES, codes, conv_case, matmul_case
+from tests.strategies import CODE_DTYPES, as_rows, codes, conv_case, matmul_case, width_epilogue_spec
 
 pytestmark = pytest.mark.interpreter
 
@@ -145,3 +146,107 @@ def test_empty_batch():
     xc = torch.zeros((0, 3, 5, 5), dtype=torch.uint8, device=DEVICE)
     wc = torch.zeros((4, 3, 3, 3), dtype=torch.int8, device=DEVICE)
     assert dq.int_conv2d(xc, wc, backend="triton").shape == (0, 4, 3, 3)
+
+
+# ----------------------------------------------------------------------------- width tables
+
+
+@settings(SETTINGS, max_examples=20)
+@given(matmul_case(rows=(1, 3, 17), depths=(1, 5, 13, 45), cols=(1, 3, 15, 23, 41), epilogue=width_epilogue_spec))
+def test_matmul_width_tables_match_reference_and_oracle(case):
+    """[8, N] epilogue tables mixed with [N] and scalar constants, per-layer or per-sample shifts."""
+    x, w, ka, kw, rule, kwargs, spec = case
+    want = dq.int_matmul(x, w, act_shift=ka, weight_shift=kw, shift_rule=rule, backend="reference", **kwargs)
+    got = triton_matmul(x, w, ka, kw, shift_rule=rule, **kwargs)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+    assert torch.equal(want, oracle.matmul(x, w, as_rows(ka, x.shape[0]), as_rows(kw, x.shape[0]), rule, spec))
+
+
+@settings(SETTINGS, max_examples=15)
+@given(conv_case(channels=(1, 3, 8, 35), kernels=(1, 3), max_extra=3, epilogue=width_epilogue_spec))
+def test_conv_width_tables_match_reference_and_oracle(case):
+    x, w, geometry, ka, kw, rule, kwargs, spec = case
+    want = dq.int_conv2d(x, w, act_shift=ka, weight_shift=kw, shift_rule=rule, backend="reference",
+                         **geometry, **kwargs)
+    got = triton_conv(x, w, ka, kw, shift_rule=rule, **geometry, **kwargs)
+    assert got.shape == want.shape and torch.equal(got, want)
+    B = x.shape[0]
+    assert torch.equal(want, oracle.conv2d(x, w, as_rows(ka, B), as_rows(kw, B), rule, spec, **geometry))
+
+
+WIDTH_KINDS = ["raw", "float", "requant_u8_relu", "requant_i8"]
+
+
+def width_table_epilogue(kind: str, n: int, gen: torch.Generator) -> tuple[dict, dict]:
+    """(op keyword arguments, oracle spec) for one epilogue kind whose constants are mostly
+    [8, n] width tables, with one [n] constant mixed in where the epilogue has several."""
+    bias = torch.randint(-(2**20), 2**20, (8, n), generator=gen, dtype=torch.int32)
+    kwargs: dict = {"bias": bias}
+    spec = {"mode": kind.split("_")[0], "relu": False, "out_dtype": None, "bias": bias,
+            "multiplier": torch.zeros(n), "rshift": torch.zeros(n), "scale": torch.zeros(n)}
+    if kind == "float":
+        kwargs["out_scale"] = spec["scale"] = torch.rand(8, n, generator=gen) * 1e-4 + 1e-7
+        kwargs["bias"] = spec["bias"] = bias[3]  # [n] bias with a scale table
+    elif kind.startswith("requant"):
+        kwargs["multiplier"] = spec["multiplier"] = torch.randint(-(2**31) + 1, 2**31, (8, n), generator=gen)
+        kwargs["shift"] = spec["rshift"] = torch.randint(36, 52, (n,), generator=gen)
+        relu = kind == "requant_u8_relu"
+        kwargs.update(relu=relu, out_dtype=torch.uint8 if relu else torch.int8)
+        spec.update(relu=relu, out_dtype=kwargs["out_dtype"])
+    return kwargs, spec
+
+
+@pytest.mark.parametrize("x_dtype", CODE_DTYPES)
+@pytest.mark.parametrize("kind", WIDTH_KINDS)
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_matmul_width_tables_all_backends_equal_oracle(x_dtype, kind, per_sample):
+    """reference == cpu == triton == oracle for width tables; M in {1, 3, 17}, N = 23, K = 13."""
+    gen = torch.Generator().manual_seed(41)
+    K, N = 13, 23
+    w = codes(gen, (N, K), torch.int8, extreme=False)
+    kwargs, spec = width_table_epilogue(kind, N, gen)
+    for M in (1, 17) if per_sample else (3,):
+        x = codes(gen, (M, K), x_dtype, extreme=M == 1)
+        ka = torch.randint(0, 8, (M,), generator=gen)
+        kw = torch.randint(0, 8, (M,), generator=gen) if per_sample else 5
+        for rule in ("floor", "round"):
+            outs = [dq.int_matmul(x, w, act_shift=ka, weight_shift=kw, shift_rule=rule, backend=b, **kwargs)
+                    for b in ("reference", "cpu")]
+            outs.append(triton_matmul(x, w, ka, kw, shift_rule=rule, **kwargs))
+            want = oracle.matmul(x, w, ka, as_rows(kw, M), rule, spec)
+            assert all(o.dtype == want.dtype and torch.equal(o, want) for o in outs), (M, rule)
+
+
+@pytest.mark.parametrize("x_dtype", CODE_DTYPES)
+@pytest.mark.parametrize("kind", WIDTH_KINDS)
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_conv_width_tables_all_backends_equal_oracle(x_dtype, kind, per_sample):
+    """reference == cpu == triton == oracle for width tables on a 3x3 conv with Cout = 10."""
+    gen = torch.Generator().manual_seed(42)
+    B = 3
+    x = codes(gen, (B, 5, 5, 6), x_dtype, extreme=False).contiguous(memory_format=torch.channels_last)
+    w = codes(gen, (10, 5, 3, 3), torch.int8, extreme=False)
+    kwargs, spec = width_table_epilogue(kind, 10, gen)
+    ka = torch.tensor([1, 0, 6])
+    kw = torch.tensor([2, 7, 2]) if per_sample else 4
+    for rule in ("floor", "round"):
+        outs = [dq.int_conv2d(x, w, padding=1, act_shift=ka, weight_shift=kw, shift_rule=rule, backend=b, **kwargs)
+                for b in ("reference", "cpu")]
+        outs.append(triton_conv(x, w, ka, kw, padding=1, shift_rule=rule, **kwargs))
+        want = oracle.conv2d(x, w, ka, as_rows(kw, B), rule, spec, 1, 1, 1, 1)
+        assert all(torch.equal(o, want) for o in outs), rule
+
+
+def test_width_tables_over_many_tiles_and_buckets():
+    """150 rows in uneven weight-shift buckets over several M and N tiles: every tile reads the
+    table row of its own bucket."""
+    gen = torch.Generator().manual_seed(43)
+    x = codes(gen, (150, 40), torch.int8, extreme=False)
+    w = codes(gen, (70, 40), torch.int8, extreme=False)
+    ka = torch.randint(0, 8, (150,), generator=gen)
+    kw = torch.tensor([0, 2, 2, 5, 7])[torch.randint(0, 5, (150,), generator=gen)]
+    kwargs = dict(bias=torch.randint(-(2**20), 2**20, (8, 70), generator=gen, dtype=torch.int32),
+                  multiplier=torch.randint(2**30, 2**31 - 1, (8, 70), generator=gen),
+                  shift=torch.randint(30, 40, (8, 70), generator=gen), relu=True)
+    want = dq.int_matmul(x, w, act_shift=ka, weight_shift=kw, backend="reference", **kwargs)
+    assert torch.equal(triton_matmul(x, w, ka, kw, **kwargs), want)

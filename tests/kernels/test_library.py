@@ -11,14 +11,15 @@ from tests.kernels.device import DEVICE
 pytestmark = pytest.mark.interpreter
 
 
-def _matmul_args(M=5, K=40, N=24, per_sample=False):
+def _matmul_args(M=5, K=40, N=24, per_sample=False, tables=False):
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (M, K), generator=gen).to(torch.uint8)
     w = torch.randint(-128, 128, (N, K), generator=gen).to(torch.int8)
     ka = torch.randint(0, 8, (M,), generator=gen).to(torch.int32)
     kw = torch.randint(0, 8, (M if per_sample else 1,), generator=gen).to(torch.int32)
-    bias = torch.randint(-1000, 1000, (N,), generator=gen).to(torch.int32)
-    mult = torch.randint(2**30, 2**31 - 1, (N,), generator=gen).to(torch.int32)
+    rows = (8, N) if tables else (N,)  # [8, N] width tables: row kw for the rows with weight shift kw
+    bias = torch.randint(-1000, 1000, rows, generator=gen).to(torch.int32)
+    mult = torch.randint(2**30, 2**31 - 1, rows, generator=gen).to(torch.int32)
     rshift = torch.full((N,), 36, dtype=torch.int32)
     scale = torch.zeros(N)
     tensors = [t.to(DEVICE) for t in (x, w, ka, kw, bias, mult, rshift, scale)]
@@ -37,15 +38,34 @@ def _conv_args():
     return (tensors[0], tensors[1], [1, 1, 1, 1, 1, 1, 2], *rest, True, 2, False, 0, 0, torch.float32)
 
 
+@pytest.mark.parametrize("tables", [False, True])
 @pytest.mark.parametrize("per_sample", [False, True])
-def test_matmul_op_passes_opcheck(per_sample):
-    torch.library.opcheck(torch.ops.dqt_triton.int_matmul.default, _matmul_args(per_sample=per_sample),
+def test_matmul_op_passes_opcheck(per_sample, tables):
+    torch.library.opcheck(torch.ops.dqt_triton.int_matmul.default, _matmul_args(per_sample=per_sample, tables=tables),
                           test_utils=("test_schema", "test_faketensor"))
 
 
-def test_conv_op_passes_opcheck():
-    torch.library.opcheck(torch.ops.dqt_triton.int_conv2d.default, _conv_args(),
+@pytest.mark.parametrize("tables", [False, True])
+def test_conv_op_passes_opcheck(tables):
+    args = list(_conv_args())
+    if tables:  # bias and scale as [8, Cout] width tables, multiplier and rshift shared
+        args[5] = torch.arange(32, dtype=torch.int32, device=DEVICE).reshape(8, 4) - 16
+        args[8] = torch.linspace(0.25, 2.0, 32, device=DEVICE).reshape(8, 4)
+    torch.library.opcheck(torch.ops.dqt_triton.int_conv2d.default, tuple(args),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("shape", [(7, 24), (8, 23), (8, 24, 1)])
+def test_ops_and_fake_impls_refuse_bad_table_shapes(shape):
+    """The kernel ops take [N] or [8, N] epilogue constants; fake tensors get the same check."""
+    args = list(_matmul_args())
+    args[4] = torch.zeros(shape, dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match=r"bias must be an \[24\] tensor or an \[8, 24\] width table"):
+        torch.ops.dqt_triton.int_matmul(*args)
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        with pytest.raises(ValueError, match="bias must be an"):
+            torch.ops.dqt_triton.int_matmul(*fake)
 
 
 def test_elementwise_and_pool_ops_pass_opcheck():

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dqt_triton as dq
 from tests import oracle
-from tests.strategies import as_rows, codes, conv_case
+from tests.strategies import CODE_DTYPES, as_rows, codes, conv_case, width_epilogue_spec
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -39,3 +40,45 @@ def test_resnet_layer_shape_both_backends_agree_with_mixed_per_sample_shifts():
     acc = oracle.conv_acc(x, w, ka, kw, "floor", 1, 1, 1, 1)
     assert torch.equal(outs[0], outs[1])
     assert torch.equal(outs[0], acc.to(torch.int32))
+
+
+@SETTINGS
+@given(conv_case(epilogue=width_epilogue_spec), st.sampled_from(["reference", "cpu"]))
+def test_conv_width_tables_match_oracle(case, backend):
+    """[8, Cout] epilogue tables (one row per weight shift) mixed with [Cout] and scalar constants."""
+    x, w, geometry, ka, kw, rule, kwargs, spec = case
+    out = dq.int_conv2d(x, w, act_shift=ka, weight_shift=kw, shift_rule=rule, backend=backend, **geometry, **kwargs)
+    B = x.shape[0]
+    want = oracle.conv2d(x, w, as_rows(ka, B), as_rows(kw, B), rule, spec, **geometry)
+    assert out.shape == want.shape and torch.equal(out, want)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("x_dtype", CODE_DTYPES)
+@pytest.mark.parametrize("kind", ["raw", "float", "requant_u8_relu", "requant_i8"])
+def test_conv_width_tables_equal_per_width_calls_stitched(backend, x_dtype, kind):
+    """Images with mixed weight shifts and [8, Cout] tables equal one per-channel call per width."""
+    gen = torch.Generator().manual_seed(31)
+    x = codes(gen, (5, 6, 5, 7), x_dtype, extreme=False)
+    w = codes(gen, (10, 3, 3, 3), torch.int8, extreme=False)
+    geometry = dict(padding=1, stride=(1, 2), groups=2)
+    ka = torch.tensor([0, 2, 5, 1, 7])
+    kw = torch.tensor([3, 0, 3, 6, 0])
+    tables = {"bias": torch.randint(-(2**18), 2**18, (8, 10), generator=gen, dtype=torch.int32)}
+    extra: dict = {}
+    if kind == "float":
+        tables["out_scale"] = torch.rand(8, 10, generator=gen) * 1e-4
+    elif kind.startswith("requant"):
+        tables["multiplier"] = torch.randint(2**30, 2**31 - 1, (10,), generator=gen)  # one [Cout] multiplier
+        tables["shift"] = torch.randint(30, 45, (8, 10), generator=gen)
+        extra = {"relu": True, "out_dtype": torch.uint8} if kind == "requant_u8_relu" else {"out_dtype": torch.int8}
+    for rule in ("floor", "round"):
+        out = dq.int_conv2d(x, w, act_shift=ka, weight_shift=kw, shift_rule=rule, backend=backend,
+                            **geometry, **tables, **extra)
+        want = torch.empty(out.shape, dtype=out.dtype)
+        for k in kw.unique().tolist():
+            imgs = kw == k
+            row_consts = {name: t[k] if t.dim() == 2 else t for name, t in tables.items()}
+            want[imgs] = dq.int_conv2d(x[imgs], w, act_shift=ka[imgs], weight_shift=k, shift_rule=rule,
+                                       backend=backend, **geometry, **row_consts, **extra)
+        assert torch.equal(out, want), rule
