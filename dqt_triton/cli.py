@@ -105,8 +105,10 @@ def run_demo(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from .training import TrainConfig, Trainer, environment_device, format_table
 
-    cfg = TrainConfig(data=args.data, data_dir=args.data_dir, model=args.model, width=args.width,
+    cfg = TrainConfig(data=args.data, data_dir=args.data_dir, model=args.model, width=args.width, depth=args.depth,
                       candidate_bits=tuple(args.bits), budget_bits=args.budget, alpha=args.alpha, beta=args.beta,
+                      imitation=args.imitation, distill=not args.no_distill, sampled_widths=args.sampled_widths,
+                      bn_per_width=not args.shared_bn, edge_bits=args.edge_bits,
                       warmup_epochs=args.warmup_epochs, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, dqt_lr=args.dqt_lr, shift_rule=args.shift_rule, seed=args.seed,
                       device=environment_device(args.device), limit=args.limit, static_bits=args.static_bits)
@@ -148,22 +150,36 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--hidden", type=int, default=64)
     demo.set_defaults(func=run_demo)
 
+    from .training import TrainConfig
+
+    d = TrainConfig()  # the CLI's defaults are the recipe's
     train = sub.add_parser("train", help="DQT training with the results table (default: digits, no download)")
     train.add_argument("--data", choices=["digits", "madelon", "cifar10"], default="digits",
                        help="digits (embedded), madelon (scikit-learn's MADELON generator), cifar10 (local copy)")
     train.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py/ (torchvision format)")
-    train.add_argument("--model", choices=["resnet18", "resnet50", "cnn", "mlp"], default="resnet18")
-    train.add_argument("--width", type=int, default=8, help="base channel count (ResNet: 64 is the paper's)")
-    train.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 5, 6, 7, 8], help="candidate widths")
-    train.add_argument("--budget", type=float, default=4.0, help="average BitOPs budget, as a uniform bit-width")
-    train.add_argument("--alpha", type=float, default=0.5, help="consistency coefficient")
-    train.add_argument("--beta", type=float, default=2.0, help="BitOPs budget coefficient")
-    train.add_argument("--warmup-epochs", type=int, default=4, help="static 8-bit QAT epochs before DQT")
-    train.add_argument("--epochs", type=int, default=6, help="DQT epochs")
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--lr", type=float, default=3e-3, help="learning rate of the warm-up")
-    train.add_argument("--dqt-lr", type=float, default=1e-3, help="learning rate of the DQT epochs")
-    train.add_argument("--shift-rule", choices=["floor", "round"], default="floor")
+    train.add_argument("--model", choices=["resnet18", "resnet50", "cnn", "mlp"], default=d.model)
+    train.add_argument("--width", type=int, default=d.width, help="base channel count (ResNet: 64 is the paper's)")
+    train.add_argument("--depth", type=int, default=d.depth, help="hidden layers of --model mlp")
+    train.add_argument("--bits", type=int, nargs="+", default=list(d.candidate_bits), help="candidate widths")
+    train.add_argument("--budget", type=float, default=d.budget_bits,
+                       help="deployment budget: dynamic BitOPs at most those of uniform BUDGET-bit (calibrated)")
+    train.add_argument("--alpha", type=float, default=d.alpha, help="weight of the consistency (sandwich) term")
+    train.add_argument("--beta", type=float, default=d.beta, help="weight of the per-sample BitOPs price")
+    train.add_argument("--imitation", type=float, default=d.imitation,
+                       help="weight of the controller's imitation of each sample's best width")
+    train.add_argument("--sampled-widths", type=int, default=d.sampled_widths,
+                       help="random middle widths per step besides the widest and narrowest (-1: every width)")
+    train.add_argument("--no-distill", action="store_true", help="lower widths learn from labels, not the 8-bit path")
+    train.add_argument("--shared-bn", action="store_true", help="one batch norm for every width (default: one per width)")
+    train.add_argument("--edge-bits", type=int, default=d.edge_bits,
+                       help="width of the first and last layers (0: the controller governs them too)")
+    train.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, help="static 8-bit QAT epochs before DQT")
+    train.add_argument("--epochs", type=int, default=d.epochs, help="DQT epochs")
+    train.add_argument("--batch-size", type=int, default=d.batch_size)
+    train.add_argument("--lr", type=float, default=d.lr, help="learning rate of the warm-up")
+    train.add_argument("--dqt-lr", type=float, default=d.dqt_lr, help="learning rate of the DQT epochs")
+    train.add_argument("--shift-rule", choices=["floor", "round"], default=d.shift_rule,
+                       help="nested shift: round (default, see README) or floor (the paper's)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
     train.add_argument("--limit", type=int, default=0, help="train on the first N images only (quick checks)")

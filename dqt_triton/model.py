@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 BitsArg = Union[int, tuple[int, int], dict, Sequence]
 FORMAT = "dqt-triton-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-width batch norm, governed layers, budget-coded controller
 _DTYPES = {"uint8": torch.uint8, "int8": torch.int8, "int32": torch.int32, "float32": torch.float32}
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 
@@ -57,57 +57,98 @@ def _avg_pool_codes(q: Tensor, kernel, stride, padding) -> Tensor:
 
 
 class Controller(nn.Module):
-    """Input -> per-layer logits over the candidate widths (about 1% of the backbone).
+    """Early features -> per-layer logits over the candidate widths, minus a price for bits.
 
-    Image inputs are average-pooled to at most 4x4 (integer pooling), flattened, then
-    Linear-ReLU-Linear; flat inputs go straight to the linear layers. The last layer shares one
-    weight step across outputs, so its integer logits compare directly (argmax in integers).
+    DQNet-style, the controller reads the codes of the first layer's output (or the network
+    input when the first layer is governed too), average-pooled to at most 4x4 (integer
+    pooling), flattened; Linear-BatchNorm-ReLU-Linear gives each governed layer's logits z over
+    the candidate widths. The width chosen is the argmax of ``z - price * kappa[layer] *
+    (bits / 4)^2``: `price` comes from the budget code (one model, a budget chosen at run time),
+    kappa is learned per layer. The last layer shares one weight step across outputs, so its
+    integer logits compare directly; the integer program subtracts the price as an int64 offset
+    table and takes the argmax in integers.
     """
 
-    def __init__(self, input_shape: Sequence[int], num_layers: int, num_choices: int, hidden: int) -> None:
+    def __init__(self, feature_shape: Sequence[int], num_layers: int, num_choices: int, hidden: int,
+                 candidate_bits: Sequence[int] = ()) -> None:
         super().__init__()
-        self.input_shape = tuple(int(s) for s in input_shape)
+        self.feature_shape = tuple(int(s) for s in feature_shape)
         self.num_layers, self.num_choices, self.hidden = num_layers, num_choices, hidden
-        if len(self.input_shape) == 3:
-            C, H, W = self.input_shape
-            self.pool = (max(H // 4, 1), max(W // 4, 1))
-            features = C * (H // self.pool[0]) * (W // self.pool[1])
-        else:
-            self.pool = None
-            features = int(math.prod(self.input_shape))
-        fc1 = nn.Linear(features, hidden)
+        self.pool = _controller_pool(self.feature_shape)
+        fc1 = nn.Linear(_controller_features(self.feature_shape), hidden)
+        # Default init: the shared weight step (clip) of fc2 is set from these weights, and a
+        # small init would cap the logits' range for good.
         fc2 = nn.Linear(hidden, num_layers * num_choices)
         nn.init.zeros_(fc2.bias)
-        nn.init.normal_(fc2.weight, std=0.01)
-        self.fc1 = DQTLinear.from_float(fc1, relu=True)
+        # The batch norm keeps the hidden units inside their clip range: a saturated unit passes
+        # no gradient, and without it the whole hidden layer saturated within an epoch.
+        self.fc1 = DQTLinear.from_float(fc1, nn.BatchNorm1d(hidden), relu=True)
         self.fc2 = DQTLinear.from_float(fc2, per_channel=False)
         self.hidden_quant = ActQuantizer(signed=False)
+        bits = torch.tensor([float(b) for b in candidate_bits] or [8.0] * num_choices)
+        self.register_buffer("width_cost", (bits / 4.0) ** 2)
+        self.log_kappa = nn.Parameter(torch.zeros(num_layers))
 
     def macs(self) -> int:
         return self.fc1.weight.numel() + self.fc2.weight.numel()
 
     def spec(self) -> dict:
-        return {"input_shape": list(self.input_shape), "num_layers": self.num_layers,
+        return {"feature_shape": list(self.feature_shape), "num_layers": self.num_layers,
                 "num_choices": self.num_choices, "hidden": self.hidden}
 
-    def forward(self, q_in: Tensor, in_step: Tensor, in_signed: bool) -> Tensor:
-        """Float logits [B, layers, choices] from the input codes (training path)."""
-        q = q_in
+    def price_offsets(self, price: Tensor) -> Tensor:
+        """[B, layers, choices] amounts subtracted from the logits for per-sample prices [B]."""
+        return price.view(-1, 1, 1) * torch.exp(self.log_kappa).view(1, -1, 1) * self.width_cost.view(1, 1, -1)
+
+    def forward(self, q_feat: Tensor, feat_step: Tensor, feat_signed: bool, price: Tensor) -> Tensor:
+        """Float logits net of the price, [B, layers, choices], from feature codes."""
+        q = q_feat
         if self.pool is not None:
             q = _avg_pool_codes(q, self.pool, self.pool, (0, 0))
-        q = q.flatten(1)
-        h = self.fc1.forward_codes(q, in_step, in_signed, 0, 0, "floor")
+        h = self.fc1.forward_codes(q.flatten(1), feat_step, feat_signed, 0, 0, "floor")
         qh = self.hidden_quant(h)
         logits = self.fc2.forward_codes(qh, self.hidden_quant.positive_step(), False, 0, 0, "floor")
-        return logits.view(-1, self.num_layers, self.num_choices)
+        return logits.view(-1, self.num_layers, self.num_choices) - self.price_offsets(price)
 
     @torch.no_grad()
-    def program(self, in_step: float, in_signed: bool) -> dict:
+    def program(self, feat_step: float, feat_signed: bool, price: float) -> dict:
         h_step = float(self.hidden_quant.positive_step())
+        fc2 = _raw_constants(self.fc2, h_step)
+        logit_unit = h_step * float(self.fc2.weight_steps()[0])  # real value of one int32 logit unit
+        offsets = torch.round(self.price_offsets(torch.tensor([float(price)]))[0].double() / logit_unit)
+        if not bool(torch.isfinite(offsets).all()) or float(offsets.abs().max()) > 2.0**62:
+            raise ValueError(f"controller price offsets are not representable (price {price}, logit unit "
+                             f"{logit_unit}); training diverged?")
         return {"pool": list(self.pool) if self.pool else None,
-                "fc1": _layer_program(self.fc1.integer_constants(in_step, in_signed, h_step), None),
-                "fc2": _layer_program(_raw_constants(self.fc2, h_step), None),
+                "fc1": _layer_program(self.fc1.integer_constants(feat_step, feat_signed, h_step), None),
+                "fc2": _layer_program(fc2, None), "price_offsets": offsets.to(torch.int64),
                 "num_layers": self.num_layers, "num_choices": self.num_choices}
+
+
+BUDGET_LEVELS = 128  # budget codes 0 (largest price, fewest bits) .. 127 (smallest price)
+PRICE_RANGE = (1e-5, 1.0)  # prices (loss per uniform-4 BitOPs) the budget codes span, log-spaced
+
+
+def budget_price(code, price_range: Sequence[float] = PRICE_RANGE):
+    """Price of a budget code (a float, or a tensor of codes): log-spaced, code 0 the largest."""
+    lo, hi = (math.log(v) for v in price_range)
+    frac = code / (BUDGET_LEVELS - 1)
+    if isinstance(frac, torch.Tensor):
+        return torch.exp(hi + (lo - hi) * frac.to(torch.float32))
+    return math.exp(hi + (lo - hi) * frac)
+
+
+def _controller_pool(shape: tuple[int, ...]) -> Optional[tuple[int, int]]:
+    if len(shape) == 3:
+        return max(shape[1] // 4, 1), max(shape[2] // 4, 1)
+    return None
+
+
+def _controller_features(shape: tuple[int, ...]) -> int:
+    pool = _controller_pool(shape)
+    if pool is not None:
+        return shape[0] * (shape[1] // pool[0]) * (shape[2] // pool[1])
+    return int(math.prod(shape))
 
 
 def _raw_constants(layer: DQTLinear, x_step: float) -> IntegerConstants:
@@ -143,14 +184,15 @@ def _run_layer(p: dict, x: Tensor, act_shift, weight_shift, rule: str) -> Tensor
 
 
 def run_controller(p: dict, x: Tensor) -> Tensor:
-    """Integer controller: chosen candidate index [B, layers] (first maximum of int32 logits)."""
+    """Integer controller on feature codes x: chosen candidate index [B, governed layers]
+    (first maximum of the int32 logits; the budget code is folded into fc1's bias)."""
     q = x
     if p["pool"] is not None:
         q = ops.int_avg_pool2d(q, tuple(p["pool"]))
     q = q.reshape(q.shape[0], -1)
     h = _run_layer(p["fc1"], q, 0, 0, "floor")
-    logits = _run_layer(p["fc2"], h, 0, 0, "floor")
-    return logits.view(-1, p["num_layers"], p["num_choices"]).argmax(dim=-1)
+    logits = _run_layer(p["fc2"], h, 0, 0, "floor").view(-1, p["num_layers"], p["num_choices"])
+    return (logits.to(torch.int64) - p["price_offsets"].to(logits.device)).argmax(dim=-1)
 
 
 def bitops_from_bits(bits: Tensor, macs: list[int], controller_macs: int = 0) -> Tensor:
@@ -173,28 +215,34 @@ def _check_input(program: dict, x: Tensor) -> None:
 
 
 def run_program(program: dict, x: Tensor) -> tuple[Tensor, Tensor]:
-    """The integer-only forward pass: (float32 logits, chosen bits [B, layers])."""
+    """The integer-only forward pass: (float32 logits, chosen bits [B, layers, (w, a)]).
+
+    Static: every layer's (w, a) widths come from the program. Dynamic: fixed layers (first and
+    last by default) keep their widths; the controller runs on its source value (the first
+    layer's output codes) just before the first governed layer needs a width.
+    """
     _check_input(program, x)
     rule = program["shift_rule"]
     names = program["layer_names"]
     B = x.shape[0]
-    if program["dynamic"]:
-        choice = run_controller(program["controller"], x)
-        bits_table = torch.tensor(program["candidate_bits"], device=x.device)
-        widths = bits_table[choice]  # [B, layers]; weights and activations share the width
-        shifts = {n: (numerics.MASTER_BITS - widths[:, i],) * 2 for i, n in enumerate(names)}
-        chosen = torch.stack([widths, widths], dim=-1)
-    else:
-        static = program["static_bits"]
-        shifts = {n: (numerics.MASTER_BITS - static[n][1], numerics.MASTER_BITS - static[n][0]) for n in names}
-        chosen = torch.tensor([static[n] for n in names], device=x.device).expand(B, -1, -1)
+    fixed = {n: tuple(b) for n, b in program["static_bits"].items()}
+    governed = {n: i for i, n in enumerate(program["governed"])} if program["dynamic"] else {}
+    widths = None
     values = [x]
     for step in program["steps"]:
         ins = [values[i] for i in step["inputs"]]
         kind = step["kind"]
         if kind == "layer":
-            act_shift, weight_shift = shifts[step["name"]]
-            out = _run_layer(program["layers"][step["name"]], ins[0], act_shift, weight_shift, rule)
+            name = step["name"]
+            if name in governed:
+                if widths is None:
+                    choice = run_controller(program["controller"], values[program["controller_source"]])
+                    widths = torch.tensor(program["candidate_bits"], device=x.device)[choice]  # [B, governed]
+                act_shift = weight_shift = numerics.MASTER_BITS - widths[:, governed[name]]
+            else:
+                wb, ab = fixed[name]
+                act_shift, weight_shift = numerics.MASTER_BITS - ab, numerics.MASTER_BITS - wb
+            out = _run_layer(program["layers"][name], ins[0], act_shift, weight_shift, rule)
         elif kind == "add":
             a = program["adds"][step["name"]]
             out = ops.int_add(ins[0], ins[1], k1=a["k1"], k2=a["k2"], k3=a["k3"], shift=a["shift"], relu=a["relu"])
@@ -215,6 +263,10 @@ def run_program(program: dict, x: Tensor) -> tuple[Tensor, Tensor]:
         else:
             raise CheckpointError(f"unknown step kind {kind!r} in the integer program")
         values.append(out)
+    chosen = torch.tensor([fixed[n] for n in names], device=x.device).expand(B, -1, -1).clone()
+    if widths is not None:
+        idx = torch.tensor([names.index(n) for n in program["governed"]], device=x.device)
+        chosen[:, idx] = widths.unsqueeze(-1).expand(-1, -1, 2)
     return values[-1], chosen
 
 
@@ -224,6 +276,12 @@ class DQTModel(nn.Module):
     Use `DQTModel.from_float`. Inputs are master codes (uint8 by default) whose real value is
     ``code * input_scale``. After each forward, `last_bits` holds the (weight, activation) bits
     chosen per sample and layer ``[B, layers, 2]`` and `last_bitops` the BitOPs per sample.
+
+    The first and last layers stay at `edge_bits` (8 by default, the LSQ/DQNet/HAWQ convention);
+    the other layers are *governed*: `set_bits(b)` puts them at b bits, and in dynamic mode the
+    controller picks their widths per sample. `budget_code` (0 .. BUDGET_LEVELS-1, larger = more
+    bits) is the deployment-time budget the controller is conditioned on; `calibrate_budget`
+    finds the code that meets a BitOPs target.
     """
 
     def __init__(self, steps: list[dict], layers: nn.ModuleDict, quantizers: nn.ModuleDict,
@@ -236,13 +294,18 @@ class DQTModel(nn.Module):
         self.config = config
         self.register_buffer("input_step", torch.tensor(float(config["input_scale"])))
         self.layer_names = [s["name"] for s in steps if s["kind"] == "layer"]
+        self.governed = list(config["governed"])
+        self.edge_bits = config["edge_bits"]
         self.candidate_bits = tuple(config["candidate_bits"])
         self.shift_rule = config["shift_rule"]
         self.tau = 1.0
+        self.budget_code = BUDGET_LEVELS // 2
         self.static_bits = {n: (8, 8) for n in self.layer_names}
         self.dynamic = bool(config["dynamic"]) and controller is not None
         self.last_bits: Optional[Tensor] = None
         self.last_bitops: Optional[Tensor] = None
+        self.soft_bitops: Optional[Tensor] = None
+        self.controller_logits: Optional[Tensor] = None
         self._program_cache: Optional[tuple[tuple, dict]] = None
 
     # ------------------------------------------------------------------ construction
@@ -256,10 +319,12 @@ class DQTModel(nn.Module):
         bits: BitsArg = 8,
         candidate_bits: Sequence[int] = (2, 3, 4, 5, 6, 7, 8),
         dynamic: bool = False,
-        shift_rule: str = "floor",
+        shift_rule: str = "round",
         input_scale: float = 1.0 / 255.0,
         input_signed: bool = False,
         controller_hidden: Optional[int] = None,
+        edge_bits: Optional[int] = 8,
+        bn_per_width: bool = True,
     ) -> "DQTModel":
         """Convert `model` (Conv2d/Linear + BatchNorm + ReLU, residual adds, pooling, flatten).
 
@@ -270,12 +335,19 @@ class DQTModel(nn.Module):
                 entry per layer, or a dict layer name -> entry (see `layer_names`).
             candidate_bits: the widths the controller (and the consistency term) choose from.
             dynamic: start in dynamic mode (controller-chosen per-sample widths).
-            shift_rule: "floor" (the paper's) or "round"; training and inference share it.
+            shift_rule: "round" (default, see the README's evidence) or "floor" (the paper's);
+                training and inference share it.
             input_scale: real value of one input code; input_signed: int8 instead of uint8 input.
             controller_hidden: hidden units of the controller (default: about 1% of parameters).
+            edge_bits: width of the first and last layers, which the controller does not govern;
+                None governs every layer.
+            bn_per_width: one batch norm per width (switchable batch norm), folded into per-width
+                integer constants; False shares one batch norm across widths.
         """
         numerics.check_shift_rule(shift_rule)
         cands = _check_bits(candidate_bits)
+        if edge_bits is not None and not (isinstance(edge_bits, int) and 2 <= edge_bits <= numerics.MASTER_BITS):
+            raise ValueError(f"edge_bits must be None or an int in [2, {numerics.MASTER_BITS}], got {edge_bits!r}")
         input_shape = tuple(int(s) for s in input_shape)
         steps = capture(model)
         shapes, in_shapes = _layer_shapes(model, steps, input_shape)
@@ -288,9 +360,9 @@ class DQTModel(nn.Module):
                 float_layer, bn = step.fused["layer"], step.fused["bn"]
                 bn_copy = copy.deepcopy(bn) if bn is not None else None
                 if isinstance(float_layer, nn.Conv2d):
-                    layer = DQTConv2d.from_float(float_layer, bn_copy, step.relu)
+                    layer = DQTConv2d.from_float(float_layer, bn_copy, step.relu, bn_per_width=bn_per_width)
                 else:
-                    layer = DQTLinear.from_float(float_layer, bn_copy, step.relu)
+                    layer = DQTLinear.from_float(float_layer, bn_copy, step.relu, bn_per_width=bn_per_width)
                 numerics.check_accumulator(layer.reduction_size(), signed[src], 0, step.name)
                 layers[step.name] = layer
                 macs[step.name] = layer.macs_per_sample(shapes[step.name])
@@ -306,13 +378,22 @@ class DQTModel(nn.Module):
                 signed.append(False)
             else:
                 signed.append(signed[src])
-        n_layers = len(layers)
+        names = [s.name for s in steps if s.kind == "layer"]
+        edges = {names[0], names[-1]} if edge_bits is not None else set()
+        governed = [n for n in names if n not in edges]
+        # DQNet-style early features: the first layer's output when it is not governed.
+        first_step = next(i for i, s in enumerate(steps) if s.kind == "layer")
+        source = first_step + 1 if edge_bits is not None and len(names) > 1 else 0
+        feature_shape = shapes[names[0]] if source else input_shape
         backbone_params = sum(p.numel() for p in layers.parameters())
         controller = None
         if dynamic or controller_hidden is not None:
-            features = _controller_features(input_shape)
-            hidden = controller_hidden or max(4, round(0.01 * backbone_params / (features + n_layers * len(cands))))
-            controller = Controller(input_shape, n_layers, len(cands), hidden)
+            if not governed:
+                raise ValueError(f"the model has {len(names)} layers and edge_bits={edge_bits} fixes the first and "
+                                 "last: no layer is left for the controller; pass edge_bits=None")
+            features = _controller_features(feature_shape)
+            hidden = controller_hidden or max(8, round(0.01 * backbone_params / (features + len(governed) * len(cands))))
+            controller = Controller(feature_shape, len(governed), len(cands), hidden, cands)
         config = {
             "input_shape": list(input_shape), "input_scale": float(input_scale),
             "input_dtype": "int8" if input_signed else "uint8", "candidate_bits": list(cands),
@@ -320,19 +401,25 @@ class DQTModel(nn.Module):
             "controller": controller.spec() if controller is not None else None,
             "layer_specs": {n: _layer_spec(l) for n, l in layers.items()},
             "quantizer_signed": {n: q.signed for n, q in quantizers.items()},
-            "value_signed": signed,
+            "value_signed": signed, "edge_bits": edge_bits, "governed": governed, "controller_source": source,
         }
         dqt = cls([s.spec() for s in steps], layers, quantizers, controller, config)
         dqt.set_bits(bits)
         dqt.set_dynamic(dynamic)
-        log.info("DQTModel: %d quantized layers, %d residual adds, controller %s", n_layers,
-                 sum(s.kind == "add" for s in steps), "none" if controller is None else f"{controller.hidden} hidden")
+        log.info("DQTModel: %d quantized layers (%d governed), %d residual adds, controller %s", len(names),
+                 len(governed), sum(s.kind == "add" for s in steps),
+                 "none" if controller is None else f"{controller.hidden} hidden")
         return dqt
 
     # ------------------------------------------------------------------ widths
 
     def set_bits(self, bits: BitsArg) -> "DQTModel":
-        """Static widths (see `from_float`); switches the model to static mode."""
+        """Static widths (see `from_float`); switches the model to static mode.
+
+        An int or a (w, a) pair applies to the governed layers; the first and last layers keep
+        `edge_bits`. A list (one entry per layer) or a dict (layer name -> entry) sets exactly
+        the layers it names, edges included.
+        """
         names = self.layer_names
         if isinstance(bits, dict):
             unknown = set(bits) - set(names)
@@ -343,7 +430,8 @@ class DQTModel(nn.Module):
                 len(bits) == 2 and all(isinstance(b, int) for b in bits) and len(names) != 2):
             entries = list(bits)
         else:
-            entries = [bits] * len(names)
+            edge = self.edge_bits
+            entries = [bits if n in self.governed or edge is None else edge for n in names]
         parsed = {}
         for name, entry in zip(names, entries):
             pair = (entry, entry) if isinstance(entry, int) else tuple(entry)
@@ -356,11 +444,53 @@ class DQTModel(nn.Module):
         return self
 
     def set_dynamic(self, enabled: bool = True) -> "DQTModel":
-        """Let the controller choose per-sample widths (needs a model built with a controller)."""
+        """Let the controller choose per-sample widths of the governed layers (the other layers
+        keep `edge_bits`); needs a model built with a controller."""
         if enabled and self.controller is None:
             raise ValueError("this DQTModel has no controller; build it with from_float(..., dynamic=True)")
+        if enabled and self.edge_bits is not None:
+            self.static_bits = {n: (self.edge_bits, self.edge_bits) if n not in self.governed else self.static_bits[n]
+                                for n in self.layer_names}
         self.dynamic = enabled
         return self
+
+    def set_budget(self, code: int) -> "DQTModel":
+        """Deployment budget code for the controller: 0 (fewest bits) .. BUDGET_LEVELS - 1."""
+        if not isinstance(code, int) or not 0 <= code < BUDGET_LEVELS:
+            raise ValueError(f"budget code must be an int in [0, {BUDGET_LEVELS - 1}], got {code!r}")
+        self.budget_code = code
+        return self
+
+    @torch.no_grad()
+    def calibrate_budget(self, x: Tensor, target_bitops: float, batch_size: int = 512) -> int:
+        """Largest budget code whose mean BitOPs per sample on `x` (integer eval, dynamic mode)
+        is at most `target_bitops`; sets and returns it (0 if even code 0 exceeds it)."""
+        was_training, dynamic, code = self.training, self.dynamic, self.budget_code
+        self.eval()
+        self.set_dynamic(True)
+
+        def mean_bitops(c: int) -> float:
+            self.budget_code = c
+            total = 0.0
+            for chunk in x.split(batch_size):
+                self(chunk)
+                total += float(self.last_bitops.sum())
+            return total / max(len(x), 1)
+
+        lo, hi = 0, BUDGET_LEVELS - 1  # bisection: BitOPs grow with the code (trained to)
+        if mean_bitops(hi) <= target_bitops:
+            lo = hi
+        else:
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if mean_bitops(mid) <= target_bitops:
+                    lo = mid
+                else:
+                    hi = mid
+        self.budget_code = lo
+        self.dynamic = dynamic
+        self.train(was_training)
+        return lo
 
     def anneal_temperature(self, progress: float, start: float = 5.0, end: float = 0.5) -> float:
         """Set the Gumbel-Softmax temperature for training progress in [0, 1]: exponential
@@ -370,14 +500,23 @@ class DQTModel(nn.Module):
         self.tau = float(start * (end / start) ** progress)
         return self.tau
 
+    def copy_width_norms(self, bits: int = numerics.MASTER_BITS) -> None:
+        """Start every width's batch norm from the `bits` one (call after single-width warm-up)."""
+        for layer in self.layers.values():
+            layer.copy_width_norms(numerics.MASTER_BITS - bits)
+
     def bitops_per_sample(self, bits: Tensor) -> Tensor:
         """BitOPs per sample from chosen bits [B, layers, 2] (+ the controller at 8x8 bits)."""
         controller_macs = self.controller.macs() if self.dynamic and self.controller is not None else 0
         return bitops_from_bits(bits, [self.config["macs"][n] for n in self.layer_names], controller_macs)
 
     def uniform_bitops(self, bits: int) -> float:
-        """BitOPs of one sample with every layer at `bits` (the budget unit of `--budget`)."""
-        return float(sum(self.config["macs"].values()) * bits * bits)
+        """BitOPs of one sample with the governed layers at `bits` and the edges at `edge_bits`
+        (`set_bits(bits)`): the unit of budgets and of the "vs uniform 4" columns."""
+        macs = self.config["macs"]
+        edge = self.edge_bits
+        return float(sum(m * (bits * bits if n in self.governed or edge is None else edge * edge)
+                         for n, m in macs.items()))
 
     # ------------------------------------------------------------------ forward
 
@@ -391,51 +530,74 @@ class DQTModel(nn.Module):
         _check_input(self.config, x)
         return self._train_forward(x)
 
-    def _train_forward(self, x: Tensor, force_bits: Optional[int] = None) -> Tensor:
+    def _fixed_bits(self, force_bits: Optional[int]) -> dict:
+        if force_bits is None:
+            return self.static_bits
+        edge = self.edge_bits
+        return {n: (force_bits,) * 2 if n in self.governed or edge is None else (edge, edge) for n in self.layer_names}
+
+    def _controller_choice(self, source: tuple, budget_codes: Optional[Tensor]):
+        q, step_size, signed = source
+        B = q.shape[0]
+        if budget_codes is None:
+            budget_codes = torch.full((B,), self.budget_code, device=q.device)
+        logits = self.controller(q, step_size, signed, budget_price(budget_codes).to(q.device))
+        self.controller_logits = logits
+        if not bool(torch.isfinite(logits).all()):
+            raise FloatingPointError("the controller produced non-finite logits (NaN/inf): training has diverged; "
+                                     "lower the learning rate or clip gradients (TrainConfig.clip)")
+        gates = gumbel_hard(logits, self.tau, training=self.training)  # [B, governed, J]
+        table = torch.tensor(self.candidate_bits, dtype=torch.float32, device=q.device)
+        widths = (gates.detach() * table).sum(-1).round().long()
+        macs = torch.tensor([self.config["macs"][n] for n in self.governed], dtype=torch.float32, device=q.device)
+        fixed = sum(self.config["macs"][n] * self.static_bits[n][0] * self.static_bits[n][1]
+                    for n in self.layer_names if n not in self.governed)
+        # Straight-through BitOPs for the budget term (governed layers only carry gradients).
+        self.soft_bitops = ((gates * table**2).sum(-1) * macs).sum(1) + fixed + self.controller.macs() * 64
+        return gates, widths
+
+    def _train_forward(self, x: Tensor, force_bits: Optional[int] = None,
+                       budget_codes: Optional[Tensor] = None) -> Tensor:
+        """The training path: integer layers with straight-through gradients, float batch norm.
+
+        force_bits: every governed layer at that width (the consistency term's paths).
+        budget_codes: per-sample budget codes for the controller (default: `budget_code`).
+        """
         q_in = x.to(torch.float32)
-        in_step = self.input_step
         B = x.shape[0]
-        gates = None
-        if self.dynamic and force_bits is None:
-            logits = self.controller(q_in, in_step, self.config["input_dtype"] == "int8")
-            if not bool(torch.isfinite(logits).all()):
-                raise FloatingPointError("the controller produced non-finite logits (NaN/inf): training has diverged; "
-                                         "lower the learning rate or clip gradients (TrainConfig.clip)")
-            gates = gumbel_hard(logits, self.tau, training=self.training)  # [B, L, J]
-            bits_table = torch.tensor(self.candidate_bits, dtype=torch.float32, device=x.device)
-            chosen_bits = (gates.detach() * bits_table).sum(-1).round().long()  # [B, L]
-            soft_bits_sq = (gates * bits_table**2).sum(-1)  # straight-through, for the budget
-            macs = torch.tensor([self.config["macs"][n] for n in self.layer_names], dtype=torch.float32,
-                                device=x.device)
-            self.soft_bitops = (soft_bits_sq * macs).sum(1) + self.controller.macs() * 64
-            self.last_bits = torch.stack([chosen_bits, chosen_bits], dim=-1)
-        else:
-            if force_bits is not None:
-                table = {n: (force_bits, force_bits) for n in self.layer_names}
-            else:
-                table = self.static_bits
-            self.last_bits = torch.tensor([table[n] for n in self.layer_names], device=x.device).expand(B, -1, -1)
-            self.soft_bitops = None
-        self.last_bitops = self.bitops_per_sample(self.last_bits).detach()
-        values: list[tuple[Tensor, Tensor, bool]] = [(q_in, in_step, self.config["input_dtype"] == "int8")]
-        layer_index = {n: i for i, n in enumerate(self.layer_names)}
+        fixed = self._fixed_bits(force_bits)
+        dynamic = self.dynamic and force_bits is None
+        governed = {n: i for i, n in enumerate(self.governed)} if dynamic else {}
+        source = self.config["controller_source"]
+        gates = widths = None
+        self.soft_bitops = None
+        values: list[tuple[Tensor, Tensor, bool]] = [(q_in, self.input_step, self.config["input_dtype"] == "int8")]
         for step in self.steps:
+            if dynamic and gates is None and len(values) > source:
+                gates, widths = self._controller_choice(values[source], budget_codes)
             q, step_size, signed = values[step["inputs"][0]]
             kind = step["kind"]
             if kind == "layer":
-                i = layer_index[step["name"]]
-                layer = self.layers[step["name"]]
-                if gates is not None:
-                    k = numerics.MASTER_BITS - self.last_bits[:, i, 0]
+                name = step["name"]
+                layer = self.layers[name]
+                if name in governed:
+                    i = governed[name]
+                    k = numerics.MASTER_BITS - widths[:, i]
+                    where = f"layer {name} at the controller's widths"
                     y = layer.forward_codes(q, step_size, signed, k, k, self.shift_rule, gates[:, i, :],
-                                            self.candidate_bits)
+                                            self.candidate_bits, where=f"layer {name}")
                 else:
-                    wb, ab = (force_bits, force_bits) if force_bits is not None else self.static_bits[step["name"]]
+                    wb, ab = fixed[name]
+                    where = f"layer {name} at {wb}-bit weights / {ab}-bit activations"
                     y = layer.forward_codes(q, step_size, signed, numerics.MASTER_BITS - ab,
-                                            numerics.MASTER_BITS - wb, self.shift_rule)
+                                            numerics.MASTER_BITS - wb, self.shift_rule, where=f"layer {name}")
+                if not bool(torch.isfinite(y).all()):
+                    raise FloatingPointError(f"non-finite values (NaN/inf) in the output of {where}: training has "
+                                             "diverged; lower the learning rate or clip gradients")
                 if step["geometry"].get("final"):
+                    self._record_bits(fixed, widths, B, x.device)
                     return y
-                quant = self.quantizers[step["name"]]
+                quant = self.quantizers[name]
                 values.append((quant(y), quant.positive_step(), quant.signed))
             elif kind == "add":
                 qb, step_b, _ = values[step["inputs"][1]]
@@ -458,6 +620,14 @@ class DQTModel(nn.Module):
             elif kind == "flatten":
                 values.append((q.flatten(1), step_size, signed))
         raise UnsupportedLayerError("the model has no final layer")  # capture() guarantees one
+
+    def _record_bits(self, fixed: dict, widths: Optional[Tensor], B: int, device) -> None:
+        bits = torch.tensor([fixed[n] for n in self.layer_names], device=device).expand(B, -1, -1).clone()
+        if widths is not None:
+            idx = torch.tensor([self.layer_names.index(n) for n in self.governed], device=device)
+            bits[:, idx] = widths.unsqueeze(-1).expand(-1, -1, 2)
+        self.last_bits = bits
+        self.last_bitops = self.bitops_per_sample(bits).detach()
 
     @torch.no_grad()
     def simulated_forward(self, x: Tensor) -> Tensor:
@@ -486,42 +656,107 @@ class DQTModel(nn.Module):
         return same / max(len(x), 1)
 
     def forward_at_bits(self, x: Tensor, bits: int) -> Tensor:
-        """Training-path logits with every layer at `bits` (the consistency term's paths)."""
+        """Training-path logits with every governed layer at `bits` (the consistency paths)."""
         _check_input(self.config, x)
         return self._train_forward(x, force_bits=bits)
 
     # ------------------------------------------------------------------ objective
 
     def dqt_loss(self, x: Tensor, target: Tensor, *, alpha: float = 1.0, beta: float = 0.0,
-                 target_bitops: Optional[float] = None) -> dict:
-        """Task loss + alpha * mean task loss over every candidate width + beta * budget term.
+                 target_bitops: Optional[float] = None, distill: bool = True,
+                 sampled_widths: Optional[int] = 1, imitation: float = 1.0, generator: Optional[torch.Generator] = None) -> dict:
+        """The DQT objective: task + alpha * consistency + beta * budget + imitation term.
 
-        The budget term is ``(mean BitOPs / target - 1)^2`` over the controller's per-sample
-        choices (straight-through); it applies in dynamic mode with a target.
+        task: cross-entropy of the dynamic path (static mode: of the current widths).
+        consistency: over a set S of uniform widths: the widest candidate (cross-entropy on the
+            labels, the teacher) and the others, each distilled from the teacher's detached
+            predictions (KL; cross-entropy with ``distill=False``), averaged over S. S is every
+            candidate with ``sampled_widths=None``, else the sandwich rule: widest, narrowest and
+            `sampled_widths` random others.
+        budget (dynamic mode with ``target_bitops``, the BitOPs unit, usually uniform 4-bit):
+            each sample draws a budget code c and pays its price (`budget_price`, log-spaced over
+            PRICE_RANGE, code 0 the largest) times BitOPs / target_bitops; the controller sees the
+            same price as an offset on its logits. One model learns every budget;
+            `calibrate_budget` picks one at deployment.
+        imitation (dynamic mode, with the budget and consistency terms): the sandwich gives each
+            sample's loss at every width in S; the width minimising loss + price is that sample's
+            best choice, and the controller's logits learn it (cross-entropy, every governed
+            layer). This is the per-input signal that makes the controller spend bits where the
+            loss needs them; the gate gradients of the task term refine it per layer.
         """
-        logits = self(x)
+        budget_codes = None
+        dynamic = self.dynamic and self.controller is not None
+        if dynamic and beta > 0 and target_bitops:
+            budget_codes = torch.randint(0, BUDGET_LEVELS, (x.shape[0],), generator=generator).to(x.device)
+        _check_input(self.config, x)
+        logits = self._train_forward(x, budget_codes=budget_codes)
+        bitops_now, bits_now, soft = self.last_bitops, self.last_bits, self.soft_bitops
+        controller_logits = self.controller_logits if dynamic else None
         task = F.cross_entropy(logits, target)
-        bitops_now = self.last_bitops
-        soft = getattr(self, "soft_bitops", None)
-        consistency = torch.zeros((), device=logits.device)
+        if not bool(torch.isfinite(task)):
+            raise FloatingPointError("non-finite task loss of the dynamic/static path: training has diverged")
+        zero = torch.zeros((), device=logits.device)
+        consistency, budget, imitate = zero, zero, zero
+        per_width = {}
         if alpha > 0:
-            consistency = torch.stack([F.cross_entropy(self.forward_at_bits(x, b), target)
-                                       for b in self.candidate_bits]).mean()
-        budget = torch.zeros((), device=logits.device)
-        if beta > 0 and soft is not None and target_bitops:
-            budget = (soft.mean() / target_bitops - 1.0) ** 2
-        total = task + alpha * consistency + beta * budget
-        self.last_bitops = bitops_now
+            consistency, per_width = self._consistency(x, target, distill, sampled_widths, generator)
+        if budget_codes is not None and soft is not None:
+            lam = budget_price(budget_codes).to(soft.device)
+            budget = (lam * soft / target_bitops).mean()
+            if imitation > 0 and per_width and controller_logits is not None:
+                imitate = self._imitation_loss(controller_logits, per_width, lam, target_bitops)
+        total = task + alpha * consistency + beta * budget + imitation * imitate
+        self.last_bitops, self.last_bits = bitops_now, bits_now
         return {"loss": total, "task": task.detach(), "consistency": consistency.detach(),
-                "budget": budget.detach(), "logits": logits.detach()}
+                "budget": budget.detach(), "imitation": imitate.detach(), "logits": logits.detach()}
+
+    def _imitation_loss(self, controller_logits: Tensor, per_width: dict, lam: Tensor, unit: float) -> Tensor:
+        """Cross-entropy of the controller's per-layer logits against each sample's best width
+        among those the sandwich evaluated: argmin_b CE_b + lambda * BitOPs(uniform b) / unit."""
+        widths = sorted(per_width)
+        losses = torch.stack([per_width[b] for b in widths], dim=1)  # [B, |S|]
+        cost = torch.tensor([self.uniform_bitops(b) / unit for b in widths], device=losses.device)
+        best = torch.tensor(widths, device=losses.device)[(losses + lam[:, None] * cost).argmin(1)]
+        index = torch.tensor([self.candidate_bits.index(b) for b in widths], device=losses.device)
+        target = index[torch.searchsorted(torch.tensor(widths, device=losses.device), best)]
+        L = controller_logits.shape[1]
+        return F.cross_entropy(controller_logits.reshape(-1, controller_logits.shape[-1]),
+                               target.repeat_interleave(L))
+
+    def _consistency(self, x: Tensor, target: Tensor, distill: bool, sampled_widths: Optional[int],
+                     generator: Optional[torch.Generator]) -> tuple[Tensor, dict]:
+        """Mean consistency loss over the width set S, and each sample's (detached) cross-entropy
+        at each width of S."""
+        cands = list(self.candidate_bits)
+        widths = cands[::-1]
+        if sampled_widths is not None and len(cands) > 2 + sampled_widths:
+            middle = cands[1:-1]
+            pick = torch.randperm(len(middle), generator=generator)[:sampled_widths].tolist()
+            widths = [cands[-1]] + sorted((middle[i] for i in pick), reverse=True) + [cands[0]]
+        teacher = None
+        losses, per_width = [], {}
+        for b in widths:
+            out = self.forward_at_bits(x, b)
+            per_sample = F.cross_entropy(out.detach(), target, reduction="none")
+            if teacher is None or not distill:
+                loss = F.cross_entropy(out, target)
+                teacher = out.detach() if teacher is None else teacher
+            else:
+                loss = F.kl_div(F.log_softmax(out, 1), F.log_softmax(teacher, 1), log_target=True,
+                                reduction="batchmean")
+            if not bool(torch.isfinite(loss)):
+                raise FloatingPointError(f"non-finite consistency loss at {b} bits: training has diverged")
+            losses.append(loss)
+            per_width[b] = per_sample
+        return torch.stack(losses).mean(), per_width
 
     # ------------------------------------------------------------------ integer program
 
     @torch.no_grad()
     def integer_program(self) -> dict:
-        """Integer constants of every layer, cached while no parameter, buffer or width changes
-        (tensor version counters see optimizer steps and load_state_dict)."""
-        key = (self.dynamic, tuple(self.static_bits.items()),
+        """Integer constants of every layer, cached while no parameter, buffer, width or budget
+        changes (tensor version counters see optimizer steps and load_state_dict)."""
+        key = (self.dynamic, self.budget_code, tuple(self.static_bits.items()),
                tuple((id(t), t._version) for t in itertools.chain(self.parameters(), self.buffers())))
         if self._program_cache is not None and self._program_cache[0] == key:
             return self._program_cache[1]
@@ -545,14 +780,15 @@ class DQTModel(nn.Module):
                 value_step.append(out_step)
             else:
                 value_step.append(x_step)
+        source = self.config["controller_source"]
         program = {
             "steps": self.steps, "layers": program_layers, "adds": adds, "layer_names": list(self.layer_names),
-            "shift_rule": self.shift_rule, "candidate_bits": list(self.candidate_bits),
+            "governed": list(self.governed), "shift_rule": self.shift_rule, "candidate_bits": list(self.candidate_bits),
             "input_shape": list(self.config["input_shape"]), "input_dtype": self.config["input_dtype"],
             "input_scale": self.config["input_scale"], "dynamic": self.dynamic,
-            "static_bits": {n: list(b) for n, b in self.static_bits.items()},
-            "controller": self.controller.program(float(self.input_step), self.config["input_dtype"] == "int8")
-            if self.dynamic else None,
+            "static_bits": {n: list(b) for n, b in self.static_bits.items()}, "controller_source": source,
+            "controller": self.controller.program(value_step[source], self.config["value_signed"][source],
+                                                  budget_price(self.budget_code)) if self.dynamic else None,
         }
         self._program_cache = (key, program)
         return program
@@ -565,14 +801,15 @@ class DQTModel(nn.Module):
     # ------------------------------------------------------------------ save / load
 
     def save(self, path: Union[str, os.PathLike]) -> None:
-        """One file: architecture, master weights, step sizes, controller, and the frozen
-        integer programs of static 8-bit and (if present) dynamic mode. Written atomically."""
+        """One file: architecture, master weights, step sizes, controller, budget code, and the
+        frozen integer programs of the current static widths and (if present) dynamic mode.
+        Written atomically."""
         was_training, static, dynamic = self.training, dict(self.static_bits), self.dynamic
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
         self.eval()
         programs = {}
         try:
-            self.dynamic = False
+            self.dynamic = False  # the static program: the model's current static widths
             programs["static"] = _clone_program(self.integer_program())
             if self.controller is not None:
                 self.set_dynamic(True)
@@ -582,7 +819,7 @@ class DQTModel(nn.Module):
             self.train(was_training)
         payload = {"format": FORMAT, "version": FORMAT_VERSION, "config": self.config, "steps": self.steps,
                    "state_dict": state, "programs": programs, "static_bits": {n: list(b) for n, b in static.items()},
-                   "dynamic": dynamic}
+                   "dynamic": dynamic, "budget_code": self.budget_code}
         _atomic_save(payload, path)
 
     @classmethod
@@ -596,10 +833,12 @@ class DQTModel(nn.Module):
             controller = None
             if config["controller"] is not None:
                 c = config["controller"]
-                controller = Controller(c["input_shape"], c["num_layers"], c["num_choices"], c["hidden"])
+                controller = Controller(c["feature_shape"], c["num_layers"], c["num_choices"], c["hidden"],
+                                        config["candidate_bits"])
             model = cls(steps, layers, quantizers, controller, config)
             model.load_state_dict(payload["state_dict"])
             model.set_bits({n: tuple(b) for n, b in payload["static_bits"].items()})
+            model.set_budget(payload["budget_code"])
             if payload["dynamic"]:
                 model.set_dynamic(True)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
@@ -650,16 +889,8 @@ class FrozenDQTModel(nn.Module):
 # ---------------------------------------------------------------------- helpers
 
 
-def _controller_features(input_shape: tuple[int, ...]) -> int:
-    if len(input_shape) == 3:
-        C, H, W = input_shape
-        ph, pw = max(H // 4, 1), max(W // 4, 1)
-        return C * (H // ph) * (W // pw)
-    return int(math.prod(input_shape))
-
-
 def _layer_spec(layer: nn.Module) -> dict:
-    bn = layer.bn
+    bn = layer.bn if layer.width_bns is None else layer.width_bns[0]
     return {
         "type": "conv" if isinstance(layer, DQTConv2d) else "linear",
         "weight_shape": list(layer.weight.shape), "bias": layer.bias is not None, "relu": layer.relu,
@@ -667,6 +898,7 @@ def _layer_spec(layer: nn.Module) -> dict:
         "conv": {k: list(v) if isinstance(v, tuple) else v for k, v in layer.conv.items()} if layer.conv else None,
         "bn": None if bn is None else {"dim": 2 if isinstance(bn, nn.BatchNorm2d) else 1, "eps": bn.eps,
                                        "momentum": bn.momentum, "affine": bn.affine},
+        "bn_per_width": layer.width_bns is not None,
     }
 
 
@@ -681,8 +913,8 @@ def _layer_from_spec(spec: dict) -> nn.Module:
     if spec["type"] == "conv":
         c = spec["conv"]
         return DQTConv2d(weight, bias, bn, spec["relu"], c["stride"], c["padding"], c["dilation"], c["groups"],
-                         spec["per_channel"])
-    return DQTLinear(weight, bias, bn, spec["relu"], spec["per_channel"])
+                         spec["per_channel"], spec["bn_per_width"])
+    return DQTLinear(weight, bias, bn, spec["relu"], spec["per_channel"], spec["bn_per_width"])
 
 
 def _layer_shapes(model: nn.Module, steps: list[Step], input_shape) -> tuple[dict, dict]:
@@ -751,4 +983,4 @@ def _load_payload(path: Union[str, os.PathLike], map_location) -> dict:
     return payload
 
 
-__all__ = ["DQTModel", "FrozenDQTModel", "Controller", "run_program"]
+__all__ = ["DQTModel", "FrozenDQTModel", "Controller", "run_program", "budget_price", "BUDGET_LEVELS"]

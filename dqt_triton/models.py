@@ -8,9 +8,13 @@ import torch
 from torch import nn
 
 
-def mlp(in_features: int = 64, hidden: int = 64, num_classes: int = 10) -> nn.Sequential:
-    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
-                         nn.ReLU(), nn.Linear(hidden, num_classes))
+def mlp(in_features: int = 64, hidden: int = 64, num_classes: int = 10, depth: int = 2) -> nn.Sequential:
+    """Flatten, then `depth` Linear-ReLU hidden layers of `hidden` units, then the classifier."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    for i in range(depth):
+        layers += [nn.Linear(in_features if i == 0 else hidden, hidden), nn.ReLU()]
+    layers.append(nn.Linear(hidden if depth else in_features, num_classes))
+    return nn.Sequential(*layers)
 
 
 def simple_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 16, image_size: int = 8) -> nn.Sequential:

@@ -7,10 +7,16 @@
   optional batch norm and ReLU. Training runs the integer kernels through
   `dqt_triton.quant.int_layer` with straight-through gradients; `integer_constants` folds the
   batch norm and produces the integer-only constants of docs/numerics.md.
+
+With ``bn_per_width`` a layer holds one batch norm per weight shift (switchable batch norm, as
+in Any-Precision DNN and slimmable networks): the statistics of a 2-bit path are not those of
+an 8-bit one, and one shared set serves neither. Each is folded into its own row of the
+layer's constant tables (``[8, N]``, row = weight shift), so the integer program stays exact.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -72,10 +78,10 @@ class IntegerConstants:
     """What the integer-only pipeline needs for one conv/linear layer (docs/numerics.md 3.5)."""
 
     weight: Tensor  # int8 master codes, the module's weight layout
-    bias: Tensor  # int32 master-unit bias
-    multiplier: Optional[Tensor]  # int32 [N] (requantizing layers)
-    shift: Optional[Tensor]  # int32 [N]
-    out_scale: Optional[Tensor]  # float32 [N] (the final, dequantizing layer)
+    bias: Tensor  # int32 master-unit bias, [N] or [8, N] (one row per weight shift)
+    multiplier: Optional[Tensor]  # int32 [N] or [8, N] (requantizing layers)
+    shift: Optional[Tensor]  # int32 [N] or [8, N]
+    out_scale: Optional[Tensor]  # float32 [N] or [8, N] (the final, dequantizing layer)
     relu: bool
     out_dtype: torch.dtype
 
@@ -86,11 +92,14 @@ class _DQTLayer(nn.Module):
     conv: Optional[dict] = None
 
     def __init__(self, weight: Tensor, bias: Optional[Tensor], bn: Optional[nn.Module], relu: bool,
-                 per_channel: bool = True) -> None:
+                 per_channel: bool = True, bn_per_width: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight.detach().clone())
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
-        self.bn = bn
+        # One batch norm per weight shift k = 8 - bits (index k), or one shared by all widths.
+        self.width_bns = (nn.ModuleList(copy.deepcopy(bn) for _ in range(numerics.MAX_SHIFT + 1))
+                          if bn_per_width and bn is not None else None)
+        self.bn = None if self.width_bns is not None else bn
         self.relu = relu
         self.per_channel = per_channel
         w = self.weight.detach().flatten(1)
@@ -117,16 +126,55 @@ class _DQTLayer(nn.Module):
         view = (-1,) + (1,) * (self.weight.dim() - 1)
         return lsq_codes(self.weight, self.weight_steps().view(view), -128, 127)
 
+    @property
+    def has_bn(self) -> bool:
+        return self.bn is not None or self.width_bns is not None
+
+    def norms(self) -> list[nn.Module]:
+        """The batch norm of every weight shift (the shared one repeated if not per width)."""
+        if self.width_bns is not None:
+            return list(self.width_bns)
+        return [self.bn] * (numerics.MAX_SHIFT + 1)
+
+    def copy_width_norms(self, from_shift: int = 0) -> None:
+        """Start every width's batch norm from the one of `from_shift` (after 8-bit warm-up)."""
+        if self.width_bns is None:
+            return
+        source = self.width_bns[from_shift].state_dict()
+        for k, bn in enumerate(self.width_bns):
+            if k != from_shift:
+                bn.load_state_dict(source)
+
+    def _normalize(self, y: Tensor, weight_shift) -> Tensor:
+        if self.width_bns is None:
+            return self.bn(y) if self.bn is not None else y
+        if not isinstance(weight_shift, torch.Tensor):
+            return self.width_bns[int(weight_shift)](y)
+        distinct = torch.unique(weight_shift)
+        if distinct.numel() == 1:
+            return self.width_bns[int(distinct)](y)
+        # Mixed widths in one batch (the controller's choices): each row is normalized with its
+        # width's running statistics, exactly what the integer program folds in.
+        bns = self.width_bns
+        k = weight_shift.long()
+        view = (y.shape[0], -1) + (1,) * (y.dim() - 2)
+        mean = torch.stack([bn.running_mean for bn in bns])[k].view(view)
+        inv = torch.rsqrt(torch.stack([bn.running_var for bn in bns])[k] + bns[0].eps).view(view)
+        y = (y - mean) * inv
+        if bns[0].affine:
+            y = y * torch.stack([bn.weight for bn in bns])[k].view(view) + torch.stack([bn.bias for bn in bns])[k].view(view)
+        return y
+
     def forward_codes(self, q_x: Tensor, x_step: Tensor, x_signed: bool, act_shift, weight_shift,
-                      rule: str, gates: Optional[Tensor] = None, candidate_bits=()) -> Tensor:
+                      rule: str, gates: Optional[Tensor] = None, candidate_bits=(), where: str = "a layer") -> Tensor:
         """Float output (bias, batch norm, ReLU applied) of the integer layer on codes q_x."""
         scale = (x_step * self.weight_steps()).to(torch.float32)
         y = int_layer(q_x, self.weight_codes(), scale, act_shift=act_shift, weight_shift=weight_shift,
-                      signed=x_signed, rule=rule, conv=self.conv, gates=gates, candidate_bits=candidate_bits)
+                      signed=x_signed, rule=rule, conv=self.conv, gates=gates, candidate_bits=candidate_bits,
+                      where=where)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, *([1] * (y.dim() - 2)))
-        if self.bn is not None:
-            y = self.bn(y)
+        y = self._normalize(y, weight_shift)
         return torch.relu(y) if self.relu else y
 
     @torch.no_grad()
@@ -134,20 +182,35 @@ class _DQTLayer(nn.Module):
         """Fold bias and batch norm (running statistics) into integer constants.
 
         With `out_step` the layer requantizes to master codes of its output quantizer; without,
-        it dequantizes to float32 (the logits).
+        it dequantizes to float32 (the logits). With a batch norm per width, bias, multiplier,
+        shift and out_scale are ``[8, N]`` tables (row = weight shift).
         """
         steps = self.weight_steps().double()
         view = (-1,) + (1,) * (self.weight.dim() - 1)
         codes = numerics.quantize(self.weight.detach(), steps.view(view).float(), signed=True).to(torch.int8)
-        scale = x_step * steps  # real value of one master accumulator unit, per channel
+        if not math.isfinite(x_step):
+            raise ValueError(f"{self.__class__.__name__}: the input step is not finite (training diverged?)")
+        norms = list(self.width_bns) if self.width_bns is not None else [self.bn]
+        folded = [self._fold(bn, x_step * steps, x_signed, out_step) for bn in norms]
+        if len(folded) == 1:
+            bias, mult, shift, out_scale = folded[0]
+        else:
+            bias, mult, shift, out_scale = (None if folded[0][i] is None else torch.stack([f[i] for f in folded])
+                                            for i in range(4))
+        if out_step is None:
+            return IntegerConstants(codes, bias, None, None, out_scale, self.relu, torch.float32)
+        return IntegerConstants(codes, bias, mult, shift, None, self.relu, torch.uint8 if self.relu else torch.int8)
+
+    def _fold(self, bn: Optional[nn.Module], scale: Tensor, x_signed: bool, out_step: Optional[float]):
+        """(bias int32, multiplier, shift, out_scale) of one batch norm; scale = D_x * D_w [N]."""
         bias = self.bias.detach().double() if self.bias is not None else torch.zeros_like(scale)
-        if self.bn is not None:
-            gamma = self.bn.weight.detach().double() if self.bn.affine else torch.ones_like(scale)
-            beta = self.bn.bias.detach().double() if self.bn.affine else torch.zeros_like(scale)
-            factor = gamma / torch.sqrt(self.bn.running_var.double() + self.bn.eps)
-            bias = factor * (bias - self.bn.running_mean.double()) + beta
+        if bn is not None:
+            gamma = bn.weight.detach().double() if bn.affine else torch.ones_like(scale)
+            beta = bn.bias.detach().double() if bn.affine else torch.zeros_like(scale)
+            factor = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
+            bias = factor * (bias - bn.running_mean.double()) + beta
             scale = scale * factor
-        if not bool(torch.isfinite(scale).all() and torch.isfinite(bias).all()) or not math.isfinite(x_step):
+        if not bool(torch.isfinite(scale).all() and torch.isfinite(bias).all()):
             raise ValueError(f"{self.__class__.__name__}: step sizes or batch-norm statistics are not finite "
                              "(training diverged?); cannot build integer constants")
         safe = torch.where(scale == 0, torch.ones_like(scale), scale)
@@ -159,15 +222,12 @@ class _DQTLayer(nn.Module):
                 f"{self.__class__.__name__}: folded bias of channel {worst} is {int(bias_codes[worst])} accumulator "
                 f"units, beyond the {budget} the int32 accumulator leaves for a bias (K={self.reduction_size()}); "
                 "its batch-norm scale is nearly zero")
-        relu = self.relu
         if out_step is None:
-            return IntegerConstants(codes, bias_codes.to(torch.int32), None, None, scale.float(), relu, torch.float32)
-        ratios = scale / out_step
-        pairs = [numerics.quantize_multiplier(float(r)) for r in ratios.tolist()]
+            return bias_codes.to(torch.int32), None, None, scale.float()
+        pairs = [numerics.quantize_multiplier(float(r)) for r in (scale / out_step).tolist()]
         multiplier = torch.tensor([m for m, _ in pairs], dtype=torch.int32)
         shift = torch.tensor([s for _, s in pairs], dtype=torch.int32)
-        return IntegerConstants(codes, bias_codes.to(torch.int32), multiplier, shift, None, relu,
-                                torch.uint8 if relu else torch.int8)
+        return bias_codes.to(torch.int32), multiplier, shift, None
 
 
 class DQTLinear(_DQTLayer):
@@ -175,8 +235,8 @@ class DQTLinear(_DQTLayer):
 
     @classmethod
     def from_float(cls, linear: nn.Linear, bn: Optional[nn.Module] = None, relu: bool = False,
-                   per_channel: bool = True) -> "DQTLinear":
-        return cls(linear.weight, linear.bias, bn, relu, per_channel)
+                   per_channel: bool = True, bn_per_width: bool = False) -> "DQTLinear":
+        return cls(linear.weight, linear.bias, bn, relu, per_channel, bn_per_width)
 
     def macs_per_sample(self, out_shape) -> int:
         return self.weight.numel()
@@ -185,17 +245,20 @@ class DQTLinear(_DQTLayer):
 class DQTConv2d(_DQTLayer):
     """Conv2d with learned nested quantization; geometry as in `nn.Conv2d` (zero padding)."""
 
-    def __init__(self, weight, bias, bn, relu, stride, padding, dilation, groups, per_channel: bool = True):
-        super().__init__(weight, bias, bn, relu, per_channel)
+    def __init__(self, weight, bias, bn, relu, stride, padding, dilation, groups, per_channel: bool = True,
+                 bn_per_width: bool = False):
+        super().__init__(weight, bias, bn, relu, per_channel, bn_per_width)
         self.conv = {"stride": tuple(stride), "padding": tuple(padding), "dilation": tuple(dilation),
                      "groups": int(groups)}
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, bn: Optional[nn.Module] = None, relu: bool = False) -> "DQTConv2d":
+    def from_float(cls, conv: nn.Conv2d, bn: Optional[nn.Module] = None, relu: bool = False,
+                   bn_per_width: bool = False) -> "DQTConv2d":
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(f"DQTConv2d supports numeric zero padding only, got padding={conv.padding!r}, "
                              f"padding_mode={conv.padding_mode!r}")
-        return cls(conv.weight, conv.bias, bn, relu, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return cls(conv.weight, conv.bias, bn, relu, conv.stride, conv.padding, conv.dilation, conv.groups,
+                   bn_per_width=bn_per_width)
 
     def macs_per_sample(self, out_shape) -> int:
         return self.weight.numel() * int(out_shape[-1]) * int(out_shape[-2])

@@ -105,7 +105,7 @@ class _IntLayer(torch.autograd.Function):
     """Shared forward/backward of the integer linear and conv2d layers (see module docstring)."""
 
     @staticmethod
-    def forward(ctx, q_x, q_w, scale, gates, act_shift, weight_shift, candidates, conv, signed, rule):
+    def forward(ctx, q_x, q_w, scale, gates, act_shift, weight_shift, candidates, conv, signed, rule, where):
         x_codes = q_x.detach().to(torch.int8 if signed else torch.uint8)
         w_codes = q_w.detach().to(torch.int8)
         if conv is None:
@@ -116,13 +116,16 @@ class _IntLayer(torch.autograd.Function):
                                **conv)
             y = v.to(torch.float32) * scale.view(1, -1, 1, 1)
         ctx.save_for_backward(q_x, q_w, scale, v)
-        ctx.meta = (act_shift, weight_shift, candidates, conv, signed, rule, gates is not None)
+        ctx.meta = (act_shift, weight_shift, candidates, conv, signed, rule, gates is not None, where)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         q_x, q_w, scale, v = ctx.saved_tensors
-        act_shift, weight_shift, candidates, conv, signed, rule, has_gates = ctx.meta
+        act_shift, weight_shift, candidates, conv, signed, rule, has_gates, where = ctx.meta
+        if not bool(torch.isfinite(grad_y).all()):
+            raise FloatingPointError(f"non-finite gradient (NaN/inf) reaching {where} at {_describe_shift(weight_shift)}: "
+                                     "training has diverged; lower the learning rate or clip gradients")
         rows = q_x.shape[0]
         channel_view = (1, -1) if conv is None else (1, -1, 1, 1)
         grad_v = grad_y * scale.view(*channel_view)
@@ -148,7 +151,14 @@ class _IntLayer(torch.autograd.Function):
                 [(grad_v * _candidate_output(q_x, q_w, k, conv, signed, rule)).flatten(1).sum(1) for k in candidates],
                 dim=1,
             )
-        return grad_x, grad_w, grad_scale, grad_gates, None, None, None, None, None, None
+        return grad_x, grad_w, grad_scale, grad_gates, None, None, None, None, None, None, None
+
+
+def _describe_shift(weight_shift) -> str:
+    if isinstance(weight_shift, torch.Tensor):
+        bits = sorted({MASTER_BITS - int(k) for k in torch.unique(weight_shift).tolist()})
+        return f"widths {bits} (per sample)"
+    return f"{MASTER_BITS - int(weight_shift)}-bit weights"
 
 
 def _grad_input(grad_v, w_eff, x_shape, conv):
@@ -186,16 +196,18 @@ def int_layer(
     conv: Optional[dict] = None,
     gates: Optional[Tensor] = None,
     candidate_bits: Sequence[int] = (),
+    where: str = "a layer",
 ) -> Tensor:
     """``float32(v) * scale[n]`` where v is the integer layer's master-unit accumulator.
 
     q_x, q_w: master codes as float tensors (from `lsq_codes`); scale: D_x * D_w[n] (float32,
     [N]); conv: None for a linear layer, else dict(stride, padding, dilation, groups). With
     `gates` ([rows, J] hard one-hot, straight-through) the shifts must be the per-sample choice
-    of `candidate_bits` that the gates select; gate gradients are then computed.
+    of `candidate_bits` that the gates select; gate gradients are then computed. `where` names
+    the layer in the error raised when a non-finite gradient reaches it.
     """
     candidates = tuple(MASTER_BITS - b for b in candidate_bits)
-    return _IntLayer.apply(q_x, q_w, scale, gates, act_shift, weight_shift, candidates, conv, signed, rule)
+    return _IntLayer.apply(q_x, q_w, scale, gates, act_shift, weight_shift, candidates, conv, signed, rule, where)
 
 
 def gumbel_hard(logits: Tensor, tau: float, training: bool, generator: Optional[torch.Generator] = None) -> Tensor:

@@ -1,7 +1,10 @@
 """Training and evaluation loops behind `dqt train` and `dqt eval`.
 
-The recipe: `warmup_epochs` of static 8-bit QAT (learns ranges and steps), then DQT epochs
-(dynamic widths with the consistency and budget terms, Gumbel temperature annealed). Every
+The recipe: `warmup_epochs` of static 8-bit QAT (learns ranges and steps), then DQT epochs:
+every width's batch norm starts from the 8-bit one, and each step trains the dynamic path
+(per-sample budget codes, Gumbel temperature annealed) plus the sandwich of uniform widths
+(8-bit on the labels, the narrowest and one random width distilled from it). After training
+the budget code is calibrated so dynamic mode meets `budget_bits` on the training set. Every
 epoch ends with an atomic checkpoint (`train_state.pt`, for `--resume`) and the model file
 (`model.pt`, for `dqt eval`); the data order and the random state depend only on the seed and
 the epoch, so a resumed run reproduces an uninterrupted one exactly.
@@ -39,10 +42,16 @@ class TrainConfig:
     data_dir: Optional[str] = None
     model: str = "resnet18"
     width: int = 8
+    depth: int = 2  # hidden layers of the mlp model
     candidate_bits: tuple = (2, 3, 4, 5, 6, 7, 8)
-    budget_bits: float = 4.0
-    alpha: float = 0.5
-    beta: float = 2.0
+    budget_bits: float = 4.0  # deployment budget: dynamic BitOPs <= uniform budget_bits (calibrated)
+    alpha: float = 1.0  # weight of the consistency (sandwich) term
+    beta: float = 1.0  # weight of the per-sample BitOPs price
+    imitation: float = 1.0  # weight of the controller's imitation of each sample's best width
+    distill: bool = True  # lower widths learn from the widest one's predictions
+    sampled_widths: int = 1  # random middle widths per step besides widest and narrowest; -1 = all
+    bn_per_width: bool = True
+    edge_bits: int = 8  # first and last layer width; 0 = the controller governs them too
     warmup_epochs: int = 4
     epochs: int = 6
     batch_size: int = 64
@@ -51,7 +60,7 @@ class TrainConfig:
     clip: float = 1.0
     tau_start: float = 1.0
     tau_end: float = 0.3
-    shift_rule: str = "floor"
+    shift_rule: str = "round"
     seed: int = 0
     device: str = "cpu"
     limit: int = 0  # use only the first N training images (0 = all); for quick checks
@@ -140,7 +149,7 @@ def float_network(cfg: TrainConfig, ds: Dataset) -> torch.nn.Module:
     if cfg.model == "cnn":
         return models.simple_cnn(channels, ds.num_classes, cfg.width, size)
     if cfg.model == "mlp":
-        return models.mlp(int(torch.tensor(ds.input_shape).prod()), 4 * cfg.width, ds.num_classes)
+        return models.mlp(int(torch.tensor(ds.input_shape).prod()), 4 * cfg.width, ds.num_classes, cfg.depth)
     raise ValueError(f"unknown model {cfg.model!r}; choose resnet18, resnet50, cnn or mlp")
 
 
@@ -148,27 +157,42 @@ def build_model(cfg: TrainConfig, ds: Dataset) -> DQTModel:
     net = float_network(cfg, ds)
     candidates = (cfg.static_bits,) if cfg.static_bits else cfg.candidate_bits
     return DQTModel.from_float(net, ds.input_shape, bits=8, candidate_bits=candidates, dynamic=not cfg.static_bits,
-                               shift_rule=cfg.shift_rule, input_scale=ds.input_scale, input_signed=ds.input_signed)
+                               shift_rule=cfg.shift_rule, input_scale=ds.input_scale, input_signed=ds.input_signed,
+                               edge_bits=cfg.edge_bits or None, bn_per_width=cfg.bn_per_width)
 
 
 def evaluate(model: DQTModel, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict:
-    """Integer-only accuracy, mean BitOPs and chosen-width histogram in the model's current mode."""
+    """Integer-only accuracy, BitOPs (mean and per-input spread) and chosen-width histogram in
+    the model's current mode.
+
+    spread: mean BitOPs of the dearest 10% of inputs / the cheapest 10%; cheap_half_accuracy
+    and dear_half_accuracy split the inputs at the median BitOPs (ties broken by order).
+    """
     model.eval()
-    correct, bitops, bits = 0, [], []
+    correct, bitops, bits = [], [], []
     with torch.no_grad():
         for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
             logits = model(xb)
-            correct += int((logits.argmax(1).cpu() == yb).sum())
+            correct.append(logits.argmax(1).cpu() == yb)
             bitops.append(model.last_bitops.cpu())
             bits.append(model.last_bits[..., 0].cpu())
-    chosen = torch.cat(bits)
+    right, cost = torch.cat(correct).float(), torch.cat(bitops).double()
+    governed = [model.layer_names.index(n) for n in model.governed] or list(range(len(model.layer_names)))
+    chosen = torch.cat(bits)[:, governed]
     histogram = {int(b): float((chosen == b).float().mean()) for b in model.candidate_bits}
-    return {"accuracy": correct / max(len(y), 1), "bitops": float(torch.cat(bitops).mean()),
-            "mean_bits": float(chosen.float().mean()), "histogram": histogram}
+    order = torch.argsort(cost, stable=True)
+    tenth, half = max(len(order) // 10, 1), len(order) // 2
+    cheap, dear = cost[order[:tenth]].mean(), cost[order[-tenth:]].mean()
+    return {"accuracy": float(right.mean()) if len(right) else 0.0, "bitops": float(cost.mean()),
+            "mean_bits": float(chosen.float().mean()), "histogram": histogram,
+            "spread": float(dear / cheap) if float(cheap) > 0 else None,
+            "cheap_half_accuracy": float(right[order[:half]].mean()) if half else None,
+            "dear_half_accuracy": float(right[order[half:]].mean()) if half else None}
 
 
 def results_table(model: DQTModel, ds: Dataset) -> dict:
-    """Accuracy at every static width and in dynamic mode, with BitOPs and the width histogram."""
+    """Accuracy at every static width (governed layers; edges at `edge_bits`) and in dynamic
+    mode at the model's budget code, with BitOPs, the per-input spread and the width histogram."""
     rows = []
     for b in sorted(model.candidate_bits, reverse=True):
         model.set_bits(b)
@@ -176,11 +200,25 @@ def results_table(model: DQTModel, ds: Dataset) -> dict:
     agreement = None
     if model.controller is not None:
         model.set_dynamic(True)
-        rows.append({"mode": "dynamic", **evaluate(model, ds.x_test, ds.y_test)})
+        rows.append({"mode": "dynamic", "budget_code": model.budget_code, **evaluate(model, ds.x_test, ds.y_test)})
         agreement = model.agreement(ds.x_test)
     for r in rows:
         r["bitops_vs_uniform4"] = r["bitops"] / model.uniform_bitops(4)
-    return {"rows": rows, "agreement_dynamic": agreement}
+    return {"rows": rows, "agreement_dynamic": agreement, "edge_bits": model.edge_bits}
+
+
+def budget_sweep(model: DQTModel, ds: Dataset, budgets_bits=(2.5, 3.0, 3.5, 4.0, 5.0, 6.0)) -> list[dict]:
+    """Dynamic mode at run-time budgets (uniform-b BitOPs, calibrated on the training set):
+    one checkpoint, one curve. Restores the model's budget code."""
+    code = model.budget_code
+    rows = []
+    for b in budgets_bits:
+        chosen = model.calibrate_budget(ds.x_train, model.uniform_bitops(b))
+        row = {"budget_bits": b, "budget_code": chosen, **evaluate(model, ds.x_test, ds.y_test)}
+        row["bitops_vs_uniform4"] = row["bitops"] / model.uniform_bitops(4)
+        rows.append(row)
+    model.set_budget(code)
+    return rows
 
 
 def format_table(results: dict) -> str:
@@ -188,6 +226,15 @@ def format_table(results: dict) -> str:
     for r in results["rows"]:
         hist = " ".join(f"{b}:{p:.2f}" for b, p in r["histogram"].items() if p > 0)
         lines.append(f"{r['mode']:<14} {r['accuracy']:>9.4f} {r['bitops']:>15,.0f} {r['bitops_vs_uniform4']:>12.2f}  {hist}")
+    if results.get("edge_bits"):
+        lines.append(f"(first and last layers at {results['edge_bits']} bits in every row; the histogram counts "
+                     "the governed layers)")
+    dyn = [r for r in results["rows"] if r["mode"] == "dynamic"]
+    if dyn and dyn[0].get("spread") is not None:
+        d = dyn[0]
+        lines.append(f"dynamic, per input: BitOPs of the dearest 10% / cheapest 10% = {d['spread']:.2f}x; accuracy "
+                     f"of the cheap half {d['cheap_half_accuracy']:.4f}, dear half {d['dear_half_accuracy']:.4f} "
+                     f"(budget code {d['budget_code']})")
     if results.get("agreement_dynamic") is not None:
         lines.append(f"train-path / integer-eval top-1 agreement (dynamic): {results['agreement_dynamic']:.4f}")
     return "\n".join(lines)
@@ -285,7 +332,7 @@ class Trainer:
 
     def train(self) -> dict:
         cfg, model = self.cfg, self.model
-        target = model.uniform_bitops(1) * cfg.budget_bits**2
+        unit = model.uniform_bitops(4)  # the budget price is per uniform-4 BitOPs
         epochs = tqdm(range(self.epoch, self.total_epochs), desc="epochs", unit="epoch", initial=self.epoch,
                       total=self.total_epochs)
         try:
@@ -296,12 +343,14 @@ class Trainer:
                 if cfg.static_bits:
                     model.set_bits(cfg.static_bits)
                 elif dqt_phase:
+                    if epoch == cfg.warmup_epochs:
+                        model.copy_width_norms(8)  # every width starts from the warmed-up 8-bit norms
                     model.set_dynamic(True)
                     span = max(cfg.epochs - 1, 1)
                     model.anneal_temperature((epoch - cfg.warmup_epochs) / span, cfg.tau_start, cfg.tau_end)
                 else:
                     model.set_bits(8)
-                row = self._train_epoch(epoch, dqt_phase, target)
+                row = self._train_epoch(epoch, dqt_phase, unit)
                 self.epoch = epoch + 1
                 if self.world > 1:
                     self._check_ranks_in_sync()
@@ -313,26 +362,37 @@ class Trainer:
             log.warning("interrupted: %s holds the last finished epoch (%d); resume with --resume. The "
                         "unfinished epoch's weights are in model-interrupted.pt", self.out / "train_state.pt", self.epoch)
             raise
+        if model.controller is not None:
+            code = model.calibrate_budget(self.ds.x_train, model.uniform_bitops(cfg.budget_bits))
+            log.info("budget code %d meets %.2f-bit uniform BitOPs on the training set", code, cfg.budget_bits)
+            if self.rank == 0:
+                model.save(self.out / "model.pt")
         results = results_table(model, self.ds)
         if self.rank == 0:
             (self.out / "results.json").write_text(json.dumps({"config": asdict(cfg), **results}, indent=2) + "\n")
         return results
 
-    def _train_epoch(self, epoch: int, dqt_phase: bool, target: float) -> dict:
+    def _train_epoch(self, epoch: int, dqt_phase: bool, unit: float) -> dict:
         cfg, model, ds = self.cfg, self.model, self.ds
         model.train()
         order = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        sums = {"loss": 0.0, "task": 0.0, "consistency": 0.0, "budget": 0.0}
+        # Budget codes and sandwich widths depend only on (seed, epoch): resumable, and the same
+        # on every rank.
+        generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 500)
+        sums = {"loss": 0.0, "task": 0.0, "consistency": 0.0, "budget": 0.0, "imitation": 0.0}
         start, batches = time.perf_counter(), 0
         for batch in tqdm(order.split(cfg.batch_size), desc=f"epoch {epoch + 1}", unit="batch", leave=False,
                           disable=self.rank != 0):
             idx = batch[self.rank::self.world]
             xb, yb = ds.x_train[idx].to(cfg.device), ds.y_train[idx].to(cfg.device)
             if dqt_phase:
-                out = model.dqt_loss(xb, yb, alpha=cfg.alpha, beta=cfg.beta, target_bitops=target)
+                out = model.dqt_loss(xb, yb, alpha=cfg.alpha, beta=cfg.beta, target_bitops=unit,
+                                     distill=cfg.distill, imitation=cfg.imitation, generator=generator,
+                                     sampled_widths=None if cfg.sampled_widths < 0 else cfg.sampled_widths)
             else:
                 loss = F.cross_entropy(model(xb), yb)
-                out = {"loss": loss, "task": loss.detach(), "consistency": torch.zeros(()), "budget": torch.zeros(())}
+                out = {"loss": loss, "task": loss.detach(), **{k: torch.zeros(()) for k in ("consistency", "budget",
+                                                                                           "imitation")}}
             self.optimizer.zero_grad()
             # Weight by this rank's share so the summed gradients are the global batch's mean.
             (out["loss"] * (len(idx) / len(batch))).backward()

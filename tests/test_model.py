@@ -81,11 +81,13 @@ def test_one_file_serves_every_width_and_dynamic(tmp_path):
     model, x = build("cnn", "dynamic")
     model.save(tmp_path / "m.pt")
     reloaded = dq.DQTModel.load(tmp_path / "m.pt").eval()
+    edges = [model.layer_names.index(n) for n in model.layer_names if n not in model.governed]
+    governed = [model.layer_names.index(n) for n in model.governed]
     for bits in (2, 4, 6, 8):
         model.set_bits(bits)
         reloaded.set_bits(bits)
         assert torch.equal(reloaded(x), model(x))
-        assert (model.last_bits == bits).all()
+        assert (model.last_bits[:, governed] == bits).all() and (model.last_bits[:, edges] == 8).all()
     assert torch.equal(dq.FrozenDQTModel.load(tmp_path / "m.pt", mode="dynamic")(x),
                        model.set_dynamic(True)(x))
 
@@ -120,29 +122,65 @@ def test_gradients_reach_steps_clips_and_controller():
     assert any("controller" in n for n, _ in model.named_parameters())
 
 
-def test_budget_moves_the_chosen_widths_on_digits():
-    """Same data and seed; a 2-bit budget must end with fewer bits than an 8-bit budget."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.round(torch.tensor(data.images[:512], dtype=torch.float32) * 255 / 16).to(torch.uint8).reshape(-1, 64)
-    y = torch.tensor(data.target[:512])
+def test_run_time_budget_moves_the_chosen_widths_on_digits():
+    """One trained model: a frugal budget code must give fewer bits than a generous one, and
+    calibrate_budget must find a code that meets a BitOPs target on the data it is given."""
+    x, y = _digits(768)
+    torch.manual_seed(0)
+    model = dq.DQTModel.from_float(models.mlp(64, 32, 10, depth=3), (64,), candidate_bits=(2, 4, 6, 8),
+                                   dynamic=True)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for idx in torch.arange(len(y)).split(64):
+            out = model.dqt_loss(x[idx], y[idx], alpha=1.0, beta=1.0, target_bitops=model.uniform_bitops(4),
+                                 generator=gen)
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+    model.eval()
+    governed = [model.layer_names.index(n) for n in model.governed]
     average_bits = {}
-    for target in (2, 8):
-        torch.manual_seed(0)
-        model = dq.DQTModel.from_float(models.mlp(64, 32, 10), (64,), candidate_bits=(2, 4, 6, 8), dynamic=True)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        model.train()
-        for _ in range(3):
-            for idx in torch.arange(512).split(64):
-                out = model.dqt_loss(x[idx], y[idx], alpha=0.0, beta=5.0, target_bitops=model.uniform_bitops(target))
-                opt.zero_grad()
-                out["loss"].backward()
-                opt.step()
-        model.eval()
+    for code in (0, dq.model.BUDGET_LEVELS - 1):
+        model.set_budget(code)
         model(x)
-        average_bits[target] = model.last_bits.float().mean().item()
-    assert average_bits[2] < average_bits[8] - 1.0, average_bits
+        average_bits[code] = model.last_bits[:, governed].float().mean().item()
+    assert average_bits[0] < average_bits[dq.model.BUDGET_LEVELS - 1] - 0.5, average_bits  # budget-blind: equal
+    target = model.uniform_bitops(5)
+    code = model.calibrate_budget(x, target)
+    model(x)
+    assert model.budget_code == code and float(model.last_bitops.mean()) <= target
+    if code < dq.model.BUDGET_LEVELS - 1:
+        model.set_budget(code + 1)
+        model(x)
+        assert float(model.last_bitops.mean()) > target  # the largest code that fits
+    with pytest.raises(ValueError, match="budget code"):
+        model.set_budget(dq.model.BUDGET_LEVELS)
+
+
+def test_per_width_batch_norm_folds_into_width_tables():
+    """Switchable batch norm: each width's statistics become its own row of the constant tables."""
+    model, x = build("cnn", "uniform4")
+    layer_name = model.governed[0]
+    layer = model.layers[layer_name]
+    assert layer.width_bns is not None and layer.bn is None
+    before = model.set_bits(4).integer_program()["layers"][layer_name]["bias"].clone()
+    with torch.no_grad():
+        layer.width_bns[6].running_mean.sub_(0.5)  # the 2-bit statistics only
+    bias = model.integer_program()["layers"][layer_name]["bias"]
+    assert bias.shape == (8, layer.out_channels)
+    changed = [k for k in range(8) if not torch.equal(bias[k], before[k])]
+    assert changed == [6], changed
+    logits4, logits2 = model(x), model.set_bits(2)(x)
+    shared = dq.DQTModel.from_float(models.simple_cnn(1, 10, 8, 8), (1, 8, 8), bn_per_width=False)
+    assert shared.layers[layer_name].width_bns is None
+    assert shared.integer_program()["layers"][layer_name]["bias"].shape == (layer.out_channels,)
+    # Moving the 2-bit statistics changes the 2-bit model and leaves the 4-bit one alone.
+    with torch.no_grad():
+        layer.width_bns[6].running_mean.sub_(5.0)  # lifts the 2-bit outputs above the ReLU
+    assert torch.equal(model.set_bits(4)(x), logits4)
+    assert not torch.equal(model.set_bits(2)(x), logits2)
 
 
 def _digits(n: int = 1797):
@@ -156,7 +194,9 @@ def _digits(n: int = 1797):
 def _train_mlp(alpha: float, epochs: int = 6) -> dq.DQTModel:
     x, y = _digits(1200)
     torch.manual_seed(0)
-    model = dq.DQTModel.from_float(models.mlp(64, 32, 10), (64,), candidate_bits=(2, 4, 8))
+    # The paper's setting for this ablation: floor rule, one batch norm, every layer governed.
+    model = dq.DQTModel.from_float(models.mlp(64, 32, 10), (64,), candidate_bits=(2, 4, 8), edge_bits=None,
+                                   shift_rule="floor", bn_per_width=False)
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     model.train()
     for _ in range(epochs):
@@ -231,6 +271,48 @@ def test_diverged_controller_is_reported_as_divergence():
         model.controller.fc2.bias.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="non-finite logits.*diverged"):
         model(x)
+
+
+def test_non_finite_values_name_the_layer_and_the_width():
+    model = dq.DQTModel.from_float(models.mlp(64, 16, 10, depth=3), (64,), candidate_bits=(2, 4, 8)).train()
+    x, y = torch.randint(0, 256, (4, 64), dtype=torch.uint8), torch.arange(4)
+    name = model.governed[0]
+    with torch.no_grad():
+        model.layers[name].bias.fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match=f"layer {name} at 2-bit weights / 2-bit activations"):
+        model.forward_at_bits(x, 2)
+    with torch.no_grad():
+        model.layers[name].bias.zero_()
+    out = model.forward_at_bits(x, 4)
+    # A NaN gradient arriving from downstream is caught in the first integer layer it reaches:
+    # the final layer, an 8-bit edge layer.
+    with pytest.raises(FloatingPointError, match=f"non-finite gradient.*layer {model.layer_names[-1]} at 8-bit"):
+        (out * float("nan")).sum().backward()
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("rule", ["floor", "round"])
+def test_resnet50_bottlenecks_train_20_steps_with_finite_values(rule, dynamic):
+    """torchvision-style ResNet-50 (bottleneck blocks): 20 dqt_loss steps stay finite."""
+    torch.manual_seed(0)
+    model = dq.DQTModel.from_float(models.resnet50(10, 3, 4), (3, 32, 32), candidate_bits=(2, 4, 8),
+                                   dynamic=dynamic, shift_rule=rule)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (4, 3, 32, 32), generator=gen).to(torch.uint8)
+    y = torch.randint(0, 10, (4,), generator=gen)
+    model.train()
+    for _ in range(20):
+        out = model.dqt_loss(x, y, alpha=1.0, beta=1.0, target_bitops=model.uniform_bitops(4), generator=gen)
+        opt.zero_grad()
+        out["loss"].backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert all(bool(torch.isfinite(g).all()) for g in grads)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        assert bool(torch.isfinite(out["loss"]))
+    model.eval()
+    assert bool(torch.isfinite(model(x)).all())
 
 
 def test_corrupt_truncated_and_foreign_files_are_refused(tmp_path):
