@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dqt_triton import DQTModel, numerics
+from dqt_triton.model import budget_price
 
 
 def _fake_quant(x: Tensor, step: Tensor, lo: int, hi: int) -> Tensor:
@@ -39,21 +40,27 @@ class DequantRequantDynamic(nn.Module):
         self.names = list(model.layer_names)
         self.candidate_bits = list(model.candidate_bits)
         self.input_step = float(model.input_step)
+        self.governed = {n: i for i, n in enumerate(model.governed)}
+        self.fixed_bits = {n: model.edge_bits or numerics.MASTER_BITS for n in self.names}
+        self.source = model.config["controller_source"]
         self.layers: dict[str, dict] = {}
         with torch.no_grad():
             for name in self.names:
                 layer = model.layers[name]
                 steps = layer.weight_steps().detach()
-                scale, shift = torch.ones_like(steps), torch.zeros_like(steps)
-                if layer.bias is not None:
-                    shift = layer.bias.detach().clone()
-                if layer.bn is not None:
-                    bn = layer.bn
-                    inv = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-                    scale, shift = inv, (shift - bn.running_mean) * inv + bn.bias.detach()
+                scales, shifts = [], []
+                for bn in layer.norms():  # one batch norm per weight shift (or one shared)
+                    scale, shift = torch.ones_like(steps), torch.zeros_like(steps)
+                    if layer.bias is not None:
+                        shift = layer.bias.detach().clone()
+                    if bn is not None:
+                        inv = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+                        scale, shift = inv, (shift - bn.running_mean) * inv + bn.bias.detach()
+                    scales.append(scale)
+                    shifts.append(shift)
                 self.layers[name] = {"codes": layer.weight_codes().detach(),
                                      "steps": steps.view((-1,) + (1,) * (layer.weight.dim() - 1)),
-                                     "scale": scale, "shift": shift, "relu": layer.relu, "conv": layer.conv}
+                                     "scale": scales, "shift": shifts, "relu": layer.relu, "conv": layer.conv}
             # Step and sign of every value in the graph (index 0 is the input), as in DQT.
             self.value_step = [float(model.input_step)]
             for step in self.steps:
@@ -68,18 +75,20 @@ class DequantRequantDynamic(nn.Module):
             self.ctrl_w1, self.ctrl_w2 = ctrl.fc1.weight.detach(), ctrl.fc2.weight.detach()
             self.ctrl_b1 = None if ctrl.fc1.bias is None else ctrl.fc1.bias.detach()
             self.ctrl_b2 = None if ctrl.fc2.bias is None else ctrl.fc2.bias.detach()
+            self.ctrl_bn = copy.deepcopy(ctrl.fc1.bn).eval()
             self.num_layers, self.num_choices = ctrl.num_layers, ctrl.num_choices
+            self.ctrl_offsets = ctrl.price_offsets(torch.tensor([budget_price(model.budget_code)])).detach()
         self.last_bits: Tensor | None = None
 
     def controller(self, x: Tensor) -> Tensor:
-        """Chosen widths [B, layers] from the float controller."""
+        """Chosen widths [B, governed layers] from the float controller (same price as DQT)."""
         h = x
         if self.ctrl_pool is not None:
             h = F.avg_pool2d(h, self.ctrl_pool)
-        h = torch.relu(F.linear(h.flatten(1), self.ctrl_w1, self.ctrl_b1))
+        h = torch.relu(self.ctrl_bn(F.linear(h.flatten(1), self.ctrl_w1, self.ctrl_b1)))
         logits = F.linear(h, self.ctrl_w2, self.ctrl_b2).view(-1, self.num_layers, self.num_choices)
         table = torch.tensor(self.candidate_bits, device=x.device)
-        return table[logits.argmax(-1)]
+        return table[(logits - self.ctrl_offsets.to(x.device)).argmax(-1)]
 
     def _layer(self, name: str, x: Tensor, x_step: float, x_signed: bool, widths: Tensor) -> Tensor:
         p = self.layers[name]
@@ -98,7 +107,7 @@ class DequantRequantDynamic(nn.Module):
                 c = p["conv"]
                 y = F.conv2d(xq, w, None, c["stride"], c["padding"], c["dilation"], c["groups"])
             view = (1, -1) + (1,) * (y.dim() - 2)
-            y = y * p["scale"].view(view) + p["shift"].view(view)
+            y = y * p["scale"][k].view(view) + p["shift"][k].view(view)
             if p["relu"]:
                 y = torch.relu(y)
             if out is None:
@@ -109,17 +118,21 @@ class DequantRequantDynamic(nn.Module):
     @torch.no_grad()
     def forward(self, codes: Tensor) -> Tensor:
         x = codes.to(torch.float32) * self.input_step
-        widths = self.controller(x)
-        self.last_bits = widths
-        index = {n: i for i, n in enumerate(self.names)}
+        widths = None
         values = [x]
         for step in self.steps:
             ins = [values[i] for i in step["inputs"]]
             kind = step["kind"]
             if kind == "layer":
-                src = step["inputs"][0]
-                out = self._layer(step["name"], ins[0], self.value_step[src], self.value_signed[src],
-                                  widths[:, index[step["name"]]])
+                src, name = step["inputs"][0], step["name"]
+                if name in self.governed:
+                    if widths is None:  # the controller reads the first layer's output, as in DQT
+                        widths = self.controller(values[self.source])
+                        self.last_bits = widths
+                    chosen = widths[:, self.governed[name]]
+                else:
+                    chosen = torch.full((x.shape[0],), self.fixed_bits[name], device=x.device)
+                out = self._layer(name, ins[0], self.value_step[src], self.value_signed[src], chosen)
             elif kind == "add":
                 out = ins[0] + ins[1]
                 out = torch.relu(out) if step["relu"] else out

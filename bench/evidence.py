@@ -70,19 +70,18 @@ def _float_baseline(dataset: str, seed: int, setup: dict) -> dict:
                                                                                     **setup}}
 
 
-def run_one(dataset: str, variant: str, seed: int, out: Path) -> None:
+def run_one(dataset: str, variant: str, seed: int, out: Path, setup: dict, overrides: dict) -> None:
     """Train one configuration in this process and write OUT/runs/DATASET-VARIANT-seedN.json."""
     import torch
 
     from dqt_triton.training import TrainConfig, Trainer, budget_sweep
 
     torch.set_num_threads(1)
-    setup = SETUPS[dataset]
     start = time.perf_counter()
     if variant == "float":
         result = _float_baseline(dataset, seed, setup)
     else:
-        cfg = TrainConfig(data=dataset, seed=seed, **setup, **VARIANTS[variant])
+        cfg = TrainConfig(data=dataset, seed=seed, **setup, **overrides)
         trainer = Trainer(cfg, out / "checkpoints" / f"{dataset}-{variant}-seed{seed}")
         result = trainer.train()
         result["config"] = asdict(cfg)
@@ -103,7 +102,10 @@ def run(datasets, seeds, out: Path, jobs: int) -> None:
     def launch(job):
         d, v, s = job
         begin = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "bench.evidence", "one", d, v, str(s), "--out", str(out)],
+        # The child gets the resolved configuration, not the names: what this process runs is what
+        # gets trained.
+        config = json.dumps({"setup": SETUPS[d], "overrides": VARIANTS.get(v, {})})
+        proc = subprocess.run([sys.executable, "-m", "bench.evidence", "one", d, v, str(s), config, "--out", str(out)],
                               env=env, capture_output=True, text=True)
         status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
         print(f"{d} {v} seed {s}: {time.perf_counter() - begin:.0f}s {status}", flush=True)
@@ -191,9 +193,8 @@ def _targets(table: dict, dataset: str) -> list[tuple[str, str, str]]:
         if acc is None or cost is None:
             continue
         # The static curve at this cost: linear interpolation between the nested checkpoint's widths.
-        pts = sorted((m("dqt", f"static {w}-bit", "bitops_vs_uniform4"), m("dqt", f"static {w}-bit"))
-                     for w in STATIC_WIDTHS)
-        pts = [p for p in pts if p[0] is not None and p[1] is not None]
+        pts = [(m("dqt", f"static {w}-bit", "bitops_vs_uniform4"), m("dqt", f"static {w}-bit")) for w in STATIC_WIDTHS]
+        pts = sorted(p for p in pts if p[0] is not None and p[1] is not None)
         static_here = None
         for (c0, a0), (c1, a1) in zip(pts, pts[1:]):
             if c0 <= cost <= c1:
@@ -329,7 +330,7 @@ def _plot(table: dict, datasets: list[str], path: Path) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["run", "summarize", "one"])
-    parser.add_argument("args", nargs="*", help="for `one`: DATASET VARIANT SEED")
+    parser.add_argument("args", nargs="*", help="for `one`: DATASET VARIANT SEED CONFIG_JSON")
     parser.add_argument("--datasets", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="training processes at once (one thread each)")
@@ -338,8 +339,11 @@ def main(argv=None) -> None:
     if args.command == "run":
         run(args.datasets, args.seeds, args.out, args.jobs)
     elif args.command == "one":
-        dataset, variant, seed = args.args
-        run_one(dataset, variant, int(seed), args.out)
+        dataset, variant, seed, config = args.args
+        config = json.loads(config)
+        if "candidate_bits" in config["setup"]:
+            config["setup"]["candidate_bits"] = tuple(config["setup"]["candidate_bits"])
+        run_one(dataset, variant, int(seed), args.out, config["setup"], config["overrides"])
     else:
         summarize(args.out)
 

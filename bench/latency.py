@@ -172,13 +172,14 @@ def training_rows(device: str, max_repeats: int) -> list[dict]:
             opt.step()
         return step
 
-    def dqt_step(model, alpha=0.0, beta=0.0, target_bitops=None):
+    def dqt_step(model, target_bitops=None, **loss_kw):
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        loss_gen = torch.Generator().manual_seed(0)
 
         def step():
             opt.zero_grad(set_to_none=True)
             if model.dynamic:
-                out = model.dqt_loss(codes, target, alpha=alpha, beta=beta, target_bitops=target_bitops)
+                out = model.dqt_loss(codes, target, target_bitops=target_bitops, generator=loss_gen, **loss_kw)
                 out["loss"].backward()
             else:
                 F.cross_entropy(model(codes), target).backward()
@@ -203,8 +204,10 @@ def training_rows(device: str, max_repeats: int) -> list[dict]:
         return build
 
     cases["DQT static 8-bit QAT step"] = dqt(False)
-    cases["DQT dynamic step (alpha 0, beta 2)"] = dqt(True, alpha=0.0, beta=2.0)
-    cases["DQT dynamic step (alpha 0.5, beta 2: every width)"] = dqt(True, alpha=0.5, beta=2.0)
+    cases["DQT dynamic step (alpha 0: no consistency, no imitation)"] = dqt(True, alpha=0.0, beta=1.0)
+    # The `dqt train` recipe: dynamic path + sandwich (8-bit, 2-bit, one random width, distilled).
+    cases["DQT dynamic step, dqt train recipe (sandwich of 3 widths)"] = dqt(True, alpha=1.0, beta=1.0)
+    cases["DQT dynamic step, every width every step"] = dqt(True, alpha=1.0, beta=1.0, sampled_widths=None)
     steps = {}
     for impl, build in cases.items():
         try:
@@ -224,9 +227,14 @@ def training_rows(device: str, max_repeats: int) -> list[dict]:
     return rows
 
 
-def targets(rows: list[dict], switches: list[dict], device: str) -> list[str]:
-    """The issue's targets as measured ratios (met or missed; a GPU target on CPU is 'not measured')."""
+def targets(rows: list[dict], switches: list[dict], device: str, train: list[dict] = ()) -> list[str]:
+    """The issues' targets as measured ratios (met or missed; a GPU target on CPU is 'not measured')."""
     lines = []
+    recipe = next((r for r in train if "dqt train recipe" in r["impl"] and r.get("vs_fake_quant_qat")), None)
+    if recipe:
+        ratio = recipe["vs_fake_quant_qat"]
+        lines.append(f"DQT training step (`dqt train` recipe) takes {ratio:.2f}x a torch.ao fake-quant QAT step "
+                     f"(target <= 3x: {'met' if ratio <= 3 else 'missed'})")
 
     def find(net_prefix, batch, impl_prefix):
         for r in rows:
@@ -325,6 +333,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--nets", nargs="+", choices=sorted(NETS), default=sorted(NETS))
     parser.add_argument("--no-train", action="store_true", help="skip the training-step rows")
+    parser.add_argument("--no-inference", action="store_true",
+                        help="training-step rows only (written to latency-train-DATE.*)")
     parser.add_argument("--max-repeats", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--replot", type=Path, metavar="JSON", help="redraw the markdown and PNG of a saved run")
@@ -341,14 +351,16 @@ def main(argv: list[str] | None = None) -> dict:
     command = "python -m bench.latency" + (f" {' '.join(argv)}" if argv else "")
     info = machine()
     rows, switches = [], []
-    for key in args.nets:
+    for key in [] if args.no_inference else args.nets:
         net_rows, switch = inference_rows(key, args.device, args.max_repeats)
         rows += net_rows
         switches.append(switch)
     train = [] if args.no_train else training_rows(args.device, args.max_repeats)
-    goals = targets(rows, switches, args.device)
+    goals = targets(rows, switches, args.device, train)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"latency-{info['date'][:10]}{'' if args.device == 'cpu' else '-' + args.device}"
+    # A training-only run gets its own files, so it never replaces a full run's table.
+    kind = "latency-train" if args.no_inference else "latency"
+    stem = args.out / f"{kind}-{info['date'][:10]}{'' if args.device == 'cpu' else '-' + args.device}"
     report = {"machine": info, "command": command, "device": args.device, "inference": rows,
               "width_switch": switches, "training": train, "targets": goals}
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")

@@ -126,7 +126,7 @@ class Controller(nn.Module):
 
 
 BUDGET_LEVELS = 128  # budget codes 0 (largest price, fewest bits) .. 127 (smallest price)
-PRICE_RANGE = (1e-5, 1.0)  # prices (loss per uniform-4 BitOPs) the budget codes span, log-spaced
+PRICE_RANGE = (1e-5, 10.0)  # prices (loss per uniform-4 BitOPs) the budget codes span, log-spaced
 
 
 def budget_price(code, price_range: Sequence[float] = PRICE_RANGE):
@@ -477,7 +477,9 @@ class DQTModel(nn.Module):
                 total += float(self.last_bitops.sum())
             return total / max(len(x), 1)
 
-        lo, hi = 0, BUDGET_LEVELS - 1  # bisection: BitOPs grow with the code (trained to)
+        # Bisection: a lower price moves each layer's argmax of (logit - price * cost) to costlier
+        # widths only, so BitOPs never fall as the code grows.
+        lo, hi = 0, BUDGET_LEVELS - 1
         if mean_bitops(hi) <= target_bitops:
             lo = hi
         else:
@@ -664,7 +666,8 @@ class DQTModel(nn.Module):
 
     def dqt_loss(self, x: Tensor, target: Tensor, *, alpha: float = 1.0, beta: float = 0.0,
                  target_bitops: Optional[float] = None, distill: bool = True,
-                 sampled_widths: Optional[int] = 1, imitation: float = 1.0, generator: Optional[torch.Generator] = None) -> dict:
+                 sampled_widths: Optional[int] = 1, imitation: float = 1.0, imitation_samples: int = 16,
+                 generator: Optional[torch.Generator] = None) -> dict:
         """The DQT objective: task + alpha * consistency + beta * budget + imitation term.
 
         task: cross-entropy of the dynamic path (static mode: of the current widths).
@@ -678,11 +681,12 @@ class DQTModel(nn.Module):
             PRICE_RANGE, code 0 the largest) times BitOPs / target_bitops; the controller sees the
             same price as an offset on its logits. One model learns every budget;
             `calibrate_budget` picks one at deployment.
-        imitation (dynamic mode, with the budget and consistency terms): the sandwich gives each
-            sample's loss at every width in S; the width minimising loss + price is that sample's
-            best choice, and the controller's logits learn it (cross-entropy, every governed
-            layer). This is the per-input signal that makes the controller spend bits where the
-            loss needs them; the gate gradients of the task term refine it per layer.
+        imitation (dynamic mode, with the budget term): for the first `imitation_samples` samples,
+            forward passes at every candidate width (no gradient, deployed statistics) give each
+            sample's loss per width; the width minimising loss + price is that sample's best
+            choice, and the controller's logits learn it (cross-entropy, every governed layer).
+            This is the per-input signal that makes the controller spend bits where the loss
+            needs them; the gate gradients of the task term refine it per layer.
         """
         budget_codes = None
         dynamic = self.dynamic and self.controller is not None
@@ -697,36 +701,47 @@ class DQTModel(nn.Module):
             raise FloatingPointError("non-finite task loss of the dynamic/static path: training has diverged")
         zero = torch.zeros((), device=logits.device)
         consistency, budget, imitate = zero, zero, zero
-        per_width = {}
         if alpha > 0:
-            consistency, per_width = self._consistency(x, target, distill, sampled_widths, generator)
+            consistency = self._consistency(x, target, distill, sampled_widths, generator)
         if budget_codes is not None and soft is not None:
             lam = budget_price(budget_codes).to(soft.device)
             budget = (lam * soft / target_bitops).mean()
-            if imitation > 0 and per_width and controller_logits is not None:
-                imitate = self._imitation_loss(controller_logits, per_width, lam, target_bitops)
+            if imitation > 0 and controller_logits is not None:
+                sub = slice(0, min(imitation_samples, x.shape[0]))
+                per_width = self._losses_per_width(x[sub], target[sub])
+                imitate = self._imitation_loss(controller_logits[sub], per_width, lam[sub], target_bitops)
         total = task + alpha * consistency + beta * budget + imitation * imitate
         self.last_bitops, self.last_bits = bitops_now, bits_now
         return {"loss": total, "task": task.detach(), "consistency": consistency.detach(),
                 "budget": budget.detach(), "imitation": imitate.detach(), "logits": logits.detach()}
 
+    @torch.no_grad()
+    def _losses_per_width(self, x: Tensor, target: Tensor) -> dict:
+        """Per-sample cross-entropy at every candidate width, as deployed (running statistics,
+        learned ranges): what each width would cost each sample."""
+        was_training = self.training
+        self.train(False)
+        try:
+            return {b: F.cross_entropy(self._train_forward(x, force_bits=b), target, reduction="none")
+                    for b in self.candidate_bits}
+        finally:
+            self.train(was_training)
+
     def _imitation_loss(self, controller_logits: Tensor, per_width: dict, lam: Tensor, unit: float) -> Tensor:
-        """Cross-entropy of the controller's per-layer logits against each sample's best width
-        among those the sandwich evaluated: argmin_b CE_b + lambda * BitOPs(uniform b) / unit."""
+        """Cross-entropy of the controller's per-layer logits against each sample's best width:
+        argmin_b CE_b + lambda * BitOPs(uniform b) / unit."""
         widths = sorted(per_width)
         losses = torch.stack([per_width[b] for b in widths], dim=1)  # [B, |S|]
         cost = torch.tensor([self.uniform_bitops(b) / unit for b in widths], device=losses.device)
-        best = torch.tensor(widths, device=losses.device)[(losses + lam[:, None] * cost).argmin(1)]
         index = torch.tensor([self.candidate_bits.index(b) for b in widths], device=losses.device)
-        target = index[torch.searchsorted(torch.tensor(widths, device=losses.device), best)]
+        target = index[(losses + lam[:, None] * cost).argmin(1)]  # candidate index of each best width
         L = controller_logits.shape[1]
         return F.cross_entropy(controller_logits.reshape(-1, controller_logits.shape[-1]),
                                target.repeat_interleave(L))
 
     def _consistency(self, x: Tensor, target: Tensor, distill: bool, sampled_widths: Optional[int],
-                     generator: Optional[torch.Generator]) -> tuple[Tensor, dict]:
-        """Mean consistency loss over the width set S, and each sample's (detached) cross-entropy
-        at each width of S."""
+                     generator: Optional[torch.Generator]) -> Tensor:
+        """Mean consistency loss over the width set S."""
         cands = list(self.candidate_bits)
         widths = cands[::-1]
         if sampled_widths is not None and len(cands) > 2 + sampled_widths:
@@ -734,10 +749,9 @@ class DQTModel(nn.Module):
             pick = torch.randperm(len(middle), generator=generator)[:sampled_widths].tolist()
             widths = [cands[-1]] + sorted((middle[i] for i in pick), reverse=True) + [cands[0]]
         teacher = None
-        losses, per_width = [], {}
+        losses = []
         for b in widths:
             out = self.forward_at_bits(x, b)
-            per_sample = F.cross_entropy(out.detach(), target, reduction="none")
             if teacher is None or not distill:
                 loss = F.cross_entropy(out, target)
                 teacher = out.detach() if teacher is None else teacher
@@ -747,8 +761,7 @@ class DQTModel(nn.Module):
             if not bool(torch.isfinite(loss)):
                 raise FloatingPointError(f"non-finite consistency loss at {b} bits: training has diverged")
             losses.append(loss)
-            per_width[b] = per_sample
-        return torch.stack(losses).mean(), per_width
+        return torch.stack(losses).mean()
 
     # ------------------------------------------------------------------ integer program
 

@@ -37,8 +37,12 @@ def test_evidence_runs_resumably_and_summarizes(tmp_path, monkeypatch):
     assert runs == [f"digits-{v}-seed{s}.json" for v in ("dqt", "float", "static4") for s in (0, 1)]
     summary = json.loads((tmp_path / "summary.json").read_text())
     modes = {(r["variant"], r["mode"]): r for r in summary["rows"]}
-    assert modes[("dqt", "dynamic")]["seeds"] == [0, 1] and modes[("dqt", "dynamic")]["std"] >= 0
-    assert ("dqt", "agreement") in modes and ("float", "float") in modes and ("static4", "static 4-bit") in modes
+    assert modes[("dqt", "dynamic@4.0")]["accuracy_std"] >= 0 and modes[("dqt", "dynamic@4.0")]["spread"] >= 1.0
+    assert ("dqt", "static 2-bit") in modes and ("static4", "static 4-bit") in modes
+    targets = {t for t, _, _ in summary["targets"]["digits"]}
+    assert "one checkpoint at 4 bits within 1.5 pp of 4-bit trained alone" in targets
+    assert "dynamic above the static curve at >= 3 budgets" in targets
+    assert "| 4 |" in (tmp_path / "summary.md").read_text()
     before = (tmp_path / "runs" / "digits-dqt-seed0.json").read_text()
     evidence.main(["run", "--seeds", "0", "--out", str(tmp_path)])  # finished runs are kept, not redone
     assert (tmp_path / "runs" / "digits-dqt-seed0.json").read_text() == before
@@ -79,7 +83,8 @@ def test_latency_bench_writes_every_row_and_target(tmp_path, monkeypatch):
     dynamic = next(r for r in saved["inference"] if r["impl"] == "DQT frozen integer, dynamic" and r["batch"] == 3)
     assert 2 <= dynamic["mean_bits"] <= 8 and dynamic["gbitops_per_sample"] > 0
     steps = [r["impl"] for r in saved["training"]]
-    assert steps[:2] == ["torch float32 step", "torch.ao fake-quant QAT step (8-bit)"] and len(steps) == 5
+    assert steps[:2] == ["torch float32 step", "torch.ao fake-quant QAT step (8-bit)"] and len(steps) == 6
+    assert any("fake-quant QAT step (target <= 3x" in t for t in saved["targets"])
     assert all(r["ms"] > 0 for r in saved["inference"] + saved["training"])
     assert any("torch.ao int8" in t for t in saved["targets"]) and any("not measured" in t for t in saved["targets"])
     assert (tmp_path / next(tmp_path.glob("latency-*.md")).name).read_text().startswith("# End-to-end latency")
