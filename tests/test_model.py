@@ -141,12 +141,15 @@ def test_run_time_budget_moves_the_chosen_widths_on_digits():
             opt.step()
     model.eval()
     governed = [model.layer_names.index(n) for n in model.governed]
-    average_bits = {}
-    for code in (0, dq.model.BUDGET_LEVELS - 1):
+    codes = list(range(0, dq.model.BUDGET_LEVELS, 9)) + [dq.model.BUDGET_LEVELS - 1]
+    average_bits = []
+    for code in codes:
         model.set_budget(code)
         model(x)
-        average_bits[code] = model.last_bits[:, governed].float().mean().item()
-    assert average_bits[0] < average_bits[dq.model.BUDGET_LEVELS - 1] - 0.5, average_bits  # budget-blind: equal
+        average_bits.append(model.last_bits[:, governed].float().mean().item())
+    # A lower price only moves each layer's argmax to costlier widths: never fewer bits.
+    assert all(a <= b for a, b in zip(average_bits, average_bits[1:])), average_bits
+    assert average_bits[-1] > average_bits[0] + 0.2, average_bits  # a budget-blind controller: equal
     target = model.uniform_bitops(5)
     code = model.calibrate_budget(x, target)
     model(x)
