@@ -19,6 +19,7 @@ latency-<date>[-<device>].json / .md / .png with machine, date and commit; measu
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import logging
 from pathlib import Path
@@ -204,7 +205,7 @@ def training_rows(device: str, max_repeats: int) -> list[dict]:
         return build
 
     cases["DQT static 8-bit QAT step"] = dqt(False)
-    cases["DQT dynamic step (alpha 0: no consistency, no imitation)"] = dqt(True, alpha=0.0, beta=1.0)
+    cases["DQT dynamic step (alpha 0: no consistency sandwich)"] = dqt(True, alpha=0.0, beta=1.0)
     # The `dqt train` recipe: dynamic path + sandwich (8-bit, 2-bit, one random width, distilled).
     cases["DQT dynamic step, dqt train recipe (sandwich of 3 widths)"] = dqt(True, alpha=1.0, beta=1.0)
     cases["DQT dynamic step, every width every step"] = dqt(True, alpha=1.0, beta=1.0, sampled_widths=None)
@@ -277,10 +278,11 @@ def markdown(info: dict, command: str, rows: list[dict], train: list[dict], goal
              f"Machine: {where}, {info['threads']} CPU threads, torch {info['torch']}, commit {info['commit']}. "
              f"Command: `{command}`. Median over interleaved rounds (every implementation once per round) after two "
              "warm-ups; untrained networks (latency does not "
-             "depend on the weights), random images, randomised controller so dynamic mode mixes widths (mean bits, and in brackets the mean number of distinct widths per layer within the batch).", "",
-             "## Inference", "",
-             "| network | batch | implementation | ms | images/s | speed vs float | GBitOPs/sample | mean bits "
-             "(widths per layer) |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+             "depend on the weights), random images, randomised controller so dynamic mode mixes widths (mean bits, and in brackets the mean number of distinct widths per layer within the batch)."]
+    if rows:
+        lines += ["", "## Inference", "",
+                  "| network | batch | implementation | ms | images/s | speed vs float | GBitOPs/sample | mean bits "
+                  "(widths per layer) |", "|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         gb = f"{r['gbitops_per_sample']:.2f}" if "gbitops_per_sample" in r else ""
         mb = f"{r['mean_bits']:.2f} ({r['distinct_bits_per_layer']:.1f})" if "mean_bits" in r else ""
@@ -348,7 +350,8 @@ def main(argv: list[str] | None = None) -> dict:
         stem.with_suffix(".md").write_text(text)
         report["plot"] = plot(report["inference"], report["training"], stem.with_suffix(".png"))
         return report
-    command = "python -m bench.latency" + (f" {' '.join(argv)}" if argv else "")
+    given = sys.argv[1:] if argv is None else argv  # as run, so the results say how to reproduce them
+    command = "python -m bench.latency" + (f" {' '.join(given)}" if given else "")
     info = machine()
     rows, switches = [], []
     for key in [] if args.no_inference else args.nets:
