@@ -448,9 +448,6 @@ class DQTModel(nn.Module):
         keep `edge_bits`); needs a model built with a controller."""
         if enabled and self.controller is None:
             raise ValueError("this DQTModel has no controller; build it with from_float(..., dynamic=True)")
-        if enabled and self.edge_bits is not None:
-            self.static_bits = {n: (self.edge_bits, self.edge_bits) if n not in self.governed else self.static_bits[n]
-                                for n in self.layer_names}
         self.dynamic = enabled
         return self
 
@@ -532,11 +529,15 @@ class DQTModel(nn.Module):
         _check_input(self.config, x)
         return self._train_forward(x)
 
-    def _fixed_bits(self, force_bits: Optional[int]) -> dict:
-        if force_bits is None:
+    def _fixed_bits(self, force_bits: Optional[int] = None) -> dict:
+        """(w, a) widths of every layer not chosen by the controller: the static widths, or with
+        `force_bits` the governed layers at that width; the edge layers sit at `edge_bits`
+        whenever the controller or `force_bits` sets the others (static_bits stays as set)."""
+        if force_bits is None and not self.dynamic:
             return self.static_bits
         edge = self.edge_bits
-        return {n: (force_bits,) * 2 if n in self.governed or edge is None else (edge, edge) for n in self.layer_names}
+        return {n: (edge, edge) if n not in self.governed and edge is not None
+                else (force_bits,) * 2 if force_bits is not None else self.static_bits[n] for n in self.layer_names}
 
     def _controller_choice(self, source: tuple, budget_codes: Optional[Tensor]):
         q, step_size, signed = source
@@ -552,8 +553,9 @@ class DQTModel(nn.Module):
         table = torch.tensor(self.candidate_bits, dtype=torch.float32, device=q.device)
         widths = (gates.detach() * table).sum(-1).round().long()
         macs = torch.tensor([self.config["macs"][n] for n in self.governed], dtype=torch.float32, device=q.device)
-        fixed = sum(self.config["macs"][n] * self.static_bits[n][0] * self.static_bits[n][1]
-                    for n in self.layer_names if n not in self.governed)
+        others = self._fixed_bits()
+        fixed = sum(self.config["macs"][n] * others[n][0] * others[n][1] for n in self.layer_names
+                    if n not in self.governed)
         # Straight-through BitOPs for the budget term (governed layers only carry gradients).
         self.soft_bitops = ((gates * table**2).sum(-1) * macs).sum(1) + fixed + self.controller.macs() * 64
         return gates, widths
@@ -799,7 +801,7 @@ class DQTModel(nn.Module):
             "governed": list(self.governed), "shift_rule": self.shift_rule, "candidate_bits": list(self.candidate_bits),
             "input_shape": list(self.config["input_shape"]), "input_dtype": self.config["input_dtype"],
             "input_scale": self.config["input_scale"], "dynamic": self.dynamic,
-            "static_bits": {n: list(b) for n, b in self.static_bits.items()}, "controller_source": source,
+            "static_bits": {n: list(b) for n, b in self._fixed_bits().items()}, "controller_source": source,
             "controller": self.controller.program(value_step[source], self.config["value_signed"][source],
                                                   budget_price(self.budget_code)) if self.dynamic else None,
         }

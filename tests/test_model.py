@@ -92,6 +92,21 @@ def test_one_file_serves_every_width_and_dynamic(tmp_path):
                        model.set_dynamic(True)(x))
 
 
+def test_dynamic_mode_keeps_the_static_widths_the_user_set():
+    """Dynamic mode puts the edge layers at edge_bits without overwriting the static setting."""
+    model, x = build("cnn", "dynamic")
+    custom = [(4, 4), (2, 6), (3, 3)]
+    model.set_bits(custom)
+    before = model(x)
+    model.set_dynamic(True)
+    model(x)
+    edges = [model.layer_names.index(n) for n in model.layer_names if n not in model.governed]
+    assert (model.last_bits[:, edges] == 8).all()
+    model.set_dynamic(False)
+    assert [model.static_bits[n] for n in model.layer_names] == custom
+    assert torch.equal(model(x), before)
+
+
 def test_temperature_schedule_decays_from_start_to_end():
     model = dq.DQTModel.from_float(models.mlp(64, 16, 10), (64,), dynamic=True)
     taus = [model.anneal_temperature(p) for p in (0.0, 0.5, 1.0)]
