@@ -126,10 +126,6 @@ class _DQTLayer(nn.Module):
         view = (-1,) + (1,) * (self.weight.dim() - 1)
         return lsq_codes(self.weight, self.weight_steps().view(view), -128, 127)
 
-    @property
-    def has_bn(self) -> bool:
-        return self.bn is not None or self.width_bns is not None
-
     def norms(self) -> list[nn.Module]:
         """The batch norm of every weight shift (the shared one repeated if not per width)."""
         if self.width_bns is not None:
