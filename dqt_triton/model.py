@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 BitsArg = Union[int, tuple[int, int], dict, Sequence]
 FORMAT = "dqt-triton-checkpoint"
-FORMAT_VERSION = 2  # 2: per-width batch norm, governed layers, budget-coded controller
+FORMAT_VERSION = 3  # 2: per-width batch norm, governed layers, budget codes; 3: signed prices, 256 codes
 _DTYPES = {"uint8": torch.uint8, "int8": torch.int8, "int32": torch.int32, "float32": torch.float32}
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 
@@ -125,17 +125,24 @@ class Controller(nn.Module):
                 "num_layers": self.num_layers, "num_choices": self.num_choices}
 
 
-BUDGET_LEVELS = 128  # budget codes 0 (largest price, fewest bits) .. 127 (smallest price)
-PRICE_RANGE = (1e-5, 10.0)  # prices (loss per uniform-4 BitOPs) the budget codes span, log-spaced
+BUDGET_LEVELS = 256  # budget codes 0 (largest price, fewest bits) .. 255 (most negative price, most bits)
+PRICE_LIMIT = 10.0  # |price| (loss per uniform-4 BitOPs) at the two ends of the code range
+PRICE_CURVE = 12.0  # sinh spacing: log-spaced over ~5 decades on each side of zero
 
 
-def budget_price(code, price_range: Sequence[float] = PRICE_RANGE):
-    """Price of a budget code (a float, or a tensor of codes): log-spaced, code 0 the largest."""
-    lo, hi = (math.log(v) for v in price_range)
-    frac = code / (BUDGET_LEVELS - 1)
-    if isinstance(frac, torch.Tensor):
-        return torch.exp(hi + (lo - hi) * frac.to(torch.float32))
-    return math.exp(hi + (lo - hi) * frac)
+def budget_price(code):
+    """Price of a budget code (a float, or a tensor of codes), decreasing in the code.
+
+    ``PRICE_LIMIT * sinh(a t) / sinh(a)`` with ``t = 1 - 2 code / (BUDGET_LEVELS - 1)``: codes
+    below the middle put a positive price on bits (log-spaced from 10 down to ~1e-5), codes above
+    it a negative one (bits are rewarded), so the run-time budget reaches from the narrowest to
+    the widest candidate instead of stopping at whatever the bare logits prefer.
+    """
+    t = 1.0 - 2.0 * code / (BUDGET_LEVELS - 1)
+    if isinstance(t, torch.Tensor):
+        t = t.to(torch.float32)
+        return PRICE_LIMIT * torch.sinh(PRICE_CURVE * t) / math.sinh(PRICE_CURVE)
+    return PRICE_LIMIT * math.sinh(PRICE_CURVE * t) / math.sinh(PRICE_CURVE)
 
 
 def _controller_pool(shape: tuple[int, ...]) -> Optional[tuple[int, int]]:
@@ -669,6 +676,7 @@ class DQTModel(nn.Module):
     def dqt_loss(self, x: Tensor, target: Tensor, *, alpha: float = 1.0, beta: float = 0.0,
                  target_bitops: Optional[float] = None, distill: bool = True,
                  sampled_widths: Optional[int] = 1, imitation: float = 1.0, imitation_samples: int = 16,
+                 imitation_data: Optional[tuple[Tensor, Tensor]] = None,
                  generator: Optional[torch.Generator] = None) -> dict:
         """The DQT objective: task + alpha * consistency + beta * budget + imitation term.
 
@@ -679,8 +687,8 @@ class DQTModel(nn.Module):
             candidate with ``sampled_widths=None``, else the sandwich rule: widest, narrowest and
             `sampled_widths` random others.
         budget (dynamic mode with ``target_bitops``, the BitOPs unit, usually uniform 4-bit):
-            each sample draws a budget code c and pays its price (`budget_price`, log-spaced over
-            PRICE_RANGE, code 0 the largest) times BitOPs / target_bitops; the controller sees the
+            each sample draws a budget code c and pays its price (`budget_price`: positive below the
+            middle code, negative above, code 0 the largest) times BitOPs / target_bitops; the controller sees the
             same price as an offset on its logits. One model learns every budget;
             `calibrate_budget` picks one at deployment.
         imitation (dynamic mode, with the budget term): for the first `imitation_samples` samples,
@@ -689,6 +697,9 @@ class DQTModel(nn.Module):
             choice, and the controller's logits learn it (cross-entropy, every governed layer).
             This is the per-input signal that makes the controller spend bits where the loss
             needs them; the gate gradients of the task term refine it per layer.
+            `imitation_data` (x, target): judge the widths on these samples instead, ideally held
+            out of the task and consistency terms: on samples the network has memorised every
+            width is right, and the controller would learn that every input is easy.
         """
         budget_codes = None
         dynamic = self.dynamic and self.controller is not None
@@ -709,9 +720,17 @@ class DQTModel(nn.Module):
             lam = budget_price(budget_codes).to(soft.device)
             budget = (lam * soft / target_bitops).mean()
             if imitation > 0 and controller_logits is not None:
-                sub = slice(0, min(imitation_samples, x.shape[0]))
-                per_width = self._losses_per_width(x[sub], target[sub])
-                imitate = self._imitation_loss(controller_logits[sub], per_width, lam[sub], target_bitops)
+                if imitation_data is not None:
+                    xi, yi = imitation_data
+                    codes = torch.randint(0, BUDGET_LEVELS, (xi.shape[0],), generator=generator).to(xi.device)
+                    _check_input(self.config, xi)
+                    self._train_forward(xi, budget_codes=codes)
+                    logits_i, lam_i = self.controller_logits, budget_price(codes).to(soft.device)
+                else:
+                    sub = slice(0, min(imitation_samples, x.shape[0]))
+                    xi, yi, logits_i, lam_i = x[sub], target[sub], controller_logits[sub], lam[sub]
+                per_width = self._losses_per_width(xi, yi)
+                imitate = self._imitation_loss(logits_i, per_width, lam_i, target_bitops)
         total = task + alpha * consistency + beta * budget + imitation * imitate
         self.last_bitops, self.last_bits = bitops_now, bits_now
         return {"loss": total, "task": task.detach(), "consistency": consistency.detach(),

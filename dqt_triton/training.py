@@ -48,6 +48,8 @@ class TrainConfig:
     alpha: float = 1.0  # weight of the consistency (sandwich) term
     beta: float = 1.0  # weight of the per-sample BitOPs price
     imitation: float = 1.0  # weight of the controller's imitation of each sample's best width
+    imitation_holdout: float = 0.1  # share of the training set held out of the network's terms to judge widths on
+    imitation_samples: int = 16  # held-out samples judged at every width per step
     distill: bool = True  # lower widths learn from the widest one's predictions
     sampled_widths: int = 1  # random middle widths per step besides widest and narrowest; -1 = all
     bn_per_width: bool = True
@@ -248,6 +250,12 @@ class Trainer:
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.ds = load_dataset(cfg.data, cfg.data_dir, cfg.seed, cfg.limit)
+        if not 0.0 <= cfg.imitation_holdout < 1.0:
+            raise ValueError(f"imitation_holdout must be in [0, 1), got {cfg.imitation_holdout}")
+        # The controller learns which inputs need bits from samples the network never trains on.
+        perm = torch.randperm(len(self.ds.y_train), generator=torch.Generator().manual_seed(cfg.seed + 777))
+        held = int(round(cfg.imitation_holdout * len(perm))) if cfg.imitation > 0 and not cfg.static_bits else 0
+        self.holdout, self.fit_index = perm[:held].sort().values, perm[held:].sort().values
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, self.ds).to(cfg.device)
         self.epoch = 0  # epochs completed
@@ -375,7 +383,8 @@ class Trainer:
     def _train_epoch(self, epoch: int, dqt_phase: bool, unit: float) -> dict:
         cfg, model, ds = self.cfg, self.model, self.ds
         model.train()
-        order = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        order = self.fit_index[torch.randperm(len(self.fit_index),
+                                              generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))]
         # Budget codes and sandwich widths depend only on (seed, epoch): resumable, and the same
         # on every rank.
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 500)
@@ -386,8 +395,14 @@ class Trainer:
             idx = batch[self.rank::self.world]
             xb, yb = ds.x_train[idx].to(cfg.device), ds.y_train[idx].to(cfg.device)
             if dqt_phase:
+                held = None
+                if len(self.holdout):
+                    pick = self.holdout[torch.randint(0, len(self.holdout), (cfg.imitation_samples,),
+                                                      generator=generator)]
+                    held = (ds.x_train[pick].to(cfg.device), ds.y_train[pick].to(cfg.device))
                 out = model.dqt_loss(xb, yb, alpha=cfg.alpha, beta=cfg.beta, target_bitops=unit,
                                      distill=cfg.distill, imitation=cfg.imitation, generator=generator,
+                                     imitation_samples=cfg.imitation_samples, imitation_data=held,
                                      sampled_widths=None if cfg.sampled_widths < 0 else cfg.sampled_widths)
             else:
                 loss = F.cross_entropy(model(xb), yb)
