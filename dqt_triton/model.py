@@ -11,19 +11,17 @@ load round trip.
 from __future__ import annotations
 
 import copy
-import io
 import itertools
 import logging
 import math
 import os
-import zipfile
 from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import numerics, ops
+from . import checkpoint, numerics, ops
 from .errors import CheckpointError, UnsupportedLayerError
 from .graph import Step, capture
 from .nn import ActQuantizer, DQTConv2d, DQTLinear, IntegerConstants
@@ -992,25 +990,15 @@ def _clone_program(program: dict) -> dict:
 
 
 def _atomic_save(payload: dict, path: Union[str, os.PathLike]) -> None:
-    """Write to a temporary file and rename, so an interrupted save never clobbers a good file."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    """Write with an integrity digest to a temporary file and rename (`checkpoint.save_file`)."""
+    checkpoint.save_file(payload, path)
 
 
 def _load_payload(path: Union[str, os.PathLike], map_location) -> dict:
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, io.UnsupportedOperation, ValueError, OSError) as exc:
-        raise CheckpointError(f"{path} is truncated or not a torch checkpoint: {exc}") from exc
-    except Exception as exc:  # pickle.UnpicklingError for foreign objects under weights_only
-        raise CheckpointError(f"{path} cannot be loaded safely (weights_only): {exc}") from exc
+    payload = checkpoint.load_file(path, map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a dqt-triton checkpoint (format tag missing)")
+        raise CheckpointError(f"{path} is not a dqt-triton model checkpoint (format tag missing)")
     if payload.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint version {payload.get('version')}, this dqt-triton reads "
                               f"{FORMAT_VERSION}")

@@ -104,8 +104,8 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
                           "--out", str(tmp_path / "ddp")], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert main([*args, "--out", str(tmp_path / "single")]) == 0
-    ddp = torch.load(tmp_path / "ddp" / "train_state.pt", weights_only=True)["model"]
-    single = torch.load(tmp_path / "single" / "train_state.pt", weights_only=True)["model"]
+    ddp = load_file(tmp_path / "ddp" / "train_state.pt")["model"]
+    single = load_file(tmp_path / "single" / "train_state.pt")["model"]
     assert ddp.keys() == single.keys()
     for name, value in single.items():
         if value.dtype.is_floating_point:  # float training state: the all-reduce sums in another order
