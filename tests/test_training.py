@@ -81,11 +81,13 @@ def test_resume_refuses_other_options(tmp_path):
 
 
 def test_missing_cifar_copy_is_named(tmp_path, capsys):
-    with pytest.raises(FileNotFoundError, match="needs --data-dir"):
-        main(["train", "--data", "cifar10", "--out", str(tmp_path)])
+    assert main(["train", "--data", "cifar10", "--out", str(tmp_path)]) == 4
+    assert "needs --data-dir" in capsys.readouterr().err
     (tmp_path / "cifar-10-batches-py").mkdir()
+    assert main(["train", "--data", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 4
+    assert "missing data_batch_1" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="missing data_batch_1"):
-        main(["train", "--data", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+        main(["--debug", "train", "--data", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
 
 
 def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
