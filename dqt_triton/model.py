@@ -194,7 +194,7 @@ def run_controller(p: dict, x: Tensor) -> Tensor:
     q = x
     if p["pool"] is not None:
         q = ops.int_avg_pool2d(q, tuple(p["pool"]))
-    q = q.reshape(q.shape[0], -1)
+    q = q.flatten(1)
     h = _run_layer(p["fc1"], q, 0, 0, "floor")
     logits = _run_layer(p["fc2"], h, 0, 0, "floor").view(-1, p["num_layers"], p["num_choices"])
     return (logits.to(torch.int64) - p["price_offsets"].to(logits.device)).argmax(dim=-1)
@@ -217,6 +217,27 @@ def _check_input(program: dict, x: Tensor) -> None:
     if tuple(x.shape[1:]) != tuple(program["input_shape"]) or x.dim() != len(program["input_shape"]) + 1:
         raise ValueError(f"DQTModel input must have shape [batch, {', '.join(map(str, program['input_shape']))}], "
                          f"got {tuple(x.shape)}")
+
+
+def _check_finite_float_model(model: nn.Module, input_scale) -> None:
+    """Refuse NaN/inf at the boundary, where the cause is still visible."""
+    if isinstance(input_scale, bool) or not isinstance(input_scale, (int, float)) or not math.isfinite(input_scale) \
+            or input_scale <= 0:
+        raise ValueError(f"input_scale must be a finite positive number (the real value of one input code), "
+                         f"got {input_scale!r}")
+    for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in named:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise ValueError(f"the float model's {kind} {name!r} has {bad} non-finite value(s) (NaN or inf); "
+                                 "a diverged or damaged float model cannot be converted")
+
+
+def _check_nonempty(x: Tensor) -> None:
+    # Eval returns empty logits for an empty batch, as torch layers do; a training step has no
+    # batch statistics and no loss to take from zero samples.
+    if x.shape[0] == 0:
+        raise ValueError("a training batch needs at least one sample, got an empty batch (eval mode accepts one)")
 
 
 def run_program(program: dict, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -264,7 +285,7 @@ def run_program(program: dict, x: Tensor) -> tuple[Tensor, Tensor]:
             else:
                 out = ops.int_avg_pool2d(ins[0], tuple(g["kernel"]), tuple(g["stride"]), tuple(g["padding"]))
         elif kind == "flatten":
-            out = ins[0].reshape(ins[0].shape[0], -1)
+            out = ins[0].flatten(1)
         else:
             raise CheckpointError(f"unknown step kind {kind!r} in the integer program")
         values.append(out)
@@ -351,6 +372,7 @@ class DQTModel(nn.Module):
         """
         numerics.check_shift_rule(shift_rule)
         cands = _check_bits(candidate_bits)
+        _check_finite_float_model(model, input_scale)
         if edge_bits is not None and not (isinstance(edge_bits, int) and 2 <= edge_bits <= numerics.MASTER_BITS):
             raise ValueError(f"edge_bits must be None or an int in [2, {numerics.MASTER_BITS}], got {edge_bits!r}")
         input_shape = tuple(int(s) for s in input_shape)
@@ -532,6 +554,7 @@ class DQTModel(nn.Module):
             self.last_bitops = self.bitops_per_sample(chosen)
             return logits
         _check_input(self.config, x)
+        _check_nonempty(x)
         return self._train_forward(x)
 
     def _fixed_bits(self, force_bits: Optional[int] = None) -> dict:
@@ -704,6 +727,7 @@ class DQTModel(nn.Module):
         if dynamic and beta > 0 and target_bitops:
             budget_codes = torch.randint(0, BUDGET_LEVELS, (x.shape[0],), generator=generator).to(x.device)
         _check_input(self.config, x)
+        _check_nonempty(x)
         logits = self._train_forward(x, budget_codes=budget_codes)
         bitops_now, bits_now, soft = self.last_bitops, self.last_bits, self.soft_bitops
         controller_logits = self.controller_logits if dynamic else None

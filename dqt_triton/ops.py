@@ -8,6 +8,7 @@ lives here: the Numba kernels are in `dqt_triton.reference`, the Triton ones in
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -149,6 +150,15 @@ def _per_channel(
     raise TypeError(f"{op}: {name} must be {kind} or a tensor, got {type(value).__name__}")
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _check_scalar_range(value: object, lo: int, hi: int, name: str, op: str, what: str) -> None:
+    # Python ints are unbounded: check before they become int64 tensors (which would overflow).
+    if _is_int(value) and not lo <= int(value) <= hi:
+        raise ValueError(f"{op}: {name} must lie in [{lo}, {hi}] ({what}), got {int(value)}")
+
+
 def _check_range(t: torch.Tensor, lo: int, hi: int, name: str, op: str, what: str) -> None:
     if t.numel() and (int(t.min()) < lo or int(t.max()) > hi):
         raise ValueError(f"{op}: {name} must lie in [{lo}, {hi}] ({what}), got min {int(t.min())} max {int(t.max())}")
@@ -185,6 +195,8 @@ def _build_epilogue(
         dtype = out_dtype if out_dtype is not None else (torch.uint8 if relu else torch.int8)
         if dtype not in CODE_DTYPES:
             raise ValueError(f"{op}: requantized output must be uint8 or int8, got out_dtype={dtype}")
+        _check_scalar_range(multiplier, -INT32_MAX, INT32_MAX, "multiplier", op, "int32 with |M| <= 2^31 - 1")
+        _check_scalar_range(shift, 0, MAX_REQUANT_SHIFT, "shift", op, "requantization right shift")
         mult = _per_channel(multiplier, n, "multiplier", op, device, torch.int64, integer=True)
         _check_range(mult, -INT32_MAX, INT32_MAX, "multiplier", op, "int32 with |M| <= 2^31 - 1")
         rshift = _per_channel(shift, n, "shift", op, device, torch.int64, integer=True)
@@ -195,9 +207,14 @@ def _build_epilogue(
     if out_scale is not None:
         if out_dtype not in (None, torch.float32):
             raise ValueError(f"{op}: the dequantizing epilogue returns float32, got out_dtype={out_dtype}")
+        if isinstance(out_scale, (int, float)) and not isinstance(out_scale, bool) and not (
+                math.isfinite(out_scale) and abs(out_scale) <= FLOAT32_MAX):
+            raise ValueError(f"{op}: out_scale must be finite in float32 (|out_scale| <= {FLOAT32_MAX:.4g}), "
+                             f"got {out_scale!r}")
         scale = _per_channel(out_scale, n, "out_scale", op, device, torch.float32, integer=False)
         if not bool(torch.isfinite(scale).all()):
-            raise ValueError(f"{op}: out_scale must be finite")
+            raise ValueError(f"{op}: out_scale must be finite in float32 (|out_scale| <= {FLOAT32_MAX:.4g}); "
+                             "NaN, inf or a value that overflows float32 was given")
         return Epilogue(ref.EPILOGUE_FLOAT, torch.float32, bias_t, zeros_i, zeros_i, scale, relu, 0, 0)
     if out_dtype not in (None, torch.int32):
         raise ValueError(

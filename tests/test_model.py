@@ -358,3 +358,40 @@ def test_eval_constants_follow_weight_changes_made_in_eval_mode():
     model.load_state_dict(other.state_dict())
     assert torch.equal(model(x), other(x))
     assert not torch.equal(model(x), before)
+
+
+@pytest.mark.parametrize("mode", ["uniform4", "dynamic"])
+def test_an_empty_batch_gives_empty_logits_in_eval_and_a_clear_error_in_training(mode):
+    """As torch layers do: zero samples in, zero rows out (trained, frozen, static and dynamic);
+    a training step on zero samples has no statistics to take and says so."""
+    for arch in ("mlp", "cnn"):
+        model, x = build(arch, mode)
+        empty = x[:0]
+        logits = model(empty)
+        assert logits.shape == (0, 10) and logits.dtype == torch.float32
+        assert model.last_bitops.shape == (0,)
+        assert torch.equal(model.freeze()(empty), logits)
+        model.train()
+        with pytest.raises(ValueError, match="empty batch"):
+            model(empty)
+        with pytest.raises(ValueError, match="empty batch"):
+            model.dqt_loss(empty, torch.zeros(0, dtype=torch.long), target_bitops=model.uniform_bitops(4))
+
+
+def test_non_finite_float_models_and_input_scales_are_refused_at_conversion():
+    make, shape = ARCHS["cnn"]
+    for value in (float("nan"), float("inf")):
+        net = make()
+        with torch.no_grad():
+            next(net.parameters()).view(-1)[3] = value
+        name = next(net.named_parameters())[0]
+        with pytest.raises(ValueError, match=f"parameter '{name}' has 1 non-finite value"):
+            dq.DQTModel.from_float(net, shape)
+    net = make()
+    bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_var[0] = float("nan")
+    with pytest.raises(ValueError, match="buffer .*running_var' has 1 non-finite"):
+        dq.DQTModel.from_float(net, shape)
+    for scale in (float("nan"), float("inf"), 0.0, -1.0, "0.1"):
+        with pytest.raises(ValueError, match="input_scale must be a finite positive number"):
+            dq.DQTModel.from_float(make(), shape, input_scale=scale)

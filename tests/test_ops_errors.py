@@ -38,6 +38,13 @@ WC = torch.zeros((8, 4, 3, 3), dtype=torch.int8)
         ({"multiplier": 1, "shift": 1, "out_dtype": torch.int32}, ValueError, "must be uint8 or int8"),
         ({"out_dtype": torch.uint8}, ValueError, "needs an epilogue"),
         ({"out_scale": float("nan")}, ValueError, "out_scale must be finite"),
+        # Python ints beyond int64 and floats beyond float32: the same clear messages, never a raw
+        # OverflowError or a RuntimeError from a tensor constructor.
+        ({"multiplier": 2**70, "shift": 3}, ValueError, "multiplier must lie in .* got 1180591620717411303424"),
+        ({"multiplier": -(2**70), "shift": 3}, ValueError, "multiplier must lie in"),
+        ({"multiplier": 5, "shift": 2**70}, ValueError, "shift must lie in"),
+        ({"out_scale": 1e300}, ValueError, r"out_scale must be finite in float32 .* got 1e\+300"),
+        ({"out_scale": torch.full((8,), 1e300, dtype=torch.float64)}, ValueError, "out_scale must be finite in float32"),
         ({"out_scale": torch.ones(8, dtype=torch.int32)}, TypeError, "floating dtype"),
         ({"shift_rule": "nearest"}, ValueError, "shift_rule must be one of"),
         ({"backend": "gpu"}, ValueError, "unknown backend 'gpu'"),
