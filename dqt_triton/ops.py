@@ -485,7 +485,9 @@ def _check_constants(op: str, shift: int, **constants: int) -> None:
     for name, value in constants.items():
         if not _is_int(value):
             raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}")
-        limit = MAX_OFFSET_ABS if name in ("k3", "k4") else INT32_MAX
+        # The additive offset (k3 of add, k4 of multiply) may reach 2^47; coefficients are int32.
+        offset = "k3" if op == "int_add" else "k4"
+        limit = MAX_OFFSET_ABS if name == offset else INT32_MAX
         if abs(int(value)) > limit:
             raise ValueError(f"{op}: |{name}| = {abs(int(value))} exceeds {limit}")
     if not _is_int(shift) or not 0 <= shift <= MAX_REQUANT_SHIFT:
@@ -578,6 +580,16 @@ def _pool_geometry(op, x, kernel_size, stride, padding, dilation):
     OH, OW = _out_size(H, kh, sh, ph, dh), _out_size(W, kw, sw, pw, dw)
     if OH < 1 or OW < 1:
         raise ValueError(f"{op}: input {H}x{W} is too small for kernel {kernel_size}")
+    if op == "int_max_pool2d":
+        for size, k, s, p, d, out, axis in ((H, kh, sh, ph, dh, OH, "rows"), (W, kw, sw, pw, dw, OW, "columns")):
+            # Only windows starting in the padding can miss the input; torch gives -inf there,
+            # which no code represents.
+            for o in range(min(out, -(-p // s) if p else 0)):
+                start = o * s - p
+                if not any(0 <= start + j * d < size for j in range(k)):
+                    raise ValueError(f"{op}: output {axis[:-1]} {o} pools only padding (kernel {k}, stride {s}, "
+                                     f"padding {p}, dilation {d} on {size} {axis}); torch would return -inf there, "
+                                     "which no integer code represents: use less padding or dilation")
     return x, (kh, kw, sh, sw, ph, pw, dh, dw), (OH, OW)
 
 
