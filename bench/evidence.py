@@ -36,6 +36,7 @@ VARIANTS = {  # name -> TrainConfig overrides
     "dqt": {},
     "dqt_floor": {"shift_rule": "floor"},
     "dqt_alpha0": {"alpha": 0.0},
+    "dqt_best": {"imitation_mode": "best"},
     **{f"static{b}": {"static_bits": b} for b in STATIC_WIDTHS},
     "static4_floor": {"static_bits": 4, "shift_rule": "floor"},
 }
@@ -242,7 +243,7 @@ def summarize(out: Path) -> dict:
                   "Dynamic mode (one checkpoint; run-time budget codes calibrated on the training set):", "",
                   "| variant | budget (uniform b) | accuracy | BitOPs / uniform 4 | dearest 10% / cheapest 10% | "
                   "accuracy cheap half / dear half |", "|---|---|---:|---:|---:|---|"]
-        for v in ("dqt", "dqt_floor", "dqt_alpha0"):
+        for v in ("dqt", "dqt_floor", "dqt_alpha0", "dqt_best"):
             for mode in [f"dynamic@{b}" for b in BUDGETS]:
                 acc = _mean_std(table.get((d, v, mode, "accuracy"), []))
                 if acc[0] is None:
@@ -309,6 +310,7 @@ def _plot(table: dict, datasets: list[str], path: Path) -> None:
                 (alone, "kx--", "static, each width trained alone"),
                 (series(d, "dqt", statics), "o-", "DQT round: one checkpoint, static widths"),
                 (series(d, "dqt", dyn), "*-", "DQT round: dynamic, run-time budgets"),
+                (series(d, "dqt_best", dyn), "v-.", "DQT round, controller imitates the best width: dynamic"),
                 (series(d, "dqt_floor", statics), "s:", "DQT floor: one checkpoint, static widths"),
                 (series(d, "dqt_floor", dyn), "^:", "DQT floor: dynamic, run-time budgets")):
             if pts:

@@ -107,7 +107,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(data=args.data, data_dir=args.data_dir, model=args.model, width=args.width, depth=args.depth,
                       candidate_bits=tuple(args.bits), budget_bits=args.budget, alpha=args.alpha, beta=args.beta,
-                      imitation=args.imitation, distill=not args.no_distill, sampled_widths=args.sampled_widths,
+                      imitation=args.imitation, imitation_mode=args.imitation_mode,
+                      imitation_holdout=args.imitation_holdout, distill=not args.no_distill, sampled_widths=args.sampled_widths,
                       bn_per_width=not args.shared_bn, edge_bits=args.edge_bits,
                       warmup_epochs=args.warmup_epochs, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, dqt_lr=args.dqt_lr, shift_rule=args.shift_rule, seed=args.seed,
@@ -173,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--beta", type=float, default=d.beta, help="weight of the per-sample BitOPs price")
     train.add_argument("--imitation", type=float, default=d.imitation,
                        help="weight of the controller's imitation of each sample's best width")
+    train.add_argument("--imitation-mode", choices=["expected", "best"], default=d.imitation_mode,
+                       help="controller learns each width's expected cost per input (default) or the best width")
+    train.add_argument("--imitation-holdout", type=float, default=d.imitation_holdout,
+                       help="share of the training set held out of the network's loss to judge widths on")
     train.add_argument("--sampled-widths", type=int, default=d.sampled_widths,
                        help="random middle widths per step besides the widest and narrowest (-1: every width)")
     train.add_argument("--no-distill", action="store_true", help="lower widths learn from labels, not the 8-bit path")

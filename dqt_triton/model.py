@@ -136,10 +136,10 @@ def budget_price(code):
     it a negative one (bits are rewarded), so the run-time budget reaches from the narrowest to
     the widest candidate instead of stopping at whatever the bare logits prefer.
     """
+    if isinstance(code, torch.Tensor):  # float64 like the scalar path, then float32
+        t = 1.0 - 2.0 * code.to(torch.float64) / (BUDGET_LEVELS - 1)
+        return (PRICE_LIMIT * torch.sinh(PRICE_CURVE * t) / math.sinh(PRICE_CURVE)).to(torch.float32)
     t = 1.0 - 2.0 * code / (BUDGET_LEVELS - 1)
-    if isinstance(t, torch.Tensor):
-        t = t.to(torch.float32)
-        return PRICE_LIMIT * torch.sinh(PRICE_CURVE * t) / math.sinh(PRICE_CURVE)
     return PRICE_LIMIT * math.sinh(PRICE_CURVE * t) / math.sinh(PRICE_CURVE)
 
 
@@ -697,7 +697,7 @@ class DQTModel(nn.Module):
     def dqt_loss(self, x: Tensor, target: Tensor, *, alpha: float = 1.0, beta: float = 0.0,
                  target_bitops: Optional[float] = None, distill: bool = True,
                  sampled_widths: Optional[int] = 1, imitation: float = 1.0, imitation_samples: int = 16,
-                 imitation_data: Optional[tuple[Tensor, Tensor]] = None,
+                 imitation_data: Optional[tuple[Tensor, Tensor]] = None, imitation_mode: str = "expected",
                  generator: Optional[torch.Generator] = None) -> dict:
         """The DQT objective: task + alpha * consistency + beta * budget + imitation term.
 
@@ -714,8 +714,9 @@ class DQTModel(nn.Module):
             `calibrate_budget` picks one at deployment.
         imitation (dynamic mode, with the budget term): for the first `imitation_samples` samples,
             forward passes at every candidate width (no gradient, deployed statistics) give each
-            sample's loss per width; the width minimising loss + price is that sample's best
-            choice, and the controller's logits learn it (cross-entropy, every governed layer).
+            sample's loss per width plus price; the controller's logits learn those costs
+            (`imitation_mode="expected"`, a centred regression: the argmax estimates the width of
+            least expected cost) or each sample's cheapest width (`"best"`, cross-entropy).
             This is the per-input signal that makes the controller spend bits where the loss
             needs them; the gate gradients of the task term refine it per layer.
             `imitation_data` (x, target): judge the widths on these samples instead, ideally held
@@ -752,7 +753,7 @@ class DQTModel(nn.Module):
                     sub = slice(0, min(imitation_samples, x.shape[0]))
                     xi, yi, logits_i, lam_i = x[sub], target[sub], controller_logits[sub], lam[sub]
                 per_width = self._losses_per_width(xi, yi)
-                imitate = self._imitation_loss(logits_i, per_width, lam_i, target_bitops)
+                imitate = self._imitation_loss(logits_i, per_width, lam_i, target_bitops, imitation_mode)
         total = task + alpha * consistency + beta * budget + imitation * imitate
         self.last_bitops, self.last_bits = bitops_now, bits_now
         return {"loss": total, "task": task.detach(), "consistency": consistency.detach(),
@@ -770,17 +771,32 @@ class DQTModel(nn.Module):
         finally:
             self.train(was_training)
 
-    def _imitation_loss(self, controller_logits: Tensor, per_width: dict, lam: Tensor, unit: float) -> Tensor:
-        """Cross-entropy of the controller's per-layer logits against each sample's best width:
-        argmin_b CE_b + lambda * BitOPs(uniform b) / unit."""
+    def _imitation_loss(self, controller_logits: Tensor, per_width: dict, lam: Tensor, unit: float,
+                        mode: str = "expected") -> Tensor:
+        """Teach the controller each sample's cost of every width, CE_b + lambda * BitOPs(uniform b) / unit.
+
+        "expected": every governed layer's logits (net of the price) regress the negated costs,
+        both centred over the widths (Huber): the argmax then estimates the width of least
+        expected cost, and where the controller cannot tell inputs apart it settles on the width
+        best on average instead of betting on the likeliest best one. "best": cross-entropy
+        against each sample's cheapest width (argmin).
+        """
         widths = sorted(per_width)
         losses = torch.stack([per_width[b] for b in widths], dim=1)  # [B, |S|]
         cost = torch.tensor([self.uniform_bitops(b) / unit for b in widths], device=losses.device)
         index = torch.tensor([self.candidate_bits.index(b) for b in widths], device=losses.device)
-        target = index[(losses + lam[:, None] * cost).argmin(1)]  # candidate index of each best width
+        total = losses + lam[:, None] * cost
         L = controller_logits.shape[1]
-        return F.cross_entropy(controller_logits.reshape(-1, controller_logits.shape[-1]),
-                               target.repeat_interleave(L))
+        if mode == "best":
+            target = index[total.argmin(1)]  # candidate index of each best width
+            return F.cross_entropy(controller_logits.reshape(-1, controller_logits.shape[-1]),
+                                   target.repeat_interleave(L))
+        if mode != "expected":
+            raise ValueError(f"imitation_mode must be 'expected' or 'best', got {mode!r}")
+        want = -(total - total.mean(1, keepdim=True))  # [B, |S|]
+        got = controller_logits[:, :, index]  # [B, L, |S|]
+        got = got - got.mean(2, keepdim=True)
+        return F.huber_loss(got, want[:, None, :].expand_as(got), delta=1.0)
 
     def _consistency(self, x: Tensor, target: Tensor, distill: bool, sampled_widths: Optional[int],
                      generator: Optional[torch.Generator]) -> Tensor:

@@ -51,6 +51,7 @@ class TrainConfig:
     imitation: float = 1.0  # weight of the controller's imitation of each sample's best width
     imitation_holdout: float = 0.1  # share of the training set held out of the network's terms to judge widths on
     imitation_samples: int = 16  # held-out samples judged at every width per step
+    imitation_mode: str = "expected"  # controller learns expected cost per width ("expected") or the best width ("best")
     distill: bool = True  # lower widths learn from the widest one's predictions
     sampled_widths: int = 1  # random middle widths per step besides widest and narrowest; -1 = all
     bn_per_width: bool = True
@@ -403,6 +404,7 @@ class Trainer:
                 out = model.dqt_loss(xb, yb, alpha=cfg.alpha, beta=cfg.beta, target_bitops=unit,
                                      distill=cfg.distill, imitation=cfg.imitation, generator=generator,
                                      imitation_samples=cfg.imitation_samples, imitation_data=held,
+                                     imitation_mode=cfg.imitation_mode,
                                      sampled_widths=None if cfg.sampled_widths < 0 else cfg.sampled_widths)
             else:
                 loss = F.cross_entropy(model(xb), yb)

@@ -3,6 +3,8 @@ the controller's response to the budget, and clear errors."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -395,3 +397,44 @@ def test_non_finite_float_models_and_input_scales_are_refused_at_conversion():
     for scale in (float("nan"), float("inf"), 0.0, -1.0, "0.1"):
         with pytest.raises(ValueError, match="input_scale must be a finite positive number"):
             dq.DQTModel.from_float(make(), shape, input_scale=scale)
+
+
+def test_budget_prices_are_signed_and_decreasing_so_budgets_reach_both_ends():
+    codes = torch.arange(dq.model.BUDGET_LEVELS)
+    prices = dq.model.budget_price(codes)
+    assert bool((prices[1:] < prices[:-1]).all())
+    assert math.isclose(float(prices[0]), 10.0, rel_tol=1e-6) and math.isclose(float(prices[-1]), -10.0, rel_tol=1e-6)
+    middle = dq.model.BUDGET_LEVELS // 2
+    assert 0 < float(prices[middle - 1]) < 1e-4 and -1e-4 < float(prices[middle]) < 0
+    assert [dq.model.budget_price(int(c)) for c in (0, middle, 255)] == pytest.approx(
+        [float(prices[0]), float(prices[middle]), float(prices[255])], rel=1e-6)
+    # The argmax of logits minus price * cost picks the narrowest width at the top price and
+    # the widest at the bottom whenever the logits' spread is below the price gap.
+    model, x = build("mlp", "dynamic")
+    ctrl = model.controller
+    with torch.no_grad():
+        ctrl.log_kappa.fill_(2.0)
+    for code, want in ((0, min(model.candidate_bits)), (dq.model.BUDGET_LEVELS - 1, max(model.candidate_bits))):
+        model.set_budget(code)
+        model(x)
+        assert bool((model.last_bits[:, [model.layer_names.index(n) for n in model.governed], 0] == want).all())
+
+
+def test_imitation_losses_expected_regression_and_best_width():
+    """"expected": zero exactly when the logits (centred) equal the negated costs (centred);
+    "best": cross-entropy towards the argmin; anything else is refused."""
+    model, _ = build("mlp", "dynamic")
+    widths = model.candidate_bits
+    per_width = {b: torch.tensor([0.1 * i, 1.0 / b]) for i, b in enumerate(widths)}
+    lam = torch.tensor([0.0, 0.5])
+    unit = model.uniform_bitops(4)
+    cost = torch.tensor([model.uniform_bitops(b) / unit for b in widths])
+    total = torch.stack([per_width[b] for b in widths], 1) + lam[:, None] * cost
+    L = len(model.governed)
+    exact = (-total + 3.0)[:, None, :].expand(2, L, len(widths))
+    assert float(model._imitation_loss(exact, per_width, lam, unit, "expected")) < 1e-12  # float rounding only
+    assert float(model._imitation_loss(exact + torch.randn(exact.shape), per_width, lam, unit, "expected")) > 0
+    best = model._imitation_loss(exact * 5000, per_width, lam, unit, "best")
+    assert float(best) < 1e-6  # sharp logits already peaked on each sample's argmin
+    with pytest.raises(ValueError, match="imitation_mode"):
+        model._imitation_loss(exact, per_width, lam, unit, "greedy")
