@@ -11,6 +11,7 @@ from .errors import (
     AccumulatorOverflowError,
     BackendUnavailableError,
     CheckpointError,
+    DiskFullError,
     DQTError,
     UnsupportedLayerError,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "BackendUnavailableError",
     "CheckpointError",
     "DQTConv2d",
+    "DiskFullError",
     "DQTError",
     "DQTLinear",
     "DQTModel",

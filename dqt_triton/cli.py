@@ -142,8 +142,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dqt", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="dqt", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit status: 0 ok, 1 internal error (a bug), 2 bad usage or input, 3 damaged or foreign checkpoint,\n"
+               "4 file not found, 5 disk full, 6 other I/O error, 7 training diverged, 8 backend unavailable,\n"
+               "9 accumulator overflow risk, 130 interrupted")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="on failure show the Python traceback (also: DQT_DEBUG=1) instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="integer-only inference at every nested width on digits")
     demo.add_argument("--seed", type=int, default=0)
@@ -202,7 +208,51 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.set_defaults(func=run_eval)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    debug = args.debug or os.environ.get("DQT_DEBUG", "") not in ("", "0")
+    try:
+        return args.func(args)
+    except Exception as exc:
+        if debug:
+            raise
+        code = exit_code(exc)
+        hint = "" if code != EXIT_INTERNAL else "; this is a bug in dqt-triton, please report it"
+        print(f"dqt {args.command}: error: {_one_line(exc)}{hint} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return code
+
+
+# Exit codes: argparse's 2 for usage, then one per kind of failure so scripts can tell them apart.
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2  # bad option value, unsupported model or layer, invalid input
+EXIT_CHECKPOINT = 3  # damaged, foreign or wrong-version checkpoint or training state
+EXIT_NOT_FOUND = 4  # a file or dataset copy that is not there
+EXIT_DISK_FULL = 5
+EXIT_IO = 6  # any other operating-system error (permissions, read-only file system, ...)
+EXIT_DIVERGED = 7  # non-finite values during training
+EXIT_BACKEND = 8  # the requested backend or device cannot run here
+EXIT_OVERFLOW = 9  # an int32 accumulator could overflow
+
+
+def exit_code(exc: BaseException) -> int:
+    """The `dqt` exit status for an exception (see the EXIT_* constants)."""
+    from .errors import AccumulatorOverflowError, BackendUnavailableError, CheckpointError, DiskFullError
+
+    for kind, code in ((CheckpointError, EXIT_CHECKPOINT), (DiskFullError, EXIT_DISK_FULL),
+                       (FileNotFoundError, EXIT_NOT_FOUND), (AccumulatorOverflowError, EXIT_OVERFLOW),
+                       (BackendUnavailableError, EXIT_BACKEND), (FloatingPointError, EXIT_DIVERGED),
+                       (OSError, EXIT_IO), (ValueError, EXIT_USAGE), (TypeError, EXIT_USAGE)):
+        if isinstance(exc, kind):
+            if kind is TypeError and type(exc) is TypeError:
+                return EXIT_INTERNAL  # a bare TypeError is a programming error, not the user's
+            return code
+    return EXIT_INTERNAL
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text = f"{text}: {exc.filename}"
+    return text
 
 
 if __name__ == "__main__":

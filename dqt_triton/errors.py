@@ -19,3 +19,7 @@ class UnsupportedLayerError(DQTError, TypeError):
 
 class CheckpointError(DQTError, ValueError):
     """A DQT checkpoint is truncated, corrupt, or not a dqt-triton file."""
+
+
+class DiskFullError(DQTError, OSError):
+    """A save ran out of disk space (the message names the directory); nothing was overwritten."""

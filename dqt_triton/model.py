@@ -11,19 +11,17 @@ load round trip.
 from __future__ import annotations
 
 import copy
-import io
 import itertools
 import logging
 import math
 import os
-import zipfile
 from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import numerics, ops
+from . import checkpoint, numerics, ops
 from .errors import CheckpointError, UnsupportedLayerError
 from .graph import Step, capture
 from .nn import ActQuantizer, DQTConv2d, DQTLinear, IntegerConstants
@@ -172,40 +170,56 @@ def _layer_program(c: IntegerConstants, conv: Optional[dict]) -> dict:
             "conv": {k: list(v) if isinstance(v, tuple) else v for k, v in conv.items()} if conv else None}
 
 
-def _run_layer(p: dict, x: Tensor, act_shift, weight_shift, rule: str) -> Tensor:
-    # Program weights are frozen snapshots, so the CPU path may keep their shifted copies.
-    kwargs = dict(act_shift=act_shift, weight_shift=weight_shift, bias=p["bias"], relu=p["relu"], shift_rule=rule,
-                  cache_weight=True)
-    if p["multiplier"] is not None:
-        kwargs.update(multiplier=p["multiplier"].to(x.device), shift=p["shift"].to(x.device),
-                      out_dtype=_DTYPES[p["out_dtype"]])
-    elif p["out_scale"] is not None:
-        kwargs.update(out_scale=p["out_scale"].to(x.device))
-    kwargs["bias"] = kwargs["bias"].to(x.device)
-    weight = p["weight"].to(x.device)
-    if p["conv"] is None:
-        return ops.int_matmul(x, weight, **kwargs)
-    conv = p["conv"]
-    return ops.int_conv2d(x, weight, stride=tuple(conv["stride"]), padding=tuple(conv["padding"]),
-                          dilation=tuple(conv["dilation"]), groups=conv["groups"], **kwargs)
+def _prepared_layer(p: dict, x: Tensor, rule: str, cache: dict, key: str) -> ops.PreparedLayer:
+    """The layer validated and placed on x's device once (`ops.prepare_layer`), then reused."""
+    layer = cache.get(key)
+    if layer is None or layer.x_dtype != x.dtype or layer.weight.device != x.device:
+        kwargs = dict(bias=p["bias"], relu=p["relu"], shift_rule=rule)
+        if p["multiplier"] is not None:
+            kwargs.update(multiplier=p["multiplier"], shift=p["shift"], out_dtype=_DTYPES[p["out_dtype"]])
+        elif p["out_scale"] is not None:
+            kwargs.update(out_scale=p["out_scale"])
+        conv = p["conv"]
+        if conv is not None:
+            conv = dict(stride=tuple(conv["stride"]), padding=tuple(conv["padding"]),
+                        dilation=tuple(conv["dilation"]), groups=conv["groups"])
+        layer = ops.prepare_layer(p["weight"], x_dtype=x.dtype, device=x.device, conv=conv, **kwargs)
+        cache[key] = layer
+    return layer
 
 
-def run_controller(p: dict, x: Tensor) -> Tensor:
+def _run_layer(p: dict, x: Tensor, act_shift, weight_shift, rule: str, cache: dict, key: str) -> Tensor:
+    return ops.run_prepared(_prepared_layer(p, x, rule, cache, key), x, act_shift, weight_shift)
+
+
+def _device_tensor(cache: dict, key: str, make) -> Tensor:
+    """A constant of the program made once per device (not a host-to-device copy per call)."""
+    t = cache.get(key)
+    if t is None:
+        t = cache[key] = make()
+    return t
+
+
+def run_controller(p: dict, x: Tensor, cache: Optional[dict] = None) -> Tensor:
     """Integer controller on feature codes x: chosen candidate index [B, governed layers]
-    (first maximum of the int32 logits; the budget code is folded into fc1's bias)."""
+    (first maximum of the int32 logits minus the price offsets)."""
+    cache = {} if cache is None else cache
     q = x
     if p["pool"] is not None:
         q = ops.int_avg_pool2d(q, tuple(p["pool"]))
-    q = q.reshape(q.shape[0], -1)
-    h = _run_layer(p["fc1"], q, 0, 0, "floor")
-    logits = _run_layer(p["fc2"], h, 0, 0, "floor").view(-1, p["num_layers"], p["num_choices"])
-    return (logits.to(torch.int64) - p["price_offsets"].to(logits.device)).argmax(dim=-1)
+    q = q.flatten(1)
+    h = _run_layer(p["fc1"], q, 0, 0, "floor", cache, "controller.fc1")
+    logits = _run_layer(p["fc2"], h, 0, 0, "floor", cache, "controller.fc2").view(-1, p["num_layers"],
+                                                                                  p["num_choices"])
+    offsets = _device_tensor(cache, "controller.price_offsets", lambda: p["price_offsets"].to(x.device))
+    return (logits.to(torch.int64) - offsets).argmax(dim=-1)
 
 
-def bitops_from_bits(bits: Tensor, macs: list[int], controller_macs: int = 0) -> Tensor:
+def bitops_from_bits(bits: Tensor, macs: Union[list[int], Tensor], controller_macs: int = 0) -> Tensor:
     """BitOPs per sample: sum over layers of MACs x weight bits x activation bits, for chosen
-    bits [B, layers, (w, a)], plus the controller's MACs at 8 x 8 bits."""
-    macs_t = torch.tensor(macs, dtype=torch.float64, device=bits.device)
+    bits [B, layers, (w, a)], plus the controller's MACs at 8 x 8 bits. `macs` may be a float64
+    tensor already on the bits' device."""
+    macs_t = macs if isinstance(macs, Tensor) else torch.tensor(macs, dtype=torch.float64, device=bits.device)
     return (bits[..., 0].double() * bits[..., 1].double() * macs_t).sum(dim=1) + controller_macs * 64
 
 
@@ -221,14 +235,40 @@ def _check_input(program: dict, x: Tensor) -> None:
                          f"got {tuple(x.shape)}")
 
 
-def run_program(program: dict, x: Tensor) -> tuple[Tensor, Tensor]:
+def _check_finite_float_model(model: nn.Module, input_scale) -> None:
+    """Refuse NaN/inf at the boundary, where the cause is still visible."""
+    if isinstance(input_scale, bool) or not isinstance(input_scale, (int, float)) or not math.isfinite(input_scale) \
+            or input_scale <= 0:
+        raise ValueError(f"input_scale must be a finite positive number (the real value of one input code), "
+                         f"got {input_scale!r}")
+    for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in named:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise ValueError(f"the float model's {kind} {name!r} has {bad} non-finite value(s) (NaN or inf); "
+                                 "a diverged or damaged float model cannot be converted")
+
+
+def _check_nonempty(x: Tensor) -> None:
+    # Eval returns empty logits for an empty batch, as torch layers do; a training step has no
+    # batch statistics and no loss to take from zero samples.
+    if x.shape[0] == 0:
+        raise ValueError("a training batch needs at least one sample, got an empty batch (eval mode accepts one)")
+
+
+def run_program(program: dict, x: Tensor, cache: Optional[dict] = None) -> tuple[Tensor, Tensor]:
     """The integer-only forward pass: (float32 logits, chosen bits [B, layers, (w, a)]).
 
     Static: every layer's (w, a) widths come from the program. Dynamic: fixed layers (first and
     last by default) keep their widths; the controller runs on its source value (the first
     layer's output codes) just before the first governed layer needs a width.
+
+    `cache` (a dict the caller keeps per program and device) holds the layers validated and
+    placed on x's device by the first call; later calls read no tensor value on the host and
+    copy nothing, so on a GPU they never wait for the device. Without it every call validates.
     """
     _check_input(program, x)
+    cache = {} if cache is None else cache
     rule = program["shift_rule"]
     names = program["layer_names"]
     B = x.shape[0]
@@ -243,13 +283,15 @@ def run_program(program: dict, x: Tensor) -> tuple[Tensor, Tensor]:
             name = step["name"]
             if name in governed:
                 if widths is None:
-                    choice = run_controller(program["controller"], values[program["controller_source"]])
-                    widths = torch.tensor(program["candidate_bits"], device=x.device)[choice]  # [B, governed]
+                    choice = run_controller(program["controller"], values[program["controller_source"]], cache)
+                    candidates = _device_tensor(cache, "candidate_bits",
+                                                lambda: torch.tensor(program["candidate_bits"], device=x.device))
+                    widths = candidates[choice]  # [B, governed]
                 act_shift = weight_shift = numerics.MASTER_BITS - widths[:, governed[name]]
             else:
                 wb, ab = fixed[name]
                 act_shift, weight_shift = numerics.MASTER_BITS - ab, numerics.MASTER_BITS - wb
-            out = _run_layer(program["layers"][name], ins[0], act_shift, weight_shift, rule)
+            out = _run_layer(program["layers"][name], ins[0], act_shift, weight_shift, rule, cache, name)
         elif kind == "add":
             a = program["adds"][step["name"]]
             out = ops.int_add(ins[0], ins[1], k1=a["k1"], k2=a["k2"], k3=a["k3"], shift=a["shift"], relu=a["relu"])
@@ -266,13 +308,15 @@ def run_program(program: dict, x: Tensor) -> tuple[Tensor, Tensor]:
             else:
                 out = ops.int_avg_pool2d(ins[0], tuple(g["kernel"]), tuple(g["stride"]), tuple(g["padding"]))
         elif kind == "flatten":
-            out = ins[0].reshape(ins[0].shape[0], -1)
+            out = ins[0].flatten(1)
         else:
             raise CheckpointError(f"unknown step kind {kind!r} in the integer program")
         values.append(out)
-    chosen = torch.tensor([fixed[n] for n in names], device=x.device).expand(B, -1, -1).clone()
+    fixed_bits = _device_tensor(cache, "fixed_bits", lambda: torch.tensor([fixed[n] for n in names], device=x.device))
+    chosen = fixed_bits.expand(B, -1, -1).clone()
     if widths is not None:
-        idx = torch.tensor([names.index(n) for n in program["governed"]], device=x.device)
+        idx = _device_tensor(cache, "governed_index", lambda: torch.tensor([names.index(n) for n in program["governed"]],
+                                                                           device=x.device))
         chosen[:, idx] = widths.unsqueeze(-1).expand(-1, -1, 2)
     return values[-1], chosen
 
@@ -314,6 +358,8 @@ class DQTModel(nn.Module):
         self.soft_bitops: Optional[Tensor] = None
         self.controller_logits: Optional[Tensor] = None
         self._program_cache: Optional[tuple[tuple, dict]] = None
+        # (program, {device: run_program cache}): layers validated and placed per device once.
+        self._run_caches: tuple[Optional[dict], dict] = (None, {})
 
     # ------------------------------------------------------------------ construction
 
@@ -353,6 +399,7 @@ class DQTModel(nn.Module):
         """
         numerics.check_shift_rule(shift_rule)
         cands = _check_bits(candidate_bits)
+        _check_finite_float_model(model, input_scale)
         if edge_bits is not None and not (isinstance(edge_bits, int) and 2 <= edge_bits <= numerics.MASTER_BITS):
             raise ValueError(f"edge_bits must be None or an int in [2, {numerics.MASTER_BITS}], got {edge_bits!r}")
         input_shape = tuple(int(s) for s in input_shape)
@@ -529,11 +576,20 @@ class DQTModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Logits for input codes x. Training: nested QAT; eval: the integer-only program."""
         if not self.training:
-            logits, chosen = run_program(self.integer_program(), x)
+            program = self.integer_program()
+            if self._run_caches[0] is not program:  # a rebuilt program: its layers are prepared anew
+                self._run_caches = (program, {})
+            device = x.device if isinstance(x, Tensor) else None
+            cache = self._run_caches[1].setdefault(device, {})
+            logits, chosen = run_program(program, x, cache)
             self.last_bits = chosen
-            self.last_bitops = self.bitops_per_sample(chosen)
+            controller_macs = self.controller.macs() if self.dynamic and self.controller is not None else 0
+            macs = _device_tensor(cache, "macs", lambda: torch.tensor(
+                [self.config["macs"][n] for n in self.layer_names], dtype=torch.float64, device=chosen.device))
+            self.last_bitops = bitops_from_bits(chosen, macs, controller_macs)
             return logits
         _check_input(self.config, x)
+        _check_nonempty(x)
         return self._train_forward(x)
 
     def _fixed_bits(self, force_bits: Optional[int] = None) -> dict:
@@ -707,6 +763,7 @@ class DQTModel(nn.Module):
         if dynamic and beta > 0 and target_bitops:
             budget_codes = torch.randint(0, BUDGET_LEVELS, (x.shape[0],), generator=generator).to(x.device)
         _check_input(self.config, x)
+        _check_nonempty(x)
         logits = self._train_forward(x, budget_codes=budget_codes)
         bitops_now, bits_now, soft = self.last_bitops, self.last_bits, self.soft_bitops
         controller_logits = self.controller_logits if dynamic else None
@@ -904,14 +961,18 @@ class FrozenDQTModel(nn.Module):
         self.program = program
         self.macs = macs
         self.controller_macs = controller_macs
+        self._run_caches: dict = {}  # device -> run_program cache (layers validated and placed once)
         self.last_bits: Optional[Tensor] = None
         self.last_bitops: Optional[Tensor] = None
 
     def forward(self, x: Tensor) -> Tensor:
-        logits, chosen = run_program(self.program, x)
+        device = x.device if isinstance(x, Tensor) else None
+        cache = self._run_caches.setdefault(device, {})
+        logits, chosen = run_program(self.program, x, cache)
         self.last_bits = chosen
-        self.last_bitops = bitops_from_bits(chosen, [self.macs[n] for n in self.program["layer_names"]],
-                                            self.controller_macs)
+        macs = _device_tensor(cache, "macs", lambda: torch.tensor(
+            [self.macs[n] for n in self.program["layer_names"]], dtype=torch.float64, device=chosen.device))
+        self.last_bitops = bitops_from_bits(chosen, macs, self.controller_macs)
         return logits
 
     def save(self, path: Union[str, os.PathLike]) -> None:
@@ -1008,25 +1069,15 @@ def _clone_program(program: dict) -> dict:
 
 
 def _atomic_save(payload: dict, path: Union[str, os.PathLike]) -> None:
-    """Write to a temporary file and rename, so an interrupted save never clobbers a good file."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    """Write with an integrity digest to a temporary file and rename (`checkpoint.save_file`)."""
+    checkpoint.save_file(payload, path)
 
 
 def _load_payload(path: Union[str, os.PathLike], map_location) -> dict:
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, io.UnsupportedOperation, ValueError, OSError) as exc:
-        raise CheckpointError(f"{path} is truncated or not a torch checkpoint: {exc}") from exc
-    except Exception as exc:  # pickle.UnpicklingError for foreign objects under weights_only
-        raise CheckpointError(f"{path} cannot be loaded safely (weights_only): {exc}") from exc
+    payload = checkpoint.load_file(path, map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a dqt-triton checkpoint (format tag missing)")
+        raise CheckpointError(f"{path} is not a dqt-triton model checkpoint (format tag missing)")
     if payload.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint version {payload.get('version')}, this dqt-triton reads "
                               f"{FORMAT_VERSION}")

@@ -8,6 +8,7 @@ lives here: the Numba kernels are in `dqt_triton.reference`, the Triton ones in
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -149,6 +150,15 @@ def _per_channel(
     raise TypeError(f"{op}: {name} must be {kind} or a tensor, got {type(value).__name__}")
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _check_scalar_range(value: object, lo: int, hi: int, name: str, op: str, what: str) -> None:
+    # Python ints are unbounded: check before they become int64 tensors (which would overflow).
+    if _is_int(value) and not lo <= int(value) <= hi:
+        raise ValueError(f"{op}: {name} must lie in [{lo}, {hi}] ({what}), got {int(value)}")
+
+
 def _check_range(t: torch.Tensor, lo: int, hi: int, name: str, op: str, what: str) -> None:
     if t.numel() and (int(t.min()) < lo or int(t.max()) > hi):
         raise ValueError(f"{op}: {name} must lie in [{lo}, {hi}] ({what}), got min {int(t.min())} max {int(t.max())}")
@@ -185,6 +195,8 @@ def _build_epilogue(
         dtype = out_dtype if out_dtype is not None else (torch.uint8 if relu else torch.int8)
         if dtype not in CODE_DTYPES:
             raise ValueError(f"{op}: requantized output must be uint8 or int8, got out_dtype={dtype}")
+        _check_scalar_range(multiplier, -INT32_MAX, INT32_MAX, "multiplier", op, "int32 with |M| <= 2^31 - 1")
+        _check_scalar_range(shift, 0, MAX_REQUANT_SHIFT, "shift", op, "requantization right shift")
         mult = _per_channel(multiplier, n, "multiplier", op, device, torch.int64, integer=True)
         _check_range(mult, -INT32_MAX, INT32_MAX, "multiplier", op, "int32 with |M| <= 2^31 - 1")
         rshift = _per_channel(shift, n, "shift", op, device, torch.int64, integer=True)
@@ -195,9 +207,14 @@ def _build_epilogue(
     if out_scale is not None:
         if out_dtype not in (None, torch.float32):
             raise ValueError(f"{op}: the dequantizing epilogue returns float32, got out_dtype={out_dtype}")
+        if isinstance(out_scale, (int, float)) and not isinstance(out_scale, bool) and not (
+                math.isfinite(out_scale) and abs(out_scale) <= FLOAT32_MAX):
+            raise ValueError(f"{op}: out_scale must be finite in float32 (|out_scale| <= {FLOAT32_MAX:.4g}), "
+                             f"got {out_scale!r}")
         scale = _per_channel(out_scale, n, "out_scale", op, device, torch.float32, integer=False)
         if not bool(torch.isfinite(scale).all()):
-            raise ValueError(f"{op}: out_scale must be finite")
+            raise ValueError(f"{op}: out_scale must be finite in float32 (|out_scale| <= {FLOAT32_MAX:.4g}); "
+                             "NaN, inf or a value that overflows float32 was given")
         return Epilogue(ref.EPILOGUE_FLOAT, torch.float32, bias_t, zeros_i, zeros_i, scale, relu, 0, 0)
     if out_dtype not in (None, torch.int32):
         raise ValueError(
@@ -282,11 +299,6 @@ def _triton_epilogue_args(ep: Epilogue) -> tuple:
     return (ep.bias, ep.multiplier, ep.shift, ep.scale)
 
 
-def _triton_weight_shift(weight_shift: ShiftArg, kw: torch.Tensor) -> torch.Tensor:
-    """A per-layer shift goes to the kernels as one entry, so they skip bucketing rows by shift."""
-    return kw[:1].contiguous() if _is_int(weight_shift) else kw
-
-
 # ----------------------------------------------------------------------------- public ops
 
 
@@ -351,10 +363,18 @@ def int_matmul(
     kw = _per_row_shift(weight_shift, M, "weight_shift", op, device)
     ep = _build_epilogue(op, N, device, bias, multiplier, shift, out_scale, out_dtype, relu)
     check_accumulator(K, x.dtype == torch.int8, _bias_abs_max(ep), op)
-    name = resolve_backend(backend, device, op)
+    return _matmul_dispatch(x, w, ka, kw, _is_int(weight_shift), ep, round_rule, resolve_backend(backend, device, op),
+                            cache_weight)
+
+
+def _matmul_dispatch(x, w, ka, kw, per_layer_kw: bool, ep: Epilogue, round_rule: int, name: str,
+                     cache_weight: bool) -> torch.Tensor:
+    """Run a validated matmul on backend `name`; ka, kw are int32 [M] on x's device."""
+    M, N = x.shape[0], w.shape[0]
     if name == "triton":
+        # A per-layer shift goes to the kernels as one entry, so they skip bucketing rows by shift.
         return _triton_kernels().int_matmul(
-            x, w, ka, _triton_weight_shift(weight_shift, kw), *_triton_epilogue_args(ep),
+            x, w, ka, kw[:1].contiguous() if per_layer_kw else kw, *_triton_epilogue_args(ep),
             bool(round_rule), ep.mode, ep.relu, ep.lo, ep.hi, ep.out_dtype,
         )
     out = np.empty((M, N), _NUMPY_OUT[ep.out_dtype])
@@ -431,13 +451,22 @@ def int_conv2d(
     kw = _per_row_shift(weight_shift, B, "weight_shift", op, device)
     ep = _build_epilogue(op, Cout, device, bias, multiplier, shift, out_scale, out_dtype, relu)
     check_accumulator(Cg * KH * KW, x.dtype == torch.int8, _bias_abs_max(ep), op)
-    name = resolve_backend(backend, device, op)
     geometry = (sh, sw, ph, pw, dh, dw, groups)
+    return _conv_dispatch(x, w, geometry, (OH, OW), ka, kw, _is_int(weight_shift), ep, round_rule,
+                          resolve_backend(backend, device, op), cache_weight)
+
+
+def _conv_dispatch(x, w, geometry: tuple, out_hw: tuple, ka, kw, per_layer_kw: bool, ep: Epilogue,
+                   round_rule: int, name: str, cache_weight: bool) -> torch.Tensor:
+    """Run a validated conv2d on backend `name`; ka, kw are int32 [B] on x's device."""
+    B = x.shape[0]
+    Cout = w.shape[0]
+    OH, OW = out_hw
     if name == "triton":
         # Weights as [Cout, KH, KW, C/g] in memory: the kernel's channel loads are contiguous.
         w_cl = w.contiguous(memory_format=torch.channels_last)
         return _triton_kernels().int_conv2d(
-            x, w_cl, list(geometry), ka, _triton_weight_shift(weight_shift, kw), *_triton_epilogue_args(ep),
+            x, w_cl, list(geometry), ka, kw[:1].contiguous() if per_layer_kw else kw, *_triton_epilogue_args(ep),
             bool(round_rule), ep.mode, ep.relu, ep.lo, ep.hi, ep.out_dtype,
         )
     out = np.empty((B * OH * OW, Cout), _NUMPY_OUT[ep.out_dtype])
@@ -456,6 +485,129 @@ def int_conv2d(
     return torch.from_numpy(out).view(B, OH, OW, Cout).permute(0, 3, 1, 2)
 
 
+# ----------------------------------------------------------------------------- prepared layers
+
+
+@dataclass(frozen=True)
+class PreparedLayer:
+    """A matmul or conv2d layer validated once, with its weight and epilogue constants on one
+    device.
+
+    `prepare_layer` runs every check of `int_matmul` / `int_conv2d` that reads tensor values
+    (ranges, accumulator bound) when the layer is built; `run_prepared` then checks only shapes,
+    dtypes and devices, which live on the host, so a forward pass through prepared layers never
+    waits on the device (no `.item()`, no per-call copy): what a frozen integer program needs on
+    a GPU, and what CUDA graphs need to capture it.
+    """
+
+    weight: torch.Tensor  # int8 [N, K], or [Cout, C/g, KH, KW] in channels_last memory format
+    epilogue: Epilogue
+    x_dtype: torch.dtype  # the activation dtype the accumulator bound was checked for
+    round_rule: int
+    geometry: Optional[tuple]  # conv2d: (sh, sw, ph, pw, dh, dw, groups); None for matmul
+
+
+def prepare_layer(
+    w: torch.Tensor,
+    *,
+    x_dtype: torch.dtype,
+    device: Union[str, torch.device, None] = None,
+    conv: Optional[dict] = None,
+    bias: Optional[torch.Tensor] = None,
+    multiplier: Union[int, torch.Tensor, None] = None,
+    shift: Union[int, torch.Tensor, None] = None,
+    out_scale: Union[float, torch.Tensor, None] = None,
+    out_dtype: Optional[torch.dtype] = None,
+    relu: bool = False,
+    shift_rule: str = "floor",
+) -> PreparedLayer:
+    """Validate a layer once and place it on `device` (default: w's).
+
+    Arguments as in `int_matmul` (``conv=None``) or `int_conv2d` (``conv`` a dict with stride,
+    padding, dilation and groups); ``x_dtype`` is the dtype of the activations it will get.
+    """
+    op = "prepare_layer"
+    device = torch.device(device) if device is not None else _require_tensor(w, "w", op).device
+    if x_dtype not in CODE_DTYPES:
+        raise TypeError(f"{op}: x_dtype must be uint8 or int8, got {x_dtype}")
+    w = _require_codes(w, "w", op, dtypes=(torch.int8,), ndim=2 if conv is None else 4).to(device)
+    if bias is not None:
+        bias = _require_tensor(bias, "bias", op).to(device)
+    multiplier, shift, out_scale = (v.to(device) if isinstance(v, torch.Tensor) else v
+                                    for v in (multiplier, shift, out_scale))
+    round_rule = check_shift_rule(shift_rule)
+    if conv is None:
+        if w.shape[0] == 0 or w.shape[1] == 0:
+            raise ValueError(f"{op}: K and N must be >= 1, got w {tuple(w.shape)}")
+        ep = _build_epilogue(op, w.shape[0], device, bias, multiplier, shift, out_scale, out_dtype, relu)
+        check_accumulator(w.shape[1], x_dtype == torch.int8, _bias_abs_max(ep), op)
+        return PreparedLayer(w.contiguous(), ep, x_dtype, round_rule, None)
+    Cout, Cg, KH, KW = w.shape
+    groups = conv.get("groups", 1)
+    if not _is_int(groups) or groups < 1 or Cout % groups:
+        raise ValueError(f"{op}: groups must be an int >= 1 dividing {Cout} output channels, got {groups!r}")
+    if Cg == 0 or KH == 0 or KW == 0 or Cout == 0:
+        raise ValueError(f"{op}: empty weight shape {tuple(w.shape)}")
+    sh, sw = _pair(conv.get("stride", 1), "stride", op, 1)
+    ph, pw = _pair(conv.get("padding", 0), "padding", op, 0)
+    dh, dw = _pair(conv.get("dilation", 1), "dilation", op, 1)
+    ep = _build_epilogue(op, Cout, device, bias, multiplier, shift, out_scale, out_dtype, relu)
+    check_accumulator(Cg * KH * KW, x_dtype == torch.int8, _bias_abs_max(ep), op)
+    return PreparedLayer(w.contiguous(memory_format=torch.channels_last), ep, x_dtype, round_rule,
+                         (sh, sw, ph, pw, dh, dw, groups))
+
+
+def _trusted_shift(value: ShiftArg, rows: int, name: str, op: str, device: torch.device) -> torch.Tensor:
+    """int32 [rows] shifts without reading tensor values: ints are range-checked on the host,
+    tensors only for shape (they come from the program, in range by construction)."""
+    if _is_int(value):
+        if not 0 <= value <= MAX_SHIFT:
+            raise ValueError(f"{op}: {name}={value} is outside the shift range [0, {MAX_SHIFT}]")
+        return torch.full((rows,), int(value), dtype=torch.int32, device=device)
+    if value.shape != (rows,) or value.device != device:
+        raise ValueError(f"{op}: per-sample {name} must be [{rows}] on {device}, got {tuple(value.shape)} on "
+                         f"{value.device}")
+    return value.to(torch.int32).contiguous()
+
+
+def run_prepared(layer: PreparedLayer, x: torch.Tensor, act_shift: ShiftArg, weight_shift: ShiftArg,
+                 backend: Optional[str] = None) -> torch.Tensor:
+    """`int_matmul` / `int_conv2d` of a prepared layer, without reading any tensor value on the
+    host. Per-sample shift tensors are trusted: they must hold values in [0, 7] (the integer
+    program builds them from its candidate widths); the CPU backends still check them, on the
+    host where they already are."""
+    op = "run_prepared"
+    w = layer.weight
+    if not isinstance(x, torch.Tensor) or x.dtype != layer.x_dtype:
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"{op}: the layer was prepared for {layer.x_dtype} activations, got {got}")
+    if x.device != w.device:
+        raise ValueError(f"{op}: x is on {x.device}, the prepared layer on {w.device}")
+    name = resolve_backend(backend, x.device, op)
+    rows = x.shape[0]
+    ka = _trusted_shift(act_shift, rows, "act_shift", op, x.device)
+    kw = _trusted_shift(weight_shift, rows, "weight_shift", op, x.device)
+    if name != "triton" and rows:
+        # On the host anyway: a bad shift must not index past the Numba kernels' tables.
+        for t, label in ((ka, "act_shift"), (kw, "weight_shift")):
+            values = t.numpy()
+            if values.min() < 0 or values.max() > MAX_SHIFT:
+                raise ValueError(f"{op}: {label} values must lie in [0, {MAX_SHIFT}]")
+    if layer.geometry is None:
+        if x.dim() != 2 or x.shape[1] != w.shape[1]:
+            raise ValueError(f"{op}: x must be [M, {w.shape[1]}], got {tuple(x.shape)}")
+        return _matmul_dispatch(x, w, ka, kw, _is_int(weight_shift), layer.epilogue, layer.round_rule, name, True)
+    sh, sw, ph, pw, dh, dw, groups = layer.geometry
+    Cout, Cg, KH, KW = w.shape
+    if x.dim() != 4 or x.shape[1] != Cg * groups:
+        raise ValueError(f"{op}: x must be [B, {Cg * groups}, H, W], got {tuple(x.shape)}")
+    OH, OW = _out_size(x.shape[2], KH, sh, ph, dh), _out_size(x.shape[3], KW, sw, pw, dw)
+    if OH < 1 or OW < 1:
+        raise ValueError(f"{op}: input {x.shape[2]}x{x.shape[3]} is too small for kernel {KH}x{KW}")
+    return _conv_dispatch(x, w, layer.geometry, (OH, OW), ka, kw, _is_int(weight_shift), layer.epilogue,
+                          layer.round_rule, name, True)
+
+
 def _elementwise_operands(op: str, a: object, b: object) -> tuple[torch.Tensor, torch.Tensor, torch.device]:
     a = _require_codes(a, "a", op)
     b = _require_codes(b, "b", op)
@@ -468,7 +620,9 @@ def _check_constants(op: str, shift: int, **constants: int) -> None:
     for name, value in constants.items():
         if not _is_int(value):
             raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}")
-        limit = MAX_OFFSET_ABS if name in ("k3", "k4") else INT32_MAX
+        # The additive offset (k3 of add, k4 of multiply) may reach 2^47; coefficients are int32.
+        offset = "k3" if op == "int_add" else "k4"
+        limit = MAX_OFFSET_ABS if name == offset else INT32_MAX
         if abs(int(value)) > limit:
             raise ValueError(f"{op}: |{name}| = {abs(int(value))} exceeds {limit}")
     if not _is_int(shift) or not 0 <= shift <= MAX_REQUANT_SHIFT:
@@ -561,6 +715,16 @@ def _pool_geometry(op, x, kernel_size, stride, padding, dilation):
     OH, OW = _out_size(H, kh, sh, ph, dh), _out_size(W, kw, sw, pw, dw)
     if OH < 1 or OW < 1:
         raise ValueError(f"{op}: input {H}x{W} is too small for kernel {kernel_size}")
+    if op == "int_max_pool2d":
+        for size, k, s, p, d, out, axis in ((H, kh, sh, ph, dh, OH, "rows"), (W, kw, sw, pw, dw, OW, "columns")):
+            # Only windows starting in the padding can miss the input; torch gives -inf there,
+            # which no code represents.
+            for o in range(min(out, -(-p // s) if p else 0)):
+                start = o * s - p
+                if not any(0 <= start + j * d < size for j in range(k)):
+                    raise ValueError(f"{op}: output {axis[:-1]} {o} pools only padding (kernel {k}, stride {s}, "
+                                     f"padding {p}, dilation {d} on {size} {axis}); torch would return -inf there, "
+                                     "which no integer code represents: use less padding or dilation")
     return x, (kh, kw, sh, sw, ph, pw, dh, dw), (OH, OW)
 
 

@@ -26,7 +26,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import models
+from . import checkpoint, models
+from .errors import CheckpointError
 from .model import DQTModel, _atomic_save
 
 log = logging.getLogger(__name__)
@@ -282,10 +283,9 @@ class Trainer:
         path = self.out / "train_state.pt"
         if not path.is_file():
             raise FileNotFoundError(f"--resume: no {path} to resume from")
-        try:
-            state = torch.load(path, weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"--resume: {path} is truncated or corrupt: {exc}") from exc
+        state = checkpoint.load_file(path)
+        if not isinstance(state, dict) or state.get("format") != "dqt-triton-train-state":
+            raise CheckpointError(f"--resume: {path} is not a dqt-triton training state")
         saved = {k: (tuple(v) if isinstance(v, list) else v) for k, v in state["config"].items()}
         mine = {k: (tuple(v) if isinstance(v, list) else v) for k, v in asdict(self.cfg).items()}
         differ = {k for k in mine if k not in ("device",) and saved.get(k) != mine[k]}

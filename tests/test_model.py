@@ -18,12 +18,17 @@ ARCHS = {
     "resnet18_cifar": (lambda: models.resnet18_cifar(10, 3, 8), (3, 16, 16)),
     "resnet50": (lambda: models.resnet50(10, 3, 4), (3, 32, 32)),
 }
+# Every step kind (strided and 1x1 convs, max pool, residual adds, global pool) at a size the
+# Triton interpreter runs in seconds.
+SMALL_ARCHS = {
+    "resnet_tiny": (lambda: models.ResNet(models.BasicBlock, [1, 1, 1, 1], 10, 3, 4, stem="imagenet"), (3, 8, 8)),
+}
 MODES = ["uniform4", "mixed", "dynamic"]
 
 
 def build(arch: str, mode: str, seed: int = 0) -> tuple[dq.DQTModel, torch.Tensor]:
     torch.manual_seed(seed)
-    make, shape = ARCHS[arch]
+    make, shape = {**ARCHS, **SMALL_ARCHS}[arch]
     model = dq.DQTModel.from_float(make(), shape, candidate_bits=(2, 4, 6, 8), dynamic=mode == "dynamic")
     if mode == "uniform4":
         model.set_bits(4)
@@ -343,8 +348,8 @@ def test_corrupt_truncated_and_foreign_files_are_refused(tmp_path):
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
-    for name, pattern in (("truncated.pt", "truncated"), ("garbage.pt", "truncated"),
-                          ("foreign.pt", "not a dqt-triton checkpoint")):
+    for name, pattern in (("truncated.pt", "damaged"), ("garbage.pt", "not a dqt-triton checkpoint"),
+                          ("foreign.pt", "not a dqt-triton (model )?checkpoint")):
         with pytest.raises(dq.CheckpointError, match=pattern):
             dq.DQTModel.load(tmp_path / name)
     with pytest.raises(FileNotFoundError):
@@ -360,6 +365,43 @@ def test_eval_constants_follow_weight_changes_made_in_eval_mode():
     model.load_state_dict(other.state_dict())
     assert torch.equal(model(x), other(x))
     assert not torch.equal(model(x), before)
+
+
+@pytest.mark.parametrize("mode", ["uniform4", "dynamic"])
+def test_an_empty_batch_gives_empty_logits_in_eval_and_a_clear_error_in_training(mode):
+    """As torch layers do: zero samples in, zero rows out (trained, frozen, static and dynamic);
+    a training step on zero samples has no statistics to take and says so."""
+    for arch in ("mlp", "cnn"):
+        model, x = build(arch, mode)
+        empty = x[:0]
+        logits = model(empty)
+        assert logits.shape == (0, 10) and logits.dtype == torch.float32
+        assert model.last_bitops.shape == (0,)
+        assert torch.equal(model.freeze()(empty), logits)
+        model.train()
+        with pytest.raises(ValueError, match="empty batch"):
+            model(empty)
+        with pytest.raises(ValueError, match="empty batch"):
+            model.dqt_loss(empty, torch.zeros(0, dtype=torch.long), target_bitops=model.uniform_bitops(4))
+
+
+def test_non_finite_float_models_and_input_scales_are_refused_at_conversion():
+    make, shape = ARCHS["cnn"]
+    for value in (float("nan"), float("inf")):
+        net = make()
+        with torch.no_grad():
+            next(net.parameters()).view(-1)[3] = value
+        name = next(net.named_parameters())[0]
+        with pytest.raises(ValueError, match=f"parameter '{name}' has 1 non-finite value"):
+            dq.DQTModel.from_float(net, shape)
+    net = make()
+    bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_var[0] = float("nan")
+    with pytest.raises(ValueError, match="buffer .*running_var' has 1 non-finite"):
+        dq.DQTModel.from_float(net, shape)
+    for scale in (float("nan"), float("inf"), 0.0, -1.0, "0.1"):
+        with pytest.raises(ValueError, match="input_scale must be a finite positive number"):
+            dq.DQTModel.from_float(make(), shape, input_scale=scale)
 
 
 def test_budget_prices_are_signed_and_decreasing_so_budgets_reach_both_ends():
@@ -401,3 +443,66 @@ def test_imitation_losses_expected_regression_and_best_width():
     assert float(best) < 1e-6  # sharp logits already peaked on each sample's argmin
     with pytest.raises(ValueError, match="imitation_mode"):
         model._imitation_loss(exact, per_width, lam, unit, "greedy")
+
+
+def _count_host_reads(monkeypatch) -> dict:
+    """Patch every way our code could read a tensor value on the host or copy a tensor across
+    devices (on a GPU each is a synchronisation or a transfer); count the calls made from
+    dqt_triton's own files, not from torch's or Triton's."""
+    import collections
+    import os
+    import sys
+
+    import dqt_triton.kernels
+    import dqt_triton.reference
+
+    ours = tuple(os.path.dirname(m.__file__) + os.sep for m in (dq, dqt_triton.kernels, dqt_triton.reference))
+    counts = collections.Counter()
+
+    def moves_device(args, kwargs):
+        return "device" in kwargs or any(isinstance(a, (torch.device, str, torch.Tensor)) for a in args[1:])
+
+    def wrap(owner, name, check=None):
+        original = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            if sys._getframe(1).f_code.co_filename.startswith(ours) and (check is None or check(args, kwargs)):
+                counts[name] += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, wrapper)
+
+    for name in ("item", "tolist", "numpy", "__int__", "__bool__", "__float__", "__index__", "cpu", "cuda"):
+        wrap(torch.Tensor, name)
+    wrap(torch.Tensor, "to", moves_device)
+    for name in ("tensor", "as_tensor", "from_numpy"):
+        wrap(torch, name)
+    return counts
+
+
+@pytest.mark.parametrize("arch", ["cnn", "resnet_tiny"])
+def test_triton_path_of_a_frozen_dynamic_model_reads_nothing_on_the_host_after_warm_up(arch, monkeypatch):
+    """After one warm-up call (which validates each layer and places its constants on the
+    device), a forward pass of the frozen model and of the eval-mode model through the Triton
+    backend reads no tensor value on the host and copies nothing between devices: on a GPU, no
+    synchronisation and no transfer per call. Outputs stay bit-identical."""
+    from tests.kernels.device import DEVICE
+
+    model, x = build(arch, "dynamic")
+    frozen = model.freeze()
+    x = x[:4].to(DEVICE)
+    with dq.use_backend("triton"):
+        want_frozen, want_eval = frozen(x), model(x)
+        counts = _count_host_reads(monkeypatch)
+        got_frozen, got_eval = frozen(x), model(x)
+        monkeypatch.undo()
+    assert dict(counts) == {}
+    assert torch.equal(got_frozen, want_frozen) and torch.equal(got_eval, want_eval)
+    assert torch.equal(got_frozen.cpu(), model.cpu()(x.cpu()))  # and the CPU backend agrees
+    # The counter does see a host read when one happens: the public op validates per call.
+    with dq.use_backend("triton"):
+        counts = _count_host_reads(monkeypatch)
+        dq.int_matmul(torch.zeros((2, 4), dtype=torch.uint8, device=DEVICE), torch.zeros((3, 4), dtype=torch.int8,
+                      device=DEVICE), weight_shift=torch.tensor([1, 2], device=DEVICE))
+        monkeypatch.undo()
+    assert counts["__int__"] > 0

@@ -42,8 +42,9 @@ def test_shifted_master_code_equals_direct_quantization_at_lower_width(x, scale,
     master_tie = y.denominator == 2
     if rule == "round" and k == 1 and master_tie:
         # Documented exception: round-half-even at the master width followed by a rounding
-        # shift of 1 can differ from a single rounding at 7 bits (double rounding at ties).
-        assert abs(shifted - closed_form_code(y, k, rule, signed)) <= 1
+        # shift of 1 can be one code below a single rounding at 7 bits (double rounding at
+        # ties), never above.
+        assert shifted - closed_form_code(y, k, rule, signed) in (0, -1)
     else:
         assert shifted == closed_form_code(y, k, rule, signed)
 
@@ -138,3 +139,30 @@ def test_accumulator_rule_boundary_is_exact():
         nm.check_accumulator(65536, x_signed=False, bias_abs_max=2**24)
     # The paper's sufficient rule 2n + ceil(log2 K) <= 32 admits K <= 2^16: always accepted here.
     nm.check_accumulator(2**16, x_signed=False)
+
+
+def test_round_rule_double_rounding_at_master_ties_is_one_code_low():
+    """docs/numerics.md 2.3: y = 0.5 rounds to master code 0 (half-to-even), whose rounding
+    shift by 1 is 0, while the closed form gives 1; y = 1.5 rounds to 2 and agrees."""
+    for y, low in ((0.5, True), (1.5, False), (-0.5, False), (2.5, True)):
+        q = nm.quantize(torch.tensor([y]), 1.0, True)
+        shifted = int(nm.nested_shift(q, 1, True, "round")[0])
+        closed = closed_form_code(Fraction(y), 1, "round", True)
+        assert shifted == closed - (1 if low else 0), (y, shifted, closed)
+
+
+def test_dyadic_constants_round_ties_half_to_even_and_refuse_ratios_from_2_31_minus_half():
+    """docs/numerics.md 4.1/4.2: Python's round (ties to even); |r| >= 2^31 - 1/2 is refused."""
+    # mantissa * 2^31 exactly halfway between two integers: 2^30 + 1/2 -> 2^30, 2^30 + 3/2 -> 2^30 + 2.
+    assert nm.quantize_multiplier((2**30 + 0.5) / 2**31) == (2**30, 31)
+    assert nm.quantize_multiplier((2**30 + 1.5) / 2**31) == (2**30 + 2, 31)
+    assert nm.quantize_multiplier(2.0**31 - 1) == (2**31 - 1, 0)
+    with pytest.raises(ValueError, match="too large"):
+        nm.quantize_multiplier(2.0**31 - 0.5)
+    with pytest.raises(ValueError, match="too large"):
+        nm.quantize_multiplier(2.0**31)
+    # add and multiply: ratio 1 + 2^-30 at S = 29 puts k1 at 2^29 + 1/2 (even neighbour 2^29),
+    # 1 + 3 * 2^-30 at 2^29 + 3/2 (even neighbour 2^29 + 2).
+    for make in (lambda r: nm.add_constants(r, 1.0, 1.0), lambda r: nm.mul_constants(r, 1.0, 1.0)):
+        assert (make(1.0 + 2.0**-30).shift, make(1.0 + 2.0**-30).k1) == (29, 2**29)
+        assert make(1.0 + 3 * 2.0**-30).k1 == 2**29 + 2

@@ -38,6 +38,13 @@ WC = torch.zeros((8, 4, 3, 3), dtype=torch.int8)
         ({"multiplier": 1, "shift": 1, "out_dtype": torch.int32}, ValueError, "must be uint8 or int8"),
         ({"out_dtype": torch.uint8}, ValueError, "needs an epilogue"),
         ({"out_scale": float("nan")}, ValueError, "out_scale must be finite"),
+        # Python ints beyond int64 and floats beyond float32: the same clear messages, never a raw
+        # OverflowError or a RuntimeError from a tensor constructor.
+        ({"multiplier": 2**70, "shift": 3}, ValueError, "multiplier must lie in .* got 1180591620717411303424"),
+        ({"multiplier": -(2**70), "shift": 3}, ValueError, "multiplier must lie in"),
+        ({"multiplier": 5, "shift": 2**70}, ValueError, "shift must lie in"),
+        ({"out_scale": 1e300}, ValueError, r"out_scale must be finite in float32 .* got 1e\+300"),
+        ({"out_scale": torch.full((8,), 1e300, dtype=torch.float64)}, ValueError, "out_scale must be finite in float32"),
         ({"out_scale": torch.ones(8, dtype=torch.int32)}, TypeError, "floating dtype"),
         ({"shift_rule": "nearest"}, ValueError, "shift_rule must be one of"),
         ({"backend": "gpu"}, ValueError, "unknown backend 'gpu'"),
@@ -167,3 +174,59 @@ def test_tensors_on_different_devices_or_backends_are_refused(monkeypatch):
     with pytest.raises(ValueError, match="unknown backend"):
         with dq.use_backend("tpu"):
             pass
+
+
+def test_max_pool_geometry_matches_torch_and_refuses_windows_of_only_padding():
+    """Every small geometry: the same codes as torch's float max pool, an error where torch
+    errors, and a clear error where a window holds only padding (torch: -inf, not a code)."""
+    import itertools
+
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    refused = 0
+    for size, k, s, p, d in itertools.product(range(1, 6), range(1, 4), range(1, 3), range(0, 3), range(1, 4)):
+        x = torch.randint(0, 256, (1, 2, size, size + 1), generator=gen).to(torch.uint8)
+        try:
+            want = F.max_pool2d(x.float(), k, s, p, d)
+        except RuntimeError:
+            with pytest.raises(ValueError):
+                dq.int_max_pool2d(x, k, s, p, d, backend="cpu")
+            continue
+        if bool(torch.isinf(want).any()):
+            refused += 1
+            with pytest.raises(ValueError, match="pools only padding"):
+                dq.int_max_pool2d(x, k, s, p, d, backend="cpu")
+            continue
+        assert torch.equal(dq.int_max_pool2d(x, k, s, p, d, backend="cpu"), want.to(torch.uint8)), (size, k, s, p, d)
+    assert refused > 0  # the sweep does reach the all-padding geometries
+
+
+def test_multiply_coefficient_k3_is_int32_and_only_offsets_reach_2_47():
+    """docs/numerics.md 5: k3 multiplies b in int_mul (a coefficient, |k3| <= 2^31 - 1); the
+    offsets (k3 of int_add, k4 of int_mul) may reach 2^47."""
+    a = torch.zeros((2, 3), dtype=torch.int8)
+    with pytest.raises(ValueError, match=r"\|k3\| = 2147483648 exceeds 2147483647"):
+        dq.int_mul(a, a, k1=1, k3=2**31, shift=0)
+    with pytest.raises(ValueError, match="k4"):
+        dq.int_mul(a, a, k1=1, k4=2**47 + 1, shift=0)
+    assert dq.int_mul(a, a, k1=1, k4=2**47, shift=47).dtype == torch.int8  # default int8 without relu
+    assert dq.int_add(a, a, k1=1, k2=1, k3=2**47, shift=47, relu=True).dtype == torch.uint8  # uint8 with relu
+    with pytest.raises(ValueError, match="k3"):
+        dq.int_add(a, a, k1=1, k2=1, k3=2**47 + 1, shift=0)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_dequantize_rounds_out_scale_to_float32_then_converts_then_multiplies(backend):
+    """docs/numerics.md 3.5: a Python-float out_scale is rounded to float32 first; float32(v)
+    rounds above 2^24 (two roundings in all); the result is float32(v) * float32(scale)."""
+    x = torch.zeros((1, 4), dtype=torch.uint8)
+    w = torch.zeros((3, 4), dtype=torch.int8)
+    bias = torch.tensor([2**24 + 1, 2**25 + 3, 7], dtype=torch.int32)  # the first two are not float32 values
+    out = dq.int_matmul(x, w, bias=bias, out_scale=0.1, backend=backend)
+    want = bias.to(torch.float32) * torch.tensor(0.1, dtype=torch.float32)
+    assert torch.equal(out[0], want)
+    exact = torch.tensor([float(b) * 0.1 for b in bias.tolist()], dtype=torch.float64)
+    assert not torch.equal(out[0].double(), exact.float().double())  # not one rounding of the exact product
+    assert dq.int_matmul(x, w, bias=bias, multiplier=1, shift=0).dtype == torch.int8  # default without relu
+    assert dq.int_matmul(x, w, bias=bias, multiplier=1, shift=0, relu=True).dtype == torch.uint8

@@ -81,11 +81,13 @@ def test_resume_refuses_other_options(tmp_path):
 
 
 def test_missing_cifar_copy_is_named(tmp_path, capsys):
-    with pytest.raises(FileNotFoundError, match="needs --data-dir"):
-        main(["train", "--data", "cifar10", "--out", str(tmp_path)])
+    assert main(["train", "--data", "cifar10", "--out", str(tmp_path)]) == 4
+    assert "needs --data-dir" in capsys.readouterr().err
     (tmp_path / "cifar-10-batches-py").mkdir()
+    assert main(["train", "--data", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 4
+    assert "missing data_batch_1" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="missing data_batch_1"):
-        main(["train", "--data", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+        main(["--debug", "train", "--data", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
 
 
 def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
@@ -104,8 +106,8 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
                           "--out", str(tmp_path / "ddp")], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert main([*args, "--out", str(tmp_path / "single")]) == 0
-    ddp = torch.load(tmp_path / "ddp" / "train_state.pt", weights_only=True)["model"]
-    single = torch.load(tmp_path / "single" / "train_state.pt", weights_only=True)["model"]
+    ddp = load_file(tmp_path / "ddp" / "train_state.pt")["model"]
+    single = load_file(tmp_path / "single" / "train_state.pt")["model"]
     assert ddp.keys() == single.keys()
     for name, value in single.items():
         if value.dtype.is_floating_point:  # float training state: the all-reduce sums in another order

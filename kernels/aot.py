@@ -1,0 +1,254 @@
+"""Ahead-of-time compilation of the Triton kernels for a named GPU, on any machine.
+
+Triton compiles for a target it is not running on (`triton.compile(ASTSource(...),
+target=GPUTarget("cuda", arch, 32))`): nothing runs, but whatever the GPU compiler refuses is
+refused here too, and the cubin tells registers, spills and shared memory. `variants()` lists
+what the launchers can launch: every autotune configuration of the GEMM and conv kernels with
+every flag they pass (per-layer or per-sample shifts, uint8 or int8 activations, shift rule,
+each epilogue with its output type, ReLU), and the element-wise and pooling kernels with their
+operand types. `compile_variant` compiles one for sm_90 or sm_80 and reports what a GPU run
+would depend on: int8 tensor-core MMA in the main loop (wgmma s8 on sm_90, mma.sync s8 on
+sm_80), spilled bytes, registers, shared memory.
+
+    python -m dqt_triton.kernels.aot [--arch 90 80] [--all]     # the report, as markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+# Shared memory per block: H100 227 KB, A100 163 KB (opt-in maxima).
+SHARED_LIMIT = {90: 227 * 1024, 80: 163 * 1024}
+
+# The epilogues the launchers pass, each with its output pointer type and the ReLU settings
+# that reach it: requantize to uint8 (after ReLU) or int8, dequantize to float32, raw int32.
+EPILOGUE_OUTPUTS = ((1, "*u8", True), (1, "*i8", False), (2, "*fp32", False), (0, "*i32", False))
+
+
+@dataclass(frozen=True)
+class Variant:
+    kernel: str  # "int_matmul_kernel", "int_conv2d_kernel", "int_add_kernel", "int_mul_kernel", "int_pool2d_kernel"
+    pointer_types: tuple  # ((arg name, "*u8"), ...)
+    constexprs: tuple  # ((name, value), ...)
+    num_warps: int = 4
+    num_stages: int = 3
+
+    @property
+    def label(self) -> str:
+        flags = " ".join(f"{k}={v}" for k, v in self.constexprs)
+        ptrs = " ".join(f"{k.removesuffix('_ptr')}:{v[1:]}" for k, v in self.pointer_types if k in ("x_ptr", "out_ptr", "a_ptr", "b_ptr"))
+        return f"{self.kernel} [{flags}] {ptrs} warps={self.num_warps} stages={self.num_stages}"
+
+
+@dataclass
+class Report:
+    variant: Variant
+    arch: int
+    error: Optional[str] = None
+    registers: int = 0
+    spill_bytes: int = 0  # stack frame of the compiled kernel: spilled registers
+    shared: int = 0
+    int8_mma: Optional[str] = None  # "wgmma s8", "mma.sync s8", or None (no int8 tensor-core MMA)
+    notes: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _kernels():
+    from . import elementwise, gemm, pool
+
+    return {"int_matmul_kernel": gemm.int_matmul_kernel, "int_conv2d_kernel": gemm.int_conv2d_kernel,
+            "int_add_kernel": elementwise.int_add_kernel, "int_mul_kernel": elementwise.int_mul_kernel,
+            "int_pool2d_kernel": pool.int_pool2d_kernel}
+
+
+# Besides every tile with the heaviest flags, a few flag sets that between them give each
+# flag each of its values and each epilogue output its own compile.
+COVERING_FLAGS = (
+    (False, False, EPILOGUE_OUTPUTS[3], False),  # per layer, int8 input, raw int32, floor
+    (False, True, EPILOGUE_OUTPUTS[2], True),  # per layer, uint8 input, float32, round
+    (True, False, EPILOGUE_OUTPUTS[1], False),  # per sample, int8 input, requantize to int8, floor
+    (False, False, EPILOGUE_OUTPUTS[0], True),  # per layer, int8 input, requantize to uint8 with ReLU, round
+)
+HEAVIEST_FLAGS = (True, True, EPILOGUE_OUTPUTS[0], True)  # per sample, uint8, requantize + ReLU, round
+
+
+def _gemm_variants(kernel: str, tiles, full: bool) -> Iterator[Variant]:
+    """Each tile with every flag combination (``full``), or a covering set: every tile with the
+    heaviest flags, then COVERING_FLAGS spread over the tiles."""
+    flags = list(itertools.product((False, True), (True, False), EPILOGUE_OUTPUTS, (True, False)))
+
+    def make(tile, bucketed, unsigned, epilogue_output, round_rule):
+        bm, bn, bk, warps, stages = tile
+        epilogue, out_type, relu = epilogue_output
+        consts = {"BUCKETED": bucketed, "ROUND": round_rule, "X_UNSIGNED": unsigned, "EPILOGUE": epilogue,
+                  "RELU": relu, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}
+        if kernel == "int_matmul_kernel":
+            consts["GROUP_M"] = 8
+        ptrs = {"x_ptr": "*u8" if unsigned else "*i8", "w_ptr": "*i8", "out_ptr": out_type}
+        ptrs.update({name: "*i32" for name in ("act_shift_ptr", "weight_shift_ptr", "sample_order_ptr",
+                                                "bucket_start_ptr", "bias_ptr", "multiplier_ptr", "rshift_ptr")})
+        ptrs["scale_ptr"] = "*fp32"
+        return Variant(kernel, tuple(sorted(ptrs.items())), tuple(consts.items()), warps, stages)
+
+    if full:
+        for tile in tiles:
+            for combo in flags:
+                yield make(tile, *combo)
+        return
+    for tile in tiles:
+        yield make(tile, *HEAVIEST_FLAGS)
+    for i, combo in enumerate(COVERING_FLAGS):
+        yield make(tiles[(2 * i + 1) % len(tiles)], *combo)
+
+
+def variants(full: bool = False) -> list[Variant]:
+    """What the launchers can launch on a GPU (see the module docstring)."""
+    from .configs import _GPU_CONV_TILES, _GPU_MATMUL_TILES
+
+    out = list(_gemm_variants("int_matmul_kernel", _GPU_MATMUL_TILES, full))
+    out += list(_gemm_variants("int_conv2d_kernel", _GPU_CONV_TILES, full))
+    codes = ("*u8", "*i8")
+    for kernel in ("int_add_kernel", "int_mul_kernel"):
+        combos = list(itertools.product(codes, codes, codes)) if full else [("*u8", "*i8", "*u8"), ("*i8", "*u8", "*i8")]
+        for a, b, o in combos:
+            out.append(Variant(kernel, (("a_ptr", a), ("b_ptr", b), ("out_ptr", o)), (("BLOCK", 1024),)))
+    for code, is_max in itertools.product(codes, (True, False)) if full else (("*u8", True), ("*i8", False)):
+        out.append(Variant("int_pool2d_kernel", (("out_ptr", code), ("x_ptr", code)),
+                           (("IS_MAX", is_max), ("BLOCK", 1024))))
+    return out
+
+
+def _tool(name: str) -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def compile_variant(variant: Variant, arch: int) -> Report:
+    """Compile for sm_`arch` (90 or 80) and read the cubin's resource usage."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    report = Report(variant, arch)
+    fn = _kernels()[variant.kernel]
+    fn = getattr(fn, "fn", fn)  # the autotuner wraps the jit function
+    consts = dict(variant.constexprs)
+    ptrs = dict(variant.pointer_types)
+    signature = {a: "constexpr" if a in consts else ptrs.get(a, "i32") for a in fn.arg_names}
+    try:
+        compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts),
+                                  target=GPUTarget("cuda", arch, 32),
+                                  options={"num_warps": variant.num_warps, "num_stages": variant.num_stages})
+    except Exception as exc:  # the compiler's refusal is the finding
+        report.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ''}"
+        return report
+    report.shared = int(compiled.metadata.shared)
+    ptx = compiled.asm["ptx"]
+    if re.search(r"wgmma\.mma_async[\w.]*\.s32\.s8\.s8", ptx):
+        report.int8_mma = "wgmma s8"
+    elif re.search(r"mma\.sync[\w.]*\.s32\.s8\.s8", ptx):
+        report.int8_mma = "mma.sync s8"
+    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
+        f.write(compiled.asm["cubin"])
+    try:
+        usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", f.name], capture_output=True,
+                               text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+    match = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+    if match is None:
+        report.error = f"cannot read the resource usage of the cubin: {usage.strip()[:200]}"
+        return report
+    report.registers, report.spill_bytes = int(match.group(1)), int(match.group(2))
+    return report
+
+
+def expected_mma(variant: Variant, arch: int) -> Optional[str]:
+    """The int8 tensor-core instruction a GEMM/conv variant must use: wgmma on sm_90 for tiles
+    it accepts (BLOCK_M a multiple of 64, warps a multiple of 4), mma.sync otherwise."""
+    if variant.kernel not in ("int_matmul_kernel", "int_conv2d_kernel"):
+        return None
+    block_m = dict(variant.constexprs)["BLOCK_M"]
+    if arch >= 90 and block_m % 64 == 0 and variant.num_warps % 4 == 0:
+        return "wgmma s8"
+    return "mma.sync s8"
+
+
+def problems(report: Report) -> list[str]:
+    """What makes this variant unfit for a GPU at all (empty when it compiles as it should).
+    Spills are reported apart (`Report.spill_bytes`): they cost speed, not correctness."""
+    if not report.ok:
+        return [f"does not compile: {report.error}"]
+    found = []
+    if report.shared > SHARED_LIMIT[report.arch]:
+        found.append(f"needs {report.shared} bytes of shared memory (limit {SHARED_LIMIT[report.arch]})")
+    want = expected_mma(report.variant, report.arch)
+    if want is not None and report.int8_mma != want:
+        found.append(f"main loop uses {report.int8_mma or 'no int8 tensor-core MMA'}, expected {want}")
+    return found
+
+
+def has_cuda_backend() -> Optional[str]:
+    """None when this Triton can compile for CUDA, else the reason it cannot."""
+    try:
+        import triton  # noqa: F401
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.backends.nvidia import compiler  # noqa: F401
+    except Exception as exc:
+        return f"this Triton has no CUDA backend: {exc}"
+    if not os.path.exists(_tool("cuobjdump")):
+        return f"this Triton ships no cuobjdump ({_tool('cuobjdump')})"
+    return None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=[90, 80])
+    parser.add_argument("--all", action="store_true", help="every tile with every flag combination")
+    parser.add_argument("--json", action="store_true", help="one JSON object per variant instead of markdown")
+    args = parser.parse_args(argv)
+    os.environ.pop("TRITON_INTERPRET", None)
+    reason = has_cuda_backend()
+    if reason:
+        print(reason)
+        return 2
+    import triton
+
+    bad = spilled = 0
+    if not args.json:
+        print(f"# AOT compile report (Triton {triton.__version__})\n")
+        print("| arch | variant | int8 MMA | registers | spill bytes | shared | problems |")
+        print("|---|---|---|---:|---:|---:|---|")
+    for arch in args.arch:
+        for v in variants(full=args.all):
+            r = compile_variant(v, arch)
+            found = problems(r)
+            bad += bool(found)
+            spilled += bool(r.spill_bytes)
+            if args.json:
+                print(json.dumps({"arch": arch, "kernel": v.kernel, "label": v.label, "int8_mma": r.int8_mma,
+                                  "registers": r.registers, "spill_bytes": r.spill_bytes, "shared": r.shared,
+                                  "problems": found}), flush=True)
+            else:
+                print(f"| sm_{arch} | {v.label} | {r.int8_mma or '-'} | {r.registers} | {r.spill_bytes} | "
+                      f"{r.shared} | {'; '.join(found) or 'ok'} |", flush=True)
+    if not args.json:
+        print(f"\n{bad} variant(s) with problems; {spilled} spill registers")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

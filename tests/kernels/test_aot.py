@@ -1,0 +1,69 @@
+"""Every Triton kernel compiles for the GPUs we target, on this CPU machine (ahead of time).
+
+The interpreter runs kernels the GPU compiler would refuse (module globals, dot shapes, wgmma
+rules), so the suite also compiles what the launchers can launch for sm_90 (H100/H200) and
+sm_80 (A100): every autotune tile with the heaviest flags, a covering set of the other flag
+combinations, and the element-wise and pooling kernels (`dqt_triton.kernels.aot`). Each must
+compile, keep its GEMM main loop on int8 tensor cores (wgmma s8 on sm_90, mma.sync s8 for
+16-row tiles and on sm_80) and fit the shared memory of the target. Register spills are
+printed, not asserted: see `bench/results/aot-*.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from dqt_triton.kernels import aot
+
+NO_CUDA_BACKEND = aot.has_cuda_backend()
+
+
+def _compile_all(arch: int) -> list[dict]:
+    # A fresh process without TRITON_INTERPRET: under the interpreter @triton.jit gives no
+    # compilable function.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "dqt_triton.kernels.aot", "--json", "--arch", str(arch)],
+                          env=env, capture_output=True, text=True)
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert rows, f"no report from the AOT compile for sm_{arch}:\n{proc.stderr[-3000:]}"
+    return rows
+
+
+@pytest.mark.skipif(NO_CUDA_BACKEND is not None, reason=str(NO_CUDA_BACKEND))
+def test_every_kernel_variant_compiles_for_sm90_and_sm80_on_int8_tensor_cores():
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reports = [row for rows in pool.map(_compile_all, (90, 80)) for row in rows]
+    expected = len(aot.variants()) * 2
+    assert len(reports) == expected, f"{len(reports)} of {expected} variants reported"
+    kinds = {r["kernel"] for r in reports}
+    assert kinds == {"int_matmul_kernel", "int_conv2d_kernel", "int_add_kernel", "int_mul_kernel", "int_pool2d_kernel"}
+    failures = [f"sm_{r['arch']} {r['label']}: {'; '.join(r['problems'])}" for r in reports if r["problems"]]
+    assert not failures, "\n".join(failures)
+    # wgmma really is what the big tiles get on Hopper (the check above compares with the rule).
+    assert any(r["int8_mma"] == "wgmma s8" for r in reports if r["arch"] == 90)
+    spills = [f"sm_{r['arch']} {r['label']}: {r['spill_bytes']} bytes" for r in reports if r["spill_bytes"]]
+    print(f"{len(spills)} of {len(reports)} variants spill registers:\n" + "\n".join(spills))
+
+
+def test_the_variant_list_covers_every_tile_and_every_flag_value():
+    """What the suite compiles: each autotune tile, and each value of each flag somewhere."""
+    from dqt_triton.kernels.configs import _GPU_CONV_TILES, _GPU_MATMUL_TILES
+
+    listed = aot.variants()
+    for kernel, tiles in (("int_matmul_kernel", _GPU_MATMUL_TILES), ("int_conv2d_kernel", _GPU_CONV_TILES)):
+        mine = [v for v in listed if v.kernel == kernel]
+        seen_tiles = {(c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], v.num_warps, v.num_stages)
+                      for v in mine for c in [dict(v.constexprs)]}
+        assert seen_tiles == set(tiles)
+        for flag in ("BUCKETED", "ROUND", "X_UNSIGNED", "RELU"):
+            assert {dict(v.constexprs)[flag] for v in mine} == {False, True}, flag
+        outputs = {(dict(v.constexprs)["EPILOGUE"], dict(v.pointer_types)["out_ptr"]) for v in mine}
+        assert outputs == {(e, o) for e, o, _ in aot.EPILOGUE_OUTPUTS}
+    full = aot.variants(full=True)
+    assert len([v for v in full if v.kernel == "int_matmul_kernel"]) == len(_GPU_MATMUL_TILES) * 32
