@@ -143,8 +143,11 @@ def compile_variant(variant: Variant, arch: int) -> Report:
     from triton.compiler import ASTSource
 
     report = Report(variant, arch)
+    from triton.runtime.jit import JITFunction
+
     fn = _kernels()[variant.kernel]
-    fn = getattr(fn, "fn", fn)  # the autotuner wraps the jit function
+    while not isinstance(fn, JITFunction):  # the autotuner wraps the jit function
+        fn = fn.fn
     consts = dict(variant.constexprs)
     ptrs = dict(variant.pointer_types)
     signature = {a: "constexpr" if a in consts else ptrs.get(a, "i32") for a in fn.arg_names}
