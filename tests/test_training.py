@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dqt_triton import DQTModel
+from dqt_triton.checkpoint import load_file
 from dqt_triton.cli import main
 from dqt_triton.training import TrainConfig, Trainer
 
