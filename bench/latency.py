@@ -206,9 +206,13 @@ def training_rows(device: str, max_repeats: int) -> list[dict]:
 
     cases["DQT static 8-bit QAT step"] = dqt(False)
     cases["DQT dynamic step (alpha 0: no consistency sandwich)"] = dqt(True, alpha=0.0, beta=1.0)
-    # The `dqt train` recipe: dynamic path + sandwich (8-bit, 2-bit, one random width, distilled).
-    cases["DQT dynamic step, dqt train recipe (sandwich of 3 widths)"] = dqt(True, alpha=1.0, beta=1.0)
-    cases["DQT dynamic step, every width every step"] = dqt(True, alpha=1.0, beta=1.0, sampled_widths=None)
+    # The `dqt train` recipe: dynamic path + sandwich (8-bit, 2-bit, one random width, distilled),
+    # the controller judging every width on 16 held-out samples (as the trainer passes them).
+    held = (codes[:16].clone(), target[:16].clone())
+    cases["DQT dynamic step, dqt train recipe (sandwich of 3 widths)"] = dqt(True, alpha=1.0, beta=1.0,
+                                                                               imitation_data=held)
+    cases["DQT dynamic step, every width every step"] = dqt(True, alpha=1.0, beta=1.0, sampled_widths=None,
+                                                           imitation_data=held)
     steps = {}
     for impl, build in cases.items():
         try:
