@@ -2,7 +2,7 @@
 
 On Hopper, int8 `tl.dot` maps to wgmma only with BLOCK_M % 64 == 0, BLOCK_K >= 32 and
 num_warps % 4 == 0; the large tiles below start from int8 tiles tuned elsewhere for H100
-(large M: 128x256x128, mid M: 128x128x128, small M: 64x64x256). A
+(mid M: 128x128x128, small M: 64x64x256; the large-M 128x256x128 spilled here and is gone). A
 16-row tile is kept for batch 1..16, where mma.sync beats padding M to 64. Under the
 interpreter autotuning would time every config, so there is exactly one small one.
 """
@@ -16,8 +16,9 @@ from .common import interpreting
 INTERPRETER_TILE = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
+# 128x256x128 was dropped: it spilled 2.8 KB per thread on sm_90 and 6 KB on sm_80
+# (bench/results/aot-2026-11-23.md); the AOT test reports every tile's spills.
 _GPU_MATMUL_TILES = (
-    (128, 256, 128, 8, 4),
     (128, 128, 128, 8, 5),
     (128, 128, 64, 4, 4),
     (64, 128, 128, 4, 5),

@@ -62,22 +62,23 @@ def int_matmul_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
-    x_ptrs = x_ptr + rows[:, None].to(tl.int64) * stride_xm + offs_k[None, :] * stride_xk
-    w_ptrs = w_ptr + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None] * stride_wk
+    # Row and column bases only: rebuilding the K offsets each step keeps two [BM, BK] / [BK, BN]
+    # pointer tiles out of the loop-carried registers (they alone spilled every large tile).
+    x_rows = x_ptr + rows[:, None].to(tl.int64) * stride_xm
+    w_cols = w_ptr + offs_n[None, :].to(tl.int64) * stride_wn
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     w_colsum = tl.zeros((BLOCK_N,), dtype=tl.int32)
     for kt in range(0, k_tiles):
         k_mask = offs_k < K - kt * BLOCK_K
-        x = tl.load(x_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0)
-        w = tl.load(w_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0)
+        k_offs = kt * BLOCK_K + offs_k  # int32: the launcher keeps (K - 1) * |stride_k| below 2^31
+        x = tl.load(x_rows + k_offs[None, :] * stride_xk, mask=row_mask[:, None] & k_mask[None, :], other=0)
+        w = tl.load(w_cols + k_offs[:, None] * stride_wk, mask=k_mask[:, None] & n_mask[None, :], other=0)
         a = shifted_left_operand(x, ka[:, None], ROUND, X_UNSIGNED)
         b = nested_shift(w.to(tl.int32), kw, ROUND, 127)
         if X_UNSIGNED:
             w_colsum += tl.sum(b, axis=0)
         acc = tl.dot(a, b.to(tl.int8), acc, out_dtype=tl.int32)
-        x_ptrs += BLOCK_K * stride_xk
-        w_ptrs += BLOCK_K * stride_wk
     if X_UNSIGNED:
         acc += 128 * w_colsum[None, :]
 
@@ -237,6 +238,11 @@ def launch_int_matmul(
     M, K = x.shape
     N = w.shape[0]
     table_strides = _check_common(x, w, act_shift, weight_shift, M, (bias, multiplier, rshift, scale), N)
+    # The kernel indexes along K in int32; a K-contiguous copy keeps exotic strides in range.
+    if (K - 1) * abs(x.stride(1)) >= 2**31:
+        x = x.contiguous()
+    if (K - 1) * abs(w.stride(1)) >= 2**31:
+        w = w.contiguous()
     out = torch.empty((M, N), dtype=out_dtype, device=x.device)
     if M == 0:
         return out

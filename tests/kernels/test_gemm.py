@@ -96,6 +96,22 @@ def test_uneven_buckets_over_many_tiles():
     assert torch.equal(triton_matmul(x, w, ka, kw, relu=True, multiplier=1 << 30, shift=33), want)
 
 
+@pytest.mark.parametrize("x_dtype", CODE_DTYPES)
+def test_matmul_reads_strided_operands_in_place(x_dtype):
+    """x as a transposed view (K stride = M) and w as every other row and column of a larger
+    tensor: the kernel rebuilds its K offsets from the strides each step, over several K tiles."""
+    gen = torch.Generator().manual_seed(5)
+    x = codes(gen, (70, 37), x_dtype, extreme=True).t()  # [37, 70] with strides (1, 37)
+    w = codes(gen, (18, 140), torch.int8, extreme=True)[::2, ::2]  # [9, 70] with strides (280, 2)
+    assert not x.is_contiguous() and not w.is_contiguous()
+    ka = torch.randint(0, 8, (37,), generator=gen)
+    kw = torch.randint(0, 8, (37,), generator=gen)
+    for kwargs in ({}, {"relu": True, "multiplier": 1 << 30, "shift": 33}):
+        want = dq.int_matmul(x.contiguous(), w.contiguous(), act_shift=ka, weight_shift=kw, backend="reference",
+                             **kwargs)
+        assert torch.equal(triton_matmul(x, w, ka, kw, **kwargs), want)
+
+
 @pytest.mark.parametrize("out_dtype", CODE_DTYPES)
 def test_requant_rounding_ties_go_up(out_dtype):
     """multiplier 1 with shift 1: every odd accumulator is an exact tie, negative ones too."""
