@@ -561,9 +561,7 @@ def _trusted_shift(value: ShiftArg, rows: int, name: str, op: str, device: torch
     """int32 [rows] shifts without reading tensor values: ints are range-checked on the host,
     tensors only for shape (they come from the program, in range by construction)."""
     if _is_int(value):
-        if not 0 <= value <= MAX_SHIFT:
-            raise ValueError(f"{op}: {name}={value} is outside the shift range [0, {MAX_SHIFT}]")
-        return torch.full((rows,), int(value), dtype=torch.int32, device=device)
+        return _per_row_shift(value, rows, name, op, device)  # a host int: the public op's check
     if value.shape != (rows,) or value.device != device:
         raise ValueError(f"{op}: per-sample {name} must be [{rows}] on {device}, got {tuple(value.shape)} on "
                          f"{value.device}")
