@@ -162,12 +162,13 @@ class _DQTLayer(nn.Module):
         return y
 
     def forward_codes(self, q_x: Tensor, x_step: Tensor, x_signed: bool, act_shift, weight_shift,
-                      rule: str, gates: Optional[Tensor] = None, candidate_bits=(), where: str = "a layer") -> Tensor:
+                      rule: str, gates: Optional[Tensor] = None, candidate_bits=(), where: str = "a layer",
+                      gate_gradients: str = "local") -> Tensor:
         """Float output (bias, batch norm, ReLU applied) of the integer layer on codes q_x."""
         scale = (x_step * self.weight_steps()).to(torch.float32)
         y = int_layer(q_x, self.weight_codes(), scale, act_shift=act_shift, weight_shift=weight_shift,
                       signed=x_signed, rule=rule, conv=self.conv, gates=gates, candidate_bits=candidate_bits,
-                      where=where)
+                      where=where, gate_gradients=gate_gradients)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, *([1] * (y.dim() - 2)))
         y = self._normalize(y, weight_shift)

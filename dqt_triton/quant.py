@@ -8,7 +8,10 @@ Forward passes produce exactly the integers of docs/numerics.md (matmul and conv
 - `int_linear` / `int_conv2d`: the integer layer on master codes with per-sample shifts, output
   ``float32(v) * scale`` with v the master-unit accumulator. Gradients reach the codes (through
   the nested shift as identity), the per-channel output scale, and optionally the per-sample
-  width gates of a controller (the gradient of gate j is the layer output at candidate j).
+  width gates of a controller (the gradient of gate j is the layer output at candidate j:
+  computed for every candidate with ``gate_gradients="all"``; for the chosen width and its two
+  neighbours with ``"local"``, farther candidates taking the nearer neighbour's value; not at
+  all with ``"none"``, where the controller learns from its other terms only).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from . import ops
 from .numerics import MASTER_BITS, nested_shift
 
 Tensor = torch.Tensor
+GATE_GRADIENTS = ("all", "local", "none")
 
 
 class _LSQCodes(torch.autograd.Function):
@@ -105,7 +109,8 @@ class _IntLayer(torch.autograd.Function):
     """Shared forward/backward of the integer linear and conv2d layers (see module docstring)."""
 
     @staticmethod
-    def forward(ctx, q_x, q_w, scale, gates, act_shift, weight_shift, candidates, conv, signed, rule, where):
+    def forward(ctx, q_x, q_w, scale, gates, act_shift, weight_shift, candidates, conv, signed, rule, where,
+                local_gates):
         x_codes = q_x.detach().to(torch.int8 if signed else torch.uint8)
         w_codes = q_w.detach().to(torch.int8)
         if conv is None:
@@ -116,13 +121,13 @@ class _IntLayer(torch.autograd.Function):
                                **conv)
             y = v.to(torch.float32) * scale.view(1, -1, 1, 1)
         ctx.save_for_backward(q_x, q_w, scale, v)
-        ctx.meta = (act_shift, weight_shift, candidates, conv, signed, rule, gates is not None, where)
+        ctx.meta = (act_shift, weight_shift, candidates, conv, signed, rule, gates is not None, where, local_gates)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         q_x, q_w, scale, v = ctx.saved_tensors
-        act_shift, weight_shift, candidates, conv, signed, rule, has_gates, where = ctx.meta
+        act_shift, weight_shift, candidates, conv, signed, rule, has_gates, where, local_gates = ctx.meta
         if not bool(torch.isfinite(grad_y).all()):
             raise FloatingPointError(f"non-finite gradient (NaN/inf) reaching {where} at {_describe_shift(weight_shift)}: "
                                      "training has diverged; lower the learning rate or clip gradients")
@@ -132,26 +137,49 @@ class _IntLayer(torch.autograd.Function):
         ka = _rows_shift(act_shift, rows, q_x.device)
         kw = _rows_shift(weight_shift, rows, q_x.device)
         x_eff = shifted_float(q_x, _view_rows(ka, q_x.dim()), signed, rule)
-        grad_x = torch.zeros_like(q_x) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros_like(q_w) if ctx.needs_input_grad[1] else None
-        for k in torch.unique(kw).tolist():
-            sel = (kw == k).nonzero().flatten()
-            w_eff = shifted_float(q_w, k, True, rule)
-            if grad_x is not None:
-                grad_x[sel] = _grad_input(grad_v[sel], w_eff, q_x[sel].shape, conv)
-            if grad_w is not None:
-                grad_w += _grad_weight(grad_v[sel], x_eff[sel], q_w.shape, conv)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:  # each row sees the weights at its own width
+            grad_x = torch.zeros_like(q_x)
+            for k in torch.unique(kw).tolist():
+                sel = (kw == k).nonzero().flatten()
+                grad_x[sel] = _grad_input(grad_v[sel], shifted_float(q_w, k, True, rule), q_x[sel].shape, conv)
+        if ctx.needs_input_grad[1]:  # x_eff already carries each row's width: one pass over the batch
+            grad_w = _grad_weight(grad_v, x_eff, q_w.shape, conv)
         grad_scale = None
         if ctx.needs_input_grad[2]:
             dims = [0] if conv is None else [0, 2, 3]
             grad_scale = (grad_y * v.to(grad_y.dtype)).sum(dim=dims)
         grad_gates = None
         if has_gates and ctx.needs_input_grad[3]:
-            grad_gates = torch.stack(
-                [(grad_v * _candidate_output(q_x, q_w, k, conv, signed, rule)).flatten(1).sum(1) for k in candidates],
-                dim=1,
-            )
-        return grad_x, grad_w, grad_scale, grad_gates, None, None, None, None, None, None, None
+            if local_gates:
+                grad_gates = _local_gate_gradients(grad_v, q_x, q_w, v, kw, candidates, conv, signed, rule)
+            else:
+                grad_gates = torch.stack(
+                    [(grad_v * _candidate_output(q_x, q_w, k, conv, signed, rule)).flatten(1).sum(1)
+                     for k in candidates],
+                    dim=1,
+                )
+        return grad_x, grad_w, grad_scale, grad_gates, None, None, None, None, None, None, None, None
+
+
+def _local_gate_gradients(grad_v, q_x, q_w, v, kw, candidates, conv, signed, rule) -> Tensor:
+    """Gate gradients [rows, J] from the chosen candidate (its output is v: free) and its two
+    neighbours (one pass per candidate over the rows whose choice is next to it); a candidate
+    farther away takes the value of the neighbour on its side. Costs two candidate passes of the
+    batch instead of J."""
+    rows, J = grad_v.shape[0], len(candidates)
+    position = {k: j for j, k in enumerate(candidates)}
+    chosen = torch.tensor([position[k] for k in kw.tolist()], device=grad_v.device)
+    near = torch.zeros(rows, J, dtype=grad_v.dtype, device=grad_v.device)
+    near[torch.arange(rows, device=grad_v.device), chosen] = (grad_v * v.to(grad_v.dtype)).flatten(1).sum(1)
+    for j in range(J):  # candidate j, for every row whose choice is next to it
+        sel = ((chosen == j - 1) | (chosen == j + 1)).nonzero().flatten()
+        if sel.numel():
+            out = _candidate_output(q_x[sel], q_w, candidates[j], conv, signed, rule)
+            near[sel, j] = (grad_v[sel] * out).flatten(1).sum(1)
+    columns = torch.arange(J, device=grad_v.device)
+    nearest = torch.minimum(torch.maximum(columns[None, :], chosen[:, None] - 1), chosen[:, None] + 1).clamp(0, J - 1)
+    return near.gather(1, nearest)
 
 
 def _describe_shift(weight_shift) -> str:
@@ -197,17 +225,24 @@ def int_layer(
     gates: Optional[Tensor] = None,
     candidate_bits: Sequence[int] = (),
     where: str = "a layer",
+    gate_gradients: str = "local",
 ) -> Tensor:
     """``float32(v) * scale[n]`` where v is the integer layer's master-unit accumulator.
 
     q_x, q_w: master codes as float tensors (from `lsq_codes`); scale: D_x * D_w[n] (float32,
     [N]); conv: None for a linear layer, else dict(stride, padding, dilation, groups). With
     `gates` ([rows, J] hard one-hot, straight-through) the shifts must be the per-sample choice
-    of `candidate_bits` that the gates select; gate gradients are then computed. `where` names
+    of `candidate_bits` that the gates select; gate gradients are then computed as
+    `gate_gradients` says ("all", "local" or "none", see the module docstring). `where` names
     the layer in the error raised when a non-finite gradient reaches it.
     """
+    if gate_gradients not in GATE_GRADIENTS:
+        raise ValueError(f"gate_gradients must be one of {GATE_GRADIENTS}, got {gate_gradients!r}")
+    if gate_gradients == "none":
+        gates = None
     candidates = tuple(MASTER_BITS - b for b in candidate_bits)
-    return _IntLayer.apply(q_x, q_w, scale, gates, act_shift, weight_shift, candidates, conv, signed, rule, where)
+    return _IntLayer.apply(q_x, q_w, scale, gates, act_shift, weight_shift, candidates, conv, signed, rule, where,
+                           gate_gradients == "local")
 
 
 def gumbel_hard(logits: Tensor, tau: float, training: bool, generator: Optional[torch.Generator] = None) -> Tensor:

@@ -1,0 +1,60 @@
+"""quant.int_layer's gate gradients: "local" equals "all" at the chosen width and its two
+neighbours and copies the nearer neighbour farther out; "none" leaves the gates to other terms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dqt_triton import quant
+from dqt_triton.numerics import MASTER_BITS
+
+BITS = (2, 3, 4, 5, 6, 7, 8)
+
+
+def _layer_gate_grads(mode: str, conv: bool, chosen: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    rows = chosen.numel()
+    if conv:
+        q_x = torch.randint(0, 256, (rows, 3, 5, 5), generator=gen).float()
+        q_w = torch.randint(-128, 128, (4, 3, 3, 3), generator=gen).float()
+        geometry = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    else:
+        q_x = torch.randint(0, 256, (rows, 7), generator=gen).float()
+        q_w = torch.randint(-128, 128, (4, 7), generator=gen).float()
+        geometry = None
+    q_x.requires_grad_()  # the layer's usual input gradient, so "none" still has a graph
+    scale = torch.rand(4, generator=gen) + 0.5
+    gates = F.one_hot(chosen, len(BITS)).float().requires_grad_()
+    shift = torch.tensor([MASTER_BITS - BITS[j] for j in chosen.tolist()], dtype=torch.int32)
+    y = quant.int_layer(q_x, q_w, scale, act_shift=shift, weight_shift=shift, signed=False, rule="round",
+                        conv=geometry, gates=gates, candidate_bits=BITS, gate_gradients=mode)
+    upstream = torch.randn(y.shape, generator=gen)
+    (y * upstream).sum().backward()
+    return gates.grad
+
+
+@pytest.mark.parametrize("conv", [False, True], ids=["linear", "conv"])
+def test_local_gate_gradients_are_exact_near_the_choice_and_nearest_neighbour_beyond(conv):
+    chosen = torch.tensor([0, 3, 6, 1, 5, 3, 2, 6])  # both ends, the middle, a shared choice
+    every = _layer_gate_grads("all", conv, chosen)
+    local = _layer_gate_grads("local", conv, chosen)
+    assert local.shape == every.shape == (8, len(BITS))
+    for row, j in enumerate(chosen.tolist()):
+        computed = [c for c in (j - 1, j, j + 1) if 0 <= c < len(BITS)]
+        torch.testing.assert_close(local[row, computed], every[row, computed], rtol=1e-6, atol=0)
+        for c in range(len(BITS)):
+            nearest = min(max(c, j - 1), j + 1)
+            assert torch.equal(local[row, c], local[row, min(max(nearest, 0), len(BITS) - 1)])
+    # Away from the choice "local" is an estimate: it must differ from the exact value somewhere.
+    assert not torch.equal(local, every)
+
+
+def test_no_gate_gradients_leave_the_gates_without_gradient():
+    assert _layer_gate_grads("none", False, torch.tensor([1, 4])) is None
+
+
+def test_unknown_gate_gradient_mode_is_named():
+    with pytest.raises(ValueError, match="gate_gradients must be one of .*'sometimes'"):
+        _layer_gate_grads("sometimes", False, torch.tensor([1, 4]))
