@@ -31,15 +31,18 @@ import dqt_triton as dq
 from bench.baselines import DequantRequantDynamic, torch_ao_fake_quant_qat, torch_ao_int8
 from bench.common import machine
 from dqt_triton import bitops, models
+from dqt_triton.training import TrainConfig
 
 log = logging.getLogger("bench.latency")
+RECIPE_ROW = "DQT dynamic step, dqt train recipe"
 
 NETS = {
     "resnet18": ("ResNet-18 (CIFAR, 32x32)", lambda: models.resnet18_cifar(10, 3, 64), (3, 32, 32)),
     "resnet50": ("ResNet-50 (ImageNet, 224x224)", lambda: models.resnet50(1000, 3, 64), (3, 224, 224)),
 }
 BATCHES = {"cpu": {"resnet18": (1, 32), "resnet50": (1, 8)}, "cuda": {"resnet18": (1, 256), "resnet50": (1, 256)}}
-TRAIN = {"cpu": ("resnet18", 32), "cuda": ("resnet18", 256)}
+# CPU: `dqt train`'s batch (TrainConfig.batch_size), so the step is the one the default settings run.
+TRAIN = {"cpu": ("resnet18", TrainConfig.batch_size), "cuda": ("resnet18", 256)}
 SECONDS_PER_ROW = 3.0
 
 
@@ -193,7 +196,7 @@ def training_rows(device: str, max_repeats: int) -> list[dict]:
         cases["torch.ao fake-quant QAT step (8-bit)"] = lambda: float_step(
             torch_ao_fake_quant_qat(factory(), shape).to(device).train())
 
-    def dqt(dynamic, **kw):
+    def dqt(dynamic, gate_gradients=None, **kw):
         def build():
             model = dq.DQTModel.from_float(factory(), shape, dynamic=dynamic, input_scale=1 / 255).to(device).train()
             if not dynamic:
@@ -201,18 +204,25 @@ def training_rows(device: str, max_repeats: int) -> list[dict]:
             kw2 = dict(kw)
             if dynamic:
                 kw2.setdefault("target_bitops", model.uniform_bitops(4))
+                model.gate_gradients = gate_gradients or recipe.gate_gradients
             return dqt_step(model, **kw2)
         return build
 
+    # The `dqt train` recipe, from TrainConfig's defaults: dynamic path, sandwich (8-bit, 2-bit and
+    # `sampled_widths` random widths, distilled) on `consistency_share` of the batch, the
+    # controller judging every width on `imitation_samples` held-out samples (as the trainer
+    # passes them).
+    recipe = TrainConfig()
+    held = (codes[:recipe.imitation_samples].clone(), target[:recipe.imitation_samples].clone())
+    train_kw = dict(alpha=recipe.alpha, beta=recipe.beta, imitation_data=held, sampled_widths=recipe.sampled_widths,
+                    consistency_samples=max(1, round(recipe.consistency_share * batch)))
     cases["DQT static 8-bit QAT step"] = dqt(False)
-    cases["DQT dynamic step (alpha 0: no consistency sandwich)"] = dqt(True, alpha=0.0, beta=1.0)
-    # The `dqt train` recipe: dynamic path + sandwich (8-bit, 2-bit, one random width, distilled),
-    # the controller judging every width on 16 held-out samples (as the trainer passes them).
-    held = (codes[:16].clone(), target[:16].clone())
-    cases["DQT dynamic step, dqt train recipe (sandwich of 3 widths)"] = dqt(True, alpha=1.0, beta=1.0,
-                                                                               imitation_data=held)
-    cases["DQT dynamic step, every width every step"] = dqt(True, alpha=1.0, beta=1.0, sampled_widths=None,
-                                                           imitation_data=held)
+    cases["DQT dynamic step (alpha 0: no consistency sandwich)"] = dqt(True, **{**train_kw, "alpha": 0.0})
+    cases[RECIPE_ROW] = dqt(True, **train_kw)
+    if recipe.gate_gradients != "all":
+        cases["DQT dynamic step, dqt train recipe with every width's gate gradient"] = dqt(True, "all", **train_kw)
+    cases["DQT dynamic step, every width every step"] = dqt(True, "all", **{**train_kw, "sampled_widths": None,
+                                                                          "consistency_samples": batch})
     steps = {}
     for impl, build in cases.items():
         try:
@@ -235,7 +245,7 @@ def training_rows(device: str, max_repeats: int) -> list[dict]:
 def targets(rows: list[dict], switches: list[dict], device: str, train: list[dict] = ()) -> list[str]:
     """The issues' targets as measured ratios (met or missed; a GPU target on CPU is 'not measured')."""
     lines = []
-    recipe = next((r for r in train if "dqt train recipe" in r["impl"] and r.get("vs_fake_quant_qat")), None)
+    recipe = next((r for r in train if r["impl"] == RECIPE_ROW and r.get("vs_fake_quant_qat")), None)
     if recipe:
         ratio = recipe["vs_fake_quant_qat"]
         lines.append(f"DQT training step (`dqt train` recipe) takes {ratio:.2f}x a torch.ao fake-quant QAT step "

@@ -109,6 +109,8 @@ def run_train(args: argparse.Namespace) -> int:
                       candidate_bits=tuple(args.bits), budget_bits=args.budget, alpha=args.alpha, beta=args.beta,
                       imitation=args.imitation, imitation_mode=args.imitation_mode,
                       imitation_holdout=args.imitation_holdout, distill=not args.no_distill, sampled_widths=args.sampled_widths,
+                      consistency_share=args.consistency_share, gate_gradients=args.gate_gradients,
+                      imitation_samples=args.imitation_samples,
                       bn_per_width=not args.shared_bn, edge_bits=args.edge_bits,
                       warmup_epochs=args.warmup_epochs, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, dqt_lr=args.dqt_lr, shift_rule=args.shift_rule, seed=args.seed,
@@ -180,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
                        help="share of the training set held out of the network's loss to judge widths on")
     train.add_argument("--sampled-widths", type=int, default=d.sampled_widths,
                        help="random middle widths per step besides the widest and narrowest (-1: every width)")
+    train.add_argument("--consistency-share", type=float, default=d.consistency_share,
+                       help="share of each batch the sandwich widths train on (1: the whole batch)")
+    train.add_argument("--imitation-samples", type=int, default=d.imitation_samples,
+                       help="held-out samples judged at every width per step")
+    train.add_argument("--gate-gradients", choices=["all", "local", "none"], default=d.gate_gradients,
+                       help="task-loss gradients to the controller's gates: every width, the chosen width's "
+                            "neighbours (default), or none")
     train.add_argument("--no-distill", action="store_true", help="lower widths learn from labels, not the 8-bit path")
     train.add_argument("--shared-bn", action="store_true", help="one batch norm for every width (default: one per width)")
     train.add_argument("--edge-bits", type=int, default=d.edge_bits,

@@ -350,6 +350,9 @@ class DQTModel(nn.Module):
         self.candidate_bits = tuple(config["candidate_bits"])
         self.shift_rule = config["shift_rule"]
         self.tau = 1.0
+        # Training-path choice, not saved: how the task loss reaches the controller's gates
+        # (quant.GATE_GRADIENTS; "local" costs two candidate passes per governed layer, "all" one per width).
+        self.gate_gradients = "local"
         self.budget_code = BUDGET_LEVELS // 2
         self.static_bits = {n: (8, 8) for n in self.layer_names}
         self.dynamic = bool(config["dynamic"]) and controller is not None
@@ -652,7 +655,8 @@ class DQTModel(nn.Module):
                     k = numerics.MASTER_BITS - widths[:, i]
                     where = f"layer {name} at the controller's widths"
                     y = layer.forward_codes(q, step_size, signed, k, k, self.shift_rule, gates[:, i, :],
-                                            self.candidate_bits, where=f"layer {name}")
+                                            self.candidate_bits, where=f"layer {name}",
+                                            gate_gradients=self.gate_gradients)
                 else:
                     wb, ab = fixed[name]
                     where = f"layer {name} at {wb}-bit weights / {ab}-bit activations"
@@ -733,6 +737,7 @@ class DQTModel(nn.Module):
                  target_bitops: Optional[float] = None, distill: bool = True,
                  sampled_widths: Optional[int] = 1, imitation: float = 1.0, imitation_samples: int = 16,
                  imitation_data: Optional[tuple[Tensor, Tensor]] = None, imitation_mode: str = "expected",
+                 consistency_samples: Optional[int] = None,
                  generator: Optional[torch.Generator] = None) -> dict:
         """The DQT objective: task + alpha * consistency + beta * budget + imitation term.
 
@@ -741,7 +746,9 @@ class DQTModel(nn.Module):
             labels, the teacher) and the others, each distilled from the teacher's detached
             predictions (KL; cross-entropy with ``distill=False``), averaged over S. S is every
             candidate with ``sampled_widths=None``, else the sandwich rule: widest, narrowest and
-            `sampled_widths` random others.
+            `sampled_widths` random others. With `consistency_samples` n, the term sees only the
+            batch's first n samples (batches are shuffled): each width's pass then costs n / B of
+            a full one, the dynamic path still learns from the whole batch.
         budget (dynamic mode with ``target_bitops``, the BitOPs unit, usually uniform 4-bit):
             each sample draws a budget code c and pays its price (`budget_price`: positive below the
             middle code, negative above, code 0 the largest) times BitOPs / target_bitops; the controller sees the
@@ -773,7 +780,10 @@ class DQTModel(nn.Module):
         zero = torch.zeros((), device=logits.device)
         consistency, budget, imitate = zero, zero, zero
         if alpha > 0:
-            consistency = self._consistency(x, target, distill, sampled_widths, generator)
+            if consistency_samples is not None and consistency_samples < 1:
+                raise ValueError(f"consistency_samples must be at least 1, got {consistency_samples}")
+            n = x.shape[0] if consistency_samples is None else min(consistency_samples, x.shape[0])
+            consistency = self._consistency(x[:n], target[:n], distill, sampled_widths, generator)
         if budget_codes is not None and soft is not None:
             lam = budget_price(budget_codes).to(soft.device)
             budget = (lam * soft / target_bitops).mean()

@@ -2,8 +2,10 @@
 
 The recipe: `warmup_epochs` of static 8-bit QAT (learns ranges and steps), then DQT epochs:
 every width's batch norm starts from the 8-bit one, and each step trains the dynamic path
-(per-sample budget codes, Gumbel temperature annealed) plus the sandwich of uniform widths
-(8-bit on the labels, the narrowest and one random width distilled from it). After training
+(per-sample budget codes, Gumbel temperature annealed, gate gradients from the chosen width
+and its neighbours) plus the sandwich of uniform widths on a quarter of the batch (8-bit on
+the labels, the narrowest and one random width distilled from it), while the controller learns
+each width's cost on 8 held-out samples. After training
 the budget code is calibrated so dynamic mode meets `budget_bits` on the training set. Every
 epoch ends with an atomic checkpoint (`train_state.pt`, for `--resume`) and the model file
 (`model.pt`, for `dqt eval`); the data order and the random state depend only on the seed and
@@ -29,6 +31,7 @@ from tqdm import tqdm
 from . import checkpoint, models
 from .errors import CheckpointError
 from .model import DQTModel, _atomic_save
+from .quant import GATE_GRADIENTS
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +53,12 @@ class TrainConfig:
     beta: float = 1.0  # weight of the per-sample BitOPs price
     imitation: float = 1.0  # weight of the controller's imitation of each sample's best width
     imitation_holdout: float = 0.1  # share of the training set held out of the network's terms to judge widths on
-    imitation_samples: int = 16  # held-out samples judged at every width per step
+    imitation_samples: int = 8  # held-out samples judged at every width per step
     imitation_mode: str = "expected"  # controller learns expected cost per width ("expected") or the best width ("best")
     distill: bool = True  # lower widths learn from the widest one's predictions
     sampled_widths: int = 1  # random middle widths per step besides widest and narrowest; -1 = all
+    consistency_share: float = 0.25  # share of each batch the consistency widths see (1 = the whole batch)
+    gate_gradients: str = "local"  # task-loss gradients to the controller's gates: "all", "local" or "none"
     bn_per_width: bool = True
     edge_bits: int = 8  # first and last layer width; 0 = the controller governs them too
     warmup_epochs: int = 4
@@ -254,12 +259,19 @@ class Trainer:
         self.ds = load_dataset(cfg.data, cfg.data_dir, cfg.seed, cfg.limit)
         if not 0.0 <= cfg.imitation_holdout < 1.0:
             raise ValueError(f"imitation_holdout must be in [0, 1), got {cfg.imitation_holdout}")
+        if cfg.imitation > 0 and cfg.imitation_samples < 1:
+            raise ValueError(f"imitation_samples must be at least 1, got {cfg.imitation_samples}")
+        if not 0.0 < cfg.consistency_share <= 1.0:
+            raise ValueError(f"consistency_share must be in (0, 1], got {cfg.consistency_share}")
+        if cfg.gate_gradients not in GATE_GRADIENTS:
+            raise ValueError(f"gate_gradients must be one of {GATE_GRADIENTS}, got {cfg.gate_gradients!r}")
         # The controller learns which inputs need bits from samples the network never trains on.
         perm = torch.randperm(len(self.ds.y_train), generator=torch.Generator().manual_seed(cfg.seed + 777))
         held = int(round(cfg.imitation_holdout * len(perm))) if cfg.imitation > 0 and not cfg.static_bits else 0
         self.holdout, self.fit_index = perm[:held].sort().values, perm[held:].sort().values
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, self.ds).to(cfg.device)
+        self.model.gate_gradients = cfg.gate_gradients
         self.epoch = 0  # epochs completed
         self.optimizer = self._optimizer_for(0)
         # Under torchrun every rank holds the whole model and trains on its share of each batch.
@@ -405,7 +417,8 @@ class Trainer:
                                      distill=cfg.distill, imitation=cfg.imitation, generator=generator,
                                      imitation_samples=cfg.imitation_samples, imitation_data=held,
                                      imitation_mode=cfg.imitation_mode,
-                                     sampled_widths=None if cfg.sampled_widths < 0 else cfg.sampled_widths)
+                                     sampled_widths=None if cfg.sampled_widths < 0 else cfg.sampled_widths,
+                                     consistency_samples=max(1, round(cfg.consistency_share * len(idx))))
             else:
                 loss = F.cross_entropy(model(xb), yb)
                 out = {"loss": loss, "task": loss.detach(), **{k: torch.zeros(()) for k in ("consistency", "budget",

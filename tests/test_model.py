@@ -445,6 +445,20 @@ def test_imitation_losses_expected_regression_and_best_width():
         model._imitation_loss(exact, per_width, lam, unit, "greedy")
 
 
+def test_consistency_samples_limit_the_sandwich_to_the_batch_head():
+    """With consistency_samples n the consistency term is the sandwich on the first n samples;
+    n < 1 is refused."""
+    model, x = build("mlp", "dynamic")
+    y = torch.arange(x.shape[0]) % 10
+    out = model.dqt_loss(x, y, alpha=1.0, consistency_samples=3, generator=torch.Generator().manual_seed(5))
+    head = model._consistency(x[:3], y[:3], True, 1, torch.Generator().manual_seed(5))
+    whole = model._consistency(x, y, True, 1, torch.Generator().manual_seed(5))
+    assert torch.equal(out["consistency"], head.detach())
+    assert not torch.equal(head, whole)
+    with pytest.raises(ValueError, match="consistency_samples must be at least 1, got 0"):
+        model.dqt_loss(x, y, alpha=1.0, consistency_samples=0)
+
+
 def _count_host_reads(monkeypatch) -> dict:
     """Patch every way our code could read a tensor value on the host or copy a tensor across
     devices (on a GPU each is a synchronisation or a transfer); count the calls made from
