@@ -3,9 +3,9 @@
 The recipe: `warmup_epochs` of static 8-bit QAT (learns ranges and steps), then DQT epochs:
 every width's batch norm starts from the 8-bit one, and each step trains the dynamic path
 (per-sample budget codes, Gumbel temperature annealed, gate gradients from the chosen width
-and its neighbours) plus the sandwich of uniform widths on a quarter of the batch (8-bit on
-the labels, the narrowest and one random width distilled from it), while the controller learns
-each width's cost on 8 held-out samples. After training
+and its neighbours) plus the sandwich of uniform widths (8-bit on the labels, the narrowest and
+one random width distilled from it), while the controller learns each width's cost on 16
+held-out samples. After training
 the budget code is calibrated so dynamic mode meets `budget_bits` on the training set. Every
 epoch ends with an atomic checkpoint (`train_state.pt`, for `--resume`) and the model file
 (`model.pt`, for `dqt eval`); the data order and the random state depend only on the seed and
@@ -53,11 +53,11 @@ class TrainConfig:
     beta: float = 1.0  # weight of the per-sample BitOPs price
     imitation: float = 1.0  # weight of the controller's imitation of each sample's best width
     imitation_holdout: float = 0.1  # share of the training set held out of the network's terms to judge widths on
-    imitation_samples: int = 8  # held-out samples judged at every width per step
+    imitation_samples: int = 16  # held-out samples judged at every width per step
     imitation_mode: str = "expected"  # controller learns expected cost per width ("expected") or the best width ("best")
     distill: bool = True  # lower widths learn from the widest one's predictions
     sampled_widths: int = 1  # random middle widths per step besides widest and narrowest; -1 = all
-    consistency_share: float = 0.25  # share of each batch the consistency widths see (1 = the whole batch)
+    consistency_share: float = 1.0  # share of each batch the consistency widths see (cheaper below 1)
     gate_gradients: str = "local"  # task-loss gradients to the controller's gates: "all", "local" or "none"
     bn_per_width: bool = True
     edge_bits: int = 8  # first and last layer width; 0 = the controller governs them too
