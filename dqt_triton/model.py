@@ -351,8 +351,8 @@ class DQTModel(nn.Module):
         self.shift_rule = config["shift_rule"]
         self.tau = 1.0
         # Training-path choice, not saved: how the task loss reaches the controller's gates
-        # (quant.GATE_GRADIENTS; "local" costs two candidate passes per governed layer, "all" one per width).
-        self.gate_gradients = "local"
+        # (quant.GATE_GRADIENTS; "all" costs one candidate pass per width per governed layer, "local" two).
+        self.gate_gradients = "all"
         self.budget_code = BUDGET_LEVELS // 2
         self.static_bits = {n: (8, 8) for n in self.layer_names}
         self.dynamic = bool(config["dynamic"]) and controller is not None

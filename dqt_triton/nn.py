@@ -163,7 +163,7 @@ class _DQTLayer(nn.Module):
 
     def forward_codes(self, q_x: Tensor, x_step: Tensor, x_signed: bool, act_shift, weight_shift,
                       rule: str, gates: Optional[Tensor] = None, candidate_bits=(), where: str = "a layer",
-                      gate_gradients: str = "local") -> Tensor:
+                      gate_gradients: str = "all") -> Tensor:
         """Float output (bias, batch norm, ReLU applied) of the integer layer on codes q_x."""
         scale = (x_step * self.weight_steps()).to(torch.float32)
         y = int_layer(q_x, self.weight_codes(), scale, act_shift=act_shift, weight_shift=weight_shift,

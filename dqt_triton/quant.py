@@ -225,7 +225,7 @@ def int_layer(
     gates: Optional[Tensor] = None,
     candidate_bits: Sequence[int] = (),
     where: str = "a layer",
-    gate_gradients: str = "local",
+    gate_gradients: str = "all",
 ) -> Tensor:
     """``float32(v) * scale[n]`` where v is the integer layer's master-unit accumulator.
 

@@ -2,8 +2,7 @@
 
 The recipe: `warmup_epochs` of static 8-bit QAT (learns ranges and steps), then DQT epochs:
 every width's batch norm starts from the 8-bit one, and each step trains the dynamic path
-(per-sample budget codes, Gumbel temperature annealed, gate gradients from the chosen width
-and its neighbours) plus the sandwich of uniform widths (8-bit on the labels, the narrowest and
+(per-sample budget codes, Gumbel temperature annealed) plus the sandwich of uniform widths (8-bit on the labels, the narrowest and
 one random width distilled from it), while the controller learns each width's cost on 16
 held-out samples. After training
 the budget code is calibrated so dynamic mode meets `budget_bits` on the training set. Every
@@ -58,7 +57,7 @@ class TrainConfig:
     distill: bool = True  # lower widths learn from the widest one's predictions
     sampled_widths: int = 1  # random middle widths per step besides widest and narrowest; -1 = all
     consistency_share: float = 1.0  # share of each batch the consistency widths see (cheaper below 1)
-    gate_gradients: str = "local"  # task-loss gradients to the controller's gates: "all", "local" or "none"
+    gate_gradients: str = "all"  # task-loss gradients to the controller's gates: "all", "local" (cheaper) or "none"
     bn_per_width: bool = True
     edge_bits: int = 8  # first and last layer width; 0 = the controller governs them too
     warmup_epochs: int = 4
