@@ -10,7 +10,14 @@ operand types. `compile_variant` compiles one for sm_90 or sm_80 and reports wha
 would depend on: int8 tensor-core MMA in the main loop (wgmma s8 on sm_90, mma.sync s8 on
 sm_80), spilled bytes, registers, shared memory.
 
-    python -m dqt_triton.kernels.aot [--arch 90 80] [--all]     # the report, as markdown
+A launch does not compile the kernel's generic form: Triton's JIT specializes every integer
+argument equal to 1 into a constant and marks multiples of 16 (and 16-byte-aligned tensors) as
+divisible by 16, which is what lets it vectorize loads and drop per-element address registers.
+So each GEMM/conv variant is compiled as a typical launch specializes it (`EXAMPLE_LAUNCH`:
+contiguous operands, a ResNet 3x3 stride-1 layer for conv); ``generic=True`` (``--generic``)
+compiles the unspecialized form instead, the worst case of odd strides and sizes.
+
+    python -m dqt_triton.kernels.aot [--arch 90 80] [--all] [--generic]   # the report, as markdown
 """
 
 from __future__ import annotations
@@ -28,6 +35,23 @@ from typing import Iterator, Optional
 
 # Shared memory per block: H100 227 KB, A100 163 KB (opt-in maxima).
 SHARED_LIMIT = {90: 227 * 1024, 80: 163 * 1024}
+
+# Integer arguments of a typical launch, from which the JIT's specialization is derived. Matmul:
+# x [1000, 512] and w [256, 512] contiguous, out [1000, 256], [8, N] width tables. Conv: a
+# ResNet 3x3 stride-1 layer, batch 8 at 32x32, 64 -> 64 channels, NHWC input, [Cout, KH, KW, C]
+# weights. Pointers come from torch's allocator, 16-byte aligned.
+EXAMPLE_LAUNCH = {
+    "int_matmul_kernel": dict(
+        M=1000, N=256, K=512, M_BUCKET=1024, stride_xm=512, stride_xk=1, stride_wn=512, stride_wk=1,
+        stride_om=256, stride_on=1, stride_bias=256, stride_multiplier=256, stride_rshift=256, stride_scale=256,
+        lo=0, hi=255),
+    "int_conv2d_kernel": dict(
+        M=8192, M_BUCKET=4096, H=32, W=32, OH=32, OW=32, C_GROUP=64, COUT_GROUP=64, KH=3, KW=3,
+        STRIDE_H=1, STRIDE_W=1, PAD_H=1, PAD_W=1, DIL_H=1, DIL_W=1,
+        stride_xb=65536, stride_xh=2048, stride_xw=64, stride_xc=1, stride_wo=576, stride_wh=192, stride_ww=64,
+        stride_wc=1, stride_om=64, stride_on=1, stride_bias=64, stride_multiplier=64, stride_rshift=64,
+        stride_scale=64, lo=0, hi=255),
+}
 
 # The epilogues the launchers pass, each with its output pointer type and the ReLU settings
 # that reach it: requantize to uint8 (after ReLU) or int8, dequantize to float32, raw int32.
@@ -136,8 +160,31 @@ def _tool(name: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
-def compile_variant(variant: Variant, arch: int) -> Report:
-    """Compile for sm_`arch` (90 or 80) and read the cubin's resource usage."""
+def launch_specialization(variant: Variant, arg_names, generic: bool = False) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, attrs) for `triton.compile`, specialized as the JIT specializes a
+    launch with `EXAMPLE_LAUNCH`'s arguments (ints equal to 1 become constants, multiples of 16
+    and aligned pointers get the divisibility hint), or not at all with ``generic``."""
+    consts = dict(variant.constexprs)
+    ptrs = dict(variant.pointer_types)
+    example = {} if generic else EXAMPLE_LAUNCH.get(variant.kernel, {})
+    attrs = {}
+    for i, name in enumerate(arg_names):
+        if name in consts:
+            continue
+        value = example.get(name)
+        if name in ptrs and name.endswith("_ptr") and example:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif value == 1:
+            consts[name] = 1
+        elif value is not None and value % 16 == 0:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    signature = {a: "constexpr" if a in consts else ptrs.get(a, "i32") for a in arg_names}
+    return signature, consts, attrs
+
+
+def compile_variant(variant: Variant, arch: int, generic: bool = False) -> Report:
+    """Compile for sm_`arch` (90 or 80), specialized as launched (`launch_specialization`),
+    and read the cubin's resource usage."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -148,11 +195,9 @@ def compile_variant(variant: Variant, arch: int) -> Report:
     fn = _kernels()[variant.kernel]
     while not isinstance(fn, JITFunction):  # the autotuner wraps the jit function
         fn = fn.fn
-    consts = dict(variant.constexprs)
-    ptrs = dict(variant.pointer_types)
-    signature = {a: "constexpr" if a in consts else ptrs.get(a, "i32") for a in fn.arg_names}
+    signature, consts, attrs = launch_specialization(variant, fn.arg_names, generic)
     try:
-        compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts),
+        compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs),
                                   target=GPUTarget("cuda", arch, 32),
                                   options={"num_warps": variant.num_warps, "num_stages": variant.num_stages})
     except Exception as exc:  # the compiler's refusal is the finding
@@ -222,6 +267,8 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=[90, 80])
     parser.add_argument("--all", action="store_true", help="every tile with every flag combination")
     parser.add_argument("--json", action="store_true", help="one JSON object per variant instead of markdown")
+    parser.add_argument("--generic", action="store_true",
+                        help="compile without the launch's specialization (odd strides and sizes)")
     args = parser.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)
     reason = has_cuda_backend()
@@ -232,12 +279,13 @@ def main(argv=None) -> int:
 
     bad = spilled = 0
     if not args.json:
-        print(f"# AOT compile report (Triton {triton.__version__})\n")
+        form = "generic (unspecialized)" if args.generic else "specialized as a typical launch (EXAMPLE_LAUNCH)"
+        print(f"# AOT compile report (Triton {triton.__version__}), {form}\n")
         print("| arch | variant | int8 MMA | registers | spill bytes | shared | problems |")
         print("|---|---|---|---:|---:|---:|---|")
     for arch in args.arch:
         for v in variants(full=args.all):
-            r = compile_variant(v, arch)
+            r = compile_variant(v, arch, args.generic)
             found = problems(r)
             bad += bool(found)
             spilled += bool(r.spill_bytes)

