@@ -8,7 +8,9 @@ every flag they pass (per-layer or per-sample shifts, uint8 or int8 activations,
 each epilogue with its output type, ReLU), and the element-wise and pooling kernels with their
 operand types. `compile_variant` compiles one for sm_90 or sm_80 and reports what a GPU run
 would depend on: int8 tensor-core MMA in the main loop (wgmma s8 on sm_90, mma.sync s8 on
-sm_80), spilled bytes, registers, shared memory.
+sm_80), spilled bytes, registers, shared memory. For each matmul tile the report also counts the
+PTX instructions of the K loop against a plain int8 GEMM with the same tile and launch
+(`plain.plain_int8_matmul_kernel`): what the in-loop nested shifts cost.
 
 A launch does not compile the kernel's generic form: Triton's JIT specializes every integer
 argument equal to 1 into a constant and marks multiples of 16 (and 16-byte-aligned tensors) as
@@ -45,6 +47,8 @@ EXAMPLE_LAUNCH = {
         M=1000, N=256, K=512, M_BUCKET=1024, stride_xm=512, stride_xk=1, stride_wn=512, stride_wk=1,
         stride_om=256, stride_on=1, stride_bias=256, stride_multiplier=256, stride_rshift=256, stride_scale=256,
         lo=0, hi=255),
+    "plain_int8_matmul_kernel": dict(
+        M=1000, N=256, K=512, stride_xm=512, stride_xk=1, stride_wn=512, stride_wk=1, stride_om=256, stride_on=1),
     "int_conv2d_kernel": dict(
         M=8192, M_BUCKET=4096, H=32, W=32, OH=32, OW=32, C_GROUP=64, COUT_GROUP=64, KH=3, KW=3,
         STRIDE_H=1, STRIDE_W=1, PAD_H=1, PAD_W=1, DIL_H=1, DIL_W=1,
@@ -82,6 +86,7 @@ class Report:
     spill_bytes: int = 0  # stack frame of the compiled kernel: spilled registers
     shared: int = 0
     int8_mma: Optional[str] = None  # "wgmma s8", "mma.sync s8", or None (no int8 tensor-core MMA)
+    kloop_instructions: Optional[int] = None  # PTX instructions of the loop that holds the MMA
     notes: list = field(default_factory=list)
 
     @property
@@ -90,11 +95,11 @@ class Report:
 
 
 def _kernels():
-    from . import elementwise, gemm, pool
+    from . import elementwise, gemm, plain, pool
 
     return {"int_matmul_kernel": gemm.int_matmul_kernel, "int_conv2d_kernel": gemm.int_conv2d_kernel,
             "int_add_kernel": elementwise.int_add_kernel, "int_mul_kernel": elementwise.int_mul_kernel,
-            "int_pool2d_kernel": pool.int_pool2d_kernel}
+            "int_pool2d_kernel": pool.int_pool2d_kernel, "plain_int8_matmul_kernel": plain.plain_int8_matmul_kernel}
 
 
 # Besides every tile with the heaviest flags, a few flag sets that between them give each
@@ -209,6 +214,7 @@ def compile_variant(variant: Variant, arch: int, generic: bool = False) -> Repor
         report.int8_mma = "wgmma s8"
     elif re.search(r"mma\.sync[\w.]*\.s32\.s8\.s8", ptx):
         report.int8_mma = "mma.sync s8"
+    report.kloop_instructions = kloop_instructions(ptx)
     with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
         f.write(compiled.asm["cubin"])
     try:
@@ -222,6 +228,35 @@ def compile_variant(variant: Variant, arch: int, generic: bool = False) -> Repor
         return report
     report.registers, report.spill_bytes = int(match.group(1)), int(match.group(2))
     return report
+
+
+_MMA = re.compile(r"\b(wgmma\.mma_async|mma\.sync)")
+
+
+def kloop_instructions(ptx: str) -> Optional[int]:
+    """PTX instructions in the innermost loop that issues an MMA (from its label to the branch
+    back to it), or None without one. Labels, directives and braces are not instructions."""
+    lines = [line.strip() for line in ptx.splitlines()]
+    labels = ((re.match(r"(\$[\w.]+):", line), i) for i, line in enumerate(lines))
+    label_at = {m.group(1): i for m, i in labels if m}
+    best = None
+    for i, line in enumerate(lines):
+        target = re.search(r"\bbra(?:\.uni)?\s+(\$[\w.]+);", line)
+        start = label_at.get(target.group(1)) if target else None
+        if start is None or start >= i or not any(_MMA.search(body) for body in lines[start:i]):
+            continue
+        count = sum(1 for body in lines[start + 1:i + 1]
+                    if body and not body.startswith(("$", ".", "//", "{", "}")))
+        best = count if best is None else min(best, count)
+    return best
+
+
+def plain_gemm_variant(variant: Variant) -> Variant:
+    """The yardstick (`plain.plain_int8_matmul_kernel`) with the tile and launch of a matmul variant."""
+    consts = dict(variant.constexprs)
+    keep = {k: consts[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")}
+    ptrs = (("out_ptr", "*i32"), ("w_ptr", "*i8"), ("x_ptr", "*i8"))
+    return Variant("plain_int8_matmul_kernel", ptrs, tuple(keep.items()), variant.num_warps, variant.num_stages)
 
 
 def expected_mma(variant: Variant, arch: int) -> Optional[str]:
@@ -292,13 +327,38 @@ def main(argv=None) -> int:
             if args.json:
                 print(json.dumps({"arch": arch, "kernel": v.kernel, "label": v.label, "int8_mma": r.int8_mma,
                                   "registers": r.registers, "spill_bytes": r.spill_bytes, "shared": r.shared,
-                                  "problems": found}), flush=True)
+                                  "kloop_instructions": r.kloop_instructions, "problems": found}), flush=True)
             else:
                 print(f"| sm_{arch} | {v.label} | {r.int8_mma or '-'} | {r.registers} | {r.spill_bytes} | "
                       f"{r.shared} | {'; '.join(found) or 'ok'} |", flush=True)
     if not args.json:
         print(f"\n{bad} variant(s) with problems; {spilled} spill registers")
+        print("\nK loop against a plain int8 GEMM with the same tile (PTX instructions per iteration, heaviest "
+              "flags):\n")
+        print("| arch | tile | int_matmul_kernel | plain int8 GEMM | ratio |")
+        print("|---|---|---:|---:|---:|")
+    for arch in args.arch:
+        for ours, plain in kloop_comparison(arch, args.generic):
+            tile = "x".join(str(dict(ours.variant.constexprs)[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+            tile += f" warps={ours.variant.num_warps}"
+            if args.json:
+                print(json.dumps({"arch": arch, "kloop_tile": tile, "ours": ours.kloop_instructions,
+                                  "plain": plain.kloop_instructions}), flush=True)
+            elif ours.kloop_instructions and plain.kloop_instructions:
+                print(f"| sm_{arch} | {tile} | {ours.kloop_instructions} | {plain.kloop_instructions} | "
+                      f"{ours.kloop_instructions / plain.kloop_instructions:.1f}x |", flush=True)
     return 1 if bad else 0
+
+
+def kloop_comparison(arch: int, generic: bool = False) -> list[tuple[Report, Report]]:
+    """(ours, plain) for every matmul tile with the heaviest flags (the compile cache makes
+    ours free after the main report)."""
+    heaviest = [v for v in variants() if v.kernel == "int_matmul_kernel"]
+    from .configs import _GPU_MATMUL_TILES
+
+    heaviest = heaviest[:len(_GPU_MATMUL_TILES)]  # `variants` lists each tile with the heaviest flags first
+    return [(compile_variant(v, arch, generic), compile_variant(plain_gemm_variant(v), arch, generic))
+            for v in heaviest]
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from dqt_triton.kernels import aot
+from dqt_triton.kernels.configs import _GPU_MATMUL_TILES
 
 NO_CUDA_BACKEND = aot.has_cuda_backend()
 
@@ -36,10 +37,17 @@ def _compile_all(arch: int) -> list[dict]:
     return rows
 
 
+def _kloop_table(rows: list[dict]) -> str:
+    return "\n".join(f"sm_{r['arch']} {r['kloop_tile']}: ours {r['ours']}, plain {r['plain']} PTX instructions"
+                     for r in rows)
+
+
 @pytest.mark.skipif(NO_CUDA_BACKEND is not None, reason=str(NO_CUDA_BACKEND))
 def test_every_kernel_variant_compiles_for_sm90_and_sm80_on_int8_tensor_cores():
     with ThreadPoolExecutor(max_workers=2) as pool:
-        reports = [row for rows in pool.map(_compile_all, (90, 80)) for row in rows]
+        rows = [row for rows in pool.map(_compile_all, (90, 80)) for row in rows]
+    reports = [r for r in rows if "kernel" in r]
+    kloops = [r for r in rows if "kloop_tile" in r]
     expected = len(aot.variants()) * 2
     assert len(reports) == expected, f"{len(reports)} of {expected} variants reported"
     kinds = {r["kernel"] for r in reports}
@@ -50,6 +58,28 @@ def test_every_kernel_variant_compiles_for_sm90_and_sm80_on_int8_tensor_cores():
     assert any(r["int8_mma"] == "wgmma s8" for r in reports if r["arch"] == 90)
     spills = [f"sm_{r['arch']} {r['label']}: {r['spill_bytes']} bytes" for r in reports if r["spill_bytes"]]
     assert not spills, f"{len(spills)} of {len(reports)} variants spill registers:\n" + "\n".join(spills)
+    # The main loop against a plain int8 GEMM with the same tile: measured and printed, not a target here.
+    assert len(kloops) == 2 * len(_GPU_MATMUL_TILES) and all(r["ours"] and r["plain"] for r in kloops), kloops
+    print("K loop against a plain int8 GEMM:\n" + _kloop_table(kloops))
+
+
+def test_kloop_instructions_counts_the_loop_that_issues_the_mma():
+    ptx = """
+    mov.u32 %r1, 0;
+$L__BB0_1:                              // a loop without an MMA
+    add.s32 %r1, %r1, 1;
+    @%p1 bra $L__BB0_1;
+$L__BB0_2:                              // =>This Inner Loop Header: Depth=1
+    ld.global.b32 %r2, [%rd1];
+    // a comment
+    mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%r3, %r4, %r5, %r6}, {%r2}, {%r7}, {%r3, %r4, %r5, %r6};
+$L__tmp1:
+    add.s64 %rd1, %rd1, 64;
+    @%p2 bra 	$L__BB0_2;
+    ret;
+"""
+    assert aot.kloop_instructions(ptx) == 4  # ld, mma, add, bra
+    assert aot.kloop_instructions(ptx.replace("mma.sync", "add.sync")) is None
 
 
 def test_variants_compile_as_a_launch_specializes_them():
@@ -69,7 +99,7 @@ def test_variants_compile_as_a_launch_specializes_them():
 
 def test_the_variant_list_covers_every_tile_and_every_flag_value():
     """What the suite compiles: each autotune tile, and each value of each flag somewhere."""
-    from dqt_triton.kernels.configs import _GPU_CONV_TILES, _GPU_MATMUL_TILES
+    from dqt_triton.kernels.configs import _GPU_CONV_TILES
 
     listed = aot.variants()
     for kernel, tiles in (("int_matmul_kernel", _GPU_MATMUL_TILES), ("int_conv2d_kernel", _GPU_CONV_TILES)):
