@@ -2,10 +2,9 @@
 
 The recipe: `warmup_epochs` of static 8-bit QAT (learns ranges and steps), then DQT epochs:
 every width's batch norm starts from the 8-bit one, and each step trains the dynamic path
-(per-sample budget codes, Gumbel temperature annealed) plus the sandwich of uniform widths (8-bit on the labels, the narrowest and
-one random width distilled from it), while the controller learns each width's cost on 16
-held-out samples. After training
-the budget code is calibrated so dynamic mode meets `budget_bits` on the training set. Every
+(per-sample budget codes, Gumbel temperature annealed) plus the sandwich of uniform widths
+(8-bit on the labels, the narrowest and one random width distilled from it), while the
+controller learns each width's cost on 16 held-out samples. After training the budget code is calibrated so dynamic mode meets `budget_bits` on the training set. Every
 epoch ends with an atomic checkpoint (`train_state.pt`, for `--resume`) and the model file
 (`model.pt`, for `dqt eval`); the data order and the random state depend only on the seed and
 the epoch, so a resumed run reproduces an uninterrupted one exactly.
@@ -299,7 +298,9 @@ class Trainer:
             raise CheckpointError(f"--resume: {path} is not a dqt-triton training state")
         saved = {k: (tuple(v) if isinstance(v, list) else v) for k, v in state["config"].items()}
         mine = {k: (tuple(v) if isinstance(v, list) else v) for k, v in asdict(self.cfg).items()}
-        differ = {k for k in mine if k not in ("device",) and saved.get(k) != mine[k]}
+        # An option the checkpoint lacks came after it was written; its default is what that run did.
+        defaults = {k: (tuple(v) if isinstance(v, list) else v) for k, v in asdict(TrainConfig()).items()}
+        differ = {k for k in mine if k not in ("device",) and saved.get(k, defaults[k]) != mine[k]}
         if differ:
             raise ValueError(f"--resume: options differ from the checkpoint's: {sorted(differ)}")
         self.model.load_state_dict(state["model"])

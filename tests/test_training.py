@@ -81,6 +81,21 @@ def test_resume_refuses_other_options(tmp_path):
         Trainer(_config(epochs=1, alpha=0.0), tmp_path).resume()
 
 
+def test_resume_accepts_a_state_written_before_an_option_existed(tmp_path):
+    """A training state from before an option was added resumes when the run asks for the
+    option's default (what that run did), and is refused otherwise."""
+    from dqt_triton.model import _atomic_save
+
+    Trainer(_config(epochs=1), tmp_path).train()
+    path = tmp_path / "train_state.pt"
+    state = load_file(path)
+    del state["config"]["consistency_share"], state["config"]["gate_gradients"]
+    _atomic_save(state, path)
+    Trainer(_config(epochs=1), tmp_path).resume()
+    with pytest.raises(ValueError, match="gate_gradients"):
+        Trainer(_config(epochs=1, gate_gradients="local"), tmp_path).resume()
+
+
 def test_missing_cifar_copy_is_named(tmp_path, capsys):
     assert main(["train", "--data", "cifar10", "--out", str(tmp_path)]) == 4
     assert "needs --data-dir" in capsys.readouterr().err
