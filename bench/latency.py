@@ -222,7 +222,7 @@ def training_rows(device: str, max_repeats: int) -> list[dict]:
     cases[RECIPE_ROW] = dqt(True, **train_kw)
     other = "local" if recipe.gate_gradients == "all" else "all"
     cases[f"DQT dynamic step, dqt train recipe with --gate-gradients {other}"] = dqt(True, other, **train_kw)
-    # The cheaper settings measured in the issue 11 note (about 1 pp of dynamic accuracy and 3 pp
+    # The cheaper settings measured in the issue 11 note (about 1 pp of dynamic accuracy and 2-3 pp
     # at 2 bits on digits): sandwich on a quarter of the batch, 8 samples judged per step.
     cheap = {**train_kw, "consistency_samples": max(1, round(0.25 * batch)),
              "imitation_data": (held[0][:8], held[1][:8])}
