@@ -10,7 +10,6 @@ load round trip.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import math
@@ -23,8 +22,11 @@ from torch import nn
 
 from . import checkpoint, numerics, ops
 from .errors import CheckpointError, UnsupportedLayerError
-from .graph import Step, capture
+from .graph import capture
 from .nn import ActQuantizer, DQTConv2d, DQTLinear, IntegerConstants
+from .steps import KINDS, Build, CodeValue, Step
+from .steps.pool import avg_pool_codes as _avg_pool_codes
+from .steps.layer import DTYPES as _DTYPES, layer_program as _layer_program, run_layer as _run_layer
 from .quant import gumbel_hard
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,6 @@ Tensor = torch.Tensor
 BitsArg = Union[int, tuple[int, int], dict, Sequence]
 FORMAT = "dqt-triton-checkpoint"
 FORMAT_VERSION = 3  # 2: per-width batch norm, governed layers, budget codes; 3: signed prices, 256 codes
-_DTYPES = {"uint8": torch.uint8, "int8": torch.int8, "int32": torch.int32, "float32": torch.float32}
-_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 
 
 def _check_bits(candidate_bits: Sequence[int]) -> tuple[int, ...]:
@@ -43,15 +43,6 @@ def _check_bits(candidate_bits: Sequence[int]) -> tuple[int, ...]:
         raise ValueError(f"candidate bit-widths must be distinct integers in [2, {numerics.MASTER_BITS}], "
                          f"got {candidate_bits!r}")
     return tuple(sorted(bits))
-
-
-def _avg_pool_codes(q: Tensor, kernel, stride, padding) -> Tensor:
-    """Integer average pool floor((sum + c//2) / c) on float codes, mean-pool gradients."""
-    count = kernel[0] * kernel[1]
-    mean = F.avg_pool2d(q, kernel, stride, padding, count_include_pad=True)
-    sums = F.avg_pool2d(q.detach().double(), kernel, stride, padding, count_include_pad=True, divisor_override=1)
-    exact = torch.floor((sums + count // 2) / count).to(q.dtype)
-    return mean + (exact - mean).detach()
 
 
 class Controller(nn.Module):
@@ -162,36 +153,6 @@ def _raw_constants(layer: DQTLinear, x_step: float) -> IntegerConstants:
     return IntegerConstants(c.weight, c.bias, None, None, None, False, torch.int32)
 
 
-def _layer_program(c: IntegerConstants, conv: Optional[dict]) -> dict:
-    # Conv weights in channels_last: both backends read [Cout, KH, KW, C/g] without a copy.
-    weight = c.weight.contiguous(memory_format=torch.channels_last) if conv else c.weight
-    return {"weight": weight, "bias": c.bias, "multiplier": c.multiplier, "shift": c.shift,
-            "out_scale": c.out_scale, "relu": c.relu, "out_dtype": _DTYPE_NAMES[c.out_dtype],
-            "conv": {k: list(v) if isinstance(v, tuple) else v for k, v in conv.items()} if conv else None}
-
-
-def _prepared_layer(p: dict, x: Tensor, rule: str, cache: dict, key: str) -> ops.PreparedLayer:
-    """The layer validated and placed on x's device once (`ops.prepare_layer`), then reused."""
-    layer = cache.get(key)
-    if layer is None or layer.x_dtype != x.dtype or layer.weight.device != x.device:
-        kwargs = dict(bias=p["bias"], relu=p["relu"], shift_rule=rule)
-        if p["multiplier"] is not None:
-            kwargs.update(multiplier=p["multiplier"], shift=p["shift"], out_dtype=_DTYPES[p["out_dtype"]])
-        elif p["out_scale"] is not None:
-            kwargs.update(out_scale=p["out_scale"])
-        conv = p["conv"]
-        if conv is not None:
-            conv = dict(stride=tuple(conv["stride"]), padding=tuple(conv["padding"]),
-                        dilation=tuple(conv["dilation"]), groups=conv["groups"])
-        layer = ops.prepare_layer(p["weight"], x_dtype=x.dtype, device=x.device, conv=conv, **kwargs)
-        cache[key] = layer
-    return layer
-
-
-def _run_layer(p: dict, x: Tensor, act_shift, weight_shift, rule: str, cache: dict, key: str) -> Tensor:
-    return ops.run_prepared(_prepared_layer(p, x, rule, cache, key), x, act_shift, weight_shift)
-
-
 def _device_tensor(cache: dict, key: str, make) -> Tensor:
     """A constant of the program made once per device (not a host-to-device copy per call)."""
     t = cache.get(key)
@@ -256,6 +217,33 @@ def _check_nonempty(x: Tensor) -> None:
         raise ValueError("a training batch needs at least one sample, got an empty batch (eval mode accepts one)")
 
 
+class _RunPass:
+    """What the step kinds' `run` share during one `run_program` call."""
+
+    def __init__(self, program: dict, x: Tensor, cache: dict) -> None:
+        self.program, self.x, self.cache = program, x, cache
+        self.rule = program["shift_rule"]
+        self.fixed = {n: tuple(b) for n, b in program["static_bits"].items()}
+        self.governed = {n: i for i, n in enumerate(program["governed"])} if program["dynamic"] else {}
+        self.widths: Optional[Tensor] = None  # [B, governed], once the controller has run
+        self.values: list[Tensor] = []
+
+    def shifts(self, name: str):
+        """(activation shift, weight shift) of layer `name`: per sample for a governed layer
+        (the controller runs on its source value when the first governed layer needs it)."""
+        if name in self.governed:
+            if self.widths is None:
+                p = self.program
+                choice = run_controller(p["controller"], self.values[p["controller_source"]], self.cache)
+                candidates = _device_tensor(self.cache, "candidate_bits",
+                                            lambda: torch.tensor(p["candidate_bits"], device=self.x.device))
+                self.widths = candidates[choice]
+            k = numerics.MASTER_BITS - self.widths[:, self.governed[name]]
+            return k, k
+        wb, ab = self.fixed[name]
+        return numerics.MASTER_BITS - ab, numerics.MASTER_BITS - wb
+
+
 def run_program(program: dict, x: Tensor, cache: Optional[dict] = None) -> tuple[Tensor, Tensor]:
     """The integer-only forward pass: (float32 logits, chosen bits [B, layers, (w, a)]).
 
@@ -269,49 +257,19 @@ def run_program(program: dict, x: Tensor, cache: Optional[dict] = None) -> tuple
     """
     _check_input(program, x)
     cache = {} if cache is None else cache
-    rule = program["shift_rule"]
     names = program["layer_names"]
     B = x.shape[0]
     fixed = {n: tuple(b) for n, b in program["static_bits"].items()}
-    governed = {n: i for i, n in enumerate(program["governed"])} if program["dynamic"] else {}
-    widths = None
-    values = [x]
+    run = _RunPass(program, x, cache)
+    values = run.values
+    values.append(x)
     for step in program["steps"]:
-        ins = [values[i] for i in step["inputs"]]
-        kind = step["kind"]
-        if kind == "layer":
-            name = step["name"]
-            if name in governed:
-                if widths is None:
-                    choice = run_controller(program["controller"], values[program["controller_source"]], cache)
-                    candidates = _device_tensor(cache, "candidate_bits",
-                                                lambda: torch.tensor(program["candidate_bits"], device=x.device))
-                    widths = candidates[choice]  # [B, governed]
-                act_shift = weight_shift = numerics.MASTER_BITS - widths[:, governed[name]]
-            else:
-                wb, ab = fixed[name]
-                act_shift, weight_shift = numerics.MASTER_BITS - ab, numerics.MASTER_BITS - wb
-            out = _run_layer(program["layers"][name], ins[0], act_shift, weight_shift, rule, cache, name)
-        elif kind == "add":
-            a = program["adds"][step["name"]]
-            out = ops.int_add(ins[0], ins[1], k1=a["k1"], k2=a["k2"], k3=a["k3"], shift=a["shift"], relu=a["relu"])
-        elif kind == "relu":
-            out = ins[0].clamp_min(0).to(torch.uint8)
-        elif kind == "maxpool":
-            g = step["geometry"]
-            out = ops.int_max_pool2d(ins[0], tuple(g["kernel"]), tuple(g["stride"]), tuple(g["padding"]),
-                                     tuple(g["dilation"]))
-        elif kind == "avgpool":
-            g = step["geometry"]
-            if g.get("global"):
-                out = ops.int_avg_pool2d(ins[0], tuple(ins[0].shape[2:]))
-            else:
-                out = ops.int_avg_pool2d(ins[0], tuple(g["kernel"]), tuple(g["stride"]), tuple(g["padding"]))
-        elif kind == "flatten":
-            out = ins[0].flatten(1)
-        else:
-            raise CheckpointError(f"unknown step kind {kind!r} in the integer program")
-        values.append(out)
+        kind = KINDS.get(step["kind"])
+        if kind is None:
+            raise CheckpointError(f"unknown step kind {step['kind']!r} in the integer program")
+        consts = program[kind.program_key][step["name"]] if kind.program_key else None
+        values.append(kind.run(step, [values[i] for i in step["inputs"]], consts, run))
+    widths = run.widths
     fixed_bits = _device_tensor(cache, "fixed_bits", lambda: torch.tensor([fixed[n] for n in names], device=x.device))
     chosen = fixed_bits.expand(B, -1, -1).clone()
     if widths is not None:
@@ -319,6 +277,15 @@ def run_program(program: dict, x: Tensor, cache: Optional[dict] = None) -> tuple
                                                                            device=x.device))
         chosen[:, idx] = widths.unsqueeze(-1).expand(-1, -1, 2)
     return values[-1], chosen
+
+
+class _TrainPass:
+    """What the step kinds' `train` share during one training-path forward."""
+
+    def __init__(self, model: "DQTModel", fixed: dict, governed: dict) -> None:
+        self.model, self.fixed, self.governed = model, fixed, governed
+        self.gates: Optional[Tensor] = None  # [B, governed, candidates], once the controller has run
+        self.widths: Optional[Tensor] = None
 
 
 class DQTModel(nn.Module):
@@ -408,33 +375,11 @@ class DQTModel(nn.Module):
         input_shape = tuple(int(s) for s in input_shape)
         steps = capture(model)
         shapes, in_shapes = _layer_shapes(model, steps, input_shape)
-        layers, quantizers = nn.ModuleDict(), nn.ModuleDict()
-        signed = [input_signed]
-        macs, elements = {}, {}
+        build = Build(shapes, in_shapes, bn_per_width, nn.ModuleDict(), nn.ModuleDict(), signed=[input_signed])
         for step in steps:
-            src = step.inputs[0]
-            if step.kind == "layer":
-                float_layer, bn = step.fused["layer"], step.fused["bn"]
-                bn_copy = copy.deepcopy(bn) if bn is not None else None
-                if isinstance(float_layer, nn.Conv2d):
-                    layer = DQTConv2d.from_float(float_layer, bn_copy, step.relu, bn_per_width=bn_per_width)
-                else:
-                    layer = DQTLinear.from_float(float_layer, bn_copy, step.relu, bn_per_width=bn_per_width)
-                numerics.check_accumulator(layer.reduction_size(), signed[src], 0, step.name)
-                layers[step.name] = layer
-                macs[step.name] = layer.macs_per_sample(shapes[step.name])
-                elements[step.name] = {"weights": layer.weight.numel(), "inputs": math.prod(in_shapes[step.name]),
-                                       "outputs": math.prod(shapes[step.name])}
-                if not step.geometry["final"]:
-                    quantizers[step.name] = ActQuantizer(signed=not step.relu)
-                signed.append(not step.relu)
-            elif step.kind == "add":
-                quantizers[step.name] = ActQuantizer(signed=not step.relu)
-                signed.append(not step.relu)
-            elif step.kind == "relu":
-                signed.append(False)
-            else:
-                signed.append(signed[src])
+            build.signed.append(KINDS[step.kind].build(step, build))
+        layers, quantizers, signed, macs, elements = (build.layers, build.quantizers, build.signed, build.macs,
+                                                     build.elements)
         names = [s.name for s in steps if s.kind == "layer"]
         edges = {names[0], names[-1]} if edge_bits is not None else set()
         governed = [n for n in names if n not in edges]
@@ -639,57 +584,17 @@ class DQTModel(nn.Module):
         dynamic = self.dynamic and force_bits is None
         governed = {n: i for i, n in enumerate(self.governed)} if dynamic else {}
         source = self.config["controller_source"]
-        gates = widths = None
         self.soft_bitops = None
-        values: list[tuple[Tensor, Tensor, bool]] = [(q_in, self.input_step, self.config["input_dtype"] == "int8")]
+        tp = _TrainPass(self, fixed, governed)
+        values = [CodeValue(q_in, self.input_step, self.config["input_dtype"] == "int8")]
         for step in self.steps:
-            if dynamic and gates is None and len(values) > source:
-                gates, widths = self._controller_choice(values[source], budget_codes)
-            q, step_size, signed = values[step["inputs"][0]]
-            kind = step["kind"]
-            if kind == "layer":
-                name = step["name"]
-                layer = self.layers[name]
-                if name in governed:
-                    i = governed[name]
-                    k = numerics.MASTER_BITS - widths[:, i]
-                    where = f"layer {name} at the controller's widths"
-                    y = layer.forward_codes(q, step_size, signed, k, k, self.shift_rule, gates[:, i, :],
-                                            self.candidate_bits, where=f"layer {name}",
-                                            gate_gradients=self.gate_gradients)
-                else:
-                    wb, ab = fixed[name]
-                    where = f"layer {name} at {wb}-bit weights / {ab}-bit activations"
-                    y = layer.forward_codes(q, step_size, signed, numerics.MASTER_BITS - ab,
-                                            numerics.MASTER_BITS - wb, self.shift_rule, where=f"layer {name}")
-                if not bool(torch.isfinite(y).all()):
-                    raise FloatingPointError(f"non-finite values (NaN/inf) in the output of {where}: training has "
-                                             "diverged; lower the learning rate or clip gradients")
-                if step["geometry"].get("final"):
-                    self._record_bits(fixed, widths, B, x.device)
-                    return y
-                quant = self.quantizers[name]
-                values.append((quant(y), quant.positive_step(), quant.signed))
-            elif kind == "add":
-                qb, step_b, _ = values[step["inputs"][1]]
-                y = q * step_size + qb * step_b
-                if step["relu"]:
-                    y = torch.relu(y)
-                quant = self.quantizers[step["name"]]
-                values.append((quant(y), quant.positive_step(), quant.signed))
-            elif kind == "relu":
-                values.append((q.clamp_min(0), step_size, False))
-            elif kind == "maxpool":
-                g = step["geometry"]
-                values.append((F.max_pool2d(q, g["kernel"], g["stride"], g["padding"], g["dilation"]), step_size, signed))
-            elif kind == "avgpool":
-                g = step["geometry"]
-                kernel = tuple(q.shape[2:]) if g.get("global") else tuple(g["kernel"])
-                stride = kernel if g.get("global") else tuple(g["stride"])
-                padding = (0, 0) if g.get("global") else tuple(g["padding"])
-                values.append((_avg_pool_codes(q, kernel, stride, padding), step_size, signed))
-            elif kind == "flatten":
-                values.append((q.flatten(1), step_size, signed))
+            if dynamic and tp.gates is None and len(values) > source:
+                tp.gates, tp.widths = self._controller_choice(values[source], budget_codes)
+            out = KINDS[step["kind"]].train(step, [values[i] for i in step["inputs"]], tp)
+            if step["geometry"].get("final"):
+                self._record_bits(fixed, tp.widths, B, x.device)
+                return out.q
+            values.append(out)
         raise UnsupportedLayerError("the model has no final layer")  # capture() guarantees one
 
     def _record_bits(self, fixed: dict, widths: Optional[Tensor], B: int, device) -> None:
@@ -878,28 +783,18 @@ class DQTModel(nn.Module):
         if self._program_cache is not None and self._program_cache[0] == key:
             return self._program_cache[1]
         value_step = [float(self.input_step)]
-        program_layers, adds = {}, {}
+        signed = self.config["value_signed"]
+        tables: dict[str, dict] = {"layers": {}, "adds": {}, "ops": {}}
         for step in self.steps:
-            src = step["inputs"][0]
-            x_step, x_signed = value_step[src], self.config["value_signed"][src]
-            if step["kind"] == "layer":
-                layer = self.layers[step["name"]]
-                final = step["geometry"].get("final")
-                out_step = None if final else float(self.quantizers[step["name"]].positive_step())
-                program_layers[step["name"]] = _layer_program(layer.integer_constants(x_step, x_signed, out_step),
-                                                              layer.conv)
-                value_step.append(out_step if out_step is not None else float("nan"))
-            elif step["kind"] == "add":
-                quant = self.quantizers[step["name"]]
-                out_step = float(quant.positive_step())
-                c = numerics.add_constants(x_step, value_step[step["inputs"][1]], out_step)
-                adds[step["name"]] = {"k1": c.k1, "k2": c.k2, "k3": c.k3, "shift": c.shift, "relu": step["relu"]}
-                value_step.append(out_step)
-            else:
-                value_step.append(x_step)
+            kind = KINDS[step["kind"]]
+            ins = step["inputs"]
+            consts, out_step = kind.constants(step, [value_step[i] for i in ins], [signed[i] for i in ins], self)
+            if kind.program_key is not None:
+                tables[kind.program_key][step["name"]] = consts
+            value_step.append(out_step)
         source = self.config["controller_source"]
         program = {
-            "steps": self.steps, "layers": program_layers, "adds": adds, "layer_names": list(self.layer_names),
+            "steps": self.steps, **tables, "layer_names": list(self.layer_names),
             "governed": list(self.governed), "shift_rule": self.shift_rule, "candidate_bits": list(self.candidate_bits),
             "input_shape": list(self.config["input_shape"]), "input_dtype": self.config["input_dtype"],
             "input_scale": self.config["input_scale"], "dynamic": self.dynamic,

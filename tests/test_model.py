@@ -268,6 +268,25 @@ def test_unsupported_operation_is_named():
         dq.DQTModel.from_float(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Flatten()), (4,))
 
 
+def test_every_unsupported_operation_is_listed_at_once():
+    class ThreeUnsupported(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.norm, self.fc2 = nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = torch.cumsum(self.norm(self.fc1(x)), dim=1)  # the cumsum's input is already unsupported
+            return self.fc2(torch.relu(h).pow(2))
+
+    with pytest.raises(dq.UnsupportedLayerError) as err:
+        dq.DQTModel.from_float(ThreeUnsupported(), (4,))
+    message = str(err.value)
+    assert "3 unsupported operation(s)" in message, message
+    for op in ("LayerNorm", "cumsum", "pow"):
+        assert op in message, message
+    assert "cannot represent" not in message, message  # downstream of a rejected op is not re-reported
+
+
 def test_invalid_bits_and_inputs_give_clear_errors():
     model = dq.DQTModel.from_float(models.mlp(64, 16, 10), (64,))
     with pytest.raises(ValueError, match="distinct integers in \\[2, 8\\]"):

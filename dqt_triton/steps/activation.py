@@ -1,0 +1,41 @@
+"""ReLU on its own (after an add or a pool; after a layer it is fused into the layer's epilogue)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .base import Build, Capture, CodeValue, Step, StepKind
+
+_RELU_FUNCS = (F.relu, torch.relu)
+
+
+def is_relu(node: fx.Node, cap: Capture) -> bool:
+    if node.op == "call_module":
+        return isinstance(cap.module(node), nn.ReLU)
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCS
+    return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+class ReluKind(StepKind):
+    kind = "relu"
+
+    def match(self, node: fx.Node, cap: Capture) -> bool:
+        return is_relu(node, cap)
+
+    def capture(self, node: fx.Node, cap: Capture) -> None:
+        src = cap.source(node, node.args[0])
+        if src is not None:
+            cap.emit(Step(self.kind, [src]), node)
+
+    def build(self, step: Step, b: Build) -> bool:
+        return False
+
+    def train(self, step: dict, ins: list[CodeValue], tp) -> CodeValue:
+        q, step_size, _ = ins[0]
+        return CodeValue(q.clamp_min(0), step_size, False)
+
+    def run(self, step: dict, ins: list[torch.Tensor], consts, ctx) -> torch.Tensor:
+        return ins[0].clamp_min(0).to(torch.uint8)

@@ -1,0 +1,144 @@
+"""The step-kind protocol: one class per operation of the integer program.
+
+A step kind keeps side by side everything DQT does with one operation:
+
+- `match` / `capture`: recognise it in a torch.fx graph and record a `Step` (graph.capture);
+- `build`: create its trainable parts when a float model is converted (DQTModel.from_float);
+- `train`: its training-path forward on float codes with straight-through gradients;
+- `constants`: its integer constants in the program (DQTModel.integer_program);
+- `run`: its integer-only forward on codes (run_program, eval and frozen models).
+
+Adding an operation is one new `StepKind` subclass registered in `dqt_triton.steps`, plus its
+contract in docs/numerics.md and its tests; `model.py` and `graph.py` need no change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Optional
+
+import torch
+from torch import fx, nn
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Step:
+    """One operation of the integer program; `inputs` index earlier values (0 = network input)."""
+
+    kind: str
+    inputs: list[int]
+    name: str = ""  # key of its modules (layer / quantizer) and program constants
+    relu: bool = False
+    geometry: dict[str, Any] = field(default_factory=dict)
+    fused: dict[str, Any] = field(default_factory=dict)  # capture-time float modules, never saved
+
+    def spec(self) -> dict:
+        return {"kind": self.kind, "inputs": list(self.inputs), "name": self.name, "relu": self.relu,
+                "geometry": dict(self.geometry)}
+
+
+class CodeValue(NamedTuple):
+    """A value on the training path: float codes, the real value of one code, signedness."""
+
+    q: Tensor
+    step: Tensor
+    signed: bool
+
+
+class Capture:
+    """The state of one graph capture, handed to `StepKind.capture`."""
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        self.modules = modules
+        self.value_of: dict[fx.Node, int] = {}
+        self.steps: list[Step] = []
+        self.skipped: set[fx.Node] = set()
+        self.unsupported: list[str] = []
+        self.poisoned: set[fx.Node] = set()  # outputs of unsupported nodes: inputs taken from them are not re-reported
+        self.layer_count = 0
+
+    def module(self, node: fx.Node) -> Optional[nn.Module]:
+        return self.modules.get(node.target) if node.op == "call_module" else None
+
+    def describe(self, node: fx.Node) -> str:
+        if node.op == "call_module":
+            return f"module {node.target!r} ({type(self.modules[node.target]).__name__})"
+        if node.op == "call_function":
+            return f"function {getattr(node.target, '__name__', node.target)}"
+        return f"{node.op} {node.target}"
+
+    def reject(self, node: fx.Node, why: str = "") -> None:
+        """Record an operation the integer model cannot represent; capture goes on to find the rest."""
+        self.unsupported.append(self.describe(node) + (f": {why}" if why else ""))
+        self.poisoned.add(node)
+
+    def source(self, node: fx.Node, arg: Any) -> Optional[int]:
+        """The value index of a tensor argument (None, after recording why, if it has none)."""
+        if isinstance(arg, fx.Node) and arg in self.value_of:
+            return self.value_of[arg]
+        if isinstance(arg, fx.Node) and arg in self.poisoned:
+            self.poisoned.add(node)
+            return None
+        self.reject(node, f"takes an input the integer model cannot represent ({arg!r})")
+        return None
+
+    def emit(self, step: Step, node: fx.Node) -> None:
+        """Append `step`; `node`'s value (the last node it fuses) is the step's output."""
+        self.steps.append(step)
+        self.value_of[node] = len(self.steps)  # value 0 is the network input
+
+    def alias(self, node: fx.Node, value: int) -> None:
+        """`node` computes nothing in the integer model: its value is an earlier one."""
+        self.value_of[node] = value
+
+    @staticmethod
+    def single_user(node: fx.Node) -> Optional[fx.Node]:
+        users = list(node.users)
+        return users[0] if len(users) == 1 else None
+
+
+@dataclass
+class Build:
+    """What `DQTModel.from_float` collects while building the steps' trainable parts."""
+
+    shapes: dict  # layer name -> output shape of one sample
+    in_shapes: dict  # layer name -> input shape of one sample
+    bn_per_width: bool
+    layers: nn.ModuleDict
+    quantizers: nn.ModuleDict
+    macs: dict = field(default_factory=dict)
+    elements: dict = field(default_factory=dict)
+    signed: list = field(default_factory=list)  # per value: are its codes signed
+
+
+class StepKind:
+    """Base class of a step kind; subclasses override what applies to them."""
+
+    kind: str = ""
+    #: where `constants` go in the integer program ("layers", "adds"; None: the step has none)
+    program_key: Optional[str] = None
+    #: a trainable quantizer named after the step requantizes its output
+    has_quantizer: bool = False
+
+    def match(self, node: fx.Node, cap: Capture) -> bool:
+        """Does this kind capture `node`? Checked in registry order."""
+        return False
+
+    def capture(self, node: fx.Node, cap: Capture) -> None:
+        raise NotImplementedError
+
+    def build(self, step: Step, b: Build) -> bool:
+        """Create the step's modules; return whether its output codes are signed."""
+        return b.signed[step.inputs[0]]
+
+    def train(self, step: dict, ins: list[CodeValue], model) -> CodeValue:
+        raise NotImplementedError
+
+    def constants(self, step: dict, in_steps: list[float], in_signed: list[bool], model) -> tuple[Optional[dict], float]:
+        """(the step's integer constants or None, the real value of one output code)."""
+        return None, in_steps[0]
+
+    def run(self, step: dict, ins: list[Tensor], consts: Optional[dict], ctx) -> Tensor:
+        raise NotImplementedError

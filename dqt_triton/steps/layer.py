@@ -1,0 +1,128 @@
+"""Conv2d / Linear, with the BatchNorm and ReLU after it fused: the quantized layers."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Optional
+
+import torch
+from torch import fx, nn
+
+from .. import numerics, ops
+from ..nn import ActQuantizer, DQTConv2d, DQTLinear, IntegerConstants
+from .base import Build, Capture, CodeValue, Step, StepKind
+
+Tensor = torch.Tensor
+DTYPES = {"uint8": torch.uint8, "int8": torch.int8, "int32": torch.int32, "float32": torch.float32}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+def layer_program(c: IntegerConstants, conv: Optional[dict]) -> dict:
+    """A layer's entry in the integer program."""
+    # Conv weights in channels_last: both backends read [Cout, KH, KW, C/g] without a copy.
+    weight = c.weight.contiguous(memory_format=torch.channels_last) if conv else c.weight
+    return {"weight": weight, "bias": c.bias, "multiplier": c.multiplier, "shift": c.shift,
+            "out_scale": c.out_scale, "relu": c.relu, "out_dtype": DTYPE_NAMES[c.out_dtype],
+            "conv": {k: list(v) if isinstance(v, tuple) else v for k, v in conv.items()} if conv else None}
+
+
+def prepared_layer(p: dict, x: Tensor, rule: str, cache: dict, key: str) -> ops.PreparedLayer:
+    """The layer validated and placed on x's device once (`ops.prepare_layer`), then reused."""
+    layer = cache.get(key)
+    if layer is None or layer.x_dtype != x.dtype or layer.weight.device != x.device:
+        kwargs = dict(bias=p["bias"], relu=p["relu"], shift_rule=rule)
+        if p["multiplier"] is not None:
+            kwargs.update(multiplier=p["multiplier"], shift=p["shift"], out_dtype=DTYPES[p["out_dtype"]])
+        elif p["out_scale"] is not None:
+            kwargs.update(out_scale=p["out_scale"])
+        conv = p["conv"]
+        if conv is not None:
+            conv = dict(stride=tuple(conv["stride"]), padding=tuple(conv["padding"]),
+                        dilation=tuple(conv["dilation"]), groups=conv["groups"])
+        layer = ops.prepare_layer(p["weight"], x_dtype=x.dtype, device=x.device, conv=conv, **kwargs)
+        cache[key] = layer
+    return layer
+
+
+def run_layer(p: dict, x: Tensor, act_shift, weight_shift, rule: str, cache: dict, key: str) -> Tensor:
+    return ops.run_prepared(prepared_layer(p, x, rule, cache, key), x, act_shift, weight_shift)
+
+
+class LayerKind(StepKind):
+    kind = "layer"
+    program_key = "layers"
+    has_quantizer = True
+
+    def match(self, node: fx.Node, cap: Capture) -> bool:
+        return isinstance(cap.module(node), (nn.Conv2d, nn.Linear))
+
+    def capture(self, node: fx.Node, cap: Capture) -> None:
+        from .activation import is_relu  # the fused ReLU is the activation kind's rule
+
+        layer = cap.module(node)
+        last, bn, relu = node, None, False
+        nxt = cap.single_user(last)
+        if nxt is not None and isinstance(cap.module(nxt), nn.modules.batchnorm._BatchNorm):
+            bn, last = cap.module(nxt), nxt
+            cap.skipped.add(nxt)
+            nxt = cap.single_user(last)
+        if nxt is not None and is_relu(nxt, cap):
+            relu, last = True, nxt
+            cap.skipped.add(nxt)
+        src = cap.source(node, node.args[0])
+        name = f"layer{cap.layer_count}_{node.target.replace('.', '_')}"
+        cap.layer_count += 1
+        if src is not None:
+            cap.emit(Step(self.kind, [src], name, relu, {"final": False}, {"layer": layer, "bn": bn}), last)
+        else:
+            cap.poisoned.add(last)
+
+    def build(self, step: Step, b: Build) -> bool:
+        float_layer, bn = step.fused["layer"], step.fused["bn"]
+        bn_copy = copy.deepcopy(bn) if bn is not None else None
+        cls = DQTConv2d if isinstance(float_layer, nn.Conv2d) else DQTLinear
+        layer = cls.from_float(float_layer, bn_copy, step.relu, bn_per_width=b.bn_per_width)
+        numerics.check_accumulator(layer.reduction_size(), b.signed[step.inputs[0]], 0, step.name)
+        b.layers[step.name] = layer
+        b.macs[step.name] = layer.macs_per_sample(b.shapes[step.name])
+        b.elements[step.name] = {"weights": layer.weight.numel(), "inputs": math.prod(b.in_shapes[step.name]),
+                                 "outputs": math.prod(b.shapes[step.name])}
+        if not step.geometry["final"]:
+            b.quantizers[step.name] = ActQuantizer(signed=not step.relu)
+        return not step.relu
+
+    def train(self, step: dict, ins: list[CodeValue], tp) -> CodeValue:
+        q, step_size, signed = ins[0]
+        name = step["name"]
+        layer = tp.model.layers[name]
+        if name in tp.governed:
+            i = tp.governed[name]
+            k = numerics.MASTER_BITS - tp.widths[:, i]
+            where = f"layer {name} at the controller's widths"
+            y = layer.forward_codes(q, step_size, signed, k, k, tp.model.shift_rule, tp.gates[:, i, :],
+                                    tp.model.candidate_bits, where=f"layer {name}",
+                                    gate_gradients=tp.model.gate_gradients)
+        else:
+            wb, ab = tp.fixed[name]
+            where = f"layer {name} at {wb}-bit weights / {ab}-bit activations"
+            y = layer.forward_codes(q, step_size, signed, numerics.MASTER_BITS - ab,
+                                    numerics.MASTER_BITS - wb, tp.model.shift_rule, where=f"layer {name}")
+        if not bool(torch.isfinite(y).all()):
+            raise FloatingPointError(f"non-finite values (NaN/inf) in the output of {where}: training has "
+                                     "diverged; lower the learning rate or clip gradients")
+        if step["geometry"].get("final"):
+            return CodeValue(y, None, True)  # the logits, already real-valued
+        quant = tp.model.quantizers[name]
+        return CodeValue(quant(y), quant.positive_step(), quant.signed)
+
+    def constants(self, step: dict, in_steps: list[float], in_signed: list[bool], model) -> tuple[dict, float]:
+        layer = model.layers[step["name"]]
+        final = step["geometry"].get("final")
+        out_step = None if final else float(model.quantizers[step["name"]].positive_step())
+        program = layer_program(layer.integer_constants(in_steps[0], in_signed[0], out_step), layer.conv)
+        return program, out_step if out_step is not None else float("nan")
+
+    def run(self, step: dict, ins: list[Tensor], consts: dict, ctx) -> Tensor:
+        act_shift, weight_shift = ctx.shifts(step["name"])
+        return run_layer(consts, ins[0], act_shift, weight_shift, ctx.rule, ctx.cache, step["name"])
