@@ -47,15 +47,18 @@ def capture(model: nn.Module) -> list[Step]:
 
 
 def _check_output(node: fx.Node, cap: Capture) -> None:
+    """Mark the step that makes the logits: a Linear/Conv2d (its float epilogue dequantizes), or
+    a dequantizing step appended after any other final value."""
     out = node.args[0]
     if not isinstance(out, fx.Node) or out not in cap.value_of:
-        raise UnsupportedLayerError("the model output must be a single tensor produced by a Linear or Conv2d")
+        raise UnsupportedLayerError("the model output must be a single tensor computed from the input")
     final = cap.value_of[out]
     steps = cap.steps
-    if final == 0 or steps[final - 1].kind != "layer":
-        raise UnsupportedLayerError(
-            f"the model must end in a Linear or Conv2d layer (the dequantizing logits), got "
-            f"{steps[final - 1].kind if final else 'its input'}")
-    steps[final - 1].geometry["final"] = True
+    if not any(s.kind == "layer" for s in steps[:final]):
+        raise UnsupportedLayerError("the model has no Linear or Conv2d layer before its output")
     if final != len(steps):
-        raise UnsupportedLayerError("the logits layer must be the last operation of the model")
+        raise UnsupportedLayerError("the model output must be its last operation")
+    if steps[final - 1].kind == "layer" and "clamp_max" not in steps[final - 1].geometry:
+        steps[final - 1].geometry["final"] = True
+    else:
+        steps.append(Step("dequant", [final], "logits", geometry={"final": True}))

@@ -158,6 +158,13 @@ def add_constants(scale_a: float, scale_b: float, scale_out: float) -> Elementwi
     return ElementwiseConstants(int(k1), int(k2), 0, 0, shift)
 
 
+def rescale_constants(scale_in: float, scale_out: float) -> ElementwiseConstants:
+    """Constants that move codes of step `scale_in` to step `scale_out`: the add's form with
+    one operand, y = round_shift(k1*q, S) (k2 = k3 = 0); equal steps give k1 = 2^S, the identity."""
+    shift = _common_shift([scale_in / scale_out])
+    return ElementwiseConstants(int(round(scale_in / scale_out * 2.0**shift)), 0, 0, 0, shift)
+
+
 def mul_constants(scale_a: float, scale_b: float, scale_out: float) -> ElementwiseConstants:
     """Constants of the integer product y = a * b for symmetric codes (k2 = k3 = k4 = 0)."""
     ratio = scale_a * scale_b / scale_out

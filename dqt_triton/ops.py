@@ -174,9 +174,13 @@ def _build_epilogue(
     out_scale: object,
     out_dtype: Optional[torch.dtype],
     relu: bool,
+    clamp_max: Optional[int] = None,
 ) -> Epilogue:
     if not isinstance(relu, bool):
         raise TypeError(f"{op}: relu must be a bool, got {type(relu).__name__}")
+    if clamp_max is not None and (multiplier is None or not _is_int(clamp_max)):
+        raise ValueError(f"{op}: clamp_max (an int code) applies to the requantizing epilogue only, got "
+                         f"{clamp_max!r}" + ("" if multiplier is not None else " without multiplier/shift"))
     if bias is None:
         bias_t = torch.zeros(n, dtype=torch.int32, device=device)
     else:
@@ -202,8 +206,13 @@ def _build_epilogue(
         rshift = _per_channel(shift, n, "shift", op, device, torch.int64, integer=True)
         _check_range(rshift, 0, MAX_REQUANT_SHIFT, "shift", op, "requantization right shift")
         lo, hi = _DTYPE_RANGE[dtype]
+        lo = max(lo, 0) if relu else lo
+        if clamp_max is not None:
+            if not lo <= clamp_max <= hi:
+                raise ValueError(f"{op}: clamp_max must lie in [{lo}, {hi}] (the output codes' range), got {clamp_max}")
+            hi = int(clamp_max)
         return Epilogue(ref.EPILOGUE_REQUANT, dtype, bias_t, mult.to(torch.int32), rshift.to(torch.int32),
-                        torch.zeros(n, dtype=torch.float32, device=device), relu, max(lo, 0) if relu else lo, hi)
+                        torch.zeros(n, dtype=torch.float32, device=device), relu, lo, hi)
     if out_scale is not None:
         if out_dtype not in (None, torch.float32):
             raise ValueError(f"{op}: the dequantizing epilogue returns float32, got out_dtype={out_dtype}")
@@ -314,6 +323,7 @@ def int_matmul(
     out_scale: Union[float, torch.Tensor, None] = None,
     out_dtype: Optional[torch.dtype] = None,
     relu: bool = False,
+    clamp_max: Optional[int] = None,
     shift_rule: str = "floor",
     backend: Optional[str] = None,
     cache_weight: bool = False,
@@ -340,6 +350,8 @@ def int_matmul(
         the two forms mix freely (e.g. a bias table with one ``[N]`` multiplier).
         out_dtype: output dtype check; int32 for the raw epilogue.
         relu: clamp the accumulator at zero before the epilogue.
+        clamp_max: requantizing epilogue only: the largest output code (ReLU6 / Hardtanh's
+            upper bound as a code); default the output dtype's maximum.
         shift_rule: "floor" (the paper's truncating shift) or "round".
         backend: "reference", "cpu", "triton" or "auto" (default: see ``use_backend``).
         cache_weight: CPU path: keep the shifted float32 copies of ``w`` between calls (see
@@ -361,7 +373,7 @@ def int_matmul(
     N = w.shape[0]
     ka = _per_row_shift(act_shift, M, "act_shift", op, device)
     kw = _per_row_shift(weight_shift, M, "weight_shift", op, device)
-    ep = _build_epilogue(op, N, device, bias, multiplier, shift, out_scale, out_dtype, relu)
+    ep = _build_epilogue(op, N, device, bias, multiplier, shift, out_scale, out_dtype, relu, clamp_max)
     check_accumulator(K, x.dtype == torch.int8, _bias_abs_max(ep), op)
     return _matmul_dispatch(x, w, ka, kw, _is_int(weight_shift), ep, round_rule, resolve_backend(backend, device, op),
                             cache_weight)
@@ -408,6 +420,7 @@ def int_conv2d(
     out_scale: Union[float, torch.Tensor, None] = None,
     out_dtype: Optional[torch.dtype] = None,
     relu: bool = False,
+    clamp_max: Optional[int] = None,
     shift_rule: str = "floor",
     backend: Optional[str] = None,
     cache_weight: bool = False,
@@ -449,7 +462,7 @@ def int_conv2d(
     round_rule = check_shift_rule(shift_rule)
     ka = _per_row_shift(act_shift, B, "act_shift", op, device)
     kw = _per_row_shift(weight_shift, B, "weight_shift", op, device)
-    ep = _build_epilogue(op, Cout, device, bias, multiplier, shift, out_scale, out_dtype, relu)
+    ep = _build_epilogue(op, Cout, device, bias, multiplier, shift, out_scale, out_dtype, relu, clamp_max)
     check_accumulator(Cg * KH * KW, x.dtype == torch.int8, _bias_abs_max(ep), op)
     geometry = (sh, sw, ph, pw, dh, dw, groups)
     return _conv_dispatch(x, w, geometry, (OH, OW), ka, kw, _is_int(weight_shift), ep, round_rule,
@@ -519,6 +532,7 @@ def prepare_layer(
     out_scale: Union[float, torch.Tensor, None] = None,
     out_dtype: Optional[torch.dtype] = None,
     relu: bool = False,
+    clamp_max: Optional[int] = None,
     shift_rule: str = "floor",
 ) -> PreparedLayer:
     """Validate a layer once and place it on `device` (default: w's).
@@ -539,7 +553,7 @@ def prepare_layer(
     if conv is None:
         if w.shape[0] == 0 or w.shape[1] == 0:
             raise ValueError(f"{op}: K and N must be >= 1, got w {tuple(w.shape)}")
-        ep = _build_epilogue(op, w.shape[0], device, bias, multiplier, shift, out_scale, out_dtype, relu)
+        ep = _build_epilogue(op, w.shape[0], device, bias, multiplier, shift, out_scale, out_dtype, relu, clamp_max)
         check_accumulator(w.shape[1], x_dtype == torch.int8, _bias_abs_max(ep), op)
         return PreparedLayer(w.contiguous(), ep, x_dtype, round_rule, None)
     Cout, Cg, KH, KW = w.shape
@@ -551,7 +565,7 @@ def prepare_layer(
     sh, sw = _pair(conv.get("stride", 1), "stride", op, 1)
     ph, pw = _pair(conv.get("padding", 0), "padding", op, 0)
     dh, dw = _pair(conv.get("dilation", 1), "dilation", op, 1)
-    ep = _build_epilogue(op, Cout, device, bias, multiplier, shift, out_scale, out_dtype, relu)
+    ep = _build_epilogue(op, Cout, device, bias, multiplier, shift, out_scale, out_dtype, relu, clamp_max)
     check_accumulator(Cg * KH * KW, x_dtype == torch.int8, _bias_abs_max(ep), op)
     return PreparedLayer(w.contiguous(memory_format=torch.channels_last), ep, x_dtype, round_rule,
                          (sh, sw, ph, pw, dh, dw, groups))
@@ -701,18 +715,20 @@ def int_mul(
                         shift, relu, out_dtype, backend)
 
 
-def _pool_geometry(op, x, kernel_size, stride, padding, dilation):
+def _pool_geometry(op, x, kernel_size, stride, padding, dilation, ceil_mode=False):
     x = _require_codes(x, "x", op, ndim=4)
     kh, kw = _pair(kernel_size, "kernel_size", op, 1)
     sh, sw = _pair(stride if stride is not None else (kh, kw), "stride", op, 1)
     ph, pw = _pair(padding, "padding", op, 0)
     dh, dw = _pair(dilation, "dilation", op, 1)
+    if not isinstance(ceil_mode, bool):
+        raise TypeError(f"{op}: ceil_mode must be a bool, got {type(ceil_mode).__name__}")
     if ph > kh // 2 or pw > kw // 2:
         raise ValueError(f"{op}: padding {padding} must be at most half the kernel size {kernel_size}")
     H, W = x.shape[2], x.shape[3]
-    OH, OW = _out_size(H, kh, sh, ph, dh), _out_size(W, kw, sw, pw, dw)
-    if OH < 1 or OW < 1:
+    if H + 2 * ph < dh * (kh - 1) + 1 or W + 2 * pw < dw * (kw - 1) + 1:
         raise ValueError(f"{op}: input {H}x{W} is too small for kernel {kernel_size}")
+    OH, OW = _pool_out_size(H, kh, sh, ph, dh, ceil_mode), _pool_out_size(W, kw, sw, pw, dw, ceil_mode)
     if op == "int_max_pool2d":
         for size, k, s, p, d, out, axis in ((H, kh, sh, ph, dh, OH, "rows"), (W, kw, sw, pw, dw, OW, "columns")):
             # Only windows starting in the padding can miss the input; torch gives -inf there,
@@ -726,11 +742,20 @@ def _pool_geometry(op, x, kernel_size, stride, padding, dilation):
     return x, (kh, kw, sh, sw, ph, pw, dh, dw), (OH, OW)
 
 
-def _pool(op, x, kernel_size, stride, padding, dilation, backend):
-    x, geo, (OH, OW) = _pool_geometry(op, x, kernel_size, stride, padding, dilation)
+def _pool_out_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
+    """torch's pooling output size (docs/numerics.md section 6)."""
+    span = size + 2 * pad - dilation * (kernel - 1) - 1
+    if not ceil_mode:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    return out - 1 if (out - 1) * stride >= size + pad else out
+
+
+def _pool(op, x, kernel_size, stride, padding, dilation, backend, ceil_mode=False):
+    x, geo, (OH, OW) = _pool_geometry(op, x, kernel_size, stride, padding, dilation, ceil_mode)
     name = resolve_backend(backend, x.device, op)
     if name == "triton":
-        return _triton_kernels().int_pool2d(x, list(geo), op == "int_max_pool2d")
+        return _triton_kernels().int_pool2d(x, list(geo) + ([1] if ceil_mode else []), op == "int_max_pool2d")
     B, C = x.shape[0], x.shape[1]
     out = np.empty((B, OH, OW, C), _NUMPY_OUT[x.dtype])
     x_nhwc = x.permute(0, 2, 3, 1).contiguous().numpy()
@@ -748,13 +773,15 @@ def int_max_pool2d(
     padding: IntPair = 0,
     dilation: IntPair = 1,
     *,
+    ceil_mode: bool = False,
     backend: Optional[str] = None,
 ) -> torch.Tensor:
-    """Max pooling of codes ``[B, C, H, W]`` (torch semantics, floor mode; padding is ignored).
+    """Max pooling of codes ``[B, C, H, W]`` (torch semantics; padding is ignored; ``ceil_mode``
+    as torch's: windows that run past the input's end pool what they cover).
 
     Returns the input dtype in channels_last format.
     """
-    return _pool("int_max_pool2d", x, kernel_size, stride, padding, dilation, backend)
+    return _pool("int_max_pool2d", x, kernel_size, stride, padding, dilation, backend, ceil_mode)
 
 
 def int_avg_pool2d(
@@ -771,3 +798,27 @@ def int_avg_pool2d(
     channels_last.
     """
     return _pool("int_avg_pool2d", x, kernel_size, stride, padding, 1, backend)
+
+
+def int_adaptive_avg_pool2d(
+    x: torch.Tensor,
+    output_size: IntPair,
+    *,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Adaptive average pooling of codes ``[B, C, H, W]`` to ``output_size`` (torch's windows:
+    rows ``[floor(o*H/OH), ceil((o+1)*H/OH))``, columns alike), each the mean rounded half up
+    ``floor((sum + count // 2) / count)`` with count the window's size. Output sizes larger than
+    the input repeat positions, as torch does. Returns the input dtype, channels_last.
+    """
+    op = "int_adaptive_avg_pool2d"
+    x = _require_codes(x, "x", op, ndim=4)
+    OH, OW = _pair(output_size, "output_size", op, 1)
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"{op}: input {x.shape[2]}x{x.shape[3]} has no positions to pool")
+    name = resolve_backend(backend, x.device, op)
+    if name == "triton":
+        return _triton_kernels().int_adaptive_avg_pool2d(x, [OH, OW])
+    out = np.empty((x.shape[0], OH, OW, x.shape[1]), _NUMPY_OUT[x.dtype])
+    ref.int_adaptive_avg_pool2d_kernel(x.permute(0, 2, 3, 1).contiguous().numpy(), out)
+    return torch.from_numpy(out).permute(0, 3, 1, 2)

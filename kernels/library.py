@@ -11,7 +11,7 @@ import torch
 
 from .elementwise import launch_elementwise
 from .gemm import epilogue_table_strides, launch_int_conv2d, launch_int_matmul
-from .pool import launch_pool2d
+from .pool import launch_adaptive_avg_pool2d, launch_pool2d, pool_out_size
 
 Tensor = torch.Tensor
 
@@ -75,13 +75,26 @@ def _(name, a, b, constants, shift, lo, hi, out_dtype):
 
 @torch.library.custom_op("dqt_triton::int_pool2d", mutates_args=())
 def int_pool2d(x: Tensor, geometry: list[int], is_max: bool) -> Tensor:
-    """Max or average pooling kernel; geometry = [kh, kw, sh, sw, ph, pw, dh, dw]."""
+    """Max or average pooling kernel; geometry = [kh, kw, sh, sw, ph, pw, dh, dw(, ceil_mode)]."""
     return launch_pool2d(x, geometry, is_max)
 
 
 @int_pool2d.register_fake
 def _(x, geometry, is_max):
-    kh, kw, sh, sw, ph, pw, dh, dw = geometry
-    OH, OW = _conv_out_hw(x.shape[2], x.shape[3], kh, kw, [sh, sw, ph, pw, dh, dw])
+    kh, kw, sh, sw, ph, pw, dh, dw = geometry[:8]
+    ceil_mode = len(geometry) == 9 and bool(geometry[8])
+    OH, OW = pool_out_size(x.shape[2], kh, sh, ph, dh, ceil_mode), pool_out_size(x.shape[3], kw, sw, pw, dw, ceil_mode)
     return torch.empty((x.shape[0], x.shape[1], OH, OW), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last)
+
+
+@torch.library.custom_op("dqt_triton::int_adaptive_avg_pool2d", mutates_args=())
+def int_adaptive_avg_pool2d(x: Tensor, output_size: list[int]) -> Tensor:
+    """Adaptive average pooling kernel to output_size [OH, OW]."""
+    return launch_adaptive_avg_pool2d(x, output_size)
+
+
+@int_adaptive_avg_pool2d.register_fake
+def _(x, output_size):
+    return torch.empty((x.shape[0], x.shape[1], *output_size), dtype=x.dtype, device=x.device,
                        memory_format=torch.channels_last)

@@ -50,17 +50,87 @@ def int_pool2d_kernel(
     tl.store(out_ptr + offs, result.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def int_adaptive_avg_pool2d_kernel(
+    x_ptr, out_ptr, total, H, W, C, OH, OW, KH_MAX, KW_MAX,
+    stride_xb, stride_xh, stride_xw, stride_xc,
+    BLOCK: tl.constexpr,
+):
+    """torch's adaptive windows [floor(o*H/OH), ceil((o+1)*H/OH)); the mean rounded half up."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    c = offs % C
+    pixel = offs // C
+    ow = pixel % OW
+    oh = (pixel // OW) % OH
+    b = pixel // (OW * OH)
+    h0 = (oh * H) // OH
+    h1 = ((oh + 1) * H + OH - 1) // OH
+    w0 = (ow * W) // OW
+    w1 = ((ow + 1) * W + OW - 1) // OW
+    base = x_ptr + b * stride_xb + c * stride_xc
+    total_sum = tl.zeros((BLOCK,), tl.int64)
+    for i in range(0, KH_MAX):
+        ih = h0 + i
+        for j in range(0, KW_MAX):
+            iw = w0 + j
+            inside = mask & (ih < h1) & (iw < w1)
+            total_sum += tl.load(base + ih * stride_xh + iw * stride_xw, mask=inside, other=0).to(tl.int64)
+    count = (h1 - h0) * (w1 - w0)
+    numer = total_sum + count // 2
+    quot = numer // count
+    result = tl.where(quot * count > numer, quot - 1, quot)  # floor division for negative sums
+    tl.store(out_ptr + offs, result.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def pool_out_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
+    """torch's pooling output size; in ceil mode the last window must start inside the input
+    or its left padding."""
+    span = size + 2 * pad - dilation * (kernel - 1) - 1
+    if not ceil_mode:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    if (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def adaptive_window_max(size: int, out: int) -> int:
+    """The widest adaptive window along one axis."""
+    return max(((o + 1) * size + out - 1) // out - (o * size) // out for o in range(out))
+
+
+def launch_adaptive_avg_pool2d(x: torch.Tensor, output_size: list[int]) -> torch.Tensor:
+    """Adaptive average pool of codes x [B, C, H, W] to output_size [OH, OW], channels_last out."""
+    if x.dim() != 4 or len(output_size) != 2 or min(output_size) < 1:
+        raise ValueError(f"adaptive pool kernel: x must be 4-D and output_size 2 ints >= 1, got {tuple(x.shape)}, "
+                         f"{output_size}")
+    B, C, H, W = x.shape
+    OH, OW = (int(v) for v in output_size)
+    out = torch.empty((B, OH, OW, C), dtype=x.dtype, device=x.device)
+    total = out.numel()
+    if total:
+        block = 256 if interpreting() else 1024
+        int_adaptive_avg_pool2d_kernel[(triton.cdiv(total, block),)](
+            x, out, total, H, W, C, OH, OW, adaptive_window_max(H, OH), adaptive_window_max(W, OW),
+            x.stride(0), x.stride(2), x.stride(3), x.stride(1), BLOCK=block,
+        )
+    return out.permute(0, 3, 1, 2)
+
+
 def launch_pool2d(x: torch.Tensor, geometry: list[int], is_max: bool) -> torch.Tensor:
-    """Pool codes x [B, C, H, W] (any memory format); geometry = [kh, kw, sh, sw, ph, pw, dh, dw].
+    """Pool codes x [B, C, H, W] (any memory format); geometry = [kh, kw, sh, sw, ph, pw, dh, dw]
+    and optionally ceil_mode (0/1) as a ninth entry.
 
     Returns [B, C, OH, OW] in channels_last format.
     """
-    if x.dim() != 4 or len(geometry) != 8:
-        raise ValueError(f"pool kernel: x must be 4-D and geometry 8 ints, got {tuple(x.shape)}, {geometry}")
-    kh, kw, sh, sw, ph, pw, dh, dw = (int(v) for v in geometry)
+    if x.dim() != 4 or len(geometry) not in (8, 9):
+        raise ValueError(f"pool kernel: x must be 4-D and geometry 8 or 9 ints, got {tuple(x.shape)}, {geometry}")
+    kh, kw, sh, sw, ph, pw, dh, dw = (int(v) for v in geometry[:8])
+    ceil_mode = len(geometry) == 9 and bool(geometry[8])
     B, C, H, W = x.shape
-    OH = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    OW = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    OH = pool_out_size(H, kh, sh, ph, dh, ceil_mode)
+    OW = pool_out_size(W, kw, sw, pw, dw, ceil_mode)
     out = torch.empty((B, OH, OW, C), dtype=x.dtype, device=x.device)
     total = out.numel()
     if total:

@@ -56,3 +56,27 @@ def int_avg_pool2d_kernel(x, kh, kw, sh, sw, ph, pw, out):
                         total += np.int64(x[b, ih, iw, c])
                 out[b, oh, ow, c] = (total + half) // count
     return out
+
+
+@njit(parallel=True, cache=True)
+def int_adaptive_avg_pool2d_kernel(x, out):
+    """torch's adaptive windows rows [floor(o*H/OH), ceil((o+1)*H/OH)) (columns alike);
+    floor((window_sum + count // 2) / count) with count the window's size."""
+    B, H, W, C = x.shape
+    _, OH, OW, _ = out.shape
+    for row in prange(B * OH):
+        b = row // OH
+        oh = row % OH
+        h0 = (oh * H) // OH
+        h1 = ((oh + 1) * H + OH - 1) // OH
+        for ow in range(OW):
+            w0 = (ow * W) // OW
+            w1 = ((ow + 1) * W + OW - 1) // OW
+            count = np.int64((h1 - h0) * (w1 - w0))
+            for c in range(C):
+                total = np.int64(0)
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        total += np.int64(x[b, ih, iw, c])
+                out[b, oh, ow, c] = (total + count // 2) // count
+    return out

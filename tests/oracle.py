@@ -116,3 +116,14 @@ def avg_pool(x, kernel, stride, padding):
     total = total.round().long()
     count = kh * kw
     return torch.div(total + count // 2, count, rounding_mode="floor").to(x.dtype)
+
+
+def adaptive_avg_pool(x, output_size):
+    """torch's adaptive windows; each window's sum from torch (mean x count, exact in float64)."""
+    OH, OW = output_size
+    H, W = x.shape[2], x.shape[3]
+    rows = torch.tensor([((o + 1) * H + OH - 1) // OH - (o * H) // OH for o in range(OH)])
+    cols = torch.tensor([((o + 1) * W + OW - 1) // OW - (o * W) // OW for o in range(OW)])
+    count = (rows[:, None] * cols[None, :]).long()
+    total = (F.adaptive_avg_pool2d(x.double(), output_size) * count).round().long()
+    return torch.div(total + count // 2, count, rounding_mode="floor").to(x.dtype)

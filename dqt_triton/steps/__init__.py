@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from .activation import ReluKind
 from .add import AddKind
+from .concat import CatKind, DequantKind
 from .base import Build, Capture, CodeValue, Step, StepKind
 from .layer import LayerKind
 from .pool import AvgPoolKind, MaxPoolKind
 from .shape import FlattenKind, NoOpKind
 
 CAPTURE_ORDER: list[StepKind] = [LayerKind(), NoOpKind(), ReluKind(), MaxPoolKind(), AvgPoolKind(), FlattenKind(),
-                                 AddKind()]
-KINDS: dict[str, StepKind] = {k.kind: k for k in CAPTURE_ORDER if k.kind != "noop"}
+                                 AddKind(), CatKind()]
+KINDS: dict[str, StepKind] = {k.kind: k for k in CAPTURE_ORDER + [DequantKind()] if k.kind != "noop"}
 
 __all__ = ["KINDS", "CAPTURE_ORDER", "Build", "Capture", "CodeValue", "Step", "StepKind"]

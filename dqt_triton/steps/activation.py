@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from typing import Optional
+
 from .base import Build, Capture, CodeValue, Step, StepKind
 
 _RELU_FUNCS = (F.relu, torch.relu)
@@ -17,6 +19,23 @@ def is_relu(node: fx.Node, cap: Capture) -> bool:
     if node.op == "call_function":
         return node.target in _RELU_FUNCS
     return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def clamp_bound(node: fx.Node, cap: Capture) -> Optional[float]:
+    """The upper bound of ReLU6 / Hardtanh(0, max) (a ReLU with a ceiling), else None."""
+    m = cap.module(node)
+    if isinstance(m, nn.ReLU6):
+        return 6.0
+    if isinstance(m, nn.Hardtanh) and m.min_val == 0 and m.max_val > 0:
+        return float(m.max_val)
+    if node.op == "call_function" and node.target is F.relu6:
+        return 6.0
+    if node.op == "call_function" and node.target is F.hardtanh:
+        lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+        hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+        if lo == 0 and isinstance(hi, (int, float)) and hi > 0:
+            return float(hi)
+    return None
 
 
 class ReluKind(StepKind):

@@ -31,7 +31,7 @@ def prepared_layer(p: dict, x: Tensor, rule: str, cache: dict, key: str) -> ops.
     """The layer validated and placed on x's device once (`ops.prepare_layer`), then reused."""
     layer = cache.get(key)
     if layer is None or layer.x_dtype != x.dtype or layer.weight.device != x.device:
-        kwargs = dict(bias=p["bias"], relu=p["relu"], shift_rule=rule)
+        kwargs = dict(bias=p["bias"], relu=p["relu"], shift_rule=rule, clamp_max=p.get("clamp_max"))
         if p["multiplier"] is not None:
             kwargs.update(multiplier=p["multiplier"], shift=p["shift"], out_dtype=DTYPES[p["out_dtype"]])
         elif p["out_scale"] is not None:
@@ -58,7 +58,7 @@ class LayerKind(StepKind):
         return isinstance(cap.module(node), (nn.Conv2d, nn.Linear))
 
     def capture(self, node: fx.Node, cap: Capture) -> None:
-        from .activation import is_relu  # the fused ReLU is the activation kind's rule
+        from .activation import clamp_bound, is_relu  # the fused activations are the activation kind's rules
 
         layer = cap.module(node)
         last, bn, relu = node, None, False
@@ -67,14 +67,17 @@ class LayerKind(StepKind):
             bn, last = cap.module(nxt), nxt
             cap.skipped.add(nxt)
             nxt = cap.single_user(last)
-        if nxt is not None and is_relu(nxt, cap):
+        geometry = {"final": False}
+        if nxt is not None and (is_relu(nxt, cap) or clamp_bound(nxt, cap) is not None):
             relu, last = True, nxt
             cap.skipped.add(nxt)
+            if clamp_bound(nxt, cap) is not None:
+                geometry["clamp_max"] = clamp_bound(nxt, cap)  # ReLU6 / Hardtanh(0, max): a capped ReLU
         src = cap.source(node, node.args[0])
         name = f"layer{cap.layer_count}_{node.target.replace('.', '_')}"
         cap.layer_count += 1
         if src is not None:
-            cap.emit(Step(self.kind, [src], name, relu, {"final": False}, {"layer": layer, "bn": bn}), last)
+            cap.emit(Step(self.kind, [src], name, relu, geometry, {"layer": layer, "bn": bn}), last)
         else:
             cap.poisoned.add(last)
 
@@ -113,6 +116,8 @@ class LayerKind(StepKind):
                                      "diverged; lower the learning rate or clip gradients")
         if step["geometry"].get("final"):
             return CodeValue(y, None, True)  # the logits, already real-valued
+        if "clamp_max" in step["geometry"]:
+            y = y.clamp_max(step["geometry"]["clamp_max"])  # rounding is monotone: the integer path caps the code
         quant = tp.model.quantizers[name]
         return CodeValue(quant(y), quant.positive_step(), quant.signed)
 
@@ -121,6 +126,8 @@ class LayerKind(StepKind):
         final = step["geometry"].get("final")
         out_step = None if final else float(model.quantizers[step["name"]].positive_step())
         program = layer_program(layer.integer_constants(in_steps[0], in_signed[0], out_step), layer.conv)
+        if "clamp_max" in step["geometry"]:
+            program["clamp_max"] = min(255, math.floor(step["geometry"]["clamp_max"] / out_step + 0.5))
         return program, out_step if out_step is not None else float("nan")
 
     def run(self, step: dict, ins: list[Tensor], consts: dict, ctx) -> Tensor:

@@ -1,0 +1,82 @@
+"""torchvision's classification models through `DQTModel.from_float`, integer-exact.
+
+Each model (weights=None, 10 classes, a small input) is converted in dynamic mode, trains two
+`dqt_loss` steps with the `dqt train` recipe's clipping, and its integer eval must equal the
+frozen model's output bit for bit at static 8, 4 and 2 bits and in dynamic mode, on inputs
+whose logits differ between samples. The models come from the installed torchvision files
+without importing the torchvision package (see tests/zoo.py and the README's test section).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dqt_triton as dq
+from tests.zoo import torchvision_builders
+
+INPUT_SIZE = {"resnet18": 32, "resnet50": 64, "mobilenet_v2": 32, "vgg11_bn": 32, "squeezenet1_1": 64}
+# SqueezeNet has no batch norm: untrained, its 2-bit activations die out and every sample gets
+# the same logits. Exactness is still checked there; distinct logits cannot be asked for.
+COLLAPSES = {("squeezenet1_1", 2)}
+CONVERTED = sorted(INPUT_SIZE)
+# Not yet convertible: the test below holds them to a complete list of what is missing.
+MISSING = {"shufflenet_v2_x0_5": {"chunk", "transpose", "view", "contiguous", "getitem"},
+           "efficientnet_b0": {"SiLU", "Sigmoid", "mul", "stochastic_depth"},
+           "densenet121": {"BatchNorm2d"}}
+
+
+@pytest.fixture(scope="module")
+def builders():
+    return torchvision_builders()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CONVERTED)
+def test_zoo_model_trains_and_eval_equals_freeze(builders, name):
+    torch.manual_seed(0)
+    size = INPUT_SIZE[name]
+    # zero_init_residual (torchvision's option, as its training recipes use): an untrained deep
+    # residual network otherwise grows its activations block by block until codes saturate.
+    extra = {"zero_init_residual": True} if name.startswith("resnet") else {}
+    float_model = builders[name](weights=None, num_classes=10, **extra)
+    for m in float_model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # running statistics = the mean over the steps seen: calibrated by two steps
+    model = dq.DQTModel.from_float(float_model, (3, size, size), dynamic=True, candidate_bits=(2, 4, 8))
+    gen = torch.Generator().manual_seed(0)
+    # Samples of different brightness and contrast, so an untrained network still tells them apart.
+    x = (torch.rand(3, 3, size, size, generator=gen) * torch.tensor([60.0, 160.0, 255.0]).view(3, 1, 1, 1)
+         + torch.tensor([0.0, 40.0, 0.0]).view(3, 1, 1, 1)).clamp(0, 255).to(torch.uint8)
+    y = torch.tensor([1, 5, 7])
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    model.train()
+    for _ in range(2):
+        out = model.dqt_loss(x, y, alpha=1.0, beta=1.0, target_bitops=model.uniform_bitops(4), generator=gen)
+        opt.zero_grad()
+        out["loss"].backward()
+        assert bool(torch.isfinite(out["loss"])), out
+        assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    model.eval()
+    for mode in (8, 4, 2, "dynamic"):
+        if mode == "dynamic":
+            model.set_dynamic(True)
+        else:
+            model.set_bits(mode)
+        logits = model(x)
+        assert logits.dtype == torch.float32 and bool(torch.isfinite(logits).all())
+        if (name, mode) not in COLLAPSES:
+            assert not torch.equal(logits[0], logits[1]) or not torch.equal(logits[1], logits[2]), \
+                f"{name} at {mode}: every sample got the same logits, the comparison would prove little"
+        assert torch.equal(model.freeze()(x), logits), f"{name} at {mode}: frozen model differs from eval"
+
+
+@pytest.mark.parametrize("name", sorted(MISSING))
+def test_zoo_model_not_yet_supported_lists_every_missing_operation(builders, name):
+    with pytest.raises(dq.UnsupportedLayerError) as err:
+        dq.DQTModel.from_float(builders[name](weights=None, num_classes=10), (3, 64, 64))
+    listed = str(err.value)
+    for op in MISSING[name]:
+        assert op in listed, (op, listed[:2000])
