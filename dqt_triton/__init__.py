@@ -17,7 +17,7 @@ from .errors import (
 )
 from .model import DQTModel, FrozenDQTModel
 from .nn import ActQuantizer, DQTConv2d, DQTLinear
-from .ops import int_adaptive_avg_pool2d, int_add, int_avg_pool2d, int_conv2d, int_matmul, int_max_pool2d, int_mul
+from .ops import int_adaptive_avg_pool2d, int_add, int_avg_pool2d, int_lut, int_conv2d, int_matmul, int_max_pool2d, int_mul
 
 __version__ = "0.1.0"
 
@@ -39,6 +39,7 @@ __all__ = [
     "int_add",
     "int_adaptive_avg_pool2d",
     "int_avg_pool2d",
+    "int_lut",
     "int_conv2d",
     "int_matmul",
     "int_max_pool2d",

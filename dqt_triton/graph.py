@@ -7,6 +7,9 @@ raises: `UnsupportedLayerError` lists every operation the integer model cannot r
 
 from __future__ import annotations
 
+from typing import Any, Optional, Sequence
+
+import torch
 from torch import fx, nn
 
 from .errors import UnsupportedLayerError
@@ -15,13 +18,54 @@ from .steps import CAPTURE_ORDER, Capture, Step
 __all__ = ["Step", "capture"]
 
 
-def capture(model: nn.Module) -> list[Step]:
-    """The DQT steps of `model` (in topological order); raises UnsupportedLayerError."""
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the traced graph once and keeps, per node, the shape of a tensor result, a list of
+    shapes for a tuple of tensors, or the value itself (sizes, ints) otherwise."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.examples: dict[fx.Node, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor):
+            self.examples[n] = ("tensor", tuple(result.shape))
+        elif isinstance(result, (tuple, list)) and result and all(isinstance(r, torch.Tensor) for r in result):
+            self.examples[n] = ("tensors", [tuple(r.shape) for r in result])
+        else:
+            self.examples[n] = ("static", result)
+        return result
+
+
+def _examples(gm: fx.GraphModule, input_shape: Sequence[int]) -> dict[fx.Node, Any]:
+    """Per-node example results of the float model on a batch of 2 (eval mode, no gradients):
+    the shapes that shape-moving steps (view, transpose, chunk) record."""
+    recorder = _ShapeRecorder(gm)
+    was_training = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad():
+            recorder.run(torch.zeros(2, *input_shape))
+    except Exception as exc:
+        raise ValueError(f"the float model does not accept input_shape {tuple(input_shape)}: {exc}") from exc
+    finally:
+        gm.train(was_training)
+    return recorder.examples
+
+
+def capture(model: nn.Module, input_shape: Optional[Sequence[int]] = None) -> list[Step]:
+    """The DQT steps of `model` (in topological order); raises UnsupportedLayerError.
+
+    With `input_shape` (one sample's), the graph is also run once on a batch of 2 so that
+    size arithmetic and reshapes (a channel shuffle, a chunk) are resolved to shapes.
+    """
     try:
         gm = fx.symbolic_trace(model)
     except Exception as exc:  # data-dependent control flow and the like
         raise UnsupportedLayerError(f"torch.fx could not trace the model: {exc}") from exc
     cap = Capture(dict(gm.named_modules()))
+    if input_shape is not None:
+        cap.examples = _examples(gm, input_shape)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise UnsupportedLayerError(f"the model must take exactly one input tensor, got {len(placeholders)}")

@@ -25,6 +25,7 @@ from .errors import CheckpointError, UnsupportedLayerError
 from .graph import capture
 from .nn import ActQuantizer, DQTConv2d, DQTLinear, IntegerConstants
 from .steps import KINDS, Build, CodeValue, Step
+from .steps.affine import extra_from_spec
 from .steps.pool import avg_pool_codes as _avg_pool_codes
 from .steps.layer import DTYPES as _DTYPES, layer_program as _layer_program, run_layer as _run_layer
 from .quant import gumbel_hard
@@ -303,11 +304,12 @@ class DQTModel(nn.Module):
     """
 
     def __init__(self, steps: list[dict], layers: nn.ModuleDict, quantizers: nn.ModuleDict,
-                 controller: Optional[Controller], config: dict) -> None:
+                 controller: Optional[Controller], config: dict, extras: Optional[nn.ModuleDict] = None) -> None:
         super().__init__()
         self.steps = steps
         self.layers = layers
         self.quantizers = quantizers
+        self.extras = extras if extras is not None else nn.ModuleDict()  # steps' other modules (a standalone BN)
         self.controller = controller
         self.config = config
         self.register_buffer("input_step", torch.tensor(float(config["input_scale"])))
@@ -373,7 +375,7 @@ class DQTModel(nn.Module):
         if edge_bits is not None and not (isinstance(edge_bits, int) and 2 <= edge_bits <= numerics.MASTER_BITS):
             raise ValueError(f"edge_bits must be None or an int in [2, {numerics.MASTER_BITS}], got {edge_bits!r}")
         input_shape = tuple(int(s) for s in input_shape)
-        steps = capture(model)
+        steps = capture(model, input_shape)
         shapes, in_shapes = _layer_shapes(model, steps, input_shape)
         build = Build(shapes, in_shapes, bn_per_width, nn.ModuleDict(), nn.ModuleDict(), signed=[input_signed])
         for step in steps:
@@ -405,7 +407,8 @@ class DQTModel(nn.Module):
             "quantizer_signed": {n: q.signed for n, q in quantizers.items()},
             "value_signed": signed, "edge_bits": edge_bits, "governed": governed, "controller_source": source,
         }
-        dqt = cls([s.spec() for s in steps], layers, quantizers, controller, config)
+        config["extra_specs"] = build.extra_specs
+        dqt = cls([s.spec() for s in steps], layers, quantizers, controller, config, build.extras)
         dqt.set_bits(bits)
         dqt.set_dynamic(dynamic)
         log.info("DQTModel: %d quantized layers (%d governed), %d residual adds, controller %s", len(names),
@@ -847,7 +850,8 @@ class DQTModel(nn.Module):
                 c = config["controller"]
                 controller = Controller(c["feature_shape"], c["num_layers"], c["num_choices"], c["hidden"],
                                         config["candidate_bits"])
-            model = cls(steps, layers, quantizers, controller, config)
+            extras = nn.ModuleDict({n: extra_from_spec(s) for n, s in config.get("extra_specs", {}).items()})
+            model = cls(steps, layers, quantizers, controller, config, extras)
             model.load_state_dict(payload["state_dict"])
             model.set_bits({n: tuple(b) for n, b in payload["static_bits"].items()})
             model.set_budget(payload["budget_code"])

@@ -822,3 +822,23 @@ def int_adaptive_avg_pool2d(
     out = np.empty((x.shape[0], OH, OW, x.shape[1]), _NUMPY_OUT[x.dtype])
     ref.int_adaptive_avg_pool2d_kernel(x.permute(0, 2, 3, 1).contiguous().numpy(), out)
     return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+
+def int_lut(x: torch.Tensor, table: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:
+    """Look each code up in a 256-entry table: ``table[x + 128]`` for int8 codes, ``table[x]``
+    for uint8 (docs/numerics.md section 5: SiLU, Sigmoid, GELU... on codes, exact by
+    construction). `table` is uint8 or int8 ``[256]``; the output has its dtype and x's shape."""
+    op = "int_lut"
+    x = _require_codes(x, "x", op)
+    table = _require_codes(table, "table", op)
+    if table.shape != (256,):
+        raise ValueError(f"{op}: table must have 256 entries (one per 8-bit code), got shape {tuple(table.shape)}")
+    device = _same_device(op, x=x, table=table)
+    offset = 128 if x.dtype == torch.int8 else 0
+    name = resolve_backend(backend, device, op)
+    flat = x.contiguous().reshape(-1)
+    if name == "triton":
+        return _triton_kernels().int_lut(flat, table.contiguous(), offset).view(x.shape)
+    out = np.empty(flat.shape[0], _NUMPY_OUT[table.dtype])
+    ref.int_lut_kernel(flat.numpy(), table.contiguous().numpy(), offset, out)
+    return torch.from_numpy(out).view(x.shape)

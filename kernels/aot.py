@@ -65,7 +65,7 @@ EPILOGUE_OUTPUTS = ((1, "*u8", True), (1, "*i8", False), (2, "*fp32", False), (0
 @dataclass(frozen=True)
 class Variant:
     kernel: str  # "int_matmul_kernel", "int_conv2d_kernel", "int_add_kernel", "int_mul_kernel", "int_pool2d_kernel",
-    # "int_adaptive_avg_pool2d_kernel"
+    # "int_adaptive_avg_pool2d_kernel", "int_lut_kernel"
     pointer_types: tuple  # ((arg name, "*u8"), ...)
     constexprs: tuple  # ((name, value), ...)
     num_warps: int = 4
@@ -101,7 +101,8 @@ def _kernels():
     return {"int_matmul_kernel": gemm.int_matmul_kernel, "int_conv2d_kernel": gemm.int_conv2d_kernel,
             "int_add_kernel": elementwise.int_add_kernel, "int_mul_kernel": elementwise.int_mul_kernel,
             "int_pool2d_kernel": pool.int_pool2d_kernel,
-            "int_adaptive_avg_pool2d_kernel": pool.int_adaptive_avg_pool2d_kernel, "plain_int8_matmul_kernel": plain.plain_int8_matmul_kernel}
+            "int_adaptive_avg_pool2d_kernel": pool.int_adaptive_avg_pool2d_kernel,
+            "int_lut_kernel": elementwise.int_lut_kernel, "plain_int8_matmul_kernel": plain.plain_int8_matmul_kernel}
 
 
 # Besides every tile with the heaviest flags, a few flag sets that between them give each
@@ -160,6 +161,9 @@ def variants(full: bool = False) -> list[Variant]:
                            (("IS_MAX", is_max), ("BLOCK", 1024))))
     for code in codes if full else ("*i8",):
         out.append(Variant("int_adaptive_avg_pool2d_kernel", (("out_ptr", code), ("x_ptr", code)), (("BLOCK", 1024),)))
+    for x_code, out_code in itertools.product(codes, codes) if full else (("*i8", "*u8"), ("*u8", "*i8")):
+        out.append(Variant("int_lut_kernel", (("x_ptr", x_code), ("table_ptr", out_code), ("out_ptr", out_code)),
+                           (("BLOCK", 1024),)))
     return out
 
 

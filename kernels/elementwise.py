@@ -41,6 +41,27 @@ def int_mul_kernel(a_ptr, b_ptr, out_ptr, numel, k1, k2, k3, k4, shift, lo, hi, 
     tl.store(out_ptr + offs, _round_shift_clamp(v, shift.to(tl.int64), lo, hi).to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def int_lut_kernel(x_ptr, table_ptr, out_ptr, numel, offset, BLOCK: tl.constexpr):
+    """out = table[x + offset]: a 256-entry lookup per code (offset 128 for int8 codes)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    index = tl.load(x_ptr + offs, mask=mask, other=0).to(tl.int32) + offset
+    tl.store(out_ptr + offs, tl.load(table_ptr + index, mask=mask, other=0), mask=mask)
+
+
+def launch_lut(x: torch.Tensor, table: torch.Tensor, offset: int) -> torch.Tensor:
+    """table[x + offset] for contiguous codes x and a 256-entry code table on x's device."""
+    if not x.is_contiguous() or table.shape != (256,) or not table.is_contiguous():
+        raise ValueError("lut kernel: x must be contiguous and table 256 contiguous entries")
+    out = torch.empty(x.shape, dtype=table.dtype, device=x.device)
+    numel = x.numel()
+    if numel:
+        block = _block()
+        int_lut_kernel[(triton.cdiv(numel, block),)](x, table, out, numel, offset, BLOCK=block)
+    return out
+
+
 def _block() -> int:
     return 256 if interpreting() else 1024
 

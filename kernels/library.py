@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .elementwise import launch_elementwise
+from .elementwise import launch_elementwise, launch_lut
 from .gemm import epilogue_table_strides, launch_int_conv2d, launch_int_matmul
 from .pool import launch_adaptive_avg_pool2d, launch_pool2d, pool_out_size
 
@@ -71,6 +71,17 @@ def int_elementwise(
 @int_elementwise.register_fake
 def _(name, a, b, constants, shift, lo, hi, out_dtype):
     return a.new_empty(a.shape, dtype=out_dtype)
+
+
+@torch.library.custom_op("dqt_triton::int_lut", mutates_args=())
+def int_lut(x: Tensor, table: Tensor, offset: int) -> Tensor:
+    """Lookup-table kernel: table[x + offset] on contiguous codes."""
+    return launch_lut(x, table, offset)
+
+
+@int_lut.register_fake
+def _(x, table, offset):
+    return x.new_empty(x.shape, dtype=table.dtype)
 
 
 @torch.library.custom_op("dqt_triton::int_pool2d", mutates_args=())

@@ -8,7 +8,7 @@ already validated and normalised by `dqt_triton.ops`; call the ops, not these, f
 from .blas import WeightTable, float32_gemm_is_exact, int_conv2d_blas, int_matmul_blas, weight_table
 from .common import EPILOGUE_FLOAT, EPILOGUE_RAW, EPILOGUE_REQUANT
 from .conv import int_conv2d_kernel
-from .elementwise import int_add_kernel, int_mul_kernel
+from .elementwise import int_add_kernel, int_lut_kernel, int_mul_kernel
 from .matmul import int_matmul_kernel
 from .pool import int_adaptive_avg_pool2d_kernel, int_avg_pool2d_kernel, int_max_pool2d_kernel
 
@@ -19,6 +19,7 @@ __all__ = [
     "EPILOGUE_REQUANT",
     "float32_gemm_is_exact",
     "int_add_kernel",
+    "int_lut_kernel",
     "int_adaptive_avg_pool2d_kernel",
     "int_avg_pool2d_kernel",
     "int_conv2d_blas",

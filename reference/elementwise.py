@@ -26,3 +26,11 @@ def int_mul_kernel(a, b, k1, k2, k3, k4, shift, lo, hi, out):
         v = np.int64(k1) * qa * qb + np.int64(k2) * qa + np.int64(k3) * qb + np.int64(k4)
         out[i] = clamp(round_shift(v, shift), lo, hi)
     return out
+
+
+@njit(parallel=True, cache=True)
+def int_lut_kernel(x, table, offset, out):
+    """out = table[x + offset] over flat arrays (offset 128 for int8 codes, 0 for uint8)."""
+    for i in prange(x.shape[0]):
+        out[i] = table[np.int64(x[i]) + offset]
+    return out

@@ -7,15 +7,19 @@
 from __future__ import annotations
 
 from .activation import ReluKind
+from .affine import AffineKind
 from .add import AddKind
 from .concat import CatKind, DequantKind
 from .base import Build, Capture, CodeValue, Step, StepKind
 from .layer import LayerKind
+from .pointwise import LutKind, MulKind
 from .pool import AvgPoolKind, MaxPoolKind
-from .shape import FlattenKind, NoOpKind
+from .shape import FlattenKind, NoOpKind, PermuteKind, ReshapeKind, SliceKind, SplitKind
 
 CAPTURE_ORDER: list[StepKind] = [LayerKind(), NoOpKind(), ReluKind(), MaxPoolKind(), AvgPoolKind(), FlattenKind(),
-                                 AddKind(), CatKind()]
-KINDS: dict[str, StepKind] = {k.kind: k for k in CAPTURE_ORDER + [DequantKind()] if k.kind != "noop"}
+                                 ReshapeKind(), PermuteKind(), SplitKind(), SliceKind(), AddKind(), CatKind(),
+                                 LutKind(), MulKind(), AffineKind()]
+# Kinds that leave no step of their own ("noop" aliases, "split" only records its pieces).
+KINDS: dict[str, StepKind] = {k.kind: k for k in CAPTURE_ORDER + [DequantKind()] if k.kind not in ("noop", "split")}
 
 __all__ = ["KINDS", "CAPTURE_ORDER", "Build", "Capture", "CodeValue", "Step", "StepKind"]

@@ -58,6 +58,20 @@ class Capture:
         self.unsupported: list[str] = []
         self.poisoned: set[fx.Node] = set()  # outputs of unsupported nodes: inputs taken from them are not re-reported
         self.layer_count = 0
+        # node -> ("tensor", shape) | ("tensors", [shapes]) | ("static", value), from one run of
+        # the float model on a batch of 2 (graph.capture with an input shape); empty otherwise.
+        self.examples: dict[fx.Node, Any] = {}
+        # chunk/split nodes: node -> (source value, dim, [(start, stop), ...]) for getitem to slice
+        self.pieces: dict[fx.Node, tuple[int, int, list[tuple[int, int]]]] = {}
+
+    def shape(self, node: fx.Node) -> Optional[tuple[int, ...]]:
+        """The example shape of a tensor-valued node (batch of 2), if recorded."""
+        kind, value = self.examples.get(node, (None, None))
+        return value if kind == "tensor" else None
+
+    def is_static(self, node: fx.Node) -> bool:
+        """A node that computes sizes or constants, not tensors (x.size(1) // 2)."""
+        return self.examples.get(node, (None,))[0] == "static"
 
     def module(self, node: fx.Node) -> Optional[nn.Module]:
         return self.modules.get(node.target) if node.op == "call_module" else None
@@ -111,6 +125,8 @@ class Build:
     macs: dict = field(default_factory=dict)
     elements: dict = field(default_factory=dict)
     signed: list = field(default_factory=list)  # per value: are its codes signed
+    extras: nn.ModuleDict = field(default_factory=nn.ModuleDict)  # other trainable modules (a standalone BN)
+    extra_specs: dict = field(default_factory=dict)  # how to rebuild them on load
 
 
 class StepKind:

@@ -52,7 +52,7 @@ def test_every_kernel_variant_compiles_for_sm90_and_sm80_on_int8_tensor_cores():
     assert len(reports) == expected, f"{len(reports)} of {expected} variants reported"
     kinds = {r["kernel"] for r in reports}
     assert kinds == {"int_matmul_kernel", "int_conv2d_kernel", "int_add_kernel", "int_mul_kernel", "int_pool2d_kernel",
-                     "int_adaptive_avg_pool2d_kernel"}
+                     "int_adaptive_avg_pool2d_kernel", "int_lut_kernel"}
     failures = [f"sm_{r['arch']} {r['label']}: {'; '.join(r['problems'])}" for r in reports if r["problems"]]
     assert not failures, "\n".join(failures)
     # wgmma really is what the big tiles get on Hopper (the check above compares with the rule).
