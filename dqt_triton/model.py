@@ -23,7 +23,7 @@ from torch import nn
 from . import checkpoint, numerics, ops
 from .errors import CheckpointError, UnsupportedLayerError
 from .graph import capture
-from .nn import ActQuantizer, DQTConv2d, DQTLinear, IntegerConstants
+from .nn import ActQuantizer, DQTConv2d, DQTLinear, IntegerConstants, share_weight_codes
 from .steps import KINDS, Build, CodeValue, Step
 from .steps.affine import extra_from_spec
 from .steps.pool import avg_pool_codes as _avg_pool_codes
@@ -673,6 +673,15 @@ class DQTModel(nn.Module):
             out of the task and consistency terms: on samples the network has memorised every
             width is right, and the controller would learn that every input is easy.
         """
+        with share_weight_codes():  # every pass below sees the same weights: quantize them once
+            return self._dqt_loss(x, target, alpha=alpha, beta=beta, target_bitops=target_bitops, distill=distill,
+                                  sampled_widths=sampled_widths, imitation=imitation,
+                                  imitation_samples=imitation_samples, imitation_data=imitation_data,
+                                  imitation_mode=imitation_mode, consistency_samples=consistency_samples,
+                                  generator=generator)
+
+    def _dqt_loss(self, x: Tensor, target: Tensor, *, alpha, beta, target_bitops, distill, sampled_widths, imitation,
+                  imitation_samples, imitation_data, imitation_mode, consistency_samples, generator) -> dict:
         budget_codes = None
         dynamic = self.dynamic and self.controller is not None
         if dynamic and beta > 0 and target_bitops:

@@ -16,10 +16,12 @@ layer's constant tables (``[8, N]``, row = weight shift), so the integer program
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
@@ -73,6 +75,24 @@ class ActQuantizer(nn.Module):
         return scale_grad(step, lsq_grad_factor(self.elements, self.hi)) if self.training else step
 
 
+_SHARED_CODES: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("dqt_shared_weight_codes",
+                                                                            default=None)
+
+
+@contextlib.contextmanager
+def share_weight_codes() -> Iterator[None]:
+    """Within the block, each layer quantizes its weights once and every forward pass reuses
+    the codes (one autograd node, gradients summed there): a DQT objective runs the network at
+    several widths on unchanged weights, and each pass would otherwise keep its own copy of
+    every layer's codes and LSQ intermediates for backward. Parameters must not change inside
+    the block."""
+    token = _SHARED_CODES.set({})
+    try:
+        yield
+    finally:
+        _SHARED_CODES.reset(token)
+
+
 @dataclass
 class IntegerConstants:
     """What the integer-only pipeline needs for one conv/linear layer (docs/numerics.md 3.5)."""
@@ -123,8 +143,17 @@ class _DQTLayer(nn.Module):
         return step if self.per_channel else step.expand(self.out_channels)
 
     def weight_codes(self) -> Tensor:
+        """The master weight codes with LSQ gradients; computed once per layer inside
+        `share_weight_codes` (every forward pass of one objective sees the same weights)."""
+        shared = _SHARED_CODES.get()
+        key = (id(self), torch.is_grad_enabled())
+        if shared is not None and key in shared:
+            return shared[key]
         view = (-1,) + (1,) * (self.weight.dim() - 1)
-        return lsq_codes(self.weight, self.weight_steps().view(view), -128, 127)
+        codes = lsq_codes(self.weight, self.weight_steps().view(view), -128, 127)
+        if shared is not None:
+            shared[key] = codes
+        return codes
 
     def norms(self) -> list[nn.Module]:
         """The batch norm of every weight shift (the shared one repeated if not per width)."""

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import dqt_triton as dq
@@ -252,18 +253,18 @@ def test_consistency_term_rescues_the_low_bit_paths_and_train_eval_agree():
 
 
 def test_unsupported_operation_is_named():
-    class WithSigmoid(nn.Module):
+    class WithSoftplus(nn.Module):
         def __init__(self):
             super().__init__()
             self.fc = nn.Linear(4, 2)
 
         def forward(self, x):
-            return self.fc(torch.sigmoid(x))
+            return self.fc(F.softplus(x))
 
-    with pytest.raises(dq.UnsupportedLayerError, match="sigmoid"):
-        dq.DQTModel.from_float(WithSigmoid(), (4,))
-    with pytest.raises(dq.UnsupportedLayerError, match="GELU"):
-        dq.DQTModel.from_float(nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 2)), (4,))
+    with pytest.raises(dq.UnsupportedLayerError, match="softplus"):
+        dq.DQTModel.from_float(WithSoftplus(), (4,))
+    with pytest.raises(dq.UnsupportedLayerError, match="LayerNorm"):
+        dq.DQTModel.from_float(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2)), (4,))
     with pytest.raises(dq.UnsupportedLayerError, match="no Linear or Conv2d"):
         dq.DQTModel.from_float(nn.Sequential(nn.ReLU(), nn.Flatten()), (4,))
 
@@ -539,3 +540,42 @@ def test_triton_path_of_a_frozen_dynamic_model_reads_nothing_on_the_host_after_w
                       device=DEVICE), weight_shift=torch.tensor([1, 2], device=DEVICE))
         monkeypatch.undo()
     assert counts["__int__"] > 0
+
+
+def test_dqt_loss_quantizes_each_layers_weights_once_with_the_same_loss_and_gradients(monkeypatch):
+    """share_weight_codes: one set of weight codes per layer for all the passes of dqt_loss;
+    the loss is the same number and the gradients the same up to float summation order."""
+    import contextlib
+
+    import dqt_triton.model as model_module
+    from dqt_triton import nn as dqt_nn
+
+    def run(share: bool):
+        torch.manual_seed(0)
+        model = dq.DQTModel.from_float(models.simple_cnn(1, 10, 8, 8), (1, 8, 8), candidate_bits=(2, 4, 8),
+                                       dynamic=True).train()
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (8, 1, 8, 8), generator=gen).to(torch.uint8)
+        y = torch.randint(0, 10, (8,), generator=gen)
+        calls = []
+        original = dqt_nn.lsq_codes
+        # count the weight quantizations (activation quantizers call lsq_codes on tensors, not parameters)
+        monkeypatch.setattr(dqt_nn, "lsq_codes",
+                            lambda *a: calls.append(isinstance(a[0], torch.nn.Parameter)) or original(*a))
+        if not share:
+            monkeypatch.setattr(model_module, "share_weight_codes", contextlib.nullcontext)
+        out = model.dqt_loss(x, y, alpha=1.0, beta=1.0, target_bitops=model.uniform_bitops(4), generator=gen)
+        out["loss"].backward()
+        monkeypatch.undo()
+        return out["loss"].detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, \
+            sum(calls)
+
+    loss_shared, grads_shared, calls_shared = run(True)
+    loss_each, grads_each, calls_each = run(False)
+    assert torch.equal(loss_shared, loss_each)
+    assert grads_shared.keys() == grads_each.keys()
+    for name in grads_shared:
+        torch.testing.assert_close(grads_shared[name], grads_each[name], rtol=1e-5, atol=1e-7, msg=name)
+    layers = 3 + 2  # simple_cnn's conv/linear layers and the controller's two
+    assert calls_each > calls_shared, (calls_each, calls_shared)
+    assert calls_shared <= 2 * layers  # once with gradients, once for the no-grad imitation passes
