@@ -7,6 +7,7 @@ raises: `UnsupportedLayerError` lists every operation the integer model cannot r
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Optional, Sequence
 
 import torch
@@ -84,8 +85,11 @@ def capture(model: nn.Module, input_shape: Optional[Sequence[int]] = None) -> li
             else:
                 kind.capture(node, cap)
     if cap.unsupported:
+        counts = Counter(cap.unsupported_kinds)
+        summary = ", ".join(f"{op} x{n}" for op, n in counts.most_common())
         listed = "\n  ".join(cap.unsupported)
-        raise UnsupportedLayerError(f"{len(cap.unsupported)} unsupported operation(s) in the model:\n  {listed}")
+        raise UnsupportedLayerError(f"{len(cap.unsupported)} unsupported operation(s) in the model ({summary}):"
+                                    f"\n  {listed}")
     _check_output(output, cap)
     return cap.steps
 

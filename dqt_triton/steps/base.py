@@ -56,6 +56,7 @@ class Capture:
         self.steps: list[Step] = []
         self.skipped: set[fx.Node] = set()
         self.unsupported: list[str] = []
+        self.unsupported_kinds: list[str] = []  # the operation of each entry, for the summary line
         self.poisoned: set[fx.Node] = set()  # outputs of unsupported nodes: inputs taken from them are not re-reported
         self.layer_count = 0
         # node -> ("tensor", shape) | ("tensors", [shapes]) | ("static", value), from one run of
@@ -86,6 +87,8 @@ class Capture:
     def reject(self, node: fx.Node, why: str = "") -> None:
         """Record an operation the integer model cannot represent; capture goes on to find the rest."""
         self.unsupported.append(self.describe(node) + (f": {why}" if why else ""))
+        self.unsupported_kinds.append(type(self.modules[node.target]).__name__ if node.op == "call_module"
+                                      else str(getattr(node.target, "__name__", node.target)))
         self.poisoned.add(node)
 
     def source(self, node: fx.Node, arg: Any) -> Optional[int]:
