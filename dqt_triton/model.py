@@ -24,7 +24,7 @@ from . import checkpoint, numerics, ops
 from .errors import CheckpointError, UnsupportedLayerError
 from .graph import capture
 from .nn import ActQuantizer, DQTConv2d, DQTLinear, IntegerConstants, share_weight_codes
-from .steps import KINDS, Build, CodeValue, Step
+from .steps import KINDS, Build, CodeValue
 from .steps.affine import extra_from_spec
 from .steps.pool import avg_pool_codes as _avg_pool_codes
 from .steps.layer import DTYPES as _DTYPES, layer_program as _layer_program, run_layer as _run_layer
@@ -376,8 +376,7 @@ class DQTModel(nn.Module):
             raise ValueError(f"edge_bits must be None or an int in [2, {numerics.MASTER_BITS}], got {edge_bits!r}")
         input_shape = tuple(int(s) for s in input_shape)
         steps = capture(model, input_shape)
-        shapes, in_shapes = _layer_shapes(model, steps, input_shape)
-        build = Build(shapes, in_shapes, bn_per_width, nn.ModuleDict(), nn.ModuleDict(), signed=[input_signed])
+        build = Build(bn_per_width, nn.ModuleDict(), nn.ModuleDict(), signed=[input_signed])
         for step in steps:
             build.signed.append(KINDS[step.kind].build(step, build))
         layers, quantizers, signed, macs, elements = (build.layers, build.quantizers, build.signed, build.macs,
@@ -388,7 +387,7 @@ class DQTModel(nn.Module):
         # DQNet-style early features: the first layer's output when it is not governed.
         first_step = next(i for i, s in enumerate(steps) if s.kind == "layer")
         source = first_step + 1 if edge_bits is not None and len(names) > 1 else 0
-        feature_shape = shapes[names[0]] if source else input_shape
+        feature_shape = steps[first_step].fused["out_shape"] if source else input_shape
         backbone_params = sum(p.numel() for p in layers.parameters())
         controller = None
         if dynamic or controller_hidden is not None:
@@ -944,33 +943,6 @@ def _layer_from_spec(spec: dict) -> nn.Module:
         return DQTConv2d(weight, bias, bn, spec["relu"], c["stride"], c["padding"], c["dilation"], c["groups"],
                          spec["per_channel"], spec["bn_per_width"])
     return DQTLinear(weight, bias, bn, spec["relu"], spec["per_channel"], spec["bn_per_width"])
-
-
-def _layer_shapes(model: nn.Module, steps: list[Step], input_shape) -> tuple[dict, dict]:
-    """Output and input shapes of every conv/linear layer for one sample (a float forward with hooks)."""
-    shapes, in_shapes, hooks = {}, {}, []
-
-    def record(name):
-        def hook(mod, inp, out):
-            shapes[name] = tuple(out.shape[1:])
-            in_shapes[name] = tuple(inp[0].shape[1:])
-        return hook
-
-    for step in steps:
-        if step.kind == "layer":
-            hooks.append(step.fused["layer"].register_forward_hook(record(step.name)))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-    except Exception as exc:
-        raise ValueError(f"the float model does not accept input_shape {tuple(input_shape)}: {exc}") from exc
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return shapes, in_shapes
 
 
 def _clone_program(program: dict) -> dict:

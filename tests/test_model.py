@@ -579,3 +579,8 @@ def test_dqt_loss_quantizes_each_layers_weights_once_with_the_same_loss_and_grad
     layers = 3 + 2  # simple_cnn's conv/linear layers and the controller's two
     assert calls_each > calls_shared, (calls_each, calls_shared)
     assert calls_shared <= 2 * layers  # once with gradients, once for the no-grad imitation passes
+
+
+def test_wrong_input_shape_is_named_at_conversion():
+    with pytest.raises(ValueError, match="does not accept input_shape \\(32,\\)"):
+        dq.DQTModel.from_float(models.mlp(64, 16, 10), (32,))

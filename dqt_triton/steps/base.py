@@ -120,8 +120,6 @@ class Capture:
 class Build:
     """What `DQTModel.from_float` collects while building the steps' trainable parts."""
 
-    shapes: dict  # layer name -> output shape of one sample
-    in_shapes: dict  # layer name -> input shape of one sample
     bn_per_width: bool
     layers: nn.ModuleDict
     quantizers: nn.ModuleDict

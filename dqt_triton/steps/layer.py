@@ -77,7 +77,10 @@ class LayerKind(StepKind):
         name = f"layer{cap.layer_count}_{node.target.replace('.', '_')}"
         cap.layer_count += 1
         if src is not None:
-            cap.emit(Step(self.kind, [src], name, relu, geometry, {"layer": layer, "bn": bn}), last)
+            fused = {"layer": layer, "bn": bn}
+            if cap.examples:  # one sample's shapes, for MACs and element counts
+                fused["in_shape"], fused["out_shape"] = cap.shape(node.args[0])[1:], cap.shape(node)[1:]
+            cap.emit(Step(self.kind, [src], name, relu, geometry, fused), last)
         else:
             cap.poisoned.add(last)
 
@@ -88,9 +91,9 @@ class LayerKind(StepKind):
         layer = cls.from_float(float_layer, bn_copy, step.relu, bn_per_width=b.bn_per_width)
         numerics.check_accumulator(layer.reduction_size(), b.signed[step.inputs[0]], 0, step.name)
         b.layers[step.name] = layer
-        b.macs[step.name] = layer.macs_per_sample(b.shapes[step.name])
-        b.elements[step.name] = {"weights": layer.weight.numel(), "inputs": math.prod(b.in_shapes[step.name]),
-                                 "outputs": math.prod(b.shapes[step.name])}
+        b.macs[step.name] = layer.macs_per_sample(step.fused["out_shape"])
+        b.elements[step.name] = {"weights": layer.weight.numel(), "inputs": math.prod(step.fused["in_shape"]),
+                                 "outputs": math.prod(step.fused["out_shape"])}
         if not step.geometry["final"]:
             b.quantizers[step.name] = ActQuantizer(signed=not step.relu)
         return not step.relu
