@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 from .activation import ReluKind
-from .affine import AffineKind
 from .add import AddKind
-from .concat import CatKind, DequantKind
+from .affine import AffineKind
 from .base import Build, Capture, CodeValue, Step, StepKind
+from .concat import CatKind, DequantKind
 from .layer import LayerKind
 from .pointwise import LutKind, MulKind
 from .pool import AvgPoolKind, MaxPoolKind

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-
-from typing import Optional
 
 from .base import Build, Capture, CodeValue, Step, StepKind
 

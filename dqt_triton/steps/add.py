@@ -9,6 +9,7 @@ from torch import fx
 
 from .. import numerics, ops
 from ..nn import ActQuantizer
+from .activation import is_relu
 from .base import Build, Capture, CodeValue, Step, StepKind
 
 _ADD_FUNCS = (operator.add, operator.iadd, torch.add)
@@ -24,8 +25,6 @@ class AddKind(StepKind):
             (node.op == "call_method" and node.target in ("add", "add_"))
 
     def capture(self, node: fx.Node, cap: Capture) -> None:
-        from .activation import is_relu
-
         if len(node.args) != 2 or node.kwargs or not all(isinstance(a, fx.Node) for a in node.args):
             cap.reject(node, "only a + b of two tensors is supported")
             return

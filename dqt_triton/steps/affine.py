@@ -10,6 +10,7 @@ from torch import fx, nn
 
 from .. import numerics
 from ..nn import ActQuantizer, IntegerConstants
+from .activation import is_relu
 from .base import Build, Capture, CodeValue, Step, StepKind
 from .layer import layer_program, run_layer
 
@@ -52,8 +53,6 @@ class AffineKind(StepKind):
         return isinstance(cap.module(node), nn.BatchNorm2d)
 
     def capture(self, node: fx.Node, cap: Capture) -> None:
-        from .activation import is_relu
-
         last, relu = node, False
         nxt = cap.single_user(node)
         if nxt is not None and is_relu(nxt, cap):

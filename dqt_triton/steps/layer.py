@@ -11,6 +11,10 @@ from torch import fx, nn
 
 from .. import numerics, ops
 from ..nn import ActQuantizer, DQTConv2d, DQTLinear, IntegerConstants
+from .activation import (  # the fused activations are the activation kind's rules
+    clamp_bound,
+    is_relu,
+)
 from .base import Build, Capture, CodeValue, Step, StepKind
 
 Tensor = torch.Tensor
@@ -58,8 +62,6 @@ class LayerKind(StepKind):
         return isinstance(cap.module(node), (nn.Conv2d, nn.Linear))
 
     def capture(self, node: fx.Node, cap: Capture) -> None:
-        from .activation import clamp_bound, is_relu  # the fused activations are the activation kind's rules
-
         layer = cap.module(node)
         last, bn, relu = node, None, False
         nxt = cap.single_user(last)

@@ -8,6 +8,7 @@ from torch import fx, nn
 
 from .. import ops
 from .base import Capture, CodeValue, Step, StepKind
+from .shape import FlattenKind
 
 Tensor = torch.Tensor
 
@@ -93,8 +94,6 @@ class AvgPoolKind(StepKind):
             (node.op in ("call_method", "call_function") and node.target in ("mean", torch.mean))
 
     def capture(self, node: fx.Node, cap: Capture) -> None:
-        from .shape import FlattenKind
-
         m = cap.module(node)
         flatten = False
         if isinstance(m, nn.AdaptiveAvgPool2d) or node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
