@@ -10,6 +10,25 @@ from .common import interpreting
 
 
 @triton.jit
+def _output_lanes(total, C, OH, OW, BLOCK: tl.constexpr):
+    """This program's output codes, one per lane of a dense NHWC [B, OH, OW, C] buffer:
+    (flat offsets, in-range mask, b, oh, ow, c)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    c = offs % C
+    pixel = offs // C
+    return offs, offs < total, pixel // (OW * OH), (pixel // OW) % OH, pixel % OW, c
+
+
+@triton.jit
+def _rounded_mean(total_sum, count):
+    """floor((sum + count // 2) / count): the mean rounded half up. Triton's // truncates, so
+    step down where the numerator is negative and not a multiple."""
+    numer = total_sum + count // 2
+    quot = numer // count
+    return tl.where(quot * count > numer, quot - 1, quot)
+
+
+@triton.jit
 def int_pool2d_kernel(
     x_ptr, out_ptr, total, H, W, C, OH, OW,
     KH, KW, SH, SW, PH, PW, DH, DW,
@@ -17,13 +36,7 @@ def int_pool2d_kernel(
     IS_MAX: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """One output code per lane; out is a dense NHWC buffer [B, OH, OW, C]."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < total
-    c = offs % C
-    pixel = offs // C
-    ow = pixel % OW
-    oh = (pixel // OW) % OH
-    b = pixel // (OW * OH)
+    offs, mask, b, oh, ow, c = _output_lanes(total, C, OH, OW, BLOCK)
     base = x_ptr + b * stride_xb + c * stride_xc
     if IS_MAX:
         best = tl.full((BLOCK,), -(1 << 40), tl.int64)
@@ -42,11 +55,7 @@ def int_pool2d_kernel(
     if IS_MAX:
         result = best
     else:
-        count = KH * KW
-        # floor((s + c//2) / c); Triton's // truncates, so step down for negative numerators.
-        numer = total_sum + count // 2
-        quot = numer // count
-        result = tl.where(quot * count > numer, quot - 1, quot)
+        result = _rounded_mean(total_sum, KH * KW)
     tl.store(out_ptr + offs, result.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -57,13 +66,7 @@ def int_adaptive_avg_pool2d_kernel(
     BLOCK: tl.constexpr,
 ):
     """torch's adaptive windows [floor(o*H/OH), ceil((o+1)*H/OH)); the mean rounded half up."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < total
-    c = offs % C
-    pixel = offs // C
-    ow = pixel % OW
-    oh = (pixel // OW) % OH
-    b = pixel // (OW * OH)
+    offs, mask, b, oh, ow, c = _output_lanes(total, C, OH, OW, BLOCK)
     h0 = (oh * H) // OH
     h1 = ((oh + 1) * H + OH - 1) // OH
     w0 = (ow * W) // OW
@@ -76,10 +79,7 @@ def int_adaptive_avg_pool2d_kernel(
             iw = w0 + j
             inside = mask & (ih < h1) & (iw < w1)
             total_sum += tl.load(base + ih * stride_xh + iw * stride_xw, mask=inside, other=0).to(tl.int64)
-    count = (h1 - h0) * (w1 - w0)
-    numer = total_sum + count // 2
-    quot = numer // count
-    result = tl.where(quot * count > numer, quot - 1, quot)  # floor division for negative sums
+    result = _rounded_mean(total_sum, (h1 - h0) * (w1 - w0))
     tl.store(out_ptr + offs, result.to(out_ptr.dtype.element_ty), mask=mask)
 
 

@@ -39,13 +39,14 @@ class ZooOps(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def build(pooled_output: bool, mode: str, seed: int = 0):
+def train_small(module: nn.Module, input_shape: tuple, mode: str, seed: int = 0):
+    """Convert `module`, train it six dqt_loss steps, and leave it in eval at `mode` ("8", "4",
+    "2" or "dynamic"). Inputs differ in brightness per sample, so that even 2-bit activations
+    tell the samples apart."""
     torch.manual_seed(seed)
-    model = dq.DQTModel.from_float(ZooOps(pooled_output), (3, 9, 9), candidate_bits=(2, 4, 8),
-                                   dynamic=mode == "dynamic")
+    model = dq.DQTModel.from_float(module, input_shape, candidate_bits=(2, 4, 8), dynamic=mode == "dynamic")
     gen = torch.Generator().manual_seed(seed)
-    # Different brightness per sample, so that even 2-bit activations tell the samples apart.
-    x = (torch.rand(4, 3, 9, 9, generator=gen) * torch.tensor([40.0, 100.0, 180.0, 255.0]).view(4, 1, 1, 1)).to(
+    x = (torch.rand(4, *input_shape, generator=gen) * torch.tensor([40.0, 100.0, 180.0, 255.0]).view(4, 1, 1, 1)).to(
         torch.uint8)
     y = torch.randint(0, 10, (4,), generator=gen)
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
@@ -59,6 +60,11 @@ def build(pooled_output: bool, mode: str, seed: int = 0):
     if mode != "dynamic":
         model.set_bits(int(mode))
     return model, x
+
+
+def build(pooled_output: bool, mode: str):
+    torch.manual_seed(0)
+    return train_small(ZooOps(pooled_output), (3, 9, 9), mode)
 
 
 def test_capture_records_the_new_step_kinds():
@@ -221,24 +227,9 @@ class ShuffleSE(nn.Module):
         return self.fc(F.hardswish(self.head(x)).mean([2, 3]))
 
 
-def build_shuffle_se(mode: str, seed: int = 0):
-    torch.manual_seed(seed)
-    model = dq.DQTModel.from_float(ShuffleSE(), (3, 6, 6), candidate_bits=(2, 4, 8), dynamic=mode == "dynamic")
-    gen = torch.Generator().manual_seed(seed)
-    x = (torch.rand(4, 3, 6, 6, generator=gen) * torch.tensor([40.0, 100.0, 180.0, 255.0]).view(4, 1, 1, 1)).to(
-        torch.uint8)
-    y = torch.randint(0, 10, (4,), generator=gen)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(6):
-        out = model.dqt_loss(x, y, alpha=1.0)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-    model.eval()
-    if mode != "dynamic":
-        model.set_bits(int(mode))
-    return model, x
+def build_shuffle_se(mode: str):
+    torch.manual_seed(0)
+    return train_small(ShuffleSE(), (3, 6, 6), mode)
 
 
 def test_shuffle_and_squeeze_excitation_capture():
@@ -294,24 +285,9 @@ class DenseLike(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(F.relu(self.norm3(x)), (1, 1)), 1))
 
 
-def build_dense(mode: str, seed: int = 0):
-    torch.manual_seed(seed)
-    model = dq.DQTModel.from_float(DenseLike(), (3, 6, 6), candidate_bits=(2, 4, 8), dynamic=mode == "dynamic")
-    gen = torch.Generator().manual_seed(seed)
-    x = (torch.rand(4, 3, 6, 6, generator=gen) * torch.tensor([40.0, 100.0, 180.0, 255.0]).view(4, 1, 1, 1)).to(
-        torch.uint8)
-    y = torch.randint(0, 10, (4,), generator=gen)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(6):
-        out = model.dqt_loss(x, y, alpha=1.0)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-    model.eval()
-    if mode != "dynamic":
-        model.set_bits(int(mode))
-    return model, x
+def build_dense(mode: str):
+    torch.manual_seed(0)
+    return train_small(DenseLike(), (3, 6, 6), mode)
 
 
 @pytest.mark.parametrize("mode", ["8", "2", "dynamic"])

@@ -10,7 +10,7 @@ from torch import fx
 from .. import numerics, ops
 from ..nn import ActQuantizer
 from .activation import is_relu
-from .base import Build, Capture, CodeValue, Step, StepKind
+from .base import Build, Capture, CodeValue, Step, StepKind, requantize
 
 _ADD_FUNCS = (operator.add, operator.iadd, torch.add)
 
@@ -18,7 +18,6 @@ _ADD_FUNCS = (operator.add, operator.iadd, torch.add)
 class AddKind(StepKind):
     kind = "add"
     program_key = "adds"
-    has_quantizer = True
 
     def match(self, node: fx.Node, cap: Capture) -> bool:
         return (node.op == "call_function" and node.target in _ADD_FUNCS) or \
@@ -48,8 +47,7 @@ class AddKind(StepKind):
         y = qa * step_a + qb * step_b
         if step["relu"]:
             y = torch.relu(y)
-        quant = tp.model.quantizers[step["name"]]
-        return CodeValue(quant(y), quant.positive_step(), quant.signed)
+        return requantize(y, step["name"], tp)
 
     def constants(self, step: dict, in_steps: list[float], in_signed: list[bool], model) -> tuple[dict, float]:
         out_step = float(model.quantizers[step["name"]].positive_step())

@@ -11,7 +11,7 @@ from torch import fx, nn
 from .. import numerics
 from ..nn import ActQuantizer, IntegerConstants
 from .activation import is_relu
-from .base import Build, Capture, CodeValue, Step, StepKind
+from .base import Build, Capture, CodeValue, Step, StepKind, requantize
 from .layer import layer_program, run_layer
 
 Tensor = torch.Tensor
@@ -47,7 +47,6 @@ class AffineKind(StepKind):
 
     kind = "affine"
     program_key = "ops"
-    has_quantizer = True
 
     def match(self, node: fx.Node, cap: Capture) -> bool:
         return isinstance(cap.module(node), nn.BatchNorm2d)
@@ -77,8 +76,7 @@ class AffineKind(StepKind):
         y = tp.model.extras[step["name"]](q * step_size)
         if step["relu"]:
             y = torch.relu(y)
-        quant = tp.model.quantizers[step["name"]]
-        return CodeValue(quant(y), quant.positive_step(), quant.signed)
+        return requantize(y, step["name"], tp)
 
     def constants(self, step: dict, in_steps: list[float], in_signed: list[bool], model) -> tuple[dict, float]:
         out_step = float(model.quantizers[step["name"]].positive_step())

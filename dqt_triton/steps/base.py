@@ -130,14 +130,19 @@ class Build:
     extra_specs: dict = field(default_factory=dict)  # how to rebuild them on load
 
 
+def requantize(y: Tensor, name: str, tp) -> CodeValue:
+    """Real values y as codes of the step's own learned quantizer (LSQ gradients, created by
+    its `build` under the step's name): how every requantizing step ends its training path."""
+    quant = tp.model.quantizers[name]
+    return CodeValue(quant(y), quant.positive_step(), quant.signed)
+
+
 class StepKind:
     """Base class of a step kind; subclasses override what applies to them."""
 
     kind: str = ""
     #: where `constants` go in the integer program ("layers", "adds"; None: the step has none)
     program_key: Optional[str] = None
-    #: a trainable quantizer named after the step requantizes its output
-    has_quantizer: bool = False
 
     def match(self, node: fx.Node, cap: Capture) -> bool:
         """Does this kind capture `node`? Checked in registry order."""

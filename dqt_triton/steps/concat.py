@@ -7,7 +7,7 @@ from torch import fx
 
 from .. import numerics, ops
 from ..nn import ActQuantizer
-from .base import Build, Capture, CodeValue, Step, StepKind
+from .base import Build, Capture, CodeValue, Step, StepKind, requantize
 
 Tensor = torch.Tensor
 
@@ -15,7 +15,6 @@ Tensor = torch.Tensor
 class CatKind(StepKind):
     kind = "cat"
     program_key = "ops"
-    has_quantizer = True
 
     def match(self, node: fx.Node, cap: Capture) -> bool:
         return node.op == "call_function" and node.target is torch.cat
@@ -41,8 +40,7 @@ class CatKind(StepKind):
 
     def train(self, step: dict, ins: list[CodeValue], tp) -> CodeValue:
         y = torch.cat([v.q * v.step for v in ins], dim=1)
-        quant = tp.model.quantizers[step["name"]]
-        return CodeValue(quant(y), quant.positive_step(), quant.signed)
+        return requantize(y, step["name"], tp)
 
     def constants(self, step: dict, in_steps: list[float], in_signed: list[bool], model) -> tuple[dict, float]:
         quant = model.quantizers[step["name"]]

@@ -15,7 +15,7 @@ from .activation import (  # the fused activations are the activation kind's rul
     clamp_bound,
     is_relu,
 )
-from .base import Build, Capture, CodeValue, Step, StepKind
+from .base import Build, Capture, CodeValue, Step, StepKind, requantize
 
 Tensor = torch.Tensor
 DTYPES = {"uint8": torch.uint8, "int8": torch.int8, "int32": torch.int32, "float32": torch.float32}
@@ -56,7 +56,6 @@ def run_layer(p: dict, x: Tensor, act_shift, weight_shift, rule: str, cache: dic
 class LayerKind(StepKind):
     kind = "layer"
     program_key = "layers"
-    has_quantizer = True
 
     def match(self, node: fx.Node, cap: Capture) -> bool:
         return isinstance(cap.module(node), (nn.Conv2d, nn.Linear))
@@ -123,8 +122,7 @@ class LayerKind(StepKind):
             return CodeValue(y, None, True)  # the logits, already real-valued
         if "clamp_max" in step["geometry"]:
             y = y.clamp_max(step["geometry"]["clamp_max"])  # rounding is monotone: the integer path caps the code
-        quant = tp.model.quantizers[name]
-        return CodeValue(quant(y), quant.positive_step(), quant.signed)
+        return requantize(y, name, tp)
 
     def constants(self, step: dict, in_steps: list[float], in_signed: list[bool], model) -> tuple[dict, float]:
         layer = model.layers[step["name"]]

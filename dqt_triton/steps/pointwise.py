@@ -11,7 +11,7 @@ from torch import fx, nn
 
 from .. import numerics, ops
 from ..nn import ActQuantizer
-from .base import Build, Capture, CodeValue, Step, StepKind
+from .base import Build, Capture, CodeValue, Step, StepKind, requantize
 
 Tensor = torch.Tensor
 
@@ -47,7 +47,6 @@ class LutKind(StepKind):
 
     kind = "lut"
     program_key = "ops"
-    has_quantizer = True
 
     def match(self, node: fx.Node, cap: Capture) -> bool:
         return lut_function(node, cap) is not None
@@ -66,8 +65,7 @@ class LutKind(StepKind):
     def train(self, step: dict, ins: list[CodeValue], tp) -> CodeValue:
         q, step_size, _ = ins[0]
         y = numerics.LUT_FUNCTIONS[step["geometry"]["function"]](q * step_size)
-        quant = tp.model.quantizers[step["name"]]
-        return CodeValue(quant(y), quant.positive_step(), quant.signed)
+        return requantize(y, step["name"], tp)
 
     def constants(self, step: dict, in_steps: list[float], in_signed: list[bool], model) -> tuple[dict, float]:
         quant = model.quantizers[step["name"]]
@@ -91,7 +89,6 @@ class MulKind(StepKind):
 
     kind = "mul"
     program_key = "ops"
-    has_quantizer = True
 
     def match(self, node: fx.Node, cap: Capture) -> bool:
         return (node.op == "call_function" and node.target in _MUL_FUNCS) or \
@@ -116,9 +113,7 @@ class MulKind(StepKind):
 
     def train(self, step: dict, ins: list[CodeValue], tp) -> CodeValue:
         (qa, sa, _), (qb, sb, _) = ins
-        quant = tp.model.quantizers[step["name"]]
-        y = (qa * sa) * (qb * sb)
-        return CodeValue(quant(y), quant.positive_step(), quant.signed)
+        return requantize((qa * sa) * (qb * sb), step["name"], tp)
 
     def constants(self, step: dict, in_steps: list[float], in_signed: list[bool], model) -> tuple[dict, float]:
         quant = model.quantizers[step["name"]]
