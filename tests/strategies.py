@@ -176,6 +176,13 @@ def elementwise_operands(draw):
     return a, b
 
 
+def fitting_dilation(case, dilation: int) -> int:
+    """`dilation` if the dilated kernel fits the padded input of a `pool_case`, else 1."""
+    x, kernel, _, padding = case
+    H, W = x.shape[2] + 2 * padding[0] if padding else x.shape[2], x.shape[3] + 2 * padding[1] if padding else x.shape[3]
+    return dilation if H >= dilation * (kernel[0] - 1) + 1 and W >= dilation * (kernel[1] - 1) + 1 else 1
+
+
 @st.composite
 def pool_case(draw):
     """Codes plus kernel, stride and padding of one pooling call."""

@@ -67,6 +67,29 @@ def build(pooled_output: bool, mode: str):
     return train_small(ZooOps(pooled_output), (3, 9, 9), mode)
 
 
+def assert_eval_equals_frozen_reloaded_and_reference(model, x, tmp_path) -> None:
+    """The integer eval on distinct logits == frozen == saved and reloaded == the reference backend."""
+    logits = model(x)
+    assert logits.shape == (4, 10) and logits.dtype == torch.float32
+    assert not all(torch.equal(logits[0], row) for row in logits[1:]), "samples must differ for the comparison to mean anything"
+    assert torch.equal(model.freeze()(x), logits)
+    model.save(tmp_path / "m.pt")
+    assert torch.equal(dq.DQTModel.load(tmp_path / "m.pt").eval()(x), logits)
+    with dq.use_backend("reference"):
+        assert torch.equal(model.freeze()(x), logits)
+
+
+def assert_triton_gives_the_same_integers(model, x) -> None:
+    """The frozen model on the Triton backend (the interpreter on CPU) == the CPU eval, on 2 samples."""
+    from tests.kernels.device import DEVICE
+
+    x = x[:2]
+    logits = model(x)
+    with dq.use_backend("triton"):
+        got = model.freeze()(x.to(DEVICE))
+    assert torch.equal(got.cpu(), logits)
+
+
 def test_capture_records_the_new_step_kinds():
     steps = [s["kind"] for s in build(True, "8")[0].steps]
     assert steps.count("cat") == 1 and steps.count("avgpool") == 2 and steps[-1] == "dequant"
@@ -83,28 +106,13 @@ def test_capture_records_the_new_step_kinds():
 @pytest.mark.parametrize("mode", ["8", "4", "2", "dynamic"])
 @pytest.mark.parametrize("pooled_output", [False, True])
 def test_eval_equals_frozen_and_reloaded_and_every_cpu_backend(pooled_output, mode, tmp_path):
-    model, x = build(pooled_output, mode)
-    logits = model(x)
-    assert logits.shape == (4, 10) and logits.dtype == torch.float32
-    assert not all(torch.equal(logits[0], row) for row in logits[1:]), "samples must differ for the comparison to mean anything"
-    assert torch.equal(model.freeze()(x), logits)
-    model.save(tmp_path / "m.pt")
-    assert torch.equal(dq.DQTModel.load(tmp_path / "m.pt").eval()(x), logits)
-    with dq.use_backend("reference"):
-        assert torch.equal(model.freeze()(x), logits)
+    assert_eval_equals_frozen_reloaded_and_reference(*build(pooled_output, mode), tmp_path)
 
 
 @pytest.mark.interpreter
 @pytest.mark.parametrize("pooled_output", [False, True])
 def test_triton_backend_gives_the_same_integers(pooled_output):
-    from tests.kernels.device import DEVICE
-
-    model, x = build(pooled_output, "dynamic")
-    x = x[:2]
-    logits = model(x)
-    with dq.use_backend("triton"):
-        got = model.freeze()(x.to(DEVICE))
-    assert torch.equal(got.cpu(), logits)
+    assert_triton_gives_the_same_integers(*build(pooled_output, "dynamic"))
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu", pytest.param("triton", marks=pytest.mark.interpreter)])
@@ -241,25 +249,12 @@ def test_shuffle_and_squeeze_excitation_capture():
 
 @pytest.mark.parametrize("mode", ["8", "4", "2", "dynamic"])
 def test_shuffle_and_squeeze_excitation_eval_equals_frozen_and_reloaded(mode, tmp_path):
-    model, x = build_shuffle_se(mode)
-    logits = model(x)
-    assert not all(torch.equal(logits[0], row) for row in logits[1:])
-    assert torch.equal(model.freeze()(x), logits)
-    model.save(tmp_path / "m.pt")
-    assert torch.equal(dq.DQTModel.load(tmp_path / "m.pt").eval()(x), logits)
-    with dq.use_backend("reference"):
-        assert torch.equal(model.freeze()(x), logits)
+    assert_eval_equals_frozen_reloaded_and_reference(*build_shuffle_se(mode), tmp_path)
 
 
 @pytest.mark.interpreter
 def test_shuffle_and_squeeze_excitation_on_triton():
-    from tests.kernels.device import DEVICE
-
-    model, x = build_shuffle_se("dynamic")
-    logits = model(x[:2])
-    with dq.use_backend("triton"):
-        got = model.freeze()(x[:2].to(DEVICE))
-    assert torch.equal(got.cpu(), logits)
+    assert_triton_gives_the_same_integers(*build_shuffle_se("dynamic"))
 
 
 # ----------------------------------------------------------------------------- standalone batch norm
@@ -294,25 +289,12 @@ def build_dense(mode: str):
 def test_standalone_batch_norm_eval_equals_frozen_and_reloaded(mode, tmp_path):
     model, x = build_dense(mode)
     assert [s["kind"] for s in model.steps].count("affine") == 3
-    logits = model(x)
-    assert not all(torch.equal(logits[0], row) for row in logits[1:])
-    assert torch.equal(model.freeze()(x), logits)
-    model.save(tmp_path / "m.pt")
-    reloaded = dq.DQTModel.load(tmp_path / "m.pt").eval()
-    assert torch.equal(reloaded(x), logits)
-    with dq.use_backend("reference"):
-        assert torch.equal(model.freeze()(x), logits)
+    assert_eval_equals_frozen_reloaded_and_reference(model, x, tmp_path)
 
 
 @pytest.mark.interpreter
 def test_standalone_batch_norm_on_triton():
-    from tests.kernels.device import DEVICE
-
-    model, x = build_dense("dynamic")
-    logits = model(x[:2])
-    with dq.use_backend("triton"):
-        got = model.freeze()(x[:2].to(DEVICE))
-    assert torch.equal(got.cpu(), logits)
+    assert_triton_gives_the_same_integers(*build_dense("dynamic"))
 
 
 @pytest.mark.parametrize("relu", [False, True])

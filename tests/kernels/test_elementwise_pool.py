@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import dqt_triton as dq
 from tests.kernels.device import on_device
-from tests.strategies import CODE_DTYPES, elementwise_operands, pool_case
+from tests.strategies import CODE_DTYPES, elementwise_operands, fitting_dilation, pool_case
 
 pytestmark = pytest.mark.interpreter
 
@@ -50,15 +50,13 @@ def test_constant_one_and_zero_shift_do_not_break_the_kernel():
                            want)
 
 
-@SETTINGS
-@given(pool_case(), st.sampled_from([1, 2]))
-def test_max_pool_matches_reference(case, dilation):
+@settings(SETTINGS, max_examples=45)
+@given(pool_case(), st.sampled_from([1, 2]), st.booleans())
+def test_max_pool_matches_reference(case, dilation, ceil_mode):
     x, kernel, stride, padding = case
-    H, W = x.shape[2] + 2 * padding[0] if padding else x.shape[2], x.shape[3] + 2 * padding[1] if padding else x.shape[3]
-    if H < dilation * (kernel[0] - 1) + 1 or W < dilation * (kernel[1] - 1) + 1:
-        dilation = 1
-    want = dq.int_max_pool2d(x, kernel, stride, padding, dilation, backend="reference")
-    got = dq.int_max_pool2d(on_device(x), kernel, stride, padding, dilation, backend="triton")
+    dilation = fitting_dilation(case, dilation)
+    want = dq.int_max_pool2d(x, kernel, stride, padding, dilation, ceil_mode=ceil_mode, backend="reference")
+    got = dq.int_max_pool2d(on_device(x), kernel, stride, padding, dilation, ceil_mode=ceil_mode, backend="triton")
     assert got.is_contiguous(memory_format=torch.channels_last) and torch.equal(got.cpu(), want)
 
 
@@ -76,18 +74,6 @@ def test_global_average_pool_rounds_half_up_for_negative_sums():
     x = torch.tensor([[[[1, 2], [2, 2]]], [[[-1, -2], [-2, -2]]], [[[-1, -1], [0, 0]]]], dtype=torch.int8)
     got = dq.int_avg_pool2d(on_device(x), 2, backend="triton").cpu()
     assert got.flatten().tolist() == [2, -2, 0]  # 1.75 -> 2, -1.75 -> -2, -0.5 -> 0
-
-
-@SETTINGS
-@given(pool_case(), st.sampled_from([1, 2]))
-def test_max_pool_ceil_mode_matches_reference(case, dilation):
-    x, kernel, stride, padding = case
-    H, W = x.shape[2] + 2 * padding[0] if padding else x.shape[2], x.shape[3] + 2 * padding[1] if padding else x.shape[3]
-    if H < dilation * (kernel[0] - 1) + 1 or W < dilation * (kernel[1] - 1) + 1:
-        dilation = 1
-    want = dq.int_max_pool2d(x, kernel, stride, padding, dilation, ceil_mode=True, backend="reference")
-    got = dq.int_max_pool2d(on_device(x), kernel, stride, padding, dilation, ceil_mode=True, backend="triton")
-    assert torch.equal(got.cpu(), want)
 
 
 @SETTINGS

@@ -9,21 +9,20 @@ from hypothesis import strategies as st
 
 import dqt_triton as dq
 from tests import oracle
-from tests.strategies import pool_case
+from tests.strategies import fitting_dilation, pool_case
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@SETTINGS
-@given(pool_case(), st.sampled_from([1, 2]))
-def test_max_pool_equals_torch(case, dilation):
+@settings(SETTINGS, max_examples=90)
+@given(pool_case(), st.sampled_from([1, 2]), st.booleans())
+def test_max_pool_equals_torch(case, dilation, ceil_mode):
     x, kernel, stride, padding = case
-    if (x.shape[2] + 2 * padding[0] if padding else x.shape[2]) < dilation * (kernel[0] - 1) + 1 or \
-            (x.shape[3] + 2 * padding[1] if padding else x.shape[3]) < dilation * (kernel[1] - 1) + 1:
-        return
-    out = dq.int_max_pool2d(x, kernel, stride, padding, dilation)
-    want = F.max_pool2d(x.float(), kernel, stride, padding, dilation).to(x.dtype)
-    assert torch.equal(out, want)
+    dilation = fitting_dilation(case, dilation)
+    want = F.max_pool2d(x.float(), kernel, stride, padding, dilation, ceil_mode=ceil_mode).to(x.dtype)
+    for backend in ("reference", "cpu"):
+        out = dq.int_max_pool2d(x, kernel, stride, padding, dilation, ceil_mode=ceil_mode, backend=backend)
+        assert torch.equal(out, want)
 
 
 @SETTINGS
@@ -39,19 +38,6 @@ def test_global_average_pool_rounds_half_up():
     x = torch.tensor([[[[1, 2], [2, 2]]], [[[-1, -2], [-2, -2]]]], dtype=torch.int8)  # sums 7 and -7
     out = dq.int_avg_pool2d(x, 2)
     assert out.flatten().tolist() == [2, -2]  # 1.75 -> 2, -1.75 -> -2
-
-
-@SETTINGS
-@given(pool_case(), st.sampled_from([1, 2]))
-def test_max_pool_ceil_mode_equals_torch(case, dilation):
-    x, kernel, stride, padding = case
-    H, W = x.shape[2] + 2 * padding[0] if padding else x.shape[2], x.shape[3] + 2 * padding[1] if padding else x.shape[3]
-    if H < dilation * (kernel[0] - 1) + 1 or W < dilation * (kernel[1] - 1) + 1:
-        dilation = 1
-    for backend in ("reference", "cpu"):
-        out = dq.int_max_pool2d(x, kernel, stride, padding, dilation, ceil_mode=True, backend=backend)
-        want = F.max_pool2d(x.float(), kernel, stride, padding, dilation, ceil_mode=True).to(x.dtype)
-        assert torch.equal(out, want)
 
 
 @SETTINGS
