@@ -95,3 +95,16 @@ def test_latency_bench_writes_every_row_and_target(tmp_path, monkeypatch):
     saved_json.with_suffix(".md").unlink()
     latency.main(["--replot", str(saved_json)])  # redraws from the JSON alone
     assert saved_json.with_suffix(".md").read_text() == table
+
+
+@pytest.mark.interpreter
+def test_gpu_sweep_smoke_run_pins_each_config_and_records_results(tmp_path):
+    """Under the interpreter there is one configuration per kernel; each runs in worker processes."""
+    from bench import gpu_sweep
+
+    gpu_sweep.main(["--smoke", "--jobs", "2", "--out", str(tmp_path)])
+    results = [json.loads(line) for line in next(tmp_path.glob("gpu_sweep-smoke-*.jsonl")).read_text().splitlines()]
+    assert sorted(r["kernel"] for r in results) == ["conv", "matmul"]
+    assert all(r["finished"] and r["equal"] == 2 and not r["differs"] and not r["faults"] for r in results)
+    report = next(tmp_path.glob("gpu_sweep-smoke-*.md")).read_text()
+    assert "| 0: 16x32x32, 4 warps, 1 stages | 2 | 0 | 0 | yes |" in report and "commit" in report
