@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import dqt_triton as dq
-from bench.common import machine, timeit
+from bench.common import bench_device, machine, timeit
 
 # Dense int8 tensor-core peaks (TOPS) from NVIDIA's data sheets.
 INT8_PEAK_TOPS = {"H100 PCIe": 1513.0, "H100": 1979.0, "H200": 1979.0, "A100": 624.0}
@@ -218,12 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny shapes; runs on CPU under TRITON_INTERPRET=1")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
-    if torch.cuda.is_available():
-        device = torch.device("cuda")
-    elif args.smoke and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        device = torch.device("cpu")
-    else:
-        sys.exit("bench.gpu_kernels needs a CUDA device (or --smoke with TRITON_INTERPRET=1 for a CPU check of the script)")
+    device = bench_device("bench.gpu_kernels", args.smoke)
     info = machine()
     command = "python -m bench.gpu_kernels " + " ".join(argv if argv is not None else sys.argv[1:])
     matmuls, convs = (SMOKE_MATMUL, SMOKE_CONV) if args.smoke else (MATMUL_SHAPES, CONV_SHAPES)

@@ -170,12 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         worker(args.worker[0], int(args.worker[1]), int(args.worker[2]), args.smoke)
         return
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    if not torch.cuda.is_available() and not (args.smoke and interpreting):
-        sys.exit("bench.gpu_sweep needs a CUDA device (or --smoke with TRITON_INTERPRET=1 for a CPU check of the script)")
     from dqt_triton.kernels import gemm
 
-    from bench.common import machine
+    from bench.common import bench_device, machine
+
+    bench_device("bench.gpu_sweep", args.smoke)
 
     info = machine()
     command = "python -m bench.gpu_sweep " + " ".join(argv if argv is not None else sys.argv[1:])
