@@ -29,7 +29,9 @@ def bench_device(script: str, smoke: bool) -> torch.device:
     """The GPU, or the CPU for a --smoke run under TRITON_INTERPRET=1; otherwise exits saying so."""
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if smoke and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    from dqt_triton.kernels.common import interpreting
+
+    if smoke and interpreting():
         return torch.device("cpu")
     raise SystemExit(f"{script} needs a CUDA device (or --smoke with TRITON_INTERPRET=1 for a CPU check of the script)")
 
