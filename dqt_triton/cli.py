@@ -108,6 +108,7 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(data=args.data, data_dir=args.data_dir, model=args.model, width=args.width, depth=args.depth,
                       candidate_bits=tuple(args.bits), budget_bits=args.budget, alpha=args.alpha, beta=args.beta,
                       imitation=args.imitation, imitation_mode=args.imitation_mode,
+                      imitation_source=args.imitation_source, controller=args.controller,
                       imitation_holdout=args.imitation_holdout, distill=not args.no_distill, sampled_widths=args.sampled_widths,
                       consistency_share=args.consistency_share, gate_gradients=args.gate_gradients,
                       imitation_samples=args.imitation_samples,
@@ -178,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
                        help="weight of the controller's imitation of each sample's best width")
     train.add_argument("--imitation-mode", choices=["expected", "best"], default=d.imitation_mode,
                        help="controller learns each width's expected cost per input (default) or the best width")
+    train.add_argument("--imitation-source", choices=["holdout", "sandwich", "teacher"], default=d.imitation_source,
+                       help="what the controller learns each width's cost from: held-out samples judged at every "
+                            "width, the sandwich widths' losses, or their divergence from the widest width")
+    train.add_argument("--controller", choices=["layer", "sample"], default=d.controller,
+                       help="controller granularity: a width per governed layer and input, or one per input")
     train.add_argument("--imitation-holdout", type=float, default=d.imitation_holdout,
                        help="share of the training set held out of the network's loss to judge widths on")
     train.add_argument("--sampled-widths", type=int, default=d.sampled_widths,
@@ -188,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="held-out samples judged at every width per step")
     train.add_argument("--gate-gradients", choices=["all", "local", "none"], default=d.gate_gradients,
                        help="task-loss gradients to the controller's gates: every width, the chosen width's "
-                            "neighbours (default), or none")
+                            "neighbours, or none")
     train.add_argument("--no-distill", action="store_true", help="lower widths learn from labels, not the 8-bit path")
     train.add_argument("--shared-bn", action="store_true", help="one batch norm for every width (default: one per width)")
     train.add_argument("--edge-bits", type=int, default=d.edge_bits,

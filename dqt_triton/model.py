@@ -47,7 +47,10 @@ def _check_bits(candidate_bits: Sequence[int]) -> tuple[int, ...]:
 
 
 class Controller(nn.Module):
-    """Early features -> per-layer logits over the candidate widths, minus a price for bits.
+    """Early features -> logits over the candidate widths per head, minus a price for bits.
+
+    One head per governed layer ("layer" granularity) or one head whose width every governed
+    layer takes ("sample" granularity, `num_layers` = 1).
 
     DQNet-style, the controller reads the codes of the first layer's output (or the network
     input when the first layer is governed too), average-pooled to at most 4x4 (integer
@@ -115,6 +118,8 @@ class Controller(nn.Module):
                 "num_layers": self.num_layers, "num_choices": self.num_choices}
 
 
+CONTROLLER_GRANULARITIES = ("layer", "sample")
+IMITATION_SOURCES = ("holdout", "sandwich", "teacher")
 BUDGET_LEVELS = 256  # budget codes 0 (largest price, fewest bits) .. 255 (most negative price, most bits)
 PRICE_LIMIT = 10.0  # |price| (loss per uniform-4 BitOPs) at the two ends of the code range
 PRICE_CURVE = 12.0  # sinh spacing: log-spaced over ~5 decades on each side of zero
@@ -239,6 +244,8 @@ class _RunPass:
                 candidates = _device_tensor(self.cache, "candidate_bits",
                                             lambda: torch.tensor(p["candidate_bits"], device=self.x.device))
                 self.widths = candidates[choice]
+                if self.widths.shape[1] != len(self.governed):  # one head for every governed layer
+                    self.widths = self.widths.expand(-1, len(self.governed))
             k = numerics.MASTER_BITS - self.widths[:, self.governed[name]]
             return k, k
         wb, ab = self.fixed[name]
@@ -350,6 +357,7 @@ class DQTModel(nn.Module):
         controller_hidden: Optional[int] = None,
         edge_bits: Optional[int] = 8,
         bn_per_width: bool = True,
+        controller_granularity: str = "layer",
     ) -> "DQTModel":
         """Convert `model` (Conv2d/Linear + BatchNorm + ReLU, residual adds, pooling, flatten).
 
@@ -368,9 +376,15 @@ class DQTModel(nn.Module):
                 None governs every layer.
             bn_per_width: one batch norm per width (switchable batch norm), folded into per-width
                 integer constants; False shares one batch norm across widths.
+            controller_granularity: "layer", the controller picks a width per governed layer and
+                sample; "sample", one width per sample for every governed layer (the input picks
+                one of the uniform widths the consistency term trains).
         """
         numerics.check_shift_rule(shift_rule)
         cands = _check_bits(candidate_bits)
+        if controller_granularity not in CONTROLLER_GRANULARITIES:
+            raise ValueError(f"controller_granularity must be one of {CONTROLLER_GRANULARITIES}, "
+                             f"got {controller_granularity!r}")
         _check_finite_float_model(model, input_scale)
         if edge_bits is not None and not (isinstance(edge_bits, int) and 2 <= edge_bits <= numerics.MASTER_BITS):
             raise ValueError(f"edge_bits must be None or an int in [2, {numerics.MASTER_BITS}], got {edge_bits!r}")
@@ -396,7 +410,8 @@ class DQTModel(nn.Module):
                                  "last: no layer is left for the controller; pass edge_bits=None")
             features = _controller_features(feature_shape)
             hidden = controller_hidden or max(8, round(0.01 * backbone_params / (features + len(governed) * len(cands))))
-            controller = Controller(feature_shape, len(governed), len(cands), hidden, cands)
+            heads = 1 if controller_granularity == "sample" else len(governed)
+            controller = Controller(feature_shape, heads, len(cands), hidden, cands)
         config = {
             "input_shape": list(input_shape), "input_scale": float(input_scale),
             "input_dtype": "int8" if input_signed else "uint8", "candidate_bits": list(cands),
@@ -562,7 +577,9 @@ class DQTModel(nn.Module):
         if not bool(torch.isfinite(logits).all()):
             raise FloatingPointError("the controller produced non-finite logits (NaN/inf): training has diverged; "
                                      "lower the learning rate or clip gradients (TrainConfig.clip)")
-        gates = gumbel_hard(logits, self.tau, training=self.training)  # [B, governed, J]
+        gates = gumbel_hard(logits, self.tau, training=self.training)  # [B, heads, J]
+        if gates.shape[1] != len(self.governed):  # one head ("sample" granularity) sets every governed layer
+            gates = gates.expand(-1, len(self.governed), -1)
         table = torch.tensor(self.candidate_bits, dtype=torch.float32, device=q.device)
         widths = (gates.detach() * table).sum(-1).round().long()
         macs = torch.tensor([self.config["macs"][n] for n in self.governed], dtype=torch.float32, device=q.device)
@@ -644,7 +661,7 @@ class DQTModel(nn.Module):
                  target_bitops: Optional[float] = None, distill: bool = True,
                  sampled_widths: Optional[int] = 1, imitation: float = 1.0, imitation_samples: int = 16,
                  imitation_data: Optional[tuple[Tensor, Tensor]] = None, imitation_mode: str = "expected",
-                 consistency_samples: Optional[int] = None,
+                 consistency_samples: Optional[int] = None, imitation_source: str = "holdout",
                  generator: Optional[torch.Generator] = None) -> dict:
         """The DQT objective: task + alpha * consistency + beta * budget + imitation term.
 
@@ -671,16 +688,28 @@ class DQTModel(nn.Module):
             `imitation_data` (x, target): judge the widths on these samples instead, ideally held
             out of the task and consistency terms: on samples the network has memorised every
             width is right, and the controller would learn that every input is easy.
+            `imitation_source="sandwich"`: no extra passes; the controller learns the per-sample
+            losses the consistency term's widths already computed (on the batch's first
+            `consistency_samples` samples, training statistics), over those widths only;
+            `"teacher"`: the same passes, each width's per-sample divergence (KL) from the
+            widest width's predictions instead of its loss on the labels: how far lowering the
+            width moves this input's output, which memorised labels do not hide.
         """
         with share_weight_codes():  # every pass below sees the same weights: quantize them once
             return self._dqt_loss(x, target, alpha=alpha, beta=beta, target_bitops=target_bitops, distill=distill,
                                   sampled_widths=sampled_widths, imitation=imitation,
                                   imitation_samples=imitation_samples, imitation_data=imitation_data,
                                   imitation_mode=imitation_mode, consistency_samples=consistency_samples,
-                                  generator=generator)
+                                  imitation_source=imitation_source, generator=generator)
 
     def _dqt_loss(self, x: Tensor, target: Tensor, *, alpha, beta, target_bitops, distill, sampled_widths, imitation,
-                  imitation_samples, imitation_data, imitation_mode, consistency_samples, generator) -> dict:
+                  imitation_samples, imitation_data, imitation_mode, consistency_samples, imitation_source,
+                  generator) -> dict:
+        if imitation_source not in IMITATION_SOURCES:
+            raise ValueError(f"imitation_source must be one of {IMITATION_SOURCES}, got {imitation_source!r}")
+        if imitation_source != "holdout" and imitation > 0 and alpha <= 0:
+            raise ValueError(f"imitation_source={imitation_source!r} learns from the consistency term's widths: "
+                             "it needs alpha > 0")
         budget_codes = None
         dynamic = self.dynamic and self.controller is not None
         if dynamic and beta > 0 and target_bitops:
@@ -699,12 +728,15 @@ class DQTModel(nn.Module):
             if consistency_samples is not None and consistency_samples < 1:
                 raise ValueError(f"consistency_samples must be at least 1, got {consistency_samples}")
             n = x.shape[0] if consistency_samples is None else min(consistency_samples, x.shape[0])
-            consistency = self._consistency(x[:n], target[:n], distill, sampled_widths, generator)
+            consistency, sandwich_losses = self._consistency(x[:n], target[:n], distill, sampled_widths, generator)
         if budget_codes is not None and soft is not None:
             lam = budget_price(budget_codes).to(soft.device)
             budget = (lam * soft / target_bitops).mean()
             if imitation > 0 and controller_logits is not None:
-                if imitation_data is not None:
+                if imitation_source in ("sandwich", "teacher"):
+                    per_width = sandwich_losses[0 if imitation_source == "sandwich" else 1]
+                    logits_i, lam_i = controller_logits[:n], lam[:n]
+                elif imitation_data is not None:
                     xi, yi = imitation_data
                     codes = torch.randint(0, BUDGET_LEVELS, (xi.shape[0],), generator=generator).to(xi.device)
                     _check_input(self.config, xi)
@@ -713,7 +745,8 @@ class DQTModel(nn.Module):
                 else:
                     sub = slice(0, min(imitation_samples, x.shape[0]))
                     xi, yi, logits_i, lam_i = x[sub], target[sub], controller_logits[sub], lam[sub]
-                per_width = self._losses_per_width(xi, yi)
+                if imitation_source == "holdout":
+                    per_width = self._losses_per_width(xi, yi)
                 imitate = self._imitation_loss(logits_i, per_width, lam_i, target_bitops, imitation_mode)
         total = task + alpha * consistency + beta * budget + imitation * imitate
         self.last_bitops, self.last_bits = bitops_now, bits_now
@@ -760,8 +793,9 @@ class DQTModel(nn.Module):
         return F.huber_loss(got, want[:, None, :].expand_as(got), delta=1.0)
 
     def _consistency(self, x: Tensor, target: Tensor, distill: bool, sampled_widths: Optional[int],
-                     generator: Optional[torch.Generator]) -> Tensor:
-        """Mean consistency loss over the width set S."""
+                     generator: Optional[torch.Generator]) -> tuple[Tensor, dict]:
+        """Mean consistency loss over the width set S, and each width's detached per-sample
+        cross-entropy on the labels (what `imitation_source="sandwich"` learns from)."""
         cands = list(self.candidate_bits)
         widths = cands[::-1]
         if sampled_widths is not None and len(cands) > 2 + sampled_widths:
@@ -769,9 +803,13 @@ class DQTModel(nn.Module):
             pick = torch.randperm(len(middle), generator=generator)[:sampled_widths].tolist()
             widths = [cands[-1]] + sorted((middle[i] for i in pick), reverse=True) + [cands[0]]
         teacher = None
-        losses = []
+        losses, per_sample, drift = [], {}, {}
         for b in widths:
             out = self.forward_at_bits(x, b)
+            per_sample[b] = F.cross_entropy(out.detach(), target, reduction="none")
+            drift[b] = (torch.zeros_like(per_sample[b]) if teacher is None else
+                        F.kl_div(F.log_softmax(out.detach(), 1), F.log_softmax(teacher, 1), log_target=True,
+                                 reduction="none").sum(1))
             if teacher is None or not distill:
                 loss = F.cross_entropy(out, target)
                 teacher = out.detach() if teacher is None else teacher
@@ -781,7 +819,7 @@ class DQTModel(nn.Module):
             if not bool(torch.isfinite(loss)):
                 raise FloatingPointError(f"non-finite consistency loss at {b} bits: training has diverged")
             losses.append(loss)
-        return torch.stack(losses).mean()
+        return torch.stack(losses).mean(), (per_sample, drift)
 
     # ------------------------------------------------------------------ integer program
 
@@ -856,6 +894,9 @@ class DQTModel(nn.Module):
             controller = None
             if config["controller"] is not None:
                 c = config["controller"]
+                if c["num_layers"] not in (1, len(config["governed"])):
+                    raise ValueError(f"the controller has {c['num_layers']} heads for {len(config['governed'])} "
+                                     "governed layers (expected 1 or one per layer)")
                 controller = Controller(c["feature_shape"], c["num_layers"], c["num_choices"], c["hidden"],
                                         config["candidate_bits"])
             extras = nn.ModuleDict({n: extra_from_spec(s) for n, s in config.get("extra_specs", {}).items()})

@@ -52,12 +52,14 @@ class TrainConfig:
     imitation: float = 1.0  # weight of the controller's imitation of each sample's best width
     imitation_holdout: float = 0.1  # share of the training set held out of the network's terms to judge widths on
     imitation_samples: int = 16  # held-out samples judged at every width per step
+    imitation_source: str = "holdout"  # the controller learns per-width losses of held-out samples or of the sandwich
     imitation_mode: str = "expected"  # controller learns expected cost per width ("expected") or the best width ("best")
     distill: bool = True  # lower widths learn from the widest one's predictions
     sampled_widths: int = 1  # random middle widths per step besides widest and narrowest; -1 = all
     consistency_share: float = 1.0  # share of each batch the consistency widths see (cheaper below 1)
     gate_gradients: str = "all"  # task-loss gradients to the controller's gates: "all", "local" (cheaper) or "none"
     bn_per_width: bool = True
+    controller: str = "layer"  # controller granularity: a width per governed layer ("layer") or per sample ("sample")
     edge_bits: int = 8  # first and last layer width; 0 = the controller governs them too
     warmup_epochs: int = 4
     epochs: int = 6
@@ -165,7 +167,8 @@ def build_model(cfg: TrainConfig, ds: Dataset) -> DQTModel:
     candidates = (cfg.static_bits,) if cfg.static_bits else cfg.candidate_bits
     return DQTModel.from_float(net, ds.input_shape, bits=8, candidate_bits=candidates, dynamic=not cfg.static_bits,
                                shift_rule=cfg.shift_rule, input_scale=ds.input_scale, input_signed=ds.input_signed,
-                               edge_bits=cfg.edge_bits or None, bn_per_width=cfg.bn_per_width)
+                               edge_bits=cfg.edge_bits or None, bn_per_width=cfg.bn_per_width,
+                               controller_granularity=cfg.controller)
 
 
 def evaluate(model: DQTModel, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict:
@@ -265,7 +268,8 @@ class Trainer:
             raise ValueError(f"gate_gradients must be one of {GATE_GRADIENTS}, got {cfg.gate_gradients!r}")
         # The controller learns which inputs need bits from samples the network never trains on.
         perm = torch.randperm(len(self.ds.y_train), generator=torch.Generator().manual_seed(cfg.seed + 777))
-        held = int(round(cfg.imitation_holdout * len(perm))) if cfg.imitation > 0 and not cfg.static_bits else 0
+        judged = cfg.imitation > 0 and not cfg.static_bits and cfg.imitation_source == "holdout"
+        held = int(round(cfg.imitation_holdout * len(perm))) if judged else 0
         self.holdout, self.fit_index = perm[:held].sort().values, perm[held:].sort().values
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, self.ds).to(cfg.device)
@@ -416,7 +420,7 @@ class Trainer:
                 out = model.dqt_loss(xb, yb, alpha=cfg.alpha, beta=cfg.beta, target_bitops=unit,
                                      distill=cfg.distill, imitation=cfg.imitation, generator=generator,
                                      imitation_samples=cfg.imitation_samples, imitation_data=held,
-                                     imitation_mode=cfg.imitation_mode,
+                                     imitation_mode=cfg.imitation_mode, imitation_source=cfg.imitation_source,
                                      sampled_widths=None if cfg.sampled_widths < 0 else cfg.sampled_widths,
                                      consistency_samples=max(1, round(cfg.consistency_share * len(idx))))
             else:

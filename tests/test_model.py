@@ -27,10 +27,11 @@ SMALL_ARCHS = {
 MODES = ["uniform4", "mixed", "dynamic"]
 
 
-def build(arch: str, mode: str, seed: int = 0) -> tuple[dq.DQTModel, torch.Tensor]:
+def build(arch: str, mode: str, seed: int = 0, granularity: str = "layer") -> tuple[dq.DQTModel, torch.Tensor]:
     torch.manual_seed(seed)
     make, shape = {**ARCHS, **SMALL_ARCHS}[arch]
-    model = dq.DQTModel.from_float(make(), shape, candidate_bits=(2, 4, 6, 8), dynamic=mode == "dynamic")
+    model = dq.DQTModel.from_float(make(), shape, candidate_bits=(2, 4, 6, 8), dynamic=mode == "dynamic",
+                                   controller_granularity=granularity)
     if mode == "uniform4":
         model.set_bits(4)
     elif mode == "mixed":
@@ -83,6 +84,28 @@ def test_triton_backend_gives_the_same_integer_model(arch, mode):
     with dq.use_backend("triton"):
         got = model.freeze()(x.to(DEVICE))
     assert torch.equal(got.cpu(), logits)
+
+
+@pytest.mark.parametrize("arch", ["cnn", "resnet18_cifar"])
+def test_a_per_sample_controller_sets_every_governed_layer_alike_and_freezes_exactly(arch, tmp_path):
+    """controller_granularity="sample": one head, one width per input for all governed layers,
+    the same in training, eval, the frozen program and a reloaded file."""
+    model, x = build(arch, "dynamic", granularity="sample")
+    assert model.controller.num_layers == 1
+    # A spread of prices so that the inputs do not all land on one width.
+    model.controller.log_kappa.data.fill_(-2.0)
+    logits = model(x)
+    governed = [model.layer_names.index(n) for n in model.governed]
+    chosen = model.last_bits[:, governed]
+    assert (chosen == chosen[:, :1]).all()
+    assert torch.equal(model.freeze()(x), logits)
+    model.save(tmp_path / "m.pt")
+    assert torch.equal(dq.DQTModel.load(tmp_path / "m.pt").eval()(x), logits)
+    model.simulated_forward(x)
+    train_bits = model.last_bits[:, governed]
+    assert (train_bits == train_bits[:, :1]).all()
+    with pytest.raises(ValueError, match="controller_granularity"):
+        dq.DQTModel.from_float(models.mlp(64, 16, 10), (64,), dynamic=True, controller_granularity="channel")
 
 
 def test_one_file_serves_every_width_and_dynamic(tmp_path):
@@ -471,8 +494,8 @@ def test_consistency_samples_limit_the_sandwich_to_the_batch_head():
     model, x = build("mlp", "dynamic")
     y = torch.arange(x.shape[0]) % 10
     out = model.dqt_loss(x, y, alpha=1.0, consistency_samples=3, generator=torch.Generator().manual_seed(5))
-    head = model._consistency(x[:3], y[:3], True, 1, torch.Generator().manual_seed(5))
-    whole = model._consistency(x, y, True, 1, torch.Generator().manual_seed(5))
+    head = model._consistency(x[:3], y[:3], True, 1, torch.Generator().manual_seed(5))[0]
+    whole = model._consistency(x, y, True, 1, torch.Generator().manual_seed(5))[0]
     assert torch.equal(out["consistency"], head.detach())
     assert not torch.equal(head, whole)
     with pytest.raises(ValueError, match="consistency_samples must be at least 1, got 0"):
@@ -584,3 +607,42 @@ def test_dqt_loss_quantizes_each_layers_weights_once_with_the_same_loss_and_grad
 def test_wrong_input_shape_is_named_at_conversion():
     with pytest.raises(ValueError, match="does not accept input_shape \\(32,\\)"):
         dq.DQTModel.from_float(models.mlp(64, 16, 10), (32,))
+
+
+@pytest.mark.parametrize("source", ["sandwich", "teacher"])
+def test_imitation_from_the_sandwich_runs_no_extra_pass_and_learns_the_sandwich_widths(source, monkeypatch):
+    """imitation_source "sandwich"/"teacher": the controller regresses what the consistency
+    term's widths computed (loss on the labels, or divergence from the widest width), without
+    judging every width again; the term is the regression over exactly those widths."""
+    model, x = build("mlp", "dynamic")
+    model.train()
+    y = torch.arange(x.shape[0]) % 10
+    unit = model.uniform_bitops(4)
+    judged = []
+    monkeypatch.setattr(type(model), "_losses_per_width", lambda self, *a: judged.append(a) or {})
+    seen = {}
+    real_loss = type(model)._imitation_loss
+
+    def spy(self, logits, per_width, lam, unit_, mode="expected"):
+        seen.update(per_width=per_width, logits=logits)
+        return real_loss(self, logits, per_width, lam, unit_, mode)
+
+    monkeypatch.setattr(type(model), "_imitation_loss", spy)
+    out = model.dqt_loss(x, y, alpha=1.0, beta=1.0, target_bitops=unit, imitation_source=source,
+                         generator=torch.Generator().manual_seed(3))
+    assert judged == []  # no pass at every width
+    widths = sorted(seen["per_width"])
+    assert widths[0] == min(model.candidate_bits) and widths[-1] == max(model.candidate_bits) and len(widths) == 3
+    if source == "teacher":
+        assert torch.equal(seen["per_width"][widths[-1]], torch.zeros(x.shape[0]))  # the teacher's own drift
+        assert bool((seen["per_width"][widths[0]] >= 0).all())
+    else:
+        assert float(seen["per_width"][widths[0]].sum()) > 0
+    assert float(out["imitation"]) > 0
+    model.zero_grad()
+    out["loss"].backward()
+    assert model.controller.fc2.weight.grad is not None and float(model.controller.fc2.weight.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="imitation_source"):
+        model.dqt_loss(x, y, alpha=1.0, beta=1.0, target_bitops=unit, imitation_source="oracle")
+    with pytest.raises(ValueError, match="alpha > 0"):
+        model.dqt_loss(x, y, alpha=0.0, beta=1.0, target_bitops=unit, imitation_source=source)
