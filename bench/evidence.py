@@ -35,8 +35,9 @@ STATIC_WIDTHS = (8, 7, 6, 5, 4, 3, 2)
 VARIANTS = {  # name -> TrainConfig overrides
     "dqt": {},
     "dqt_floor": {"shift_rule": "floor"},
-    "dqt_alpha0": {"alpha": 0.0},
-    "dqt_best": {"imitation_mode": "best"},
+    # Without the sandwich there are no passes to imitate: the controller judges held-out samples.
+    "dqt_alpha0": {"alpha": 0.0, "imitation_source": "holdout"},
+    "dqt_holdout": {"imitation_source": "holdout"},
     **{f"static{b}": {"static_bits": b} for b in STATIC_WIDTHS},
     "static4_floor": {"static_bits": 4, "shift_rule": "floor"},
 }
@@ -230,11 +231,12 @@ def summarize(out: Path) -> dict:
         seeds = sorted({r["seed"] for r in results if r["dataset"] == d})
         lines += [f"## {d} (seeds {', '.join(map(str, seeds))})", "",
                   "| width | trained alone | DQT round: one checkpoint | DQT floor: one checkpoint | "
-                  "DQT round, alpha = 0 | BitOPs / uniform 4 |", "|---|---:|---:|---:|---:|---:|"]
+                  "DQT round, alpha = 0 | DQT round, held-out imitation | BitOPs / uniform 4 |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for b in STATIC_WIDTHS:
             mode = f"static {b}-bit"
             cells = [_fmt(*_mean_std(table.get((d, v, mode, "accuracy"), [])))
-                     for v in (f"static{b}", "dqt", "dqt_floor", "dqt_alpha0")]
+                     for v in (f"static{b}", "dqt", "dqt_floor", "dqt_alpha0", "dqt_holdout")]
             cost = _mean_std(table.get((d, "dqt", mode, "bitops_vs_uniform4"), []))[0]
             lines.append(f"| {b} | " + " | ".join(cells) + f" | {_fmt(cost, pct=False)} |")
         f_acc = _mean_std(table.get((d, "float", "float", "accuracy"), []))
@@ -243,7 +245,7 @@ def summarize(out: Path) -> dict:
                   "Dynamic mode (one checkpoint; run-time budget codes calibrated on the training set):", "",
                   "| variant | budget (uniform b) | accuracy | BitOPs / uniform 4 | dearest 10% / cheapest 10% | "
                   "accuracy cheap half / dear half |", "|---|---|---:|---:|---:|---|"]
-        for v in ("dqt", "dqt_floor", "dqt_alpha0", "dqt_best"):
+        for v in ("dqt", "dqt_floor", "dqt_alpha0", "dqt_holdout"):
             for mode in [f"dynamic@{b}" for b in BUDGETS]:
                 acc = _mean_std(table.get((d, v, mode, "accuracy"), []))
                 if acc[0] is None:
@@ -310,7 +312,7 @@ def _plot(table: dict, datasets: list[str], path: Path) -> None:
                 (alone, "kx--", "static, each width trained alone"),
                 (series(d, "dqt", statics), "o-", "DQT round: one checkpoint, static widths"),
                 (series(d, "dqt", dyn), "*-", "DQT round: dynamic, run-time budgets"),
-                (series(d, "dqt_best", dyn), "v-.", "DQT round, controller imitates the best width: dynamic"),
+                (series(d, "dqt_holdout", dyn), "v-.", "DQT round, controller judges held-out samples: dynamic"),
                 (series(d, "dqt_floor", statics), "s:", "DQT floor: one checkpoint, static widths"),
                 (series(d, "dqt_floor", dyn), "^:", "DQT floor: dynamic, run-time budgets")):
             if pts:

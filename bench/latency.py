@@ -31,11 +31,12 @@ import dqt_triton as dq
 from bench.baselines import DequantRequantDynamic, torch_ao_fake_quant_qat, torch_ao_int8
 from bench.common import machine
 from dqt_triton import bitops, models
+from dqt_triton.quant import GATE_GRADIENTS
 from dqt_triton.training import TrainConfig
 
 log = logging.getLogger("bench.latency")
 RECIPE_ROW = "DQT dynamic step, dqt train recipe"
-CHEAP_ROW = "DQT dynamic step, --consistency-share 0.25 --imitation-samples 8"
+CHEAP_ROW = "DQT dynamic step, dqt train recipe with --consistency-share 0.25"
 
 NETS = {
     "resnet18": ("ResNet-18 (CIFAR, 32x32)", lambda: models.resnet18_cifar(10, 3, 64), (3, 32, 32)),
@@ -210,23 +211,29 @@ def training_rows(device: str, max_repeats: int) -> list[dict]:
         return build
 
     # The `dqt train` recipe, from TrainConfig's defaults: dynamic path, sandwich (8-bit, 2-bit and
-    # `sampled_widths` random widths, distilled) on `consistency_share` of the batch, the
-    # controller judging every width on `imitation_samples` held-out samples (as the trainer
-    # passes them).
+    # `sampled_widths` random widths, distilled) on `consistency_share` of the batch, and the
+    # controller's imitation term: from the sandwich's own losses, or (`imitation_source="holdout"`)
+    # judging every width on `imitation_samples` held-out samples, as the trainer passes them.
     recipe = TrainConfig()
     held = (codes[:recipe.imitation_samples].clone(), target[:recipe.imitation_samples].clone())
-    train_kw = dict(alpha=recipe.alpha, beta=recipe.beta, imitation_data=held, sampled_widths=recipe.sampled_widths,
+    train_kw = dict(alpha=recipe.alpha, beta=recipe.beta, sampled_widths=recipe.sampled_widths,
+                    imitation_source=recipe.imitation_source,
                     consistency_samples=max(1, round(recipe.consistency_share * batch)))
+    if recipe.imitation_source == "holdout":
+        train_kw["imitation_data"] = held
+    holdout_kw = {**train_kw, "imitation_source": "holdout", "imitation_data": held}
     cases["DQT static 8-bit QAT step"] = dqt(False)
-    cases["DQT dynamic step (alpha 0: no consistency sandwich)"] = dqt(True, **{**train_kw, "alpha": 0.0})
+    cases["DQT dynamic step (alpha 0: no consistency sandwich, held-out imitation)"] = dqt(
+        True, **{**holdout_kw, "alpha": 0.0})
     cases[RECIPE_ROW] = dqt(True, **train_kw)
-    other = "local" if recipe.gate_gradients == "all" else "all"
-    cases[f"DQT dynamic step, dqt train recipe with --gate-gradients {other}"] = dqt(True, other, **train_kw)
-    # The cheaper settings measured in the issue 11 note (about 1 pp of dynamic accuracy and 2-3 pp
-    # at 2 bits on digits): sandwich on a quarter of the batch, 8 samples judged per step.
-    cheap = {**train_kw, "consistency_samples": max(1, round(0.25 * batch)),
-             "imitation_data": (held[0][:8], held[1][:8])}
-    cases[CHEAP_ROW] = dqt(True, **cheap)
+    for other in GATE_GRADIENTS:
+        if other != recipe.gate_gradients:
+            cases[f"DQT dynamic step, dqt train recipe with --gate-gradients {other}"] = dqt(True, other, **train_kw)
+    if recipe.imitation_source != "holdout":
+        cases["DQT dynamic step, dqt train recipe with --imitation-source holdout"] = dqt(True, **holdout_kw)
+    # The cheaper setting measured in the issue 11 note (2-3 pp lower at 2 bits on digits): the
+    # sandwich on a quarter of the batch.
+    cases[CHEAP_ROW] = dqt(True, **{**train_kw, "consistency_samples": max(1, round(0.25 * batch))})
     cases["DQT dynamic step, every width every step"] = dqt(True, "all", **{**train_kw, "sampled_widths": None,
                                                                           "consistency_samples": batch})
     steps = {}

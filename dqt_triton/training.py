@@ -4,7 +4,8 @@ The recipe: `warmup_epochs` of static 8-bit QAT (learns ranges and steps), then 
 every width's batch norm starts from the 8-bit one, and each step trains the dynamic path
 (per-sample budget codes, Gumbel temperature annealed) plus the sandwich of uniform widths
 (8-bit on the labels, the narrowest and one random width distilled from it), while the
-controller learns each width's cost on 16 held-out samples. After training the budget code is calibrated so dynamic mode meets `budget_bits` on the training set. Every
+controller learns each width's cost per sample from the sandwich's own losses
+(`imitation_source`). After training the budget code is calibrated so dynamic mode meets `budget_bits` on the training set. Every
 epoch ends with an atomic checkpoint (`train_state.pt`, for `--resume`) and the model file
 (`model.pt`, for `dqt eval`); the data order and the random state depend only on the seed and
 the epoch, so a resumed run reproduces an uninterrupted one exactly.
@@ -52,7 +53,7 @@ class TrainConfig:
     imitation: float = 1.0  # weight of the controller's imitation of each sample's best width
     imitation_holdout: float = 0.1  # share of the training set held out of the network's terms to judge widths on
     imitation_samples: int = 16  # held-out samples judged at every width per step
-    imitation_source: str = "holdout"  # the controller learns per-width losses of held-out samples or of the sandwich
+    imitation_source: str = "sandwich"  # the controller learns per-width losses of the sandwich (or held-out samples)
     imitation_mode: str = "expected"  # controller learns expected cost per width ("expected") or the best width ("best")
     distill: bool = True  # lower widths learn from the widest one's predictions
     sampled_widths: int = 1  # random middle widths per step besides widest and narrowest; -1 = all
@@ -74,6 +75,10 @@ class TrainConfig:
     device: str = "cpu"
     limit: int = 0  # use only the first N training images (0 = all); for quick checks
     static_bits: int = 0  # > 0: a non-nested static baseline trained at this width only (no DQT phase)
+
+
+# What runs did before an option existed, where today's default differs from it.
+BEFORE_THE_OPTION = {"imitation_source": "holdout"}
 
 
 @dataclass
@@ -302,8 +307,10 @@ class Trainer:
             raise CheckpointError(f"--resume: {path} is not a dqt-triton training state")
         saved = {k: (tuple(v) if isinstance(v, list) else v) for k, v in state["config"].items()}
         mine = {k: (tuple(v) if isinstance(v, list) else v) for k, v in asdict(self.cfg).items()}
-        # An option the checkpoint lacks came after it was written; its default is what that run did.
+        # An option the checkpoint lacks came after it was written: that run did what the code did
+        # then (the default when the option came, or the old behaviour a new default replaced).
         defaults = {k: (tuple(v) if isinstance(v, list) else v) for k, v in asdict(TrainConfig()).items()}
+        defaults.update(BEFORE_THE_OPTION)
         differ = {k for k in mine if k not in ("device",) and saved.get(k, defaults[k]) != mine[k]}
         if differ:
             raise ValueError(f"--resume: options differ from the checkpoint's: {sorted(differ)}")

@@ -96,6 +96,21 @@ def test_resume_accepts_a_state_written_before_an_option_existed(tmp_path):
         Trainer(_config(epochs=1, gate_gradients="local"), tmp_path).resume()
 
 
+def test_a_state_from_before_a_default_changed_resumes_only_with_the_old_behaviour(tmp_path):
+    """imitation_source came with a new default ("sandwich"); runs before it judged held-out
+    samples. Resuming one must not switch recipes silently."""
+    from dqt_triton.model import _atomic_save
+
+    Trainer(_config(epochs=1, imitation_source="holdout"), tmp_path).train()
+    path = tmp_path / "train_state.pt"
+    state = load_file(path)
+    del state["config"]["imitation_source"]
+    _atomic_save(state, path)
+    with pytest.raises(ValueError, match="imitation_source"):
+        Trainer(_config(epochs=1), tmp_path).resume()
+    Trainer(_config(epochs=1, imitation_source="holdout"), tmp_path).resume()
+
+
 def test_missing_cifar_copy_is_named(tmp_path, capsys):
     assert main(["train", "--data", "cifar10", "--out", str(tmp_path)]) == 4
     assert "needs --data-dir" in capsys.readouterr().err
