@@ -58,6 +58,12 @@ def machine() -> dict:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "commit": commit,
     }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        pass
     if torch.cuda.is_available():
         info.update(gpu_info())
     return info

@@ -108,3 +108,18 @@ def test_gpu_sweep_smoke_run_pins_each_config_and_records_results(tmp_path):
     assert all(r["finished"] and r["equal"] == 2 and not r["differs"] and not r["faults"] for r in results)
     report = next(tmp_path.glob("gpu_sweep-smoke-*.md")).read_text()
     assert "| 0: 16x32x32, 4 warps, 1 stages | 2 | 0 | 0 | yes |" in report and "commit" in report
+
+
+@pytest.mark.interpreter
+def test_the_one_gpu_command_runs_its_stages_apart_and_reports_each(tmp_path):
+    """bench.gpu --smoke: the sweep's smoke run, the latency stage reported as needing a GPU, the
+    GPU test selection collected; one report with every stage's command and exit status."""
+    from bench import gpu
+
+    status = gpu.main(["--smoke", "--stages", "sweep", "latency", "tests", "--budget-s", "300", "--out",
+                       str(tmp_path)])
+    report = next(tmp_path.glob("gpu-smoke-*.md")).read_text()
+    assert status == 0, report
+    assert "| sweep | `-m bench.gpu_sweep" in report and "| latency | `-` | not run (needs a GPU) |" in report
+    assert "| tests | `-m pytest" in report and "commit" in report
+    assert next(tmp_path.glob("gpu_sweep-smoke-*.md")).is_file()  # the stage's own results, next to the report
