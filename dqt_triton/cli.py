@@ -185,13 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--controller", choices=["layer", "sample"], default=d.controller,
                        help="controller granularity: a width per governed layer and input, or one per input")
     train.add_argument("--imitation-holdout", type=float, default=d.imitation_holdout,
-                       help="share of the training set held out of the network's loss to judge widths on")
+                       help="with --imitation-source holdout: share of the training set held out of the network's "
+                            "loss to judge widths on")
     train.add_argument("--sampled-widths", type=int, default=d.sampled_widths,
                        help="random middle widths per step besides the widest and narrowest (-1: every width)")
     train.add_argument("--consistency-share", type=float, default=d.consistency_share,
                        help="share of each batch the sandwich widths train on (1: the whole batch)")
     train.add_argument("--imitation-samples", type=int, default=d.imitation_samples,
-                       help="held-out samples judged at every width per step")
+                       help="with --imitation-source holdout: held-out samples judged at every width per step")
     train.add_argument("--gate-gradients", choices=["all", "local", "none"], default=d.gate_gradients,
                        help="task-loss gradients to the controller's gates: every width, the chosen width's "
                             "neighbours, or none")

@@ -51,8 +51,8 @@ class TrainConfig:
     alpha: float = 1.0  # weight of the consistency (sandwich) term
     beta: float = 1.0  # weight of the per-sample BitOPs price
     imitation: float = 1.0  # weight of the controller's imitation of each sample's best width
-    imitation_holdout: float = 0.1  # share of the training set held out of the network's terms to judge widths on
-    imitation_samples: int = 16  # held-out samples judged at every width per step
+    imitation_holdout: float = 0.1  # "holdout" source: share of the training set kept from the network to judge widths on
+    imitation_samples: int = 16  # "holdout" source: held-out samples judged at every width per step
     imitation_source: str = "sandwich"  # the controller learns per-width losses of the sandwich (or held-out samples)
     imitation_mode: str = "expected"  # controller learns expected cost per width ("expected") or the best width ("best")
     distill: bool = True  # lower widths learn from the widest one's predictions
