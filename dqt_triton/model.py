@@ -661,7 +661,7 @@ class DQTModel(nn.Module):
                  target_bitops: Optional[float] = None, distill: bool = True,
                  sampled_widths: Optional[int] = 1, imitation: float = 1.0, imitation_samples: int = 16,
                  imitation_data: Optional[tuple[Tensor, Tensor]] = None, imitation_mode: str = "expected",
-                 consistency_samples: Optional[int] = None, imitation_source: str = "holdout",
+                 consistency_samples: Optional[int] = None, imitation_source: str = "sandwich",
                  generator: Optional[torch.Generator] = None) -> dict:
         """The DQT objective: task + alpha * consistency + beta * budget + imitation term.
 
@@ -678,22 +678,22 @@ class DQTModel(nn.Module):
             middle code, negative above, code 0 the largest) times BitOPs / target_bitops; the controller sees the
             same price as an offset on its logits. One model learns every budget;
             `calibrate_budget` picks one at deployment.
-        imitation (dynamic mode, with the budget term): for the first `imitation_samples` samples,
-            forward passes at every candidate width (no gradient, deployed statistics) give each
-            sample's loss per width plus price; the controller's logits learn those costs
+        imitation (dynamic mode, with the budget term): the controller's logits learn what each
+            width costs each sample, its loss plus the price of its BitOPs
             (`imitation_mode="expected"`, a centred regression: the argmax estimates the width of
-            least expected cost) or each sample's cheapest width (`"best"`, cross-entropy).
+            least expected cost; `"best"`, cross-entropy towards each sample's cheapest width).
             This is the per-input signal that makes the controller spend bits where the loss
-            needs them; the gate gradients of the task term refine it per layer.
-            `imitation_data` (x, target): judge the widths on these samples instead, ideally held
-            out of the task and consistency terms: on samples the network has memorised every
-            width is right, and the controller would learn that every input is easy.
-            `imitation_source="sandwich"`: no extra passes; the controller learns the per-sample
-            losses the consistency term's widths already computed (on the batch's first
-            `consistency_samples` samples, training statistics), over those widths only;
-            `"teacher"`: the same passes, each width's per-sample divergence (KL) from the
-            widest width's predictions instead of its loss on the labels: how far lowering the
-            width moves this input's output, which memorised labels do not hide.
+            needs them; the gate gradients of the task term refine it per layer. Where the
+            losses come from (`imitation_source`):
+            "sandwich" (default): the per-sample losses the consistency term's widths already
+            computed (the batch's first `consistency_samples` samples, training statistics),
+            over those widths only; no extra pass.
+            "teacher": the same passes, each width's per-sample divergence (KL) from the widest
+            width's predictions instead of its loss on the labels.
+            "holdout": forward passes at every candidate width (no gradient, deployed
+            statistics) on `imitation_data` (x, target), ideally held out of the task and
+            consistency terms (on memorised samples every width is right), else on the
+            batch's first `imitation_samples` samples. Needed with alpha = 0.
         """
         with share_weight_codes():  # every pass below sees the same weights: quantize them once
             return self._dqt_loss(x, target, alpha=alpha, beta=beta, target_bitops=target_bitops, distill=distill,
@@ -707,11 +707,11 @@ class DQTModel(nn.Module):
                   generator) -> dict:
         if imitation_source not in IMITATION_SOURCES:
             raise ValueError(f"imitation_source must be one of {IMITATION_SOURCES}, got {imitation_source!r}")
-        if imitation_source != "holdout" and imitation > 0 and alpha <= 0:
-            raise ValueError(f"imitation_source={imitation_source!r} learns from the consistency term's widths: "
-                             "it needs alpha > 0")
         budget_codes = None
         dynamic = self.dynamic and self.controller is not None
+        if dynamic and beta > 0 and target_bitops and imitation > 0 and imitation_source != "holdout" and alpha <= 0:
+            raise ValueError(f"imitation_source={imitation_source!r} learns from the consistency term's widths: "
+                             "it needs alpha > 0 (or imitation_source='holdout')")
         if dynamic and beta > 0 and target_bitops:
             budget_codes = torch.randint(0, BUDGET_LEVELS, (x.shape[0],), generator=generator).to(x.device)
         _check_input(self.config, x)
