@@ -232,6 +232,21 @@ def test_per_width_batch_norm_folds_into_width_tables():
     assert not torch.equal(model.set_bits(2)(x), logits2)
 
 
+def test_a_collapsed_batch_norm_scale_is_refused_naming_the_channel():
+    """gamma ~ 0 beside a real beta folds to a bias beyond the int32 accumulator: a clear error."""
+    model, x = build("cnn", "uniform4")
+    layer_name = model.governed[0]
+    layer = model.layers[layer_name]
+    model.set_bits(8)(x)
+    with torch.no_grad():
+        layer.width_bns[0].weight[3] = 1e-12
+        layer.width_bns[0].bias[3] = 0.5
+    with pytest.raises(dq.AccumulatorOverflowError, match="channel 3 .*batch-norm scale is nearly zero"):
+        model(x)
+    with pytest.raises(dq.AccumulatorOverflowError, match="channel 3"):
+        model.freeze()
+
+
 def _digits(n: int = 1797):
     from sklearn.datasets import load_digits
 
