@@ -9,7 +9,7 @@ lives here: the Numba kernels are in `dqt_triton.reference`, the Triton ones in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import numpy as np
@@ -380,14 +380,16 @@ def int_matmul(
 
 
 def _matmul_dispatch(x, w, ka, kw, per_layer_kw: bool, ep: Epilogue, round_rule: int, name: str,
-                     cache_weight: bool) -> torch.Tensor:
-    """Run a validated matmul on backend `name`; ka, kw are int32 [M] on x's device."""
+                     cache_weight: bool, shifted: Optional[tuple] = None) -> torch.Tensor:
+    """Run a validated matmul on backend `name`; ka, kw are int32 [M] on x's device. `shifted`
+    (Triton only): w's pre-shifted (table, column sums), which the kernel reads instead of w."""
     M, N = x.shape[0], w.shape[0]
     if name == "triton":
         # A per-layer shift goes to the kernels as one entry, so they skip bucketing rows by shift.
+        w_arg, colsum = shifted if shifted is not None else (w, None)
         return _triton_kernels().int_matmul(
-            x, w, ka, kw[:1].contiguous() if per_layer_kw else kw, *_triton_epilogue_args(ep),
-            bool(round_rule), ep.mode, ep.relu, ep.lo, ep.hi, ep.out_dtype,
+            x, w_arg, ka, kw[:1].contiguous() if per_layer_kw else kw, *_triton_epilogue_args(ep),
+            bool(round_rule), ep.mode, ep.relu, ep.lo, ep.hi, ep.out_dtype, colsum,
         )
     out = np.empty((M, N), _NUMPY_OUT[ep.out_dtype])
     if M == 0:
@@ -470,17 +472,18 @@ def int_conv2d(
 
 
 def _conv_dispatch(x, w, geometry: tuple, out_hw: tuple, ka, kw, per_layer_kw: bool, ep: Epilogue,
-                   round_rule: int, name: str, cache_weight: bool) -> torch.Tensor:
-    """Run a validated conv2d on backend `name`; ka, kw are int32 [B] on x's device."""
+                   round_rule: int, name: str, cache_weight: bool, shifted: Optional[tuple] = None) -> torch.Tensor:
+    """Run a validated conv2d on backend `name`; ka, kw are int32 [B] on x's device; `shifted`
+    as in `_matmul_dispatch`."""
     B = x.shape[0]
     Cout = w.shape[0]
     OH, OW = out_hw
     if name == "triton":
         # Weights as [Cout, KH, KW, C/g] in memory: the kernel's channel loads are contiguous.
-        w_cl = w.contiguous(memory_format=torch.channels_last)
+        w_arg, colsum = shifted if shifted is not None else (w.contiguous(memory_format=torch.channels_last), None)
         return _triton_kernels().int_conv2d(
-            x, w_cl, list(geometry), ka, kw[:1].contiguous() if per_layer_kw else kw, *_triton_epilogue_args(ep),
-            bool(round_rule), ep.mode, ep.relu, ep.lo, ep.hi, ep.out_dtype,
+            x, w_arg, list(geometry), ka, kw[:1].contiguous() if per_layer_kw else kw, *_triton_epilogue_args(ep),
+            bool(round_rule), ep.mode, ep.relu, ep.lo, ep.hi, ep.out_dtype, colsum,
         )
     out = np.empty((B * OH * OW, Cout), _NUMPY_OUT[ep.out_dtype])
     if B > 0:
@@ -518,6 +521,15 @@ class PreparedLayer:
     x_dtype: torch.dtype  # the activation dtype the accumulator bound was checked for
     round_rule: int
     geometry: Optional[tuple]  # conv2d: (sh, sw, ph, pw, dh, dw, groups); None for matmul
+    # Triton path: the weights at every shift with their column sums, built on first use on
+    # the layer's device (8x the int8 weight bytes), so the kernels' K loop skips the shift.
+    _shifted: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def shifted_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(``[8, *weight.shape]`` int8 pre-shifted weights, ``[8, N]`` int32 sums), cached."""
+        if "table" not in self._shifted:
+            self._shifted["table"] = _triton_kernels().shifted_weight_table(self.weight, bool(self.round_rule))
+        return self._shifted["table"]
 
 
 def prepare_layer(
@@ -608,7 +620,8 @@ def run_prepared(layer: PreparedLayer, x: torch.Tensor, act_shift: ShiftArg, wei
     if layer.geometry is None:
         if x.dim() != 2 or x.shape[1] != w.shape[1]:
             raise ValueError(f"{op}: x must be [M, {w.shape[1]}], got {tuple(x.shape)}")
-        return _matmul_dispatch(x, w, ka, kw, _is_int(weight_shift), layer.epilogue, layer.round_rule, name, True)
+        return _matmul_dispatch(x, w, ka, kw, _is_int(weight_shift), layer.epilogue, layer.round_rule, name, True,
+                                layer.shifted_weights() if name == "triton" else None)
     sh, sw, ph, pw, dh, dw, groups = layer.geometry
     Cout, Cg, KH, KW = w.shape
     if x.dim() != 4 or x.shape[1] != Cg * groups:
@@ -617,7 +630,7 @@ def run_prepared(layer: PreparedLayer, x: torch.Tensor, act_shift: ShiftArg, wei
     if OH < 1 or OW < 1:
         raise ValueError(f"{op}: input {x.shape[2]}x{x.shape[3]} is too small for kernel {KH}x{KW}")
     return _conv_dispatch(x, w, layer.geometry, (OH, OW), ka, kw, _is_int(weight_shift), layer.epilogue,
-                          layer.round_rule, name, True)
+                          layer.round_rule, name, True, layer.shifted_weights() if name == "triton" else None)
 
 
 def _elementwise_operands(op: str, a: object, b: object) -> tuple[torch.Tensor, torch.Tensor, torch.device]:

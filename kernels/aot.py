@@ -39,14 +39,15 @@ from typing import Iterator, Optional
 SHARED_LIMIT = {90: 227 * 1024, 80: 163 * 1024}
 
 # Integer arguments of a typical launch, from which the JIT's specialization is derived. Matmul:
-# x [1000, 512] and w [256, 512] contiguous, out [1000, 256], [8, N] width tables. Conv: a
+# x [1000, 512] and w [256, 512] contiguous (pre-shifted: [8, 256, 512]), out [1000, 256], [8, N]
+# width tables. Conv: a
 # ResNet 3x3 stride-1 layer, batch 8 at 32x32, 64 -> 64 channels, NHWC input, [Cout, KH, KW, C]
 # weights. Pointers come from torch's allocator, 16-byte aligned.
 EXAMPLE_LAUNCH = {
     "int_matmul_kernel": dict(
         M=1000, N=256, K=512, M_BUCKET=1024, stride_xm=512, stride_xk=1, stride_wn=512, stride_wk=1,
         stride_om=256, stride_on=1, stride_bias=256, stride_multiplier=256, stride_rshift=256, stride_scale=256,
-        lo=0, hi=255),
+        stride_w_width=131072, stride_colsum=256, lo=0, hi=255),
     "plain_int8_matmul_kernel": dict(
         M=1000, N=256, K=512, stride_xm=512, stride_xk=1, stride_wn=512, stride_wk=1, stride_om=256, stride_on=1),
     "int_conv2d_kernel": dict(
@@ -54,7 +55,7 @@ EXAMPLE_LAUNCH = {
         STRIDE_H=1, STRIDE_W=1, PAD_H=1, PAD_W=1, DIL_H=1, DIL_W=1,
         stride_xb=65536, stride_xh=2048, stride_xw=64, stride_xc=1, stride_wo=576, stride_wh=192, stride_ww=64,
         stride_wc=1, stride_om=64, stride_on=1, stride_bias=64, stride_multiplier=64, stride_rshift=64,
-        stride_scale=64, lo=0, hi=255),
+        stride_scale=64, stride_w_width=36864, stride_colsum=64, lo=0, hi=255),
 }
 
 # The epilogues the launchers pass, each with its output pointer type and the ReLU settings
@@ -102,35 +103,42 @@ def _kernels():
             "int_add_kernel": elementwise.int_add_kernel, "int_mul_kernel": elementwise.int_mul_kernel,
             "int_pool2d_kernel": pool.int_pool2d_kernel,
             "int_adaptive_avg_pool2d_kernel": pool.int_adaptive_avg_pool2d_kernel,
-            "int_lut_kernel": elementwise.int_lut_kernel, "plain_int8_matmul_kernel": plain.plain_int8_matmul_kernel}
+            "int_lut_kernel": elementwise.int_lut_kernel, "plain_int8_matmul_kernel": plain.plain_int8_matmul_kernel,
+            "shift_activations_kernel": gemm.shift_activations_kernel}
 
 
 # Besides every tile with the heaviest flags, a few flag sets that between them give each
-# flag each of its values and each epilogue output its own compile.
+# flag each of its values and each epilogue output its own compile. The last flag is PRESHIFTED:
+# operands shifted before the K loop (frozen programs, `ops.PreparedLayer`: weights per width,
+# activations once per call) or the shifts in the K loop (ops called directly).
 COVERING_FLAGS = (
-    (False, False, EPILOGUE_OUTPUTS[3], False),  # per layer, int8 input, raw int32, floor
-    (False, True, EPILOGUE_OUTPUTS[2], True),  # per layer, uint8 input, float32, round
-    (True, False, EPILOGUE_OUTPUTS[1], False),  # per sample, int8 input, requantize to int8, floor
-    (False, False, EPILOGUE_OUTPUTS[0], True),  # per layer, int8 input, requantize to uint8 with ReLU, round
+    (False, False, EPILOGUE_OUTPUTS[3], False, False),  # per layer, int8 input, raw int32, floor
+    (False, True, EPILOGUE_OUTPUTS[2], True, True),  # per layer, uint8 input, float32, round, pre-shifted
+    (True, False, EPILOGUE_OUTPUTS[1], False, True),  # per sample, int8 input, requantize to int8, floor
+    (False, False, EPILOGUE_OUTPUTS[0], True, False),  # per layer, int8 input, requantize to uint8 with ReLU, round
+    (True, True, EPILOGUE_OUTPUTS[0], True, False),  # the heaviest flags with the shift in the K loop
 )
-HEAVIEST_FLAGS = (True, True, EPILOGUE_OUTPUTS[0], True)  # per sample, uint8, requantize + ReLU, round
+# Per sample, uint8, requantize + ReLU, round, pre-shifted operands: a frozen dynamic model.
+HEAVIEST_FLAGS = (True, True, EPILOGUE_OUTPUTS[0], True, True)
 
 
 def _gemm_variants(kernel: str, tiles, full: bool) -> Iterator[Variant]:
     """Each tile with every flag combination (``full``), or a covering set: every tile with the
     heaviest flags, then COVERING_FLAGS spread over the tiles."""
-    flags = list(itertools.product((False, True), (True, False), EPILOGUE_OUTPUTS, (True, False)))
+    flags = list(itertools.product((False, True), (True, False), EPILOGUE_OUTPUTS, (True, False), (True, False)))
 
-    def make(tile, bucketed, unsigned, epilogue_output, round_rule):
+    def make(tile, bucketed, unsigned, epilogue_output, round_rule, w_shifted):
         bm, bn, bk, warps, stages = tile
         epilogue, out_type, relu = epilogue_output
         consts = {"BUCKETED": bucketed, "ROUND": round_rule, "X_UNSIGNED": unsigned, "EPILOGUE": epilogue,
-                  "RELU": relu, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}
+                  "RELU": relu, "PRESHIFTED": w_shifted, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}
         if kernel == "int_matmul_kernel":
             consts["GROUP_M"] = 8
-        ptrs = {"x_ptr": "*u8" if unsigned else "*i8", "w_ptr": "*i8", "out_ptr": out_type}
+        # Pre-shifted activations arrive as int8 (uint8 codes offset by -128) whatever the codes were.
+        ptrs = {"x_ptr": "*u8" if unsigned and not w_shifted else "*i8", "w_ptr": "*i8", "out_ptr": out_type}
         ptrs.update({name: "*i32" for name in ("act_shift_ptr", "weight_shift_ptr", "sample_order_ptr",
-                                                "bucket_start_ptr", "bias_ptr", "multiplier_ptr", "rshift_ptr")})
+                                                "bucket_start_ptr", "bias_ptr", "multiplier_ptr", "rshift_ptr",
+                                                "w_colsum_ptr")})
         ptrs["scale_ptr"] = "*fp32"
         return Variant(kernel, tuple(sorted(ptrs.items())), tuple(consts.items()), warps, stages)
 
@@ -164,6 +172,9 @@ def variants(full: bool = False) -> list[Variant]:
     for x_code, out_code in itertools.product(codes, codes) if full else (("*i8", "*u8"), ("*u8", "*i8")):
         out.append(Variant("int_lut_kernel", (("x_ptr", x_code), ("table_ptr", out_code), ("out_ptr", out_code)),
                            (("BLOCK", 1024),)))
+    for x_code, round_rule in itertools.product(codes, (True, False)) if full else (("*u8", True), ("*i8", False)):
+        out.append(Variant("shift_activations_kernel", (("act_shift_ptr", "*i32"), ("out_ptr", "*i8"), ("x_ptr", x_code)),
+                           (("ROUND", round_rule), ("X_UNSIGNED", x_code == "*u8"), ("BLOCK", 1024))))
     return out
 
 
@@ -342,31 +353,39 @@ def main(argv=None) -> int:
     if not args.json:
         print(f"\n{bad} variant(s) with problems; {spilled} spill registers")
         print("\nK loop against a plain int8 GEMM with the same tile (PTX instructions per iteration, heaviest "
-              "flags):\n")
-        print("| arch | tile | int_matmul_kernel | plain int8 GEMM | ratio |")
-        print("|---|---|---:|---:|---:|")
+              "flags; pre-shifted operands as frozen programs run, and the shifts in the loop as the ops "
+              "called directly run):\n")
+        print("| arch | tile | pre-shifted operands | shifts in the loop | plain int8 GEMM | pre-shifted / plain |")
+        print("|---|---|---:|---:|---:|---:|")
     for arch in args.arch:
-        for ours, plain in kloop_comparison(arch, args.generic):
+        for ours, in_loop, plain in kloop_comparison(arch, args.generic):
             tile = "x".join(str(dict(ours.variant.constexprs)[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
             tile += f" warps={ours.variant.num_warps}"
             if args.json:
                 print(json.dumps({"arch": arch, "kloop_tile": tile, "ours": ours.kloop_instructions,
-                                  "plain": plain.kloop_instructions}), flush=True)
+                                  "in_loop": in_loop.kloop_instructions, "plain": plain.kloop_instructions}),
+                      flush=True)
             elif ours.kloop_instructions and plain.kloop_instructions:
-                print(f"| sm_{arch} | {tile} | {ours.kloop_instructions} | {plain.kloop_instructions} | "
-                      f"{ours.kloop_instructions / plain.kloop_instructions:.1f}x |", flush=True)
+                print(f"| sm_{arch} | {tile} | {ours.kloop_instructions} | {in_loop.kloop_instructions} | "
+                      f"{plain.kloop_instructions} | {ours.kloop_instructions / plain.kloop_instructions:.1f}x |",
+                      flush=True)
     return 1 if bad else 0
 
 
-def kloop_comparison(arch: int, generic: bool = False) -> list[tuple[Report, Report]]:
-    """(ours, plain) for every matmul tile with the heaviest flags (the compile cache makes
-    ours free after the main report)."""
+def kloop_comparison(arch: int, generic: bool = False) -> list[tuple[Report, Report, Report]]:
+    """(pre-shifted, shift in the loop, plain) for every matmul tile with the heaviest flags
+    (the compile cache makes the first free after the main report)."""
     heaviest = [v for v in variants() if v.kernel == "int_matmul_kernel"]
     from .configs import _GPU_MATMUL_TILES
 
     heaviest = heaviest[:len(_GPU_MATMUL_TILES)]  # `variants` lists each tile with the heaviest flags first
-    return [(compile_variant(v, arch, generic), compile_variant(plain_gemm_variant(v), arch, generic))
-            for v in heaviest]
+
+    def in_loop(v: Variant) -> Variant:
+        return Variant(v.kernel, v.pointer_types, tuple((k, False if k == "PRESHIFTED" else value)
+                                                        for k, value in v.constexprs), v.num_warps, v.num_stages)
+
+    return [(compile_variant(v, arch, generic), compile_variant(in_loop(v), arch, generic),
+             compile_variant(plain_gemm_variant(v), arch, generic)) for v in heaviest]
 
 
 if __name__ == "__main__":

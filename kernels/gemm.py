@@ -14,31 +14,46 @@ logic and input validation live in dqt_triton.ops.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
 
 from .common import (
-    MAX_SHIFT, MAX_SHIFT_C, clamp_shift, epilogue_store, nested_shift, rows_of_tile, shifted_left_operand,
+    MAX_SHIFT, MAX_SHIFT_C, clamp_shift, epilogue_store, interpreting, nested_shift, rows_of_tile,
+    shifted_left_operand,
 )
 from .configs import conv_configs, m_bucket, matmul_configs
+
+@triton.jit
+def shift_activations_kernel(x_ptr, act_shift_ptr, out_ptr, numel, SAMPLE_ELEMS, ROUND: tl.constexpr,
+                             X_UNSIGNED: tl.constexpr, BLOCK: tl.constexpr):
+    """The GEMM's left operand once per call: nested_shift(x, ka[sample]) as int8 (minus 128 for
+    uint8 codes), sample = flat index // SAMPLE_ELEMS, so the K loop only loads it."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    ka = clamp_shift(tl.load(act_shift_ptr + offs // SAMPLE_ELEMS, mask=mask, other=0))
+    x = tl.load(x_ptr + offs, mask=mask, other=0)
+    tl.store(out_ptr + offs, shifted_left_operand(x, ka, ROUND, X_UNSIGNED), mask=mask)
+
 
 # Rows of a width table: one set of epilogue constants per weight shift.
 WIDTH_TABLE_ROWS = MAX_SHIFT + 1
 
 
-@triton.autotune(configs=matmul_configs(), key=["M_BUCKET", "N", "K", "EPILOGUE", "BUCKETED"])
+@triton.autotune(configs=matmul_configs(), key=["M_BUCKET", "N", "K", "EPILOGUE", "BUCKETED", "PRESHIFTED"])
 @triton.jit
 def int_matmul_kernel(
     x_ptr, w_ptr, out_ptr,
     act_shift_ptr, weight_shift_ptr, sample_order_ptr, bucket_start_ptr,
-    bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr,
+    bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr, w_colsum_ptr,
     M, N, K, M_BUCKET,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_om, stride_on,
-    stride_bias, stride_multiplier, stride_rshift, stride_scale,
+    stride_bias, stride_multiplier, stride_rshift, stride_scale, stride_w_width, stride_colsum,
     lo, hi,
     BUCKETED: tl.constexpr, ROUND: tl.constexpr, X_UNSIGNED: tl.constexpr,
-    EPILOGUE: tl.constexpr, RELU: tl.constexpr,
+    EPILOGUE: tl.constexpr, RELU: tl.constexpr, PRESHIFTED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """out[M, N] = epilogue(shift(x[M, K]) . shift(w[N, K])^T), one [BLOCK_M, BLOCK_N] tile per program."""
@@ -66,6 +81,8 @@ def int_matmul_kernel(
     # pointer tiles out of the loop-carried registers (they alone spilled every large tile).
     x_rows = x_ptr + rows[:, None].to(tl.int64) * stride_xm
     w_cols = w_ptr + offs_n[None, :].to(tl.int64) * stride_wn
+    if PRESHIFTED:  # the tile's width of a [8, N, K] table of pre-shifted weights
+        w_cols += kw.to(tl.int64) * stride_w_width
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     w_colsum = tl.zeros((BLOCK_N,), dtype=tl.int32)
@@ -74,12 +91,20 @@ def int_matmul_kernel(
         k_offs = kt * BLOCK_K + offs_k  # int32: the launcher keeps (K - 1) * |stride_k| below 2^31
         x = tl.load(x_rows + k_offs[None, :] * stride_xk, mask=row_mask[:, None] & k_mask[None, :], other=0)
         w = tl.load(w_cols + k_offs[:, None] * stride_wk, mask=k_mask[:, None] & n_mask[None, :], other=0)
-        a = shifted_left_operand(x, ka[:, None], ROUND, X_UNSIGNED)
-        b = nested_shift(w.to(tl.int32), kw, ROUND, 127)
-        if X_UNSIGNED:
-            w_colsum += tl.sum(b, axis=0)
-        acc = tl.dot(a, b.to(tl.int8), acc, out_dtype=tl.int32)
+        if PRESHIFTED:
+            a = x  # padding past K meets zero weights: its value does not matter
+        else:
+            a = shifted_left_operand(x, ka[:, None], ROUND, X_UNSIGNED)
+        if PRESHIFTED:
+            acc = tl.dot(a, w, acc, out_dtype=tl.int32)  # B straight from memory to the MMA
+        else:
+            b = nested_shift(w.to(tl.int32), kw, ROUND, 127)
+            if X_UNSIGNED:
+                w_colsum += tl.sum(b, axis=0)
+            acc = tl.dot(a, b.to(tl.int8), acc, out_dtype=tl.int32)
     if X_UNSIGNED:
+        if PRESHIFTED:
+            w_colsum = tl.load(w_colsum_ptr + kw * stride_colsum + offs_n, mask=n_mask, other=0)
         acc += 128 * w_colsum[None, :]
 
     epilogue_store(
@@ -91,22 +116,22 @@ def int_matmul_kernel(
 
 @triton.autotune(
     configs=conv_configs(),
-    key=["M_BUCKET", "C_GROUP", "COUT_GROUP", "KH", "KW", "STRIDE_H", "EPILOGUE", "BUCKETED"],
+    key=["M_BUCKET", "C_GROUP", "COUT_GROUP", "KH", "KW", "STRIDE_H", "EPILOGUE", "BUCKETED", "PRESHIFTED"],
 )
 @triton.jit
 def int_conv2d_kernel(
     x_ptr, w_ptr, out_ptr,
     act_shift_ptr, weight_shift_ptr, sample_order_ptr, bucket_start_ptr,
-    bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr,
+    bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr, w_colsum_ptr,
     M, M_BUCKET, H, W, OH, OW, C_GROUP, COUT_GROUP, KH, KW,
     STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
     stride_xb, stride_xh, stride_xw, stride_xc,
     stride_wo, stride_wh, stride_ww, stride_wc,
     stride_om, stride_on,
-    stride_bias, stride_multiplier, stride_rshift, stride_scale,
+    stride_bias, stride_multiplier, stride_rshift, stride_scale, stride_w_width, stride_colsum,
     lo, hi,
     BUCKETED: tl.constexpr, ROUND: tl.constexpr, X_UNSIGNED: tl.constexpr,
-    EPILOGUE: tl.constexpr, RELU: tl.constexpr,
+    EPILOGUE: tl.constexpr, RELU: tl.constexpr, PRESHIFTED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Implicit GEMM: rows are output pixels (b, oh, ow), columns the output channels of one
@@ -134,6 +159,8 @@ def int_conv2d_kernel(
     channel_out = group * COUT_GROUP + offs_n
     offs_k = tl.arange(0, BLOCK_K)
     w_col_ptr = w_ptr + channel_out[None, :].to(tl.int64) * stride_wo
+    if PRESHIFTED:
+        w_col_ptr += kw.to(tl.int64) * stride_w_width
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     w_colsum = tl.zeros((BLOCK_N,), dtype=tl.int32)
@@ -148,20 +175,27 @@ def int_conv2d_kernel(
         inside = row_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         channels = c0 + offs_k
         c_mask = channels < C_GROUP
-        x = tl.load(
-            x_row_ptr[:, None] + (ih * stride_xh + iw * stride_xw)[:, None] + channels[None, :] * stride_xc,
-            mask=inside[:, None] & c_mask[None, :], other=0,
-        )
+        x_ptrs = x_row_ptr[:, None] + (ih * stride_xh + iw * stride_xw)[:, None] + channels[None, :] * stride_xc
         w = tl.load(
             w_col_ptr + (i * stride_wh + j * stride_ww) + channels[:, None] * stride_wc,
             mask=c_mask[:, None] & n_mask[None, :], other=0,
         )
-        a = shifted_left_operand(x, ka[:, None], ROUND, X_UNSIGNED)
-        b = nested_shift(w.to(tl.int32), kw, ROUND, 127)
-        if X_UNSIGNED:
-            w_colsum += tl.sum(b, axis=0)
-        acc = tl.dot(a, b.to(tl.int8), acc, out_dtype=tl.int32)
+        if PRESHIFTED:
+            # Zero padding is code 0, which the pre-shift of uint8 codes turns into -128.
+            a = tl.load(x_ptrs, mask=inside[:, None] & c_mask[None, :], other=-128 if X_UNSIGNED else 0)
+        else:
+            x = tl.load(x_ptrs, mask=inside[:, None] & c_mask[None, :], other=0)
+            a = shifted_left_operand(x, ka[:, None], ROUND, X_UNSIGNED)
+        if PRESHIFTED:
+            acc = tl.dot(a, w, acc, out_dtype=tl.int32)  # B straight from memory to the MMA
+        else:
+            b = nested_shift(w.to(tl.int32), kw, ROUND, 127)
+            if X_UNSIGNED:
+                w_colsum += tl.sum(b, axis=0)
+            acc = tl.dot(a, b.to(tl.int8), acc, out_dtype=tl.int32)
     if X_UNSIGNED:
+        if PRESHIFTED:
+            w_colsum = tl.load(w_colsum_ptr + kw * stride_colsum + channel_out, mask=n_mask, other=0)
         acc += 128 * w_colsum[None, :]
 
     epilogue_store(
@@ -222,30 +256,97 @@ def _check_common(x, w, act_shift, weight_shift, samples, epilogue_tensors, n) -
     return strides
 
 
+def shifted_weight_table(w: torch.Tensor, round_rule: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """([8, *w.shape] int8 weights at every shift, [8, N] int32 sums over all but the first axis).
+
+    Plain torch on w's device, once per frozen layer: the kernels then skip the nested shift of
+    the weight tile and the column sums in their K loop. The result keeps w's memory format in
+    each slice (channels_last conv weights stay channels_last).
+    """
+    codes = w.to(torch.int32)
+    k = torch.arange(WIDTH_TABLE_ROWS, dtype=torch.int32, device=w.device).view(-1, *([1] * w.dim()))
+    if round_rule:
+        shifted = torch.minimum((codes.unsqueeze(0) + ((1 << k) >> 1)) >> k, 127 >> k)
+    else:
+        shifted = codes.unsqueeze(0) >> k
+    table = torch.empty_like(shifted, dtype=torch.int8)
+    if w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
+        table = torch.empty((WIDTH_TABLE_ROWS, w.shape[0], w.shape[2], w.shape[3], w.shape[1]), dtype=torch.int8,
+                            device=w.device).permute(0, 1, 4, 2, 3)
+    table.copy_(shifted)
+    colsum = shifted.flatten(2).sum(dim=2).to(torch.int32)
+    return table, colsum
+
+
+def shift_activations(x: torch.Tensor, act_shift: torch.Tensor, round_rule: bool, sample_elems: int) -> torch.Tensor:
+    """int8 codes of x (contiguous in its memory order) shifted by each sample's act_shift,
+    uint8 codes offset by -128: the left operand of a PRESHIFTED GEMM."""
+    out = torch.empty_like(x, dtype=torch.int8)
+    numel = x.numel()
+    if numel:
+        block = 256 if interpreting() else 1024
+        shift_activations_kernel[(triton.cdiv(numel, block),)](
+            x, act_shift, out, numel, sample_elems, ROUND=bool(round_rule), X_UNSIGNED=x.dtype == torch.uint8,
+            BLOCK=block)
+    return out
+
+
+def _check_shifted_weights(w: torch.Tensor, w_colsum: Optional[torch.Tensor], table_dim: int) -> bool:
+    """True for a pre-shifted weight table (w of `table_dim` dims with its column sums)."""
+    if w.dim() != table_dim:
+        if w_colsum is not None:
+            raise ValueError("w_colsum goes with a pre-shifted [8, ...] weight table only")
+        return False
+    if w.shape[0] != WIDTH_TABLE_ROWS or w_colsum is None:
+        raise ValueError(f"a pre-shifted weight table is [{WIDTH_TABLE_ROWS}, ...] with its w_colsum, got "
+                         f"{tuple(w.shape)} and {None if w_colsum is None else tuple(w_colsum.shape)}")
+    if w_colsum.dtype != torch.int32 or w_colsum.shape != (WIDTH_TABLE_ROWS, w.shape[1]) or w_colsum.device != w.device:
+        raise ValueError(f"w_colsum must be int32 [{WIDTH_TABLE_ROWS}, {w.shape[1]}] on {w.device}, got "
+                         f"{w_colsum.dtype} {tuple(w_colsum.shape)} on {w_colsum.device}")
+    return True
+
+
+def _shifted_strides(w: torch.Tensor, w_colsum: Optional[torch.Tensor], shifted: bool) -> tuple[int, int]:
+    """(stride between widths of the weight table, row stride of the column sums), 0 if plain."""
+    return (w.stride(0), w_colsum.stride(0)) if shifted else (0, 0)
+
+
 def launch_int_matmul(
     x: torch.Tensor, w: torch.Tensor, act_shift: torch.Tensor, weight_shift: torch.Tensor,
     bias: torch.Tensor, multiplier: torch.Tensor, rshift: torch.Tensor, scale: torch.Tensor,
     round_rule: bool, epilogue: int, relu: bool, lo: int, hi: int, out_dtype: torch.dtype,
+    w_colsum: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """out [M, N] = epilogue(acc) for x [M, K] codes and w [N, K] int8 (see the module docstring).
 
     act_shift is int32 [M]; weight_shift is int32 [1] (per layer) or [M] (per sample). bias
     (int32), multiplier (int32), rshift (int32) and scale (float32) are each [N], shared by
     every width, or an [8, N] width table whose row kw serves the rows with weight shift kw.
+
+    w may instead be an [8, N, K] table of weights already shifted (`shifted_weight_table`),
+    with ``w_colsum`` its int32 [8, N] sums over K (PRESHIFTED): x is then shifted once per
+    call (`shift_activations`), each tile picks its width's slice of the table, and the K loop
+    feeds both tiles to the MMA as loaded.
     """
-    if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
-        raise ValueError(f"int_matmul kernel: x must be [M, K] and w [N, K], got {tuple(x.shape)}, {tuple(w.shape)}")
+    shifted = _check_shifted_weights(w, w_colsum, 3)
+    if x.dim() != 2 or w.dim() != 2 + shifted or x.shape[1] != w.shape[-1]:
+        raise ValueError(f"int_matmul kernel: x must be [M, K] and w [N, K] (or [8, N, K] shifted), got "
+                         f"{tuple(x.shape)}, {tuple(w.shape)}")
     M, K = x.shape
-    N = w.shape[0]
+    N = w.shape[-2]
     table_strides = _check_common(x, w, act_shift, weight_shift, M, (bias, multiplier, rshift, scale), N)
+    width_strides = _shifted_strides(w, w_colsum, shifted)
     # The kernel indexes along K in int32; a K-contiguous copy keeps exotic strides in range.
     if (K - 1) * abs(x.stride(1)) >= 2**31:
         x = x.contiguous()
-    if (K - 1) * abs(w.stride(1)) >= 2**31:
+    if (K - 1) * abs(w.stride(-1)) >= 2**31:
         w = w.contiguous()
     out = torch.empty((M, N), dtype=out_dtype, device=x.device)
     if M == 0:
         return out
+    x_codes = x
+    if shifted:
+        x = shift_activations(x.contiguous(), act_shift, round_rule, K)
     bucketed, order, bucket_start = weight_shift_buckets(weight_shift, M)
     extra = MAX_SHIFT if bucketed else 0
 
@@ -254,13 +355,13 @@ def launch_int_matmul(
 
     int_matmul_kernel[grid](
         x, w, out, act_shift, weight_shift, order, bucket_start,
-        bias, multiplier, rshift, scale,
+        bias, multiplier, rshift, scale, w_colsum if shifted else bias,
         M, N, K, m_bucket(M),
-        x.stride(0), x.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1),
-        *table_strides,
+        x.stride(0), x.stride(1), w.stride(-2), w.stride(-1), out.stride(0), out.stride(1),
+        *table_strides, *width_strides,
         lo, hi,
-        BUCKETED=bucketed, ROUND=bool(round_rule), X_UNSIGNED=x.dtype == torch.uint8,
-        EPILOGUE=int(epilogue), RELU=bool(relu), GROUP_M=8,
+        BUCKETED=bucketed, ROUND=bool(round_rule), X_UNSIGNED=x_codes.dtype == torch.uint8,
+        EPILOGUE=int(epilogue), RELU=bool(relu), PRESHIFTED=shifted, GROUP_M=8,
     )
     return out
 
@@ -269,13 +370,20 @@ def launch_int_conv2d(
     x: torch.Tensor, w: torch.Tensor, geometry: list[int], act_shift: torch.Tensor, weight_shift: torch.Tensor,
     bias: torch.Tensor, multiplier: torch.Tensor, rshift: torch.Tensor, scale: torch.Tensor,
     round_rule: bool, epilogue: int, relu: bool, lo: int, hi: int, out_dtype: torch.dtype,
+    w_colsum: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """out [B, Cout, OH, OW] (channels_last) for x [B, C, H, W] codes and w [Cout, C/g, KH, KW].
 
     geometry = [stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups]. Any memory format is
     read in place through strides; channels_last gives the coalesced channel loads. The
-    epilogue constants are [Cout] or [8, Cout] width tables, as in `launch_int_matmul`.
+    epilogue constants are [Cout] or [8, Cout] width tables, as in `launch_int_matmul`. w may
+    be an [8, Cout, C/g, KH, KW] table of pre-shifted weights with ``w_colsum`` [8, Cout], as
+    there.
     """
+    shifted = _check_shifted_weights(w, w_colsum, 5)
+    w_table = w
+    if shifted:
+        w = w[0]  # one width's view: the geometry and strides below read it like plain weights
     if x.dim() != 4 or w.dim() != 4 or len(geometry) != 7:
         raise ValueError(f"int_conv2d kernel: x and w must be 4-D and geometry 7 ints, got {tuple(x.shape)}, "
                          f"{tuple(w.shape)}, {geometry}")
@@ -289,10 +397,14 @@ def launch_int_conv2d(
     if OH < 1 or OW < 1:
         raise ValueError(f"int_conv2d kernel: empty output {OH}x{OW}")
     table_strides = _check_common(x, w, act_shift, weight_shift, B, (bias, multiplier, rshift, scale), Cout)
+    width_strides = _shifted_strides(w_table, w_colsum, shifted)
     out = torch.empty((B, OH, OW, Cout), dtype=out_dtype, device=x.device)
     if B == 0:
         return out.permute(0, 3, 1, 2)
     out_rows = out.view(B * OH * OW, Cout)
+    x_codes = x
+    if shifted:
+        x = shift_activations(x.contiguous(memory_format=torch.channels_last), act_shift, round_rule, C * H * W)
     bucketed, order, bucket_start = weight_shift_buckets(weight_shift, B)
     M = B * OH * OW
     extra = MAX_SHIFT if bucketed else 0
@@ -303,15 +415,15 @@ def launch_int_conv2d(
 
     int_conv2d_kernel[grid](
         x, w, out_rows, act_shift, weight_shift, order, bucket_start,
-        bias, multiplier, rshift, scale,
+        bias, multiplier, rshift, scale, w_colsum if shifted else bias,
         M, m_bucket(M), H, W, OH, OW, Cg, cout_g, KH, KW,
         sh, sw, ph, pw, dh, dw,
         x.stride(0), x.stride(2), x.stride(3), x.stride(1),
         w.stride(0), w.stride(2), w.stride(3), w.stride(1),
         out_rows.stride(0), out_rows.stride(1),
-        *table_strides,
+        *table_strides, *width_strides,
         lo, hi,
-        BUCKETED=bucketed, ROUND=bool(round_rule), X_UNSIGNED=x.dtype == torch.uint8,
-        EPILOGUE=int(epilogue), RELU=bool(relu),
+        BUCKETED=bucketed, ROUND=bool(round_rule), X_UNSIGNED=x_codes.dtype == torch.uint8,
+        EPILOGUE=int(epilogue), RELU=bool(relu), PRESHIFTED=shifted,
     )
     return out.permute(0, 3, 1, 2)

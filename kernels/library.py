@@ -7,10 +7,12 @@ models that call them without running a kernel.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .elementwise import launch_elementwise, launch_lut
-from .gemm import epilogue_table_strides, launch_int_conv2d, launch_int_matmul
+from .gemm import epilogue_table_strides, launch_int_conv2d, launch_int_matmul, shifted_weight_table
 from .pool import launch_adaptive_avg_pool2d, launch_pool2d, pool_out_size
 
 Tensor = torch.Tensor
@@ -26,17 +28,20 @@ def int_matmul(
     x: Tensor, w: Tensor, act_shift: Tensor, weight_shift: Tensor,
     bias: Tensor, multiplier: Tensor, rshift: Tensor, scale: Tensor,
     round_rule: bool, epilogue: int, relu: bool, lo: int, hi: int, out_dtype: torch.dtype,
+    w_colsum: Optional[Tensor] = None,
 ) -> Tensor:
     """Integer matmul kernel; arguments as in `gemm.launch_int_matmul` (bias, multiplier, rshift
-    and scale are each [N] or an [8, N] width table indexed by the row's weight shift)."""
+    and scale are each [N] or an [8, N] width table indexed by the row's weight shift; w is
+    [N, K], or an [8, N, K] pre-shifted table with its w_colsum)."""
     return launch_int_matmul(x, w, act_shift, weight_shift, bias, multiplier, rshift, scale,
-                             round_rule, epilogue, relu, lo, hi, out_dtype)
+                             round_rule, epilogue, relu, lo, hi, out_dtype, w_colsum)
 
 
 @int_matmul.register_fake
-def _(x, w, act_shift, weight_shift, bias, multiplier, rshift, scale, round_rule, epilogue, relu, lo, hi, out_dtype):
-    epilogue_table_strides((bias, multiplier, rshift, scale), w.shape[0])
-    return x.new_empty((x.shape[0], w.shape[0]), dtype=out_dtype)
+def _(x, w, act_shift, weight_shift, bias, multiplier, rshift, scale, round_rule, epilogue, relu, lo, hi, out_dtype,
+      w_colsum=None):
+    epilogue_table_strides((bias, multiplier, rshift, scale), w.shape[-2])
+    return x.new_empty((x.shape[0], w.shape[-2]), dtype=out_dtype)
 
 
 @torch.library.custom_op("dqt_triton::int_conv2d", mutates_args=())
@@ -44,16 +49,19 @@ def int_conv2d(
     x: Tensor, w: Tensor, geometry: list[int], act_shift: Tensor, weight_shift: Tensor,
     bias: Tensor, multiplier: Tensor, rshift: Tensor, scale: Tensor,
     round_rule: bool, epilogue: int, relu: bool, lo: int, hi: int, out_dtype: torch.dtype,
+    w_colsum: Optional[Tensor] = None,
 ) -> Tensor:
     """Implicit-GEMM conv2d kernel; arguments as in `gemm.launch_int_conv2d` (epilogue constants
-    [Cout] or [8, Cout] width tables)."""
+    [Cout] or [8, Cout] width tables; w plain or an [8, ...] pre-shifted table with w_colsum)."""
     return launch_int_conv2d(x, w, geometry, act_shift, weight_shift, bias, multiplier, rshift, scale,
-                             round_rule, epilogue, relu, lo, hi, out_dtype)
+                             round_rule, epilogue, relu, lo, hi, out_dtype, w_colsum)
 
 
 @int_conv2d.register_fake
 def _(x, w, geometry, act_shift, weight_shift, bias, multiplier, rshift, scale, round_rule, epilogue, relu, lo, hi,
-      out_dtype):
+      out_dtype, w_colsum=None):
+    if w.dim() == 5:
+        w = w[0]
     epilogue_table_strides((bias, multiplier, rshift, scale), w.shape[0])
     OH, OW = _conv_out_hw(x.shape[2], x.shape[3], w.shape[2], w.shape[3], geometry)
     return torch.empty((x.shape[0], w.shape[0], OH, OW), dtype=out_dtype, device=x.device,

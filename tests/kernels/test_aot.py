@@ -38,8 +38,8 @@ def _compile_all(arch: int) -> list[dict]:
 
 
 def _kloop_table(rows: list[dict]) -> str:
-    return "\n".join(f"sm_{r['arch']} {r['kloop_tile']}: ours {r['ours']}, plain {r['plain']} PTX instructions"
-                     for r in rows)
+    return "\n".join(f"sm_{r['arch']} {r['kloop_tile']}: pre-shifted {r['ours']}, shift in the loop {r['in_loop']}, "
+                     f"plain {r['plain']} PTX instructions" for r in rows)
 
 
 @pytest.mark.skipif(NO_CUDA_BACKEND is not None, reason=str(NO_CUDA_BACKEND))
@@ -52,7 +52,7 @@ def test_every_kernel_variant_compiles_for_sm90_and_sm80_on_int8_tensor_cores():
     assert len(reports) == expected, f"{len(reports)} of {expected} variants reported"
     kinds = {r["kernel"] for r in reports}
     assert kinds == {"int_matmul_kernel", "int_conv2d_kernel", "int_add_kernel", "int_mul_kernel", "int_pool2d_kernel",
-                     "int_adaptive_avg_pool2d_kernel", "int_lut_kernel"}
+                     "int_adaptive_avg_pool2d_kernel", "int_lut_kernel", "shift_activations_kernel"}
     failures = [f"sm_{r['arch']} {r['label']}: {'; '.join(r['problems'])}" for r in reports if r["problems"]]
     assert not failures, "\n".join(failures)
     # wgmma really is what the big tiles get on Hopper (the check above compares with the rule).
@@ -60,7 +60,8 @@ def test_every_kernel_variant_compiles_for_sm90_and_sm80_on_int8_tensor_cores():
     spills = [f"sm_{r['arch']} {r['label']}: {r['spill_bytes']} bytes" for r in reports if r["spill_bytes"]]
     assert not spills, f"{len(spills)} of {len(reports)} variants spill registers:\n" + "\n".join(spills)
     # The main loop against a plain int8 GEMM with the same tile: measured and printed, not a target here.
-    assert len(kloops) == 2 * len(_GPU_MATMUL_TILES) and all(r["ours"] and r["plain"] for r in kloops), kloops
+    assert len(kloops) == 2 * len(_GPU_MATMUL_TILES) and all(r["ours"] and r["in_loop"] and r["plain"]
+                                                             for r in kloops), kloops
     print("K loop against a plain int8 GEMM:\n" + _kloop_table(kloops))
 
 
@@ -108,9 +109,9 @@ def test_the_variant_list_covers_every_tile_and_every_flag_value():
         seen_tiles = {(c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], v.num_warps, v.num_stages)
                       for v in mine for c in [dict(v.constexprs)]}
         assert seen_tiles == set(tiles)
-        for flag in ("BUCKETED", "ROUND", "X_UNSIGNED", "RELU"):
+        for flag in ("BUCKETED", "ROUND", "X_UNSIGNED", "RELU", "PRESHIFTED"):
             assert {dict(v.constexprs)[flag] for v in mine} == {False, True}, flag
         outputs = {(dict(v.constexprs)["EPILOGUE"], dict(v.pointer_types)["out_ptr"]) for v in mine}
         assert outputs == {(e, o) for e, o, _ in aot.EPILOGUE_OUTPUTS}
     full = aot.variants(full=True)
-    assert len([v for v in full if v.kernel == "int_matmul_kernel"]) == len(_GPU_MATMUL_TILES) * 32
+    assert len([v for v in full if v.kernel == "int_matmul_kernel"]) == len(_GPU_MATMUL_TILES) * 64

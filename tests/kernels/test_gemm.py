@@ -266,3 +266,48 @@ def test_width_tables_over_many_tiles_and_buckets():
                   shift=torch.randint(30, 40, (8, 70), generator=gen), relu=True)
     want = dq.int_matmul(x, w, act_shift=ka, weight_shift=kw, backend="reference", **kwargs)
     assert torch.equal(triton_matmul(x, w, ka, kw, **kwargs), want)
+
+
+def _prepared_triton(x, w, ka, kw, rule, kwargs, conv=None):
+    """A prepared layer (the frozen program's path: the kernels read pre-shifted weights)."""
+    x_d, w_d, ka_d, kw_d = on_device(x, w, ka, kw)
+    layer = dq.ops.prepare_layer(w_d, x_dtype=x.dtype, conv=conv, shift_rule=rule, **kwargs_on_device(kwargs))
+    out = dq.ops.run_prepared(layer, x_d, ka_d, kw_d, backend="triton")
+    return layer, out.cpu()
+
+
+@settings(SETTINGS, max_examples=20)
+@given(matmul_case(cols=(1, 3, 15, 41), epilogue=width_epilogue_spec))
+def test_prepared_matmul_with_pre_shifted_weights_matches_reference(case):
+    x, w, ka, kw, rule, kwargs, _ = case
+    want = dq.int_matmul(x, w, act_shift=ka, weight_shift=kw, shift_rule=rule, backend="reference", **kwargs)
+    layer, got = _prepared_triton(x, w, ka, kw, rule, kwargs)
+    assert "table" in layer._shifted  # the lean K loop ran, not the in-loop shift
+    assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+@settings(SETTINGS, max_examples=15)
+@given(conv_case(channels=(1, 3, 8, 35), kernels=(1, 3), max_extra=3, epilogue=width_epilogue_spec))
+def test_prepared_conv_with_pre_shifted_weights_matches_reference(case):
+    x, w, geometry, ka, kw, rule, kwargs, _ = case
+    want = dq.int_conv2d(x, w, act_shift=ka, weight_shift=kw, shift_rule=rule, backend="reference",
+                         **geometry, **kwargs)
+    layer, got = _prepared_triton(x, w, ka, kw, rule, kwargs, conv=geometry)
+    assert "table" in layer._shifted
+    assert got.shape == want.shape and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("x_dtype", CODE_DTYPES)
+def test_pre_shifted_table_is_what_the_kernel_reads(x_dtype):
+    """Each width's slice of the table (and its column sums) feeds the rows of that width."""
+    gen = torch.Generator().manual_seed(3)
+    x = codes(gen, (6, 33), x_dtype, False)
+    w = codes(gen, (5, 33), torch.int8, False)
+    kw = torch.tensor([0, 2, 2, 5, 7, 0], dtype=torch.int32)
+    layer, before = _prepared_triton(x, w, 1, kw, "round", {})
+    table, colsum = layer.shifted_weights()
+    table[2].zero_()
+    colsum[2].zero_()
+    after = dq.ops.run_prepared(layer, *on_device(x, 1, kw), backend="triton").cpu()
+    changed = (before != after).any(dim=1).tolist()
+    assert changed[1] and changed[2] and not any(changed[i] for i in (0, 3, 4, 5)), changed
