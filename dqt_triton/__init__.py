@@ -6,7 +6,7 @@ reference on CPU tensors and Triton kernels on CUDA tensors.
 
 import logging
 
-from .backends import BACKENDS, use_backend
+from .dispatch import BACKENDS, use_backend
 from .errors import (
     AccumulatorOverflowError,
     BackendUnavailableError,

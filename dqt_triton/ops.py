@@ -1,7 +1,7 @@
 """Public integer ops of the DQT contract (docs/numerics.md) and their dispatch.
 
 Every op validates its inputs, normalises them into one plan (`Epilogue`, per-row shift
-tensors), and hands that plan to the backend chosen by `dqt_triton.backends`. No kernel code
+tensors), and hands that plan to the backend chosen by `dqt_triton.dispatch`. No kernel code
 lives here: the Numba kernels are in `dqt_triton.reference`, the Triton ones in
 `dqt_triton.kernels`.
 """
@@ -17,7 +17,7 @@ import torch
 
 from . import reference as ref
 from . import weight_cache
-from .backends import resolve_backend
+from .dispatch import resolve_backend
 from .errors import BackendUnavailableError
 from .numerics import (
     INT32_MAX,

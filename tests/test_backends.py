@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dqt_triton as dq
-from dqt_triton.backends import resolve_backend
+from dqt_triton.dispatch import resolve_backend
 
 
 def test_auto_picks_the_cpu_path_for_cpu_tensors():
