@@ -103,6 +103,33 @@ def shifted_left_operand(x, ka, ROUND: tl.constexpr, X_UNSIGNED: tl.constexpr):
 
 
 @triton.jit
+def mma_step(a, w, kw, acc, w_colsum, ROUND: tl.constexpr, X_UNSIGNED: tl.constexpr, PRESHIFTED: tl.constexpr):
+    """One K step of the GEMM and conv kernels: acc += a . b, with b the weight tile `w` as
+    loaded (PRESHIFTED) or nested-shifted by the tile's `kw` here, whose column sums the uint8
+    correction then needs. Returns (acc, w_colsum)."""
+    if PRESHIFTED:
+        acc = tl.dot(a, w, acc, out_dtype=tl.int32)  # B straight from memory to the MMA
+    else:
+        b = nested_shift(w.to(tl.int32), kw, ROUND, 127)
+        if X_UNSIGNED:
+            w_colsum += tl.sum(b, axis=0)
+        acc = tl.dot(a, b.to(tl.int8), acc, out_dtype=tl.int32)
+    return acc, w_colsum
+
+
+@triton.jit
+def add_column_sums(acc, w_colsum, w_colsum_ptr, kw, stride_colsum, cols, col_mask,
+                    X_UNSIGNED: tl.constexpr, PRESHIFTED: tl.constexpr):
+    """Undo the -128 offset of uint8 tiles: + 128 * (column sums of the shifted weights), summed
+    in the loop or read from the pre-shifted table's row `kw`."""
+    if X_UNSIGNED:
+        if PRESHIFTED:
+            w_colsum = tl.load(w_colsum_ptr + kw * stride_colsum + cols, mask=col_mask, other=0)
+        acc += 128 * w_colsum[None, :]
+    return acc
+
+
+@triton.jit
 def epilogue_store(
     acc, total_shift, kw, rows, row_mask, offs_n, n_mask,
     out_ptr, stride_om, stride_on,

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .common import (
-    MAX_SHIFT, MAX_SHIFT_C, clamp_shift, epilogue_store, interpreting, nested_shift, rows_of_tile,
+    MAX_SHIFT, MAX_SHIFT_C, add_column_sums, clamp_shift, epilogue_store, interpreting, mma_step, rows_of_tile,
     shifted_left_operand,
 )
 from .configs import conv_configs, m_bucket, matmul_configs
@@ -95,17 +95,8 @@ def int_matmul_kernel(
             a = x  # padding past K meets zero weights: its value does not matter
         else:
             a = shifted_left_operand(x, ka[:, None], ROUND, X_UNSIGNED)
-        if PRESHIFTED:
-            acc = tl.dot(a, w, acc, out_dtype=tl.int32)  # B straight from memory to the MMA
-        else:
-            b = nested_shift(w.to(tl.int32), kw, ROUND, 127)
-            if X_UNSIGNED:
-                w_colsum += tl.sum(b, axis=0)
-            acc = tl.dot(a, b.to(tl.int8), acc, out_dtype=tl.int32)
-    if X_UNSIGNED:
-        if PRESHIFTED:
-            w_colsum = tl.load(w_colsum_ptr + kw * stride_colsum + offs_n, mask=n_mask, other=0)
-        acc += 128 * w_colsum[None, :]
+        acc, w_colsum = mma_step(a, w, kw, acc, w_colsum, ROUND, X_UNSIGNED, PRESHIFTED)
+    acc = add_column_sums(acc, w_colsum, w_colsum_ptr, kw, stride_colsum, offs_n, n_mask, X_UNSIGNED, PRESHIFTED)
 
     epilogue_store(
         acc, ka + kw, kw, rows, row_mask, offs_n, n_mask, out_ptr, stride_om, stride_on,
@@ -186,17 +177,9 @@ def int_conv2d_kernel(
         else:
             x = tl.load(x_ptrs, mask=inside[:, None] & c_mask[None, :], other=0)
             a = shifted_left_operand(x, ka[:, None], ROUND, X_UNSIGNED)
-        if PRESHIFTED:
-            acc = tl.dot(a, w, acc, out_dtype=tl.int32)  # B straight from memory to the MMA
-        else:
-            b = nested_shift(w.to(tl.int32), kw, ROUND, 127)
-            if X_UNSIGNED:
-                w_colsum += tl.sum(b, axis=0)
-            acc = tl.dot(a, b.to(tl.int8), acc, out_dtype=tl.int32)
-    if X_UNSIGNED:
-        if PRESHIFTED:
-            w_colsum = tl.load(w_colsum_ptr + kw * stride_colsum + channel_out, mask=n_mask, other=0)
-        acc += 128 * w_colsum[None, :]
+        acc, w_colsum = mma_step(a, w, kw, acc, w_colsum, ROUND, X_UNSIGNED, PRESHIFTED)
+    acc = add_column_sums(acc, w_colsum, w_colsum_ptr, kw, stride_colsum, channel_out, n_mask, X_UNSIGNED,
+                          PRESHIFTED)
 
     epilogue_store(
         acc, ka + kw, kw, rows, row_mask, channel_out, n_mask, out_ptr, stride_om, stride_on,
