@@ -62,6 +62,24 @@ def nested_shift(
     return torch.minimum((q + half) >> k, hi >> k)
 
 
+def shifted_weight_table(w: torch.Tensor, rule: str = "floor") -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight codes at every shift: (int8 ``[8, *w.shape]``, int32 ``[8, N]`` sums over the rest).
+
+    Row k holds `nested_shift(w, k)`; each row keeps w's memory format (channels_last conv
+    weights stay channels_last). The Triton kernels read a frozen layer's weights from this
+    table instead of shifting them in their K loop; the sums undo their uint8 offset.
+    """
+    rows = MAX_SHIFT + 1
+    if w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
+        cout, cin, kh, kw = w.shape
+        table = torch.empty((rows, cout, kh, kw, cin), dtype=torch.int8, device=w.device).permute(0, 1, 4, 2, 3)
+    else:
+        table = torch.empty((rows, *w.shape), dtype=torch.int8, device=w.device)
+    for k in range(rows):
+        table[k].copy_(nested_shift(w, k, signed=True, rule=rule))
+    return table, table.sum(dim=tuple(range(2, table.dim())), dtype=torch.int32)
+
+
 def accumulator_bound(reduction_size: int, x_signed: bool, bias_abs_max: int = 0) -> int:
     """Worst-case |acc| in master units: K * max|x| * max|w| + max|bias|."""
     x_abs_max = 128 if x_signed else 255

@@ -24,8 +24,10 @@ from .numerics import (
     MAX_OFFSET_ABS,
     MAX_REQUANT_SHIFT,
     MAX_SHIFT,
+    SHIFT_RULES,
     check_accumulator,
     check_shift_rule,
+    shifted_weight_table,
 )
 
 ShiftArg = Union[int, torch.Tensor]
@@ -528,7 +530,8 @@ class PreparedLayer:
     def shifted_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(``[8, *weight.shape]`` int8 pre-shifted weights, ``[8, N]`` int32 sums), cached."""
         if "table" not in self._shifted:
-            self._shifted["table"] = _triton_kernels().shifted_weight_table(self.weight, bool(self.round_rule))
+            rule = SHIFT_RULES[self.round_rule]
+            self._shifted["table"] = shifted_weight_table(self.weight, rule)
         return self._shifted["table"]
 
 

@@ -13,13 +13,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     AVAILABLE = False
     IMPORT_ERROR: str | None = str(exc)
 else:
-    from .library import (
-        int_adaptive_avg_pool2d, int_conv2d, int_elementwise, int_lut, int_matmul, int_pool2d, shifted_weight_table,
-    )
+    from .library import int_adaptive_avg_pool2d, int_conv2d, int_elementwise, int_lut, int_matmul, int_pool2d
 
     AVAILABLE = True
     IMPORT_ERROR = None
 
 __all__ = ["AVAILABLE", "IMPORT_ERROR", "int_matmul", "int_conv2d", "int_elementwise", "int_pool2d",
-           "int_adaptive_avg_pool2d", "int_lut",
-           "shifted_weight_table"]
+           "int_adaptive_avg_pool2d", "int_lut"]

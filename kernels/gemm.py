@@ -239,28 +239,6 @@ def _check_common(x, w, act_shift, weight_shift, samples, epilogue_tensors, n) -
     return strides
 
 
-def shifted_weight_table(w: torch.Tensor, round_rule: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """([8, *w.shape] int8 weights at every shift, [8, N] int32 sums over all but the first axis).
-
-    Plain torch on w's device, once per frozen layer: the kernels then skip the nested shift of
-    the weight tile and the column sums in their K loop. The result keeps w's memory format in
-    each slice (channels_last conv weights stay channels_last).
-    """
-    codes = w.to(torch.int32)
-    k = torch.arange(WIDTH_TABLE_ROWS, dtype=torch.int32, device=w.device).view(-1, *([1] * w.dim()))
-    if round_rule:
-        shifted = torch.minimum((codes.unsqueeze(0) + ((1 << k) >> 1)) >> k, 127 >> k)
-    else:
-        shifted = codes.unsqueeze(0) >> k
-    table = torch.empty_like(shifted, dtype=torch.int8)
-    if w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
-        table = torch.empty((WIDTH_TABLE_ROWS, w.shape[0], w.shape[2], w.shape[3], w.shape[1]), dtype=torch.int8,
-                            device=w.device).permute(0, 1, 4, 2, 3)
-    table.copy_(shifted)
-    colsum = shifted.flatten(2).sum(dim=2).to(torch.int32)
-    return table, colsum
-
-
 def shift_activations(x: torch.Tensor, act_shift: torch.Tensor, round_rule: bool, sample_elems: int) -> torch.Tensor:
     """int8 codes of x (contiguous in its memory order) shifted by each sample's act_shift,
     uint8 codes offset by -128: the left operand of a PRESHIFTED GEMM."""
@@ -306,7 +284,7 @@ def launch_int_matmul(
     (int32), multiplier (int32), rshift (int32) and scale (float32) are each [N], shared by
     every width, or an [8, N] width table whose row kw serves the rows with weight shift kw.
 
-    w may instead be an [8, N, K] table of weights already shifted (`shifted_weight_table`),
+    w may instead be an [8, N, K] table of weights already shifted (`numerics.shifted_weight_table`),
     with ``w_colsum`` its int32 [8, N] sums over K (PRESHIFTED): x is then shifted once per
     call (`shift_activations`), each tile picks its width's slice of the table, and the K loop
     feeds both tiles to the MMA as loaded.

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from .elementwise import launch_elementwise, launch_lut
-from .gemm import epilogue_table_strides, launch_int_conv2d, launch_int_matmul, shifted_weight_table
+from .gemm import epilogue_table_strides, launch_int_conv2d, launch_int_matmul
 from .pool import launch_adaptive_avg_pool2d, launch_pool2d, pool_out_size
 
 Tensor = torch.Tensor

@@ -166,3 +166,20 @@ def test_dyadic_constants_round_ties_half_to_even_and_refuse_ratios_from_2_31_mi
     for make in (lambda r: nm.add_constants(r, 1.0, 1.0), lambda r: nm.mul_constants(r, 1.0, 1.0)):
         assert (make(1.0 + 2.0**-30).shift, make(1.0 + 2.0**-30).k1) == (29, 2**29)
         assert make(1.0 + 3 * 2.0**-30).k1 == 2**29 + 2
+
+
+@pytest.mark.parametrize("rule", ["floor", "round"])
+@pytest.mark.parametrize("shape", [(5, 33), (6, 3, 3, 2)])
+def test_shifted_weight_table_holds_every_shift_and_its_sums(rule, shape):
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randint(-128, 128, shape, generator=gen).to(torch.int8)
+    if len(shape) == 4:
+        w = w.contiguous(memory_format=torch.channels_last)
+    table, colsum = nm.shifted_weight_table(w, rule)
+    assert table.dtype == torch.int8 and table.shape == (8, *shape) and colsum.shape == (8, shape[0])
+    for k in range(8):
+        row = nm.nested_shift(w, k, signed=True, rule=rule)
+        assert torch.equal(table[k].to(torch.int16), row)
+        assert torch.equal(colsum[k], row.to(torch.int32).flatten(1).sum(dim=1).to(torch.int32))
+    if len(shape) == 4:
+        assert table[3].is_contiguous(memory_format=torch.channels_last)
