@@ -104,7 +104,7 @@ def _kernels():
             "int_pool2d_kernel": pool.int_pool2d_kernel,
             "int_adaptive_avg_pool2d_kernel": pool.int_adaptive_avg_pool2d_kernel,
             "int_lut_kernel": elementwise.int_lut_kernel, "plain_int8_matmul_kernel": plain.plain_int8_matmul_kernel,
-            "shift_activations_kernel": gemm.shift_activations_kernel}
+            "shift_activations_kernel": elementwise.shift_activations_kernel}
 
 
 # Besides every tile with the heaviest flags, a few flag sets that between them give each

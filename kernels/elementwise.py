@@ -1,4 +1,5 @@
-"""Element-wise integer add and multiply (docs/numerics.md section 5) over flat code tensors."""
+"""Element-wise integer add and multiply (docs/numerics.md section 5) over flat code tensors, the
+lookup tables, and the per-sample activation shift that feeds a pre-shifted GEMM."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import interpreting
+from .common import clamp_shift, interpreting, shifted_left_operand
 
 
 @triton.jit
@@ -79,4 +80,29 @@ def launch_elementwise(name: str, a: torch.Tensor, b: torch.Tensor, constants: l
     if numel:
         block = _block()
         kernel[(triton.cdiv(numel, block),)](a, b, out, numel, *constants, shift, lo, hi, BLOCK=block)
+    return out
+
+
+@triton.jit
+def shift_activations_kernel(x_ptr, act_shift_ptr, out_ptr, numel, SAMPLE_ELEMS, ROUND: tl.constexpr,
+                             X_UNSIGNED: tl.constexpr, BLOCK: tl.constexpr):
+    """The GEMM's left operand once per call: nested_shift(x, ka[sample]) as int8 (minus 128 for
+    uint8 codes), sample = flat index // SAMPLE_ELEMS, so the K loop only loads it."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    ka = clamp_shift(tl.load(act_shift_ptr + offs // SAMPLE_ELEMS, mask=mask, other=0))
+    x = tl.load(x_ptr + offs, mask=mask, other=0)
+    tl.store(out_ptr + offs, shifted_left_operand(x, ka, ROUND, X_UNSIGNED), mask=mask)
+
+
+def shift_activations(x: torch.Tensor, act_shift: torch.Tensor, round_rule: bool, sample_elems: int) -> torch.Tensor:
+    """int8 codes of x (contiguous in its memory order) shifted by each sample's act_shift,
+    uint8 codes offset by -128: the left operand of a PRESHIFTED GEMM."""
+    out = torch.empty_like(x, dtype=torch.int8)
+    numel = x.numel()
+    if numel:
+        block = _block()
+        shift_activations_kernel[(triton.cdiv(numel, block),)](
+            x, act_shift, out, numel, sample_elems, ROUND=bool(round_rule), X_UNSIGNED=x.dtype == torch.uint8,
+            BLOCK=block)
     return out

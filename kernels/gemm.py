@@ -21,22 +21,10 @@ import triton
 import triton.language as tl
 
 from .common import (
-    MAX_SHIFT, MAX_SHIFT_C, add_column_sums, clamp_shift, epilogue_store, interpreting, mma_step, rows_of_tile,
-    shifted_left_operand,
+    MAX_SHIFT, MAX_SHIFT_C, add_column_sums, clamp_shift, epilogue_store, mma_step, rows_of_tile, shifted_left_operand,
 )
 from .configs import conv_configs, m_bucket, matmul_configs
-
-@triton.jit
-def shift_activations_kernel(x_ptr, act_shift_ptr, out_ptr, numel, SAMPLE_ELEMS, ROUND: tl.constexpr,
-                             X_UNSIGNED: tl.constexpr, BLOCK: tl.constexpr):
-    """The GEMM's left operand once per call: nested_shift(x, ka[sample]) as int8 (minus 128 for
-    uint8 codes), sample = flat index // SAMPLE_ELEMS, so the K loop only loads it."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    ka = clamp_shift(tl.load(act_shift_ptr + offs // SAMPLE_ELEMS, mask=mask, other=0))
-    x = tl.load(x_ptr + offs, mask=mask, other=0)
-    tl.store(out_ptr + offs, shifted_left_operand(x, ka, ROUND, X_UNSIGNED), mask=mask)
-
+from .elementwise import shift_activations
 
 # Rows of a width table: one set of epilogue constants per weight shift.
 WIDTH_TABLE_ROWS = MAX_SHIFT + 1
@@ -237,19 +225,6 @@ def _check_common(x, w, act_shift, weight_shift, samples, epilogue_tensors, n) -
     if len(devices) != 1:
         raise ValueError(f"all kernel operands must be on one device, got {sorted(map(str, devices))}")
     return strides
-
-
-def shift_activations(x: torch.Tensor, act_shift: torch.Tensor, round_rule: bool, sample_elems: int) -> torch.Tensor:
-    """int8 codes of x (contiguous in its memory order) shifted by each sample's act_shift,
-    uint8 codes offset by -128: the left operand of a PRESHIFTED GEMM."""
-    out = torch.empty_like(x, dtype=torch.int8)
-    numel = x.numel()
-    if numel:
-        block = 256 if interpreting() else 1024
-        shift_activations_kernel[(triton.cdiv(numel, block),)](
-            x, act_shift, out, numel, sample_elems, ROUND=bool(round_rule), X_UNSIGNED=x.dtype == torch.uint8,
-            BLOCK=block)
-    return out
 
 
 def _check_shifted_weights(w: torch.Tensor, w_colsum: Optional[torch.Tensor], table_dim: int) -> bool:
