@@ -108,7 +108,7 @@ class Controller(nn.Module):
         h_step = float(self.hidden_quant.positive_step())
         fc2 = _raw_constants(self.fc2, h_step)
         logit_unit = h_step * float(self.fc2.weight_steps()[0])  # real value of one int32 logit unit
-        offsets = torch.round(self.price_offsets(torch.tensor([float(price)]))[0].double() / logit_unit)
+        offsets = torch.round(self.price_offsets(torch.tensor([float(price)], device=self.log_kappa.device))[0].double() / logit_unit)
         if not bool(torch.isfinite(offsets).all()) or float(offsets.abs().max()) > 2.0**62:
             raise ValueError(f"controller price offsets are not representable (price {price}, logit unit "
                              f"{logit_unit}); training diverged?")
@@ -825,10 +825,11 @@ class DQTModel(nn.Module):
 
     @torch.no_grad()
     def integer_program(self) -> dict:
-        """Integer constants of every layer, cached while no parameter, buffer, width or budget
-        changes (tensor version counters see optimizer steps and load_state_dict)."""
+        """Integer constants of every layer, on the model's device, cached while no parameter,
+        buffer, width, budget or device changes (tensor version counters see optimizer steps and
+        load_state_dict; `.to(device)` may keep a parameter's identity and version)."""
         key = (self.dynamic, self.budget_code, tuple(self.static_bits.items()),
-               tuple((id(t), t._version) for t in itertools.chain(self.parameters(), self.buffers())))
+               tuple((id(t), t._version, t.device) for t in itertools.chain(self.parameters(), self.buffers())))
         if self._program_cache is not None and self._program_cache[0] == key:
             return self._program_cache[1]
         value_step = [float(self.input_step)]
@@ -855,8 +856,9 @@ class DQTModel(nn.Module):
         return program
 
     def freeze(self) -> "FrozenDQTModel":
-        """A snapshot of the integer-only model in its current mode (static widths or dynamic)."""
-        return FrozenDQTModel(_clone_program(self.integer_program()), dict(self.config["macs"]),
+        """A snapshot of the integer-only model in its current mode (static widths or dynamic),
+        on the model's device: a model trained on a GPU freezes into a GPU-resident program."""
+        return FrozenDQTModel(_clone_program(self.integer_program(), device=None), dict(self.config["macs"]),
                               self.controller.macs() if self.dynamic else 0)
 
     # ------------------------------------------------------------------ save / load
@@ -871,10 +873,10 @@ class DQTModel(nn.Module):
         programs = {}
         try:
             self.dynamic = False  # the static program: the model's current static widths
-            programs["static"] = _clone_program(self.integer_program())
+            programs["static"] = _clone_program(self.integer_program(), device="cpu")
             if self.controller is not None:
                 self.set_dynamic(True)
-                programs["dynamic"] = _clone_program(self.integer_program())
+                programs["dynamic"] = _clone_program(self.integer_program(), device="cpu")
         finally:
             self.static_bits, self.dynamic = static, dynamic
             self.train(was_training)
@@ -923,6 +925,32 @@ class FrozenDQTModel(nn.Module):
         self.last_bits: Optional[Tensor] = None
         self.last_bitops: Optional[Tensor] = None
 
+    @property
+    def device(self) -> torch.device:
+        """Where the program's constants live (a call on another device places a copy once)."""
+        return _program_device(self.program)
+
+    def _apply(self, fn, recurse: bool = True) -> "FrozenDQTModel":
+        # .to(device) / .cuda() / .cpu() move the program; the integer dtypes are the contract,
+        # so a conversion that would change any of them (.half(), .to(torch.float64)) is refused.
+        def move(obj):
+            if isinstance(obj, torch.Tensor):
+                moved = fn(obj)
+                if moved.dtype != obj.dtype:
+                    raise TypeError(f"a frozen integer model keeps its dtypes (the integer contract): converting "
+                                    f"a {obj.dtype} constant to {moved.dtype} is not supported; move it with "
+                                    f".to(device) only")
+                return moved
+            if isinstance(obj, dict):
+                return {k: move(v) for k, v in obj.items()}
+            if isinstance(obj, list):
+                return [move(v) for v in obj]
+            return obj
+
+        self.program = move(self.program)
+        self._run_caches = {}
+        return super()._apply(fn, recurse)
+
     def forward(self, x: Tensor) -> Tensor:
         device = x.device if isinstance(x, Tensor) else None
         cache = self._run_caches.setdefault(device, {})
@@ -934,7 +962,8 @@ class FrozenDQTModel(nn.Module):
         return logits
 
     def save(self, path: Union[str, os.PathLike]) -> None:
-        _atomic_save({"format": FORMAT, "version": FORMAT_VERSION, "frozen": self.program, "macs": self.macs,
+        _atomic_save({"format": FORMAT, "version": FORMAT_VERSION, "frozen": _clone_program(self.program, "cpu"),
+                      "macs": self.macs,
                       "controller_macs": self.controller_macs}, path)
 
     @classmethod
@@ -986,10 +1015,11 @@ def _layer_from_spec(spec: dict) -> nn.Module:
     return DQTLinear(weight, bias, bn, spec["relu"], spec["per_channel"], spec["bn_per_width"])
 
 
-def _clone_program(program: dict) -> dict:
+def _clone_program(program: dict, device: Optional[Union[str, torch.device]]) -> dict:
+    """A deep copy of an integer program, on `device` (None: each tensor stays where it is)."""
     def clone(obj):
         if isinstance(obj, torch.Tensor):
-            return obj.detach().cpu().clone()
+            return obj.detach().clone() if device is None else obj.detach().to(device, copy=True)
         if isinstance(obj, dict):
             return {k: clone(v) for k, v in obj.items()}
         if isinstance(obj, list):
@@ -997,6 +1027,19 @@ def _clone_program(program: dict) -> dict:
         return obj
 
     return clone(program)
+
+
+def _program_device(program: dict) -> torch.device:
+    stack = [program]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, torch.Tensor):
+            return obj.device
+        if isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, list):
+            stack.extend(obj)
+    return torch.device("cpu")
 
 
 def _atomic_save(payload: dict, path: Union[str, os.PathLike]) -> None:

@@ -251,8 +251,8 @@ class _DQTLayer(nn.Module):
         if out_step is None:
             return bias_codes.to(torch.int32), None, None, scale.float()
         pairs = [numerics.quantize_multiplier(float(r)) for r in (scale / out_step).tolist()]
-        multiplier = torch.tensor([m for m, _ in pairs], dtype=torch.int32)
-        shift = torch.tensor([s for _, s in pairs], dtype=torch.int32)
+        multiplier = torch.tensor([m for m, _ in pairs], dtype=torch.int32, device=scale.device)
+        shift = torch.tensor([s for _, s in pairs], dtype=torch.int32, device=scale.device)
         return bias_codes.to(torch.int32), multiplier, shift, None
 
 

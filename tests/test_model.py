@@ -73,6 +73,39 @@ def test_frozen_and_reloaded_models_equal_eval_exactly(arch, mode, tmp_path):
     assert torch.equal(frozen.last_bitops, model.last_bitops)
 
 
+def _program_tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _program_tensors(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _program_tensors(v)
+
+
+def test_a_frozen_program_moves_with_to_and_keeps_its_dtypes(tmp_path):
+    """freeze() leaves the constants where the model's are; .to(device) moves every one of them
+    (the meta device stands in for a second device here; tests/kernels/test_gpu.py moves to
+    CUDA, back, and saves from CUDA); a dtype conversion is refused."""
+    model, x = build("cnn", "dynamic")
+    logits = model(x)
+    frozen = model.freeze()
+    dtypes = [t.dtype for t in _program_tensors(frozen.program)]
+    assert frozen.device == torch.device("cpu") and len(dtypes) > 10
+    frozen.save(tmp_path / "before.pt")
+    moved = model.freeze().to("meta")
+    assert moved.device.type == "meta"
+    assert all(t.device.type == "meta" for t in _program_tensors(moved.program))
+    assert [t.dtype for t in _program_tensors(moved.program)] == dtypes
+    with pytest.raises(TypeError, match="keeps its dtypes.*float32 constant to torch.float16"):
+        model.freeze().half()
+    with pytest.raises(TypeError, match="keeps its dtypes"):
+        model.freeze().to(torch.float64)
+    back = dq.FrozenDQTModel.load(tmp_path / "before.pt").to("cpu")
+    assert back.device == torch.device("cpu") and torch.equal(back(x), logits)
+
+
 @pytest.mark.interpreter
 @pytest.mark.parametrize(("arch", "mode"), [("mlp", "dynamic"), ("cnn", "mixed"), ("resnet18_cifar", "dynamic")])
 def test_triton_backend_gives_the_same_integer_model(arch, mode):

@@ -36,8 +36,8 @@ def affine_constants(bn: nn.modules.batchnorm._BatchNorm, in_step: float, out_st
     bias = torch.round(b / (in_step * e)).to(torch.int32)
     pairs = [numerics.quantize_multiplier(float(r)) for r in (in_step * e / out_step).tolist()]
     c = len(pairs)
-    constants = IntegerConstants(weight, bias, torch.tensor([m for m, _ in pairs], dtype=torch.int32),
-                                 torch.tensor([s for _, s in pairs], dtype=torch.int32), None, relu,
+    constants = IntegerConstants(weight, bias, torch.tensor([m for m, _ in pairs], dtype=torch.int32, device=a.device),
+                                 torch.tensor([s for _, s in pairs], dtype=torch.int32, device=a.device), None, relu,
                                  torch.uint8 if relu else torch.int8)
     return layer_program(constants, {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": c})
 

@@ -111,6 +111,25 @@ def test_dqt_model_on_cuda_equals_cpu(mode):
     assert torch.equal(model.freeze()(x.to(CUDA)).cpu(), logits)
 
 
+@pytest.mark.parametrize("mode", ["uniform4", "dynamic"])
+def test_a_model_on_cuda_freezes_into_a_cuda_program_equal_to_its_eval(mode, tmp_path):
+    """Eval on CUDA builds its integer constants on CUDA; freeze() keeps them there (no copy
+    at the first call), and both give the CPU model's logits; a CUDA program saves a CPU file."""
+    from tests.test_model import _program_tensors, build
+
+    model, x = build("resnet18_cifar", mode)
+    want = model(x)
+    model.to(CUDA)
+    assert torch.equal(model(x.to(CUDA)).cpu(), want)
+    frozen = model.freeze()
+    assert frozen.device.type == "cuda"
+    assert all(t.device.type == "cuda" for t in _program_tensors(frozen.program))
+    assert torch.equal(frozen(x.to(CUDA)).cpu(), want)
+    frozen.save(tmp_path / "frozen.pt")
+    assert torch.equal(dq.FrozenDQTModel.load(tmp_path / "frozen.pt")(x), want)
+    assert torch.equal(frozen.cpu()(x), want)
+
+
 def test_frozen_dynamic_model_replays_as_a_cuda_graph():
     """The documented recipe: one eager call (validation, constants placed, autotuning), then
     capture; replays with new inputs copied into the captured input give the eager logits."""
