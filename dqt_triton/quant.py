@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .numerics import MASTER_BITS, nested_shift
+from .numerics import MASTER_BITS, MAX_SHIFT, check_shift_rule, code_range, nested_shift
 
 Tensor = torch.Tensor
 GATE_GRADIENTS = ("all", "local", "none")
@@ -90,9 +90,36 @@ def lsq_grad_factor(elements_per_step: int, hi: int) -> float:
 
 
 def shifted_float(q: Tensor, shift: Tensor | int, signed: bool, rule: str) -> Tensor:
-    """Nested-width codes back in master units as float: shift(q, k) * 2^k (broadcast `shift`)."""
-    k = torch.as_tensor(shift, dtype=torch.int32, device=q.device)
-    return (nested_shift(q.detach(), k, signed, rule).to(torch.int32) << k).to(q.dtype)
+    """Nested-width codes back in master units as float: shift(q, k) * 2^k (broadcast `shift`).
+
+    Computed in q's float dtype without integer round trips (the backward passes call this for
+    every width): q is an integer below 2^9 in magnitude and every factor a power of two, so
+    scaling, adding half a step and flooring are exact and the result equals
+    ``nested_shift(q, k) << k`` bit for bit (tests/test_quant.py checks every code and shift).
+    """
+    q = q.detach()
+    if not q.is_floating_point():
+        k = torch.as_tensor(shift, dtype=torch.int32, device=q.device)
+        return (nested_shift(q, k, signed, rule).to(torch.int32) << k).to(torch.float32)
+    round_rule = check_shift_rule(rule)
+    hi = code_range(MASTER_BITS, signed)[1]
+    if isinstance(shift, int):
+        if not 0 <= shift <= MAX_SHIFT:
+            raise ValueError(f"shift must be in [0, {MAX_SHIFT}], got {shift}")
+        unit = float(1 << shift)
+        if not round_rule:
+            return torch.floor(q / unit) * unit
+        if shift == 0:
+            return q.clone()
+        return torch.floor((q + unit / 2) / unit).clamp_max_(hi >> shift).mul_(unit)
+    k = shift.to(device=q.device, dtype=torch.long)
+    powers = torch.tensor([float(1 << i) for i in range(MAX_SHIFT + 1)], dtype=q.dtype, device=q.device)
+    unit = powers[k]
+    if not round_rule:
+        return torch.floor(q / unit) * unit
+    half = torch.where(k > 0, unit / 2, torch.zeros_like(unit))
+    cap = torch.floor(hi / unit)  # hi >> k
+    return torch.minimum(torch.floor((q + half) / unit), cap).mul_(unit)
 
 
 def _rows_shift(shift: Tensor | int, rows: int, device) -> Tensor:

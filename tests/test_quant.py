@@ -58,3 +58,25 @@ def test_no_gate_gradients_leave_the_gates_without_gradient():
 def test_unknown_gate_gradient_mode_is_named():
     with pytest.raises(ValueError, match="gate_gradients must be one of .*'sometimes'"):
         _layer_gate_grads("sometimes", False, torch.tensor([1, 4]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rule", ["floor", "round"])
+@pytest.mark.parametrize("signed", [True, False])
+def test_shifted_float_equals_the_integer_nested_shift_for_every_code_and_shift(signed, rule, dtype):
+    """The backward passes' float shortcut is the contract's nested shift, bit for bit: every
+    master code at every shift, with a scalar shift and with a different shift per row."""
+    from dqt_triton.numerics import MAX_SHIFT, code_range, nested_shift
+
+    lo, hi = code_range(MASTER_BITS, signed)
+    q = torch.arange(lo, hi + 1, dtype=torch.int16)
+    want = torch.stack([(nested_shift(q, k, signed, rule).to(torch.int32) << k) for k in range(MAX_SHIFT + 1)])
+    for k in range(MAX_SHIFT + 1):
+        got = quant.shifted_float(q.to(dtype), k, signed, rule)
+        assert got.dtype == dtype and torch.equal(got, want[k].to(dtype)), k
+    rows = torch.arange(MAX_SHIFT + 1, dtype=torch.int32).view(-1, 1)
+    got = quant.shifted_float(q.to(dtype).expand(MAX_SHIFT + 1, -1), rows, signed, rule)
+    assert torch.equal(got, want.to(dtype))
+    assert torch.equal(quant.shifted_float(q, 3, signed, rule), want[3].to(torch.float32))  # integer codes
+    with pytest.raises(ValueError, match="shift must be in"):
+        quant.shifted_float(q.to(dtype), MAX_SHIFT + 1, signed, rule)
