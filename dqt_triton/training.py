@@ -57,8 +57,8 @@ class TrainConfig:
     imitation_mode: str = "expected"  # controller learns expected cost per width ("expected") or the best width ("best")
     distill: bool = True  # lower widths learn from the widest one's predictions
     sampled_widths: int = 1  # random middle widths per step besides widest and narrowest; -1 = all
-    consistency_share: float = 1.0  # share of each batch the consistency widths see (cheaper below 1)
-    gate_gradients: str = "all"  # task-loss gradients to the controller's gates: "all", "local" (cheaper) or "none"
+    consistency_share: float = 0.5  # share of each batch the consistency widths see (1.0: all of it, dearer)
+    gate_gradients: str = "local"  # task-loss gradients to the controller's gates: "all" (dearer), "local" or "none"
     bn_per_width: bool = True
     controller: str = "layer"  # controller granularity: a width per governed layer ("layer") or per sample ("sample")
     edge_bits: int = 8  # first and last layer width; 0 = the controller governs them too
@@ -78,7 +78,7 @@ class TrainConfig:
 
 
 # What runs did before an option existed, where today's default differs from it.
-BEFORE_THE_OPTION = {"imitation_source": "holdout"}
+BEFORE_THE_OPTION = {"imitation_source": "holdout", "consistency_share": 1.0, "gate_gradients": "all"}
 
 
 @dataclass

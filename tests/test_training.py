@@ -82,8 +82,8 @@ def test_resume_refuses_other_options(tmp_path):
 
 
 def test_resume_accepts_a_state_written_before_an_option_existed(tmp_path):
-    """A training state from before an option was added resumes when the run asks for the
-    option's default (what that run did), and is refused otherwise."""
+    """A training state from before an option was added resumes when the run asks for what
+    that run did (the default of the time), and is refused otherwise."""
     from dqt_triton.model import _atomic_save
 
     Trainer(_config(epochs=1), tmp_path).train()
@@ -91,9 +91,13 @@ def test_resume_accepts_a_state_written_before_an_option_existed(tmp_path):
     state = load_file(path)
     del state["config"]["consistency_share"], state["config"]["gate_gradients"]
     _atomic_save(state, path)
-    Trainer(_config(epochs=1), tmp_path).resume()
+    # Those runs did what the defaults then were (the whole batch, every gate gradient); today's
+    # defaults differ, so only the old behaviour resumes.
+    with pytest.raises(ValueError, match="consistency_share.*gate_gradients"):
+        Trainer(_config(epochs=1), tmp_path).resume()
     with pytest.raises(ValueError, match="gate_gradients"):
-        Trainer(_config(epochs=1, gate_gradients="local"), tmp_path).resume()
+        Trainer(_config(epochs=1, consistency_share=1.0), tmp_path).resume()
+    Trainer(_config(epochs=1, consistency_share=1.0, gate_gradients="all"), tmp_path).resume()
 
 
 def test_a_state_from_before_a_default_changed_resumes_only_with_the_old_behaviour(tmp_path):
