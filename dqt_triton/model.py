@@ -14,7 +14,7 @@ import itertools
 import logging
 import math
 import os
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -108,7 +108,8 @@ class Controller(nn.Module):
         h_step = float(self.hidden_quant.positive_step())
         fc2 = _raw_constants(self.fc2, h_step)
         logit_unit = h_step * float(self.fc2.weight_steps()[0])  # real value of one int32 logit unit
-        offsets = torch.round(self.price_offsets(torch.tensor([float(price)], device=self.log_kappa.device))[0].double() / logit_unit)
+        price_t = torch.tensor([float(price)], device=self.log_kappa.device)
+        offsets = torch.round(self.price_offsets(price_t)[0].double() / logit_unit)
         if not bool(torch.isfinite(offsets).all()) or float(offsets.abs().max()) > 2.0**62:
             raise ValueError(f"controller price offsets are not representable (price {price}, logit unit "
                              f"{logit_unit}); training diverged?")
@@ -933,21 +934,15 @@ class FrozenDQTModel(nn.Module):
     def _apply(self, fn, recurse: bool = True) -> "FrozenDQTModel":
         # .to(device) / .cuda() / .cpu() move the program; the integer dtypes are the contract,
         # so a conversion that would change any of them (.half(), .to(torch.float64)) is refused.
-        def move(obj):
-            if isinstance(obj, torch.Tensor):
-                moved = fn(obj)
-                if moved.dtype != obj.dtype:
-                    raise TypeError(f"a frozen integer model keeps its dtypes (the integer contract): converting "
-                                    f"a {obj.dtype} constant to {moved.dtype} is not supported; move it with "
-                                    f".to(device) only")
-                return moved
-            if isinstance(obj, dict):
-                return {k: move(v) for k, v in obj.items()}
-            if isinstance(obj, list):
-                return [move(v) for v in obj]
-            return obj
+        def move(t: Tensor) -> Tensor:
+            moved = fn(t)
+            if moved.dtype != t.dtype:
+                raise TypeError(f"a frozen integer model keeps its dtypes (the integer contract): converting "
+                                f"a {t.dtype} constant to {moved.dtype} is not supported; move it with "
+                                f".to(device) only")
+            return moved
 
-        self.program = move(self.program)
+        self.program = _map_program(self.program, move)
         self._run_caches = {}
         return super()._apply(fn, recurse)
 
@@ -1015,31 +1010,37 @@ def _layer_from_spec(spec: dict) -> nn.Module:
     return DQTLinear(weight, bias, bn, spec["relu"], spec["per_channel"], spec["bn_per_width"])
 
 
+def _map_program(obj, fn):
+    """An integer program (nested dicts and lists) with `fn` applied to every tensor in it."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _map_program(v, fn) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_map_program(v, fn) for v in obj]
+    return obj
+
+
+def program_tensors(obj) -> Iterator[Tensor]:
+    """Every tensor of an integer program, in a fixed order."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from program_tensors(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from program_tensors(v)
+
+
 def _clone_program(program: dict, device: Optional[Union[str, torch.device]]) -> dict:
     """A deep copy of an integer program, on `device` (None: each tensor stays where it is)."""
-    def clone(obj):
-        if isinstance(obj, torch.Tensor):
-            return obj.detach().clone() if device is None else obj.detach().to(device, copy=True)
-        if isinstance(obj, dict):
-            return {k: clone(v) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [clone(v) for v in obj]
-        return obj
-
-    return clone(program)
+    return _map_program(program, lambda t: t.detach().clone() if device is None else t.detach().to(device, copy=True))
 
 
 def _program_device(program: dict) -> torch.device:
-    stack = [program]
-    while stack:
-        obj = stack.pop()
-        if isinstance(obj, torch.Tensor):
-            return obj.device
-        if isinstance(obj, dict):
-            stack.extend(obj.values())
-        elif isinstance(obj, list):
-            stack.extend(obj)
-    return torch.device("cpu")
+    first = next(program_tensors(program), None)
+    return torch.device("cpu") if first is None else first.device
 
 
 def _atomic_save(payload: dict, path: Union[str, os.PathLike]) -> None:

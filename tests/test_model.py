@@ -73,31 +73,22 @@ def test_frozen_and_reloaded_models_equal_eval_exactly(arch, mode, tmp_path):
     assert torch.equal(frozen.last_bitops, model.last_bitops)
 
 
-def _program_tensors(obj):
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _program_tensors(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _program_tensors(v)
-
-
 def test_a_frozen_program_moves_with_to_and_keeps_its_dtypes(tmp_path):
     """freeze() leaves the constants where the model's are; .to(device) moves every one of them
     (the meta device stands in for a second device here; tests/kernels/test_gpu.py moves to
     CUDA, back, and saves from CUDA); a dtype conversion is refused."""
+    from dqt_triton.model import program_tensors
+
     model, x = build("cnn", "dynamic")
     logits = model(x)
     frozen = model.freeze()
-    dtypes = [t.dtype for t in _program_tensors(frozen.program)]
+    dtypes = [t.dtype for t in program_tensors(frozen.program)]
     assert frozen.device == torch.device("cpu") and len(dtypes) > 10
     frozen.save(tmp_path / "before.pt")
     moved = model.freeze().to("meta")
     assert moved.device.type == "meta"
-    assert all(t.device.type == "meta" for t in _program_tensors(moved.program))
-    assert [t.dtype for t in _program_tensors(moved.program)] == dtypes
+    assert all(t.device.type == "meta" for t in program_tensors(moved.program))
+    assert [t.dtype for t in program_tensors(moved.program)] == dtypes
     with pytest.raises(TypeError, match="keeps its dtypes.*float32 constant to torch.float16"):
         model.freeze().half()
     with pytest.raises(TypeError, match="keeps its dtypes"):

@@ -115,7 +115,8 @@ def test_dqt_model_on_cuda_equals_cpu(mode):
 def test_a_model_on_cuda_freezes_into_a_cuda_program_equal_to_its_eval(mode, tmp_path):
     """Eval on CUDA builds its integer constants on CUDA; freeze() keeps them there (no copy
     at the first call), and both give the CPU model's logits; a CUDA program saves a CPU file."""
-    from tests.test_model import _program_tensors, build
+    from dqt_triton.model import program_tensors
+    from tests.test_model import build
 
     model, x = build("resnet18_cifar", mode)
     want = model(x)
@@ -123,7 +124,7 @@ def test_a_model_on_cuda_freezes_into_a_cuda_program_equal_to_its_eval(mode, tmp
     assert torch.equal(model(x.to(CUDA)).cpu(), want)
     frozen = model.freeze()
     assert frozen.device.type == "cuda"
-    assert all(t.device.type == "cuda" for t in _program_tensors(frozen.program))
+    assert all(t.device.type == "cuda" for t in program_tensors(frozen.program))
     assert torch.equal(frozen(x.to(CUDA)).cpu(), want)
     frozen.save(tmp_path / "frozen.pt")
     assert torch.equal(dq.FrozenDQTModel.load(tmp_path / "frozen.pt")(x), want)
