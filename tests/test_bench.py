@@ -83,8 +83,8 @@ def test_latency_bench_writes_every_row_and_target(tmp_path, monkeypatch):
     dynamic = next(r for r in saved["inference"] if r["impl"] == "DQT frozen integer, dynamic" and r["batch"] == 3)
     assert 2 <= dynamic["mean_bits"] <= 8 and dynamic["gbitops_per_sample"] > 0
     steps = [r["impl"] for r in saved["training"]]
-    assert steps[:2] == ["torch float32 step", "torch.ao fake-quant QAT step (8-bit)"] and len(steps) == 10
-    assert latency.RECIPE_ROW in steps and latency.CHEAP_ROW in steps
+    assert steps[:2] == ["torch float32 step", "torch.ao fake-quant QAT step (8-bit)"] and len(steps) == 11
+    assert latency.RECIPE_ROW in steps and latency.CHEAP_ROW in steps and latency.EARLIER_ROW in steps
     assert any("fake-quant QAT step (target <= 3x" in t for t in saved["targets"])
     assert all(r["ms"] > 0 for r in saved["inference"] + saved["training"])
     assert any("torch.ao int8" in t for t in saved["targets"]) and any("not measured" in t for t in saved["targets"])
