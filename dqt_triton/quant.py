@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .numerics import MASTER_BITS, MAX_SHIFT, check_shift_rule, code_range, nested_shift
+from .numerics import MASTER_BITS, MAX_SHIFT, check_shift_rule, code_range
 
 Tensor = torch.Tensor
 GATE_GRADIENTS = ("all", "local", "none")
@@ -92,15 +92,12 @@ def lsq_grad_factor(elements_per_step: int, hi: int) -> float:
 def shifted_float(q: Tensor, shift: Tensor | int, signed: bool, rule: str) -> Tensor:
     """Nested-width codes back in master units as float: shift(q, k) * 2^k (broadcast `shift`).
 
-    Computed in q's float dtype without integer round trips (the backward passes call this for
+    Computed in float (q's dtype; integer codes promote to float32) without integer round trips (the backward passes call this for
     every width): q is an integer below 2^9 in magnitude and every factor a power of two, so
     scaling, adding half a step and flooring are exact and the result equals
     ``nested_shift(q, k) << k`` bit for bit (tests/test_quant.py checks every code and shift).
     """
     q = q.detach()
-    if not q.is_floating_point():
-        k = torch.as_tensor(shift, dtype=torch.int32, device=q.device)
-        return (nested_shift(q, k, signed, rule).to(torch.int32) << k).to(torch.float32)
     round_rule = check_shift_rule(rule)
     hi = code_range(MASTER_BITS, signed)[1]
     if isinstance(shift, int):
