@@ -19,7 +19,7 @@ So each GEMM/conv variant is compiled as a typical launch specializes it (`EXAMP
 contiguous operands, a ResNet 3x3 stride-1 layer for conv); ``generic=True`` (``--generic``)
 compiles the unspecialized form instead, the worst case of odd strides and sizes.
 
-    python -m dqt_triton.kernels.aot [--arch 90 80] [--all] [--generic]   # the report, as markdown
+    python -m dqt_triton.kernels.aot [--arch 90 80] [--all] [--generic] [--match TEXT...]   # the report, as markdown
 """
 
 from __future__ import annotations
@@ -323,6 +323,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per variant instead of markdown")
     parser.add_argument("--generic", action="store_true",
                         help="compile without the launch's specialization (odd strides and sizes)")
+    parser.add_argument("--match", nargs="+", default=[], metavar="TEXT",
+                        help="only the variants whose label contains every TEXT (e.g. int_conv2d_kernel "
+                             "'BLOCK_M=128 BLOCK_N=64 BLOCK_K=64]'); skips the K-loop table")
     args = parser.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)
     reason = has_cuda_backend()
@@ -339,6 +342,8 @@ def main(argv=None) -> int:
         print("|---|---|---|---:|---:|---:|---|")
     for arch in args.arch:
         for v in variants(full=args.all):
+            if not all(text in v.label for text in args.match):
+                continue
             r = compile_variant(v, arch, args.generic)
             found = problems(r)
             bad += bool(found)
@@ -352,6 +357,9 @@ def main(argv=None) -> int:
                       f"{r.shared} | {'; '.join(found) or 'ok'} |", flush=True)
     if not args.json:
         print(f"\n{bad} variant(s) with problems; {spilled} spill registers")
+    if args.match:
+        return 1 if bad else 0
+    if not args.json:
         print("\nK loop against a plain int8 GEMM with the same tile (PTX instructions per iteration, heaviest "
               "flags; pre-shifted operands as frozen programs run, and the shifts in the loop as the ops "
               "called directly run):\n")
