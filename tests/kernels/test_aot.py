@@ -115,3 +115,17 @@ def test_the_variant_list_covers_every_tile_and_every_flag_value():
         assert outputs == {(e, o) for e, o, _ in aot.EPILOGUE_OUTPUTS}
     full = aot.variants(full=True)
     assert len([v for v in full if v.kernel == "int_matmul_kernel"]) == len(_GPU_MATMUL_TILES) * 64
+
+
+@pytest.mark.skipif(NO_CUDA_BACKEND is not None, reason=str(NO_CUDA_BACKEND))
+def test_match_compiles_only_the_variants_it_names():
+    """`--match` (a follow-up on one tile or kernel) compiles exactly the variants whose label
+    holds every text, and leaves out the K-loop table."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "dqt_triton.kernels.aot", "--json", "--arch", "80", "--all",
+                           "--match", "int_lut_kernel", "x:u8"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    wanted = sorted(v.label for v in aot.variants(full=True) if v.kernel == "int_lut_kernel" and "x:u8" in v.label)
+    assert wanted and sorted(r["label"] for r in rows) == wanted
+    assert all("kloop_tile" not in r for r in rows)
