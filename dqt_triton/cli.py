@@ -112,7 +112,8 @@ def run_train(args: argparse.Namespace) -> int:
                       imitation_holdout=args.imitation_holdout, distill=not args.no_distill, sampled_widths=args.sampled_widths,
                       consistency_share=args.consistency_share, gate_gradients=args.gate_gradients,
                       imitation_samples=args.imitation_samples,
-                      bn_per_width=not args.shared_bn, edge_bits=args.edge_bits,
+                      bn_per_width=not args.shared_bn, norm_recalibration=args.norm_recalibration,
+                      edge_bits=args.edge_bits,
                       warmup_epochs=args.warmup_epochs, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, dqt_lr=args.dqt_lr, shift_rule=args.shift_rule, seed=args.seed,
                       device=environment_device(args.device), limit=args.limit, static_bits=args.static_bits)
@@ -198,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                             "neighbours, or none")
     train.add_argument("--no-distill", action="store_true", help="lower widths learn from labels, not the 8-bit path")
     train.add_argument("--shared-bn", action="store_true", help="one batch norm for every width (default: one per width)")
+    train.add_argument("--norm-recalibration", type=int, default=d.norm_recalibration, metavar="N",
+                       help="after training, re-estimate every width's batch-norm statistics on N training samples "
+                            "(0: keep the running averages of training)")
     train.add_argument("--edge-bits", type=int, default=d.edge_bits,
                        help="width of the first and last layers (0: the controller governs them too)")
     train.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, help="static 8-bit QAT epochs before DQT")

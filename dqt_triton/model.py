@@ -524,6 +524,48 @@ class DQTModel(nn.Module):
         for layer in self.layers.values():
             layer.copy_width_norms(numerics.MASTER_BITS - bits)
 
+    @torch.no_grad()
+    def recalibrate_norms(self, x: Tensor, bits: Optional[Sequence[int]] = None, batch_size: int = 256) -> list[int]:
+        """Re-estimate each width's batch-norm statistics from inputs `x`, as deployed.
+
+        For every width b (default: every candidate), the governed layers' batch norms of
+        weight shift 8 - b forget their running statistics and take the exact average over `x`
+        of the batch statistics of uniform b-bit forward passes (each batch normalized with its
+        own statistics, as in training; slimmable networks' post-training calibration). Only the
+        statistics change: weights, steps, affine parameters, the controller and the edge layers'
+        norms stay as they are. Needs ``bn_per_width``; returns the widths recalibrated.
+        """
+        _check_input(self.config, x)
+        _check_nonempty(x)
+        widths = list(self.candidate_bits if bits is None else bits)
+        for b in widths:
+            if b not in self.candidate_bits:
+                raise ValueError(f"recalibrate_norms: {b} bits is not a candidate width {self.candidate_bits}")
+        layers = [self.layers[n] for n in self.governed if getattr(self.layers[n], "width_bns", None) is not None]
+        if not layers:
+            raise ValueError("recalibrate_norms: no governed layer has a batch norm per width (bn_per_width)")
+        was_training = self.training
+        self.train(False)
+        try:
+            with share_weight_codes():
+                for b in widths:
+                    norms = [layer.width_bns[numerics.MASTER_BITS - b] for layer in layers]
+                    momenta = [bn.momentum for bn in norms]
+                    for bn in norms:
+                        bn.reset_running_stats()
+                        bn.momentum = None  # cumulative average over the batches
+                        bn.train(True)
+                    try:
+                        for chunk in x.split(batch_size):
+                            self._train_forward(chunk, force_bits=b)
+                    finally:
+                        for bn, momentum in zip(norms, momenta):
+                            bn.momentum = momentum
+                            bn.train(False)
+        finally:
+            self.train(was_training)
+        return widths
+
     def bitops_per_sample(self, bits: Tensor) -> Tensor:
         """BitOPs per sample from chosen bits [B, layers, 2] (+ the controller at 8x8 bits)."""
         controller_macs = self.controller.macs() if self.dynamic and self.controller is not None else 0

@@ -60,6 +60,7 @@ class TrainConfig:
     consistency_share: float = 0.5  # share of each batch the consistency widths see (1.0: all of it, dearer)
     gate_gradients: str = "local"  # task-loss gradients to the controller's gates: "all" (dearer), "local" or "none"
     bn_per_width: bool = True
+    norm_recalibration: int = 2048  # after training: each width's batch-norm statistics re-estimated on this many training samples (0 = off)
     controller: str = "layer"  # controller granularity: a width per governed layer ("layer") or per sample ("sample")
     edge_bits: int = 8  # first and last layer width; 0 = the controller governs them too
     warmup_epochs: int = 4
@@ -78,7 +79,8 @@ class TrainConfig:
 
 
 # What runs did before an option existed, where today's default differs from it.
-BEFORE_THE_OPTION = {"imitation_source": "holdout", "consistency_share": 1.0, "gate_gradients": "all"}
+BEFORE_THE_OPTION = {"imitation_source": "holdout", "consistency_share": 1.0, "gate_gradients": "all",
+                     "norm_recalibration": 0}
 
 
 @dataclass
@@ -394,6 +396,15 @@ class Trainer:
             log.warning("interrupted: %s holds the last finished epoch (%d); resume with --resume. The "
                         "unfinished epoch's weights are in model-interrupted.pt", self.out / "train_state.pt", self.epoch)
             raise
+        has_width_norms = any(getattr(model.layers[n], "width_bns", None) is not None for n in model.governed)
+        if cfg.norm_recalibration and not cfg.static_bits and has_width_norms:
+            # Each width's statistics as of the final weights, instead of a moving average over
+            # training (and, for widths the sandwich seldom runs, over old weights).
+            sample = self.fit_index[:cfg.norm_recalibration]
+            model.recalibrate_norms(self.ds.x_train[sample].to(cfg.device))
+            log.info("recalibrated every width's batch norms on %d training samples", len(sample))
+            if self.rank == 0:
+                model.save(self.out / "model.pt")
         if model.controller is not None:
             code = model.calibrate_budget(self.ds.x_train, model.uniform_bitops(cfg.budget_bits))
             log.info("budget code %d meets %.2f-bit uniform BitOPs on the training set", code, cfg.budget_bits)

@@ -256,6 +256,46 @@ def test_per_width_batch_norm_folds_into_width_tables():
     assert not torch.equal(model.set_bits(2)(x), logits2)
 
 
+def test_recalibrating_a_width_resets_only_its_norms_to_the_statistics_of_its_own_passes(tmp_path):
+    """recalibrate_norms(x, [b]): the governed layers' norms of width b hold the mean batch
+    statistics of uniform b-bit passes over x; every other norm, parameter and the edge layers
+    stay bit for bit; the integer program follows, and eval == frozen still holds exactly."""
+    model, _ = build("cnn", "dynamic")
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 256, (24, 1, 8, 8), generator=gen).to(torch.uint8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = {}  # governed layer -> batch means of its 2-bit norm's inputs
+
+    def hook(name):
+        return lambda bn, args: seen.setdefault(name, []).append(args[0].detach().mean(dim=(0, 2, 3)))
+
+    handles = [model.layers[n].width_bns[6].register_forward_pre_hook(hook(n)) for n in model.governed]
+    assert model.recalibrate_norms(x, bits=[2], batch_size=8) == [2]
+    for h in handles:
+        h.remove()
+    after = model.state_dict()
+    moved = {k for k in after if not torch.equal(after[k], before[k])}
+    governed = {f"layers.{n}.width_bns.6." for n in model.governed}
+    assert moved and all(any(k.startswith(p) for p in governed) for k in moved), sorted(moved)
+    for n in model.governed:
+        bn = model.layers[n].width_bns[6]
+        assert len(seen[n]) == 3  # three batches of 8
+        # The cumulative average of the three batch means (float: a tolerance on the mean itself).
+        torch.testing.assert_close(bn.running_mean, torch.stack(seen[n]).mean(0), rtol=1e-5, atol=1e-6)
+        assert int(bn.num_batches_tracked) == 3 and bn.momentum == 0.1 and not bn.training
+    assert not model.training
+    x_test = x[:10]
+    model.set_bits(2)
+    assert torch.equal(model.freeze()(x_test), model(x_test))
+    model.set_dynamic(True)
+    assert torch.equal(model.freeze()(x_test), model(x_test))
+    with pytest.raises(ValueError, match="3 bits is not a candidate width"):
+        model.recalibrate_norms(x, bits=[3])
+    shared = dq.DQTModel.from_float(models.simple_cnn(1, 10, 8, 8), (1, 8, 8), bn_per_width=False)
+    with pytest.raises(ValueError, match="bn_per_width"):
+        shared.recalibrate_norms(x)
+
+
 def test_a_collapsed_batch_norm_scale_is_refused_naming_the_channel():
     """gamma ~ 0 beside a real beta folds to a bias beyond the int32 accumulator: a clear error."""
     model, x = build("cnn", "uniform4")
