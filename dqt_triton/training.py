@@ -397,12 +397,14 @@ class Trainer:
                         "unfinished epoch's weights are in model-interrupted.pt", self.out / "train_state.pt", self.epoch)
             raise
         has_width_norms = any(getattr(model.layers[n], "width_bns", None) is not None for n in model.governed)
-        if cfg.norm_recalibration and not cfg.static_bits and has_width_norms:
+        if cfg.norm_recalibration and has_width_norms:
             # Each width's statistics as of the final weights, instead of a moving average over
-            # training (and, for widths the sandwich seldom runs, over old weights).
+            # training (and, for widths the sandwich seldom runs, over old weights). A static
+            # baseline gets the same treatment at its one width, so comparisons stay fair.
             sample = self.fit_index[:cfg.norm_recalibration]
-            model.recalibrate_norms(self.ds.x_train[sample].to(cfg.device))
-            log.info("recalibrated every width's batch norms on %d training samples", len(sample))
+            widths = model.recalibrate_norms(self.ds.x_train[sample].to(cfg.device),
+                                             bits=[cfg.static_bits] if cfg.static_bits else None)
+            log.info("recalibrated the batch norms of widths %s on %d training samples", widths, len(sample))
             if self.rank == 0:
                 model.save(self.out / "model.pt")
         if model.controller is not None:

@@ -149,3 +149,29 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
             torch.testing.assert_close(ddp[name], value, rtol=1e-4, atol=1e-5, msg=name)
         else:  # integer state (batch counters) must match exactly
             assert torch.equal(ddp[name], value), name
+
+
+def test_training_ends_by_recalibrating_each_widths_norms_and_saves_them(tmp_path, monkeypatch):
+    """norm_recalibration N: after the last epoch the trainer re-estimates the batch-norm
+    statistics of every candidate width (a static baseline: its one width) on the first N
+    samples of its training split, and model.pt holds the recalibrated model; 0 skips it."""
+    calls = []
+    recalibrate = DQTModel.recalibrate_norms
+
+    def recorded(self, x, bits=None, batch_size=256):
+        calls.append((x.shape[0], bits))
+        return recalibrate(self, x, bits, batch_size)
+
+    monkeypatch.setattr(DQTModel, "recalibrate_norms", recorded)
+    for name, overrides, call in (("dqt", {}, (100, None)), ("static", {"static_bits": 4}, (100, [4]))):
+        trainer = Trainer(_config(model="cnn", epochs=1, norm_recalibration=100, **overrides), tmp_path / name)
+        trainer.train()
+        assert calls[-1] == call
+        widths = trainer.model.candidate_bits
+        for layer in (trainer.model.layers[n] for n in trainer.model.governed):
+            # Reset, then one batch of 100: training's counts are gone.
+            assert [int(layer.width_bns[8 - b].num_batches_tracked) for b in widths] == [1] * len(widths)
+        saved, now = DQTModel.load(tmp_path / name / "model.pt").state_dict(), trainer.model.state_dict()
+        assert saved.keys() == now.keys() and all(torch.equal(saved[k], now[k]) for k in now)
+    Trainer(_config(model="cnn", epochs=1, norm_recalibration=0), tmp_path / "off").train()
+    assert len(calls) == 2
