@@ -401,7 +401,9 @@ class Trainer:
             # Each width's statistics as of the final weights, instead of a moving average over
             # training (and, for widths the sandwich seldom runs, over old weights). A static
             # baseline gets the same treatment at its one width, so comparisons stay fair.
-            sample = self.fit_index[:cfg.norm_recalibration]
+            # A seeded random subset, in index order (all of a small training split, as it is).
+            pick = torch.randperm(len(self.fit_index), generator=torch.Generator().manual_seed(cfg.seed + 555))
+            sample = self.fit_index[pick[:cfg.norm_recalibration].sort().values]
             widths = model.recalibrate_norms(self.ds.x_train[sample].to(cfg.device),
                                              bits=[cfg.static_bits] if cfg.static_bits else None)
             log.info("recalibrated the batch norms of widths %s on %d training samples", widths, len(sample))

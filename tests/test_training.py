@@ -153,13 +153,15 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
 
 def test_training_ends_by_recalibrating_each_widths_norms_and_saves_them(tmp_path, monkeypatch):
     """norm_recalibration N: after the last epoch the trainer re-estimates the batch-norm
-    statistics of every candidate width (a static baseline: its one width) on the first N
-    samples of its training split, and model.pt holds the recalibrated model; 0 skips it."""
-    calls = []
+    statistics of every candidate width (a static baseline: its one width) on N samples of its
+    training split (drawn across it), and model.pt holds the recalibrated model;
+    0 skips it."""
+    calls, seen = [], []
     recalibrate = DQTModel.recalibrate_norms
 
     def recorded(self, x, bits=None, batch_size=256):
         calls.append((x.shape[0], bits))
+        seen.append(x)
         return recalibrate(self, x, bits, batch_size)
 
     monkeypatch.setattr(DQTModel, "recalibrate_norms", recorded)
@@ -167,6 +169,10 @@ def test_training_ends_by_recalibrating_each_widths_norms_and_saves_them(tmp_pat
         trainer = Trainer(_config(model="cnn", epochs=1, norm_recalibration=100, **overrides), tmp_path / name)
         trainer.train()
         assert calls[-1] == call
+        # Drawn across the training split, not its first rows (a class-sorted split would bias those).
+        x_train = trainer.ds.x_train
+        assert not torch.equal(seen[-1], x_train[:100])
+        assert all(any(torch.equal(row, other) for other in x_train) for row in seen[-1][:5])
         widths = trainer.model.candidate_bits
         for layer in (trainer.model.layers[n] for n in trainer.model.governed):
             # Reset, then one batch of 100: training's counts are gone.
