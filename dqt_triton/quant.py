@@ -162,7 +162,9 @@ class _IntLayer(torch.autograd.Function):
         kw = _rows_shift(weight_shift, rows, q_x.device)
         x_eff = shifted_float(q_x, _view_rows(ka, q_x.dim()), signed, rule)
         grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:  # each row sees the weights at its own width
+        if ctx.needs_input_grad[0] and isinstance(weight_shift, int):  # one width for the batch
+            grad_x = _grad_input(grad_v, shifted_float(q_w, weight_shift, True, rule), q_x.shape, conv)
+        elif ctx.needs_input_grad[0]:  # each row sees the weights at its own width
             grad_x = torch.zeros_like(q_x)
             for k in torch.unique(kw).tolist():
                 sel = (kw == k).nonzero().flatten()

@@ -80,3 +80,28 @@ def test_shifted_float_equals_the_integer_nested_shift_for_every_code_and_shift(
     assert torch.equal(quant.shifted_float(q, 3, signed, rule), want[3].to(torch.float32))  # integer codes
     with pytest.raises(ValueError, match="shift must be in"):
         quant.shifted_float(q.to(dtype), MAX_SHIFT + 1, signed, rule)
+
+
+@pytest.mark.parametrize("conv", [False, True], ids=["linear", "conv"])
+def test_one_width_for_the_batch_gives_the_per_row_path_gradients_bit_for_bit(conv):
+    """A pass at one width (an int shift, the sandwich's and static passes) skips the per-width
+    row grouping of the input gradient; every gradient equals the per-row path's exactly."""
+    gen = torch.Generator().manual_seed(3)
+    rows = 6
+    if conv:
+        x0, w0 = torch.randint(0, 256, (rows, 3, 5, 5), generator=gen), torch.randint(-128, 128, (4, 3, 3, 3), generator=gen)
+        geometry = dict(stride=(2, 2), padding=(1, 1), dilation=(1, 1), groups=1)
+    else:
+        x0, w0 = torch.randint(0, 256, (rows, 7), generator=gen), torch.randint(-128, 128, (4, 7), generator=gen)
+        geometry = None
+    scale0 = torch.rand(4, generator=gen) + 0.5
+    for k in range(MASTER_BITS):
+        grads = []
+        for shift in (k, torch.full((rows,), k, dtype=torch.int32)):
+            q_x, q_w, scale = (t.float().clone().requires_grad_() for t in (x0, w0, scale0))
+            y = quant.int_layer(q_x, q_w, scale, act_shift=shift, weight_shift=shift, signed=False, rule="round",
+                                conv=geometry)
+            (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+            grads.append((y.detach(), q_x.grad, q_w.grad, scale.grad))
+        for one, per_row in zip(*grads):
+            assert torch.equal(one, per_row), k
