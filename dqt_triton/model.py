@@ -524,6 +524,10 @@ class DQTModel(nn.Module):
         for layer in self.layers.values():
             layer.copy_width_norms(numerics.MASTER_BITS - bits)
 
+    def width_norm_layers(self) -> list[nn.Module]:
+        """The governed layers that hold a batch norm per width (``bn_per_width``)."""
+        return [self.layers[n] for n in self.governed if getattr(self.layers[n], "width_bns", None) is not None]
+
     @torch.no_grad()
     def recalibrate_norms(self, x: Tensor, bits: Optional[Sequence[int]] = None, batch_size: int = 256) -> list[int]:
         """Re-estimate each width's batch-norm statistics from inputs `x`, as deployed.
@@ -541,7 +545,7 @@ class DQTModel(nn.Module):
         for b in widths:
             if b not in self.candidate_bits:
                 raise ValueError(f"recalibrate_norms: {b} bits is not a candidate width {self.candidate_bits}")
-        layers = [self.layers[n] for n in self.governed if getattr(self.layers[n], "width_bns", None) is not None]
+        layers = self.width_norm_layers()
         if not layers:
             raise ValueError("recalibrate_norms: no governed layer has a batch norm per width (bn_per_width)")
         was_training = self.training

@@ -396,8 +396,7 @@ class Trainer:
             log.warning("interrupted: %s holds the last finished epoch (%d); resume with --resume. The "
                         "unfinished epoch's weights are in model-interrupted.pt", self.out / "train_state.pt", self.epoch)
             raise
-        has_width_norms = any(getattr(model.layers[n], "width_bns", None) is not None for n in model.governed)
-        if cfg.norm_recalibration and has_width_norms:
+        if cfg.norm_recalibration and model.width_norm_layers():
             # Each width's statistics as of the final weights, instead of a moving average over
             # training (and, for widths the sandwich seldom runs, over old weights). A static
             # baseline gets the same treatment at its one width, so comparisons stay fair.
