@@ -76,7 +76,7 @@ def run_one(dataset: str, variant: str, seed: int, out: Path, setup: dict, overr
     """Train one configuration in this process and write OUT/runs/DATASET-VARIANT-seedN.json."""
     import torch
 
-    from dqt_triton.training import TrainConfig, Trainer, budget_sweep
+    from dqt_triton.training import TrainConfig, Trainer, budget_sweep, cascade_sweep
 
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -88,7 +88,9 @@ def run_one(dataset: str, variant: str, seed: int, out: Path, setup: dict, overr
         result = trainer.train()
         result["config"] = asdict(cfg)
         if trainer.model.controller is not None:
-            result["sweep"] = budget_sweep(trainer.model, trainer.ds, BUDGETS)
+            result["sweep"] = budget_sweep(trainer.model, trainer.ds, BUDGETS)  # on the training split, as dqt train
+        if trainer.model.cascade is not None:
+            result["cascade_sweep"] = cascade_sweep(trainer.model, trainer.ds, trainer.calibration, BUDGETS)
         result["uniform4_bitops"] = trainer.model.uniform_bitops(4)
     result.update(dataset=dataset, variant=variant, seed=seed, seconds=time.perf_counter() - start)
     (out / "runs" / f"{dataset}-{variant}-seed{seed}.json").write_text(json.dumps(result, indent=2) + "\n")

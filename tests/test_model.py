@@ -745,3 +745,125 @@ def test_imitation_from_the_sandwich_runs_no_extra_pass_and_learns_the_sandwich_
         model.dqt_loss(x, y, alpha=1.0, beta=1.0, target_bitops=unit, imitation_source="oracle")
     with pytest.raises(ValueError, match="alpha > 0"):
         model.dqt_loss(x, y, alpha=0.0, beta=1.0, target_bitops=unit, imitation_source=source)
+
+
+def _cascade_model(arch: str):
+    """A trained dynamic model in cascade mode 2 -> 6 bits, its inputs, its two uniform passes
+    and a margin (their median at 2 bits) that reruns some inputs and not others."""
+    model, x = build(arch, "dynamic")
+    x = torch.cat([x, x.flip(0) // 2, 255 - x])
+    low, high = model.set_bits(2)(x), model.set_bits(6)(x)
+    top = low.topk(2, dim=1).values
+    margins = top[:, 0] - top[:, 1]
+    model.set_cascade(2, 6, float(margins.median()))
+    return model, x, low, high, margins
+
+
+@pytest.mark.parametrize("arch", ["cnn", "resnet18_cifar"])
+def test_a_cascade_reruns_the_unsure_inputs_at_the_high_width_and_freezes_exactly(arch, tmp_path):
+    model, x, low, high, margins = _cascade_model(arch)
+    rerun = margins < model.cascade["margin"]
+    assert 0 < int(rerun.sum()) < len(x)
+    logits = model(x)
+    assert torch.equal(logits, torch.where(rerun[:, None], high, low))
+    cost = torch.where(rerun, torch.tensor(model.uniform_bitops(2) + model.uniform_bitops(6), dtype=torch.float64),
+                       torch.tensor(model.uniform_bitops(2), dtype=torch.float64))
+    assert torch.equal(model.last_bitops, cost)
+    governed = [model.layer_names.index(n) for n in model.governed]
+    assert torch.equal(model.last_bits[:, governed, 0], torch.where(rerun, 6, 2)[:, None].expand(-1, len(governed)))
+    bits, bitops = model.last_bits, model.last_bitops
+    frozen = model.freeze()
+    assert torch.equal(frozen(x), logits) and torch.equal(frozen.last_bitops, bitops)
+    assert torch.equal(frozen.last_bits, bits)
+    with dq.use_backend("reference"):
+        assert torch.equal(model(x), logits)
+    model.save(tmp_path / "model.pt")
+    reloaded = dq.DQTModel.load(tmp_path / "model.pt").eval()
+    assert reloaded.cascading and reloaded.cascade == model.cascade and torch.equal(reloaded(x), logits)
+    assert torch.equal(dq.FrozenDQTModel.load(tmp_path / "model.pt")(x), logits)
+    dynamic = model.set_dynamic(True)(x)
+    assert torch.equal(dq.FrozenDQTModel.load(tmp_path / "model.pt", mode="dynamic")(x), dynamic)
+    # The training path's eval answers as the integer program does: same inputs rerun.
+    model.set_cascade()
+    assert model.simulated_forward(x).shape == logits.shape and model.agreement(x) >= 0.5
+    # Off and on again: static and dynamic modes keep the cascade for later, saved with it.
+    model.set_bits(4)
+    assert not model.cascading and model.cascade is not None
+    model.save(tmp_path / "static.pt")
+    again = dq.DQTModel.load(tmp_path / "static.pt").eval()
+    assert not again.cascading and torch.equal(again(x), model(x))
+    assert torch.equal(again.set_cascade()(x), logits)
+
+
+def test_calibrating_a_cascade_meets_the_budget_and_picks_the_most_accurate_pair():
+    model, x, *_ = _cascade_model("cnn")
+    y = torch.randint(0, 10, (len(x),), generator=torch.Generator().manual_seed(3))
+    target = model.uniform_bitops(4)
+    chosen = model.calibrate_cascade(x, target, y)
+    assert model.cascading and {k: model.cascade[k] for k in ("low", "high")} == {k: chosen[k] for k in ("low", "high")}
+    logits = model(x)
+    # What calibration promised on x is what the integer eval does on x, exactly.
+    assert float(model.last_bitops.mean()) == chosen["bitops"] <= target
+    assert float((logits.argmax(1) == y).float().mean()) == chosen["accuracy"]
+    # No single pair does better on x within the target; each spends what the target allows.
+    for lo, hi in [(2, 4), (2, 6), (2, 8), (4, 6), (4, 8)]:
+        single = model.calibrate_cascade(x, target, pairs=[(lo, hi)])
+        assert single["accuracy"] is None and single["bitops"] <= target
+        spare = target - single["bitops"]
+        n = len(x)
+        assert model.uniform_bitops(lo) > target or spare < model.uniform_bitops(hi) / n or \
+            single["margin"] == float("inf") or _margin_ties(model, x, lo, single["margin"])
+        model.calibrate_cascade(x, target, y, pairs=[(lo, hi)])
+        assert float((model(x).argmax(1) == y).float().mean()) <= chosen["accuracy"]
+
+
+def _margin_ties(model, x, bits, margin) -> bool:
+    """Whether inputs at exactly `margin` kept the cascade from spending the whole target."""
+    logits = model.set_bits(bits)(x)
+    top = logits.topk(2, dim=1).values
+    return bool(((top[:, 0] - top[:, 1]) == margin).sum() > 1)
+
+
+def test_cascade_settings_and_calibration_errors_are_named():
+    model, x, *_ = _cascade_model("cnn")
+    y = torch.zeros(len(x), dtype=torch.long)
+    with pytest.raises(ValueError, match="candidate width"):
+        model.set_cascade(3, 6, 0.0)
+    with pytest.raises(ValueError, match="below the high one"):
+        model.set_cascade(6, 2, 0.0)
+    with pytest.raises(ValueError, match="margin must be a number"):
+        model.set_cascade(2, 6, float("nan"))
+    with pytest.raises(ValueError, match="together"):
+        model.set_cascade(2, 6)
+    with pytest.raises(ValueError, match="needs labels"):
+        model.calibrate_cascade(x, model.uniform_bitops(4))
+    with pytest.raises(ValueError, match="below every pair's low pass"):
+        model.calibrate_cascade(x, model.uniform_bitops(2) - 1, y)
+    with pytest.raises(ValueError, match="labels y must be a tensor of shape"):
+        model.calibrate_cascade(x, model.uniform_bitops(4), y[:-1])
+    with pytest.raises(ValueError, match="need low < high"):
+        model.calibrate_cascade(x, model.uniform_bitops(4), pairs=[(4, 4)])
+    fresh = dq.DQTModel.from_float(models.simple_cnn(1, 10, 8, 8), (1, 8, 8), candidate_bits=(2, 4, 6, 8))
+    with pytest.raises(ValueError, match="no cascade set yet"):
+        fresh.set_cascade()
+    model.set_cascade(2, 6, 0.5).train()
+    with pytest.raises(ValueError, match="cascade mode is for inference"):
+        model(x)
+    # Budget calibration of the controller leaves the cascade mode as it found it.
+    model.eval().calibrate_budget(x, model.uniform_bitops(4))
+    assert model.cascading and not model.dynamic
+
+
+@pytest.mark.interpreter
+def test_triton_backend_runs_the_same_cascade():
+    from tests.kernels.device import DEVICE
+
+    model, x, *_ = _cascade_model("cnn")
+    x = x[:3]
+    top = model.set_bits(2)(x).topk(2, dim=1).values
+    model.set_cascade(2, 6, float((top[:, 0] - top[:, 1]).median()))  # one of the three runs again
+    logits = model(x)
+    with dq.use_backend("triton"):
+        frozen = model.freeze()
+        got = frozen(x.to(DEVICE))
+    assert torch.equal(got.cpu(), logits) and torch.equal(frozen.last_bitops.cpu(), model.last_bitops)
