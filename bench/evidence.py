@@ -76,7 +76,7 @@ def run_one(dataset: str, variant: str, seed: int, out: Path, setup: dict, overr
     """Train one configuration in this process and write OUT/runs/DATASET-VARIANT-seedN.json."""
     import torch
 
-    from dqt_triton.training import TrainConfig, Trainer, budget_sweep, cascade_sweep
+    from dqt_triton.training import TrainConfig, Trainer, budget_sweep
 
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -88,9 +88,7 @@ def run_one(dataset: str, variant: str, seed: int, out: Path, setup: dict, overr
         result = trainer.train()
         result["config"] = asdict(cfg)
         if trainer.model.controller is not None:
-            result["sweep"] = budget_sweep(trainer.model, trainer.ds, BUDGETS)  # on the training split, as dqt train
-        if trainer.model.cascade is not None:
-            result["cascade_sweep"] = cascade_sweep(trainer.model, trainer.ds, trainer.calibration, BUDGETS)
+            result["sweep"] = budget_sweep(trainer.model, trainer.ds, BUDGETS)
         result["uniform4_bitops"] = trainer.model.uniform_bitops(4)
     result.update(dataset=dataset, variant=variant, seed=seed, seconds=time.perf_counter() - start)
     (out / "runs" / f"{dataset}-{variant}-seed{seed}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -151,13 +149,10 @@ def _collect(results: list[dict]) -> dict:
                     add((d, v, "dynamic", k), row.get(k))
         if r.get("agreement_dynamic") is not None:
             add((d, v, "dynamic", "agreement"), r["agreement_dynamic"])
-        for prefix, sweep in (("dynamic", r.get("sweep", [])), ("cascade", r.get("cascade_sweep", []))):
-            for row in sweep:
-                mode = f"{prefix}@{row['budget_bits']}"
-                for k in ("accuracy", "bitops_vs_uniform4", "spread", "cheap_half_accuracy", "dear_half_accuracy"):
-                    add((d, v, mode, k), row.get(k))
-                if prefix == "cascade":
-                    add((d, v, mode, "pair"), f"{row['low']}->{row['high']}")
+        for row in r.get("sweep", []):
+            mode = f"dynamic@{row['budget_bits']}"
+            for k in ("accuracy", "bitops_vs_uniform4", "spread", "cheap_half_accuracy", "dear_half_accuracy"):
+                add((d, v, mode, k), row.get(k))
         add((d, v, "train", "seconds"), r.get("seconds"))
     return table
 
@@ -183,45 +178,39 @@ def _targets(table: dict, dataset: str) -> list[tuple[str, str, str]]:
     if eight is not None and all(v is not None for v in lower):
         out.append(("8-bit not below any lower width (same checkpoint)", f"8-bit {_fmt(eight)}, best lower "
                     f"{_fmt(max(lower))}", "met" if eight >= max(lower) else "missed"))
-    # Two per-input modes of the same checkpoint: the learned controller ("dynamic") and the
-    # confidence cascade ("cascade"), each judged on its own.
-    for prefix, name in (("dynamic", "dynamic (controller)"), ("cascade", "cascade")):
-        for variant, rule, static4 in (("dqt", "round", "static4"), ("dqt_floor", "floor", "static4_floor")):
-            alone = m(static4, "static 4-bit")
-            best = None
-            modes = ([prefix] if prefix == "dynamic" else []) + [f"{prefix}@{b}" for b in BUDGETS]
-            for mode in modes:
-                acc, cost = m(variant, mode), m(variant, mode, "bitops_vs_uniform4")
-                if acc is not None and cost is not None and cost <= 1.0 and (best is None or acc > best[0]):
-                    best = (acc, cost, mode)
-            if best is not None and alone is not None:
-                out.append((f"{rule} rule: {name} at <= 1.0x uniform-4 BitOPs >= 1 pp above static 4-bit trained "
-                            f"alone", f"{_fmt(best[0])} at {best[1]:.2f}x ({best[2]}) vs {_fmt(alone)} "
-                            f"({100 * (best[0] - alone):+.1f} pp)", "met" if best[0] - alone >= 0.01 else "missed"))
-        above = 0
-        for b in BUDGETS:
-            acc, cost = m("dqt", f"{prefix}@{b}"), m("dqt", f"{prefix}@{b}", "bitops_vs_uniform4")
-            if acc is None or cost is None:
-                continue
-            # The static curve at this cost: linear interpolation between the nested checkpoint's widths.
-            pts = [(m("dqt", f"static {w}-bit", "bitops_vs_uniform4"), m("dqt", f"static {w}-bit"))
-                   for w in STATIC_WIDTHS]
-            pts = sorted(p for p in pts if p[0] is not None and p[1] is not None)
-            static_here = None
-            for (c0, a0), (c1, a1) in zip(pts, pts[1:]):
-                if c0 <= cost <= c1:
-                    static_here = a0 + (a1 - a0) * (cost - c0) / (c1 - c0)
-            if static_here is not None and acc > static_here:
-                above += 1
-        if any(m("dqt", f"{prefix}@{b}") is not None for b in BUDGETS):
-            out.append((f"{name} above the static curve at >= 3 budgets", f"{above} of {len(BUDGETS)} budgets",
-                        "met" if above >= 3 else "missed"))
-        spread = m("dqt", f"{prefix}@4.0", "spread")
-        cheap, dear = m("dqt", f"{prefix}@4.0", "cheap_half_accuracy"), m("dqt", f"{prefix}@4.0", "dear_half_accuracy")
-        if spread is not None:
-            out.append((f"{name}: per-input BitOPs, dearest 10% / cheapest 10% >= 2.0 (budget uniform 4)",
-                        f"{spread:.2f}x; accuracy cheap half {_fmt(cheap)}, dear half {_fmt(dear)}",
-                        "met" if spread >= 2.0 else "missed"))
+    for variant, rule, static4 in (("dqt", "round", "static4"), ("dqt_floor", "floor", "static4_floor")):
+        alone = m(static4, "static 4-bit")
+        best = None
+        for mode in ["dynamic"] + [f"dynamic@{b}" for b in BUDGETS]:
+            acc, cost = m(variant, mode), m(variant, mode, "bitops_vs_uniform4")
+            if acc is not None and cost is not None and cost <= 1.0 and (best is None or acc > best[0]):
+                best = (acc, cost, mode)
+        if best is not None and alone is not None:
+            out.append((f"{rule} rule: dynamic at <= 1.0x uniform-4 BitOPs >= 1 pp above static 4-bit trained alone",
+                        f"{_fmt(best[0])} at {best[1]:.2f}x ({best[2]}) vs {_fmt(alone)} "
+                        f"({100 * (best[0] - alone):+.1f} pp)", "met" if best[0] - alone >= 0.01 else "missed"))
+    above = 0
+    for b in BUDGETS:
+        acc, cost = m("dqt", f"dynamic@{b}"), m("dqt", f"dynamic@{b}", "bitops_vs_uniform4")
+        if acc is None or cost is None:
+            continue
+        # The static curve at this cost: linear interpolation between the nested checkpoint's widths.
+        pts = [(m("dqt", f"static {w}-bit", "bitops_vs_uniform4"), m("dqt", f"static {w}-bit")) for w in STATIC_WIDTHS]
+        pts = sorted(p for p in pts if p[0] is not None and p[1] is not None)
+        static_here = None
+        for (c0, a0), (c1, a1) in zip(pts, pts[1:]):
+            if c0 <= cost <= c1:
+                static_here = a0 + (a1 - a0) * (cost - c0) / (c1 - c0)
+        if static_here is not None and acc > static_here:
+            above += 1
+    out.append(("dynamic above the static curve at >= 3 budgets", f"{above} of {len(BUDGETS)} budgets",
+                "met" if above >= 3 else "missed"))
+    spread = m("dqt", "dynamic@4.0", "spread")
+    cheap, dear = m("dqt", "dynamic@4.0", "cheap_half_accuracy"), m("dqt", "dynamic@4.0", "dear_half_accuracy")
+    if spread is not None:
+        out.append(("per-input BitOPs, dearest 10% / cheapest 10% >= 2.0 (budget uniform 4)",
+                    f"{spread:.2f}x; accuracy cheap half {_fmt(cheap)}, dear half {_fmt(dear)}",
+                    "met" if spread >= 2.0 else "missed"))
     return out
 
 
@@ -272,25 +261,6 @@ def summarize(out: Path) -> dict:
             agree = _mean_std(table.get((d, v, "dynamic", "agreement"), []))
             if agree[0] is not None:
                 lines.append(f"| {v} | train-path / integer-eval agreement | {_fmt(*agree)} | | | |")
-        lines += ["", "Cascade mode (same checkpoints): every input at the low width, those whose logit margin is "
-                  "below the threshold again at the high width; pair and threshold chosen per budget on the "
-                  "held-out calibration split (10% of the training split, never trained on), test split measured:",
-                  "", "| variant | budget (uniform b) | pairs (per seed) | accuracy | BitOPs / uniform 4 | "
-                  "dearest 10% / cheapest 10% | accuracy cheap half / dear half |", "|---|---|---|---:|---:|---:|---|"]
-        for v in ("dqt", "dqt_floor", "dqt_alpha0", "dqt_holdout"):
-            for mode in [f"cascade@{b}" for b in BUDGETS]:
-                acc = _mean_std(table.get((d, v, mode, "accuracy"), []))
-                if acc[0] is None:
-                    continue
-                cost = _mean_std(table.get((d, v, mode, "bitops_vs_uniform4"), []))
-                spread = _mean_std(table.get((d, v, mode, "spread"), []))
-                cheap = _mean_std(table.get((d, v, mode, "cheap_half_accuracy"), []))[0]
-                dear = _mean_std(table.get((d, v, mode, "dear_half_accuracy"), []))[0]
-                pairs = ", ".join(table.get((d, v, mode, "pair"), []))
-                lines.append(f"| {v} | {mode.split('@')[1]} | {pairs} | {_fmt(*acc)} | {_fmt(*cost, pct=False)} | "
-                             f"{_fmt(*spread, pct=False)} | {_fmt(cheap)} / {_fmt(dear)} |")
-                summary_rows.append({"dataset": d, "variant": v, "mode": mode, "accuracy": acc[0],
-                                     "accuracy_std": acc[1], "bitops_vs_uniform4": cost[0], "spread": spread[0]})
         lines += ["", "Targets (measured; nothing here is asserted):", "", "| target | measured | verdict |",
                   "|---|---|---|"]
         lines += [f"| {t} | {mv} | {verdict} |" for t, mv, verdict in _targets(table, d)]
@@ -342,7 +312,6 @@ def _plot(table: dict, datasets: list[str], path: Path) -> None:
                 (alone, "kx--", "static, each width trained alone"),
                 (series(d, "dqt", statics), "o-", "DQT round: one checkpoint, static widths"),
                 (series(d, "dqt", dyn), "*-", "DQT round: dynamic, run-time budgets"),
-                (series(d, "dqt", [f"cascade@{b}" for b in BUDGETS]), "P-", "DQT round: cascade, run-time budgets"),
                 (series(d, "dqt_holdout", dyn), "v-.", "DQT round, controller judges held-out samples: dynamic"),
                 (series(d, "dqt_floor", statics), "s:", "DQT floor: one checkpoint, static widths"),
                 (series(d, "dqt_floor", dyn), "^:", "DQT floor: dynamic, run-time budgets")):

@@ -109,8 +109,7 @@ def run_train(args: argparse.Namespace) -> int:
                       candidate_bits=tuple(args.bits), budget_bits=args.budget, alpha=args.alpha, beta=args.beta,
                       imitation=args.imitation, imitation_mode=args.imitation_mode,
                       imitation_source=args.imitation_source, controller=args.controller,
-                      imitation_holdout=args.imitation_holdout, calibration_holdout=args.calibration_holdout,
-                      distill=not args.no_distill, sampled_widths=args.sampled_widths,
+                      imitation_holdout=args.imitation_holdout, distill=not args.no_distill, sampled_widths=args.sampled_widths,
                       consistency_share=args.consistency_share, gate_gradients=args.gate_gradients,
                       imitation_samples=args.imitation_samples,
                       bn_per_width=not args.shared_bn, norm_recalibration=args.norm_recalibration,
@@ -189,9 +188,6 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--imitation-holdout", type=float, default=d.imitation_holdout,
                        help="with --imitation-source holdout: share of the training set held out of the network's "
                             "loss to judge widths on")
-    train.add_argument("--calibration-holdout", type=float, default=d.calibration_holdout,
-                       help="share of the training set held out of training to calibrate the run-time budgets "
-                            "(controller budget code and cascade) on; 0 calibrates on the training set")
     train.add_argument("--sampled-widths", type=int, default=d.sampled_widths,
                        help="random middle widths per step besides the widest and narrowest (-1: every width)")
     train.add_argument("--consistency-share", type=float, default=d.consistency_share,

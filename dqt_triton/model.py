@@ -227,11 +227,11 @@ def _check_nonempty(x: Tensor) -> None:
 class _RunPass:
     """What the step kinds' `run` share during one `run_program` call."""
 
-    def __init__(self, program: dict, x: Tensor, cache: dict, bits: Optional[int] = None) -> None:
+    def __init__(self, program: dict, x: Tensor, cache: dict) -> None:
         self.program, self.x, self.cache = program, x, cache
         self.rule = program["shift_rule"]
-        self.fixed = _pass_bits(program, bits)
-        self.governed = {n: i for i, n in enumerate(program["governed"])} if program["dynamic"] and bits is None else {}
+        self.fixed = {n: tuple(b) for n, b in program["static_bits"].items()}
+        self.governed = {n: i for i, n in enumerate(program["governed"])} if program["dynamic"] else {}
         self.widths: Optional[Tensor] = None  # [B, governed], once the controller has run
         self.values: list[Tensor] = []
 
@@ -253,23 +253,12 @@ class _RunPass:
         return numerics.MASTER_BITS - ab, numerics.MASTER_BITS - wb
 
 
-def _pass_bits(program: dict, bits: Optional[int]) -> dict:
-    """(w, a) widths of every layer in one pass: the program's, or with `bits` the governed
-    layers at that width (the others keep the program's, `edge_bits` in cascade mode)."""
-    governed = set(program["governed"])
-    return {n: (bits, bits) if bits is not None and n in governed else tuple(b)
-            for n, b in program["static_bits"].items()}
-
-
-def run_program(program: dict, x: Tensor, cache: Optional[dict] = None,
-                bits: Optional[int] = None) -> tuple[Tensor, Tensor]:
+def run_program(program: dict, x: Tensor, cache: Optional[dict] = None) -> tuple[Tensor, Tensor]:
     """The integer-only forward pass: (float32 logits, chosen bits [B, layers, (w, a)]).
 
     Static: every layer's (w, a) widths come from the program. Dynamic: fixed layers (first and
     last by default) keep their widths; the controller runs on its source value (the first
-    layer's output codes) just before the first governed layer needs a width. `bits`: one
-    uniform pass, the governed layers at that width whatever the program's mode (the passes of
-    a cascade, `program_forward`).
+    layer's output codes) just before the first governed layer needs a width.
 
     `cache` (a dict the caller keeps per program and device) holds the layers validated and
     placed on x's device by the first call; later calls read no tensor value on the host and
@@ -279,8 +268,8 @@ def run_program(program: dict, x: Tensor, cache: Optional[dict] = None,
     cache = {} if cache is None else cache
     names = program["layer_names"]
     B = x.shape[0]
-    run = _RunPass(program, x, cache, bits)
-    fixed = run.fixed
+    fixed = {n: tuple(b) for n, b in program["static_bits"].items()}
+    run = _RunPass(program, x, cache)
     values = run.values
     values.append(x)
     for step in program["steps"]:
@@ -290,49 +279,13 @@ def run_program(program: dict, x: Tensor, cache: Optional[dict] = None,
         consts = program[kind.program_key][step["name"]] if kind.program_key else None
         values.append(kind.run(step, [values[i] for i in step["inputs"]], consts, run))
     widths = run.widths
-    fixed_bits = _device_tensor(cache, f"fixed_bits@{bits}",
-                                lambda: torch.tensor([fixed[n] for n in names], device=x.device))
+    fixed_bits = _device_tensor(cache, "fixed_bits", lambda: torch.tensor([fixed[n] for n in names], device=x.device))
     chosen = fixed_bits.expand(B, -1, -1).clone()
     if widths is not None:
         idx = _device_tensor(cache, "governed_index", lambda: torch.tensor([names.index(n) for n in program["governed"]],
                                                                            device=x.device))
         chosen[:, idx] = widths.unsqueeze(-1).expand(-1, -1, 2)
     return values[-1], chosen
-
-
-def cascade_rerun(logits: Tensor, margin: float) -> Tensor:
-    """Inputs a cascade runs again: float32 margin between the two largest logits < `margin`."""
-    top = logits.topk(2, dim=1).values
-    return (top[:, 0] - top[:, 1]) < margin
-
-
-def program_forward(program: dict, x: Tensor, cache: dict, macs: dict,
-                    controller_macs: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-    """The integer model in its program's mode: (float32 logits, bits of the pass whose answer
-    counts [B, layers, (w, a)], BitOPs per sample).
-
-    Cascade mode (``program["cascade"]``): every input runs at the low width; those whose logit
-    margin falls below the threshold run again at the high width, whose logits replace theirs,
-    and pay for both passes. Picking those inputs reads one count from the device per call.
-    """
-    _check_input(program, x)
-    macs_t = _device_tensor(cache, "macs", lambda: torch.tensor(
-        [macs[n] for n in program["layer_names"]], dtype=torch.float64, device=x.device))
-    cascade = program.get("cascade")
-    if cascade is None:
-        logits, chosen = run_program(program, x, cache)
-        return logits, chosen, bitops_from_bits(chosen, macs_t, controller_macs)
-    logits, chosen = run_program(program, x, cache, bits=cascade["low"])
-    bitops = bitops_from_bits(chosen, macs_t)
-    if x.shape[0] == 0:
-        return logits, chosen, bitops
-    index = cascade_rerun(logits, cascade["margin"]).nonzero().squeeze(1)
-    if index.numel():
-        high, high_bits = run_program(program, x.index_select(0, index), cache, bits=cascade["high"])
-        logits = logits.index_copy(0, index, high)
-        chosen = chosen.index_copy(0, index, high_bits)
-        bitops = bitops.index_add(0, index, bitops_from_bits(high_bits, macs_t))
-    return logits, chosen, bitops
 
 
 class _TrainPass:
@@ -355,9 +308,7 @@ class DQTModel(nn.Module):
     the other layers are *governed*: `set_bits(b)` puts them at b bits, and in dynamic mode the
     controller picks their widths per sample. `budget_code` (0 .. BUDGET_LEVELS-1, larger = more
     bits) is the deployment-time budget the controller is conditioned on; `calibrate_budget`
-    finds the code that meets a BitOPs target. Cascade mode (`set_cascade`, `calibrate_cascade`)
-    is the other per-input mode: a uniform low-width pass, and a high-width pass for the inputs
-    whose logit margin says the first was unsure.
+    finds the code that meets a BitOPs target.
     """
 
     def __init__(self, steps: list[dict], layers: nn.ModuleDict, quantizers: nn.ModuleDict,
@@ -382,8 +333,6 @@ class DQTModel(nn.Module):
         self.budget_code = BUDGET_LEVELS // 2
         self.static_bits = {n: (8, 8) for n in self.layer_names}
         self.dynamic = bool(config["dynamic"]) and controller is not None
-        self.cascade: Optional[dict] = None  # {"low", "high", "margin"}: kept across mode changes, saved
-        self.cascading = False  # cascade mode on (static and dynamic mode turn it off)
         self.last_bits: Optional[Tensor] = None
         self.last_bitops: Optional[Tensor] = None
         self.soft_bitops: Optional[Tensor] = None
@@ -512,7 +461,6 @@ class DQTModel(nn.Module):
             parsed[name] = pair
         self.static_bits = parsed
         self.dynamic = False
-        self.cascading = False
         return self
 
     def set_dynamic(self, enabled: bool = True) -> "DQTModel":
@@ -521,114 +469,7 @@ class DQTModel(nn.Module):
         if enabled and self.controller is None:
             raise ValueError("this DQTModel has no controller; build it with from_float(..., dynamic=True)")
         self.dynamic = enabled
-        self.cascading = False
         return self
-
-    def set_cascade(self, low: Optional[int] = None, high: Optional[int] = None,
-                    margin: Optional[float] = None) -> "DQTModel":
-        """Cascade mode (inference): every input runs with the governed layers at `low` bits;
-        inputs whose margin between the two largest logits (float32) is below `margin` run again
-        at `high` bits, whose answer counts; their BitOPs count both passes. Edges stay at
-        `edge_bits`. `margin` is rounded to float32 (-inf: never rerun, inf: always). Without
-        arguments, turns on the cascade last set or calibrated (`calibrate_cascade`).
-        """
-        if low is None and high is None and margin is None:
-            if self.cascade is None:
-                raise ValueError("set_cascade(): no cascade set yet; pass low, high and margin or use calibrate_cascade")
-        else:
-            if any(v is None for v in (low, high, margin)):
-                raise ValueError("set_cascade needs low, high and margin together (or none of them)")
-            for name, b in (("low", low), ("high", high)):
-                if isinstance(b, bool) or not isinstance(b, int) or b not in self.candidate_bits:
-                    raise ValueError(f"cascade {name} width must be a candidate width {self.candidate_bits}, got {b!r}")
-            if not low < high:
-                raise ValueError(f"cascade low width must be below the high one, got low {low}, high {high}")
-            if isinstance(margin, bool) or not isinstance(margin, (int, float)) or math.isnan(margin):
-                raise ValueError(f"cascade margin must be a number (logit units), got {margin!r}")
-            if self._num_outputs() < 2:
-                raise ValueError("a cascade compares the two largest logits: the model needs at least 2 outputs")
-            self.cascade = {"low": low, "high": high, "margin": float(torch.tensor(float(margin), dtype=torch.float32))}
-        self.dynamic = False
-        self.cascading = True
-        return self
-
-    def _num_outputs(self) -> int:
-        final = next(s for s in reversed(self.steps) if s["geometry"].get("final"))
-        layer = self.layers[final["name"]] if final["name"] in self.layers else None
-        return int(layer.weight.shape[0]) if layer is not None else 2
-
-    @torch.no_grad()
-    def calibrate_cascade(self, x: Tensor, target_bitops: float, y: Optional[Tensor] = None,
-                          pairs: Optional[Sequence[tuple[int, int]]] = None, batch_size: int = 512) -> dict:
-        """Choose a cascade that meets a BitOPs target on `x` and turn cascade mode on.
-
-        For each (low, high) pair (default: every pair of candidate widths) the margin threshold
-        reruns as many inputs as the target allows: the mean BitOPs per input on `x` (low pass,
-        plus the high pass where rerun) stay at most `target_bitops`. With labels `y` the pair
-        of highest accuracy on `x` wins, ties going to the lower cross-entropy of the answers
-        (a small calibration set is often right at every pair); without, `pairs` must name one.
-        Calibrate on data the network did not train on: on memorised inputs the first pass is
-        surer than it will be on new ones, and too few would be rerun. Returns the cascade with
-        its accuracy (None without labels) and mean BitOPs on `x`.
-        """
-        _check_input(self.config, x)
-        _check_nonempty(x)
-        if y is not None and (not isinstance(y, Tensor) or y.shape != x.shape[:1]):
-            raise ValueError(f"calibrate_cascade: labels y must be a tensor of shape [{x.shape[0]}]")
-        cands = self.candidate_bits
-        pairs = [(lo, hi) for lo in cands for hi in cands if lo < hi] if pairs is None else \
-            [tuple(p) for p in pairs]
-        if not pairs:
-            raise ValueError("calibrate_cascade: no (low, high) pair to choose from")
-        if y is None and len(pairs) > 1:
-            raise ValueError("calibrate_cascade: choosing among pairs needs labels y (or name one pair)")
-        for lo, hi in pairs:
-            if lo not in cands or hi not in cands or not lo < hi:
-                raise ValueError(f"cascade pair {(lo, hi)}: need low < high, both candidate widths {cands}")
-        was_training, saved = self.training, (self.dynamic, self.cascading, self.cascade)
-        self.eval()
-        try:
-            # Any cascade program holds every width's constants with the edges at edge_bits.
-            self.set_cascade(pairs[0][0], pairs[0][1], 0.0)
-            program = self.integer_program()
-            cache: dict = {}
-            widths = sorted({b for pair in pairs for b in pair})
-            logits = {b: torch.cat([run_program(program, chunk, cache, bits=b)[0] for chunk in x.split(batch_size)])
-                      for b in widths}
-        finally:
-            self.dynamic, self.cascading, self.cascade = saved
-            self.train(was_training)
-        n = x.shape[0]
-        best = None
-        for lo, hi in pairs:
-            cost_lo, cost_hi = self.uniform_bitops(lo), self.uniform_bitops(hi)
-            if cost_lo > target_bitops:
-                continue
-            top = logits[lo].topk(2, dim=1).values
-            margins = top[:, 0] - top[:, 1]
-            ordered = margins.sort().values
-            k = min(n, int((target_bitops - cost_lo) * n // cost_hi))
-            while k > 0 and (n * cost_lo + k * cost_hi) / n > target_bitops:
-                k -= 1
-            threshold = float("inf") if k >= n else float(ordered[k]) if k > 0 else float("-inf")
-            rerun = margins < threshold
-            mean_bitops = (n * cost_lo + int(rerun.sum()) * cost_hi) / n
-            accuracy, loss = None, 0.0
-            if y is not None:
-                answer = torch.where(rerun[:, None], logits[hi], logits[lo]).cpu()
-                accuracy = float((answer.argmax(1) == y.cpu()).float().mean())
-                loss = float(F.cross_entropy(answer.double(), y.cpu()))
-            key = (accuracy if accuracy is not None else 0.0, -loss, -mean_bitops)
-            if best is None or key > best[0]:
-                best = (key, {"low": lo, "high": hi, "margin": threshold, "accuracy": accuracy,
-                              "bitops": mean_bitops})
-        if best is None:
-            raise ValueError(f"calibrate_cascade: target {target_bitops:,.0f} BitOPs is below every pair's low pass "
-                             f"(uniform {min(lo for lo, _ in pairs)}-bit costs "
-                             f"{self.uniform_bitops(min(lo for lo, _ in pairs)):,.0f})")
-        chosen = best[1]
-        self.set_cascade(chosen["low"], chosen["high"], chosen["margin"])
-        return chosen
 
     def set_budget(self, code: int) -> "DQTModel":
         """Deployment budget code for the controller: 0 (fewest bits) .. BUDGET_LEVELS - 1."""
@@ -641,7 +482,7 @@ class DQTModel(nn.Module):
     def calibrate_budget(self, x: Tensor, target_bitops: float, batch_size: int = 512) -> int:
         """Largest budget code whose mean BitOPs per sample on `x` (integer eval, dynamic mode)
         is at most `target_bitops`; sets and returns it (0 if even code 0 exceeds it)."""
-        was_training, dynamic, cascading, code = self.training, self.dynamic, self.cascading, self.budget_code
+        was_training, dynamic, code = self.training, self.dynamic, self.budget_code
         self.eval()
         self.set_dynamic(True)
 
@@ -666,7 +507,7 @@ class DQTModel(nn.Module):
                 else:
                     hi = mid
         self.budget_code = lo
-        self.dynamic, self.cascading = dynamic, cascading
+        self.dynamic = dynamic
         self.train(was_training)
         return lo
 
@@ -752,9 +593,12 @@ class DQTModel(nn.Module):
                 self._run_caches = (program, {})
             device = x.device if isinstance(x, Tensor) else None
             cache = self._run_caches[1].setdefault(device, {})
+            logits, chosen = run_program(program, x, cache)
+            self.last_bits = chosen
             controller_macs = self.controller.macs() if self.dynamic and self.controller is not None else 0
-            logits, self.last_bits, self.last_bitops = program_forward(program, x, cache, self.config["macs"],
-                                                                       controller_macs)
+            macs = _device_tensor(cache, "macs", lambda: torch.tensor(
+                [self.config["macs"][n] for n in self.layer_names], dtype=torch.float64, device=chosen.device))
+            self.last_bitops = bitops_from_bits(chosen, macs, controller_macs)
             return logits
         _check_input(self.config, x)
         _check_nonempty(x)
@@ -764,8 +608,6 @@ class DQTModel(nn.Module):
         """(w, a) widths of every layer not chosen by the controller: the static widths, or with
         `force_bits` the governed layers at that width; the edge layers sit at `edge_bits`
         whenever the controller or `force_bits` sets the others (static_bits stays as set)."""
-        if force_bits is None and self.cascading:
-            force_bits = self.cascade["low"]
         if force_bits is None and not self.dynamic:
             return self.static_bits
         edge = self.edge_bits
@@ -802,8 +644,6 @@ class DQTModel(nn.Module):
         force_bits: every governed layer at that width (the consistency term's paths).
         budget_codes: per-sample budget codes for the controller (default: `budget_code`).
         """
-        if self.cascading and force_bits is None:
-            raise ValueError("cascade mode is for inference (eval): call set_dynamic() or set_bits() before training")
         q_in = x.to(torch.float32)
         B = x.shape[0]
         fixed = self._fixed_bits(force_bits)
@@ -840,14 +680,7 @@ class DQTModel(nn.Module):
         was_training = self.training
         self.train(False)
         try:
-            if not self.cascading:
-                return self._train_forward(x)
-            c = self.cascade
-            logits = self._train_forward(x, force_bits=c["low"])
-            index = cascade_rerun(logits, c["margin"]).nonzero().squeeze(1) if len(x) else logits.new_zeros(0).long()
-            if index.numel():
-                logits = logits.index_copy(0, index, self._train_forward(x.index_select(0, index), force_bits=c["high"]))
-            return logits
+            return self._train_forward(x)
         finally:
             self.train(was_training)
 
@@ -1042,8 +875,7 @@ class DQTModel(nn.Module):
         """Integer constants of every layer, on the model's device, cached while no parameter,
         buffer, width, budget or device changes (tensor version counters see optimizer steps and
         load_state_dict; `.to(device)` may keep a parameter's identity and version)."""
-        cascade = tuple(sorted(self.cascade.items())) if self.cascading else None
-        key = (self.dynamic, cascade, self.budget_code, tuple(self.static_bits.items()),
+        key = (self.dynamic, self.budget_code, tuple(self.static_bits.items()),
                tuple((id(t), t._version, t.device) for t in itertools.chain(self.parameters(), self.buffers())))
         if self._program_cache is not None and self._program_cache[0] == key:
             return self._program_cache[1]
@@ -1066,7 +898,6 @@ class DQTModel(nn.Module):
             "static_bits": {n: list(b) for n, b in self._fixed_bits().items()}, "controller_source": source,
             "controller": self.controller.program(value_step[source], self.config["value_signed"][source],
                                                   budget_price(self.budget_code)) if self.dynamic else None,
-            "cascade": dict(self.cascade) if self.cascading else None,
         }
         self._program_cache = (key, program)
         return program
@@ -1083,26 +914,22 @@ class DQTModel(nn.Module):
         """One file: architecture, master weights, step sizes, controller, budget code, and the
         frozen integer programs of the current static widths and (if present) dynamic mode.
         Written atomically."""
-        was_training, static, dynamic, cascading = self.training, dict(self.static_bits), self.dynamic, self.cascading
+        was_training, static, dynamic = self.training, dict(self.static_bits), self.dynamic
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
         self.eval()
         programs = {}
         try:
-            self.dynamic = self.cascading = False  # the static program: the model's current static widths
+            self.dynamic = False  # the static program: the model's current static widths
             programs["static"] = _clone_program(self.integer_program(), device="cpu")
             if self.controller is not None:
                 self.set_dynamic(True)
                 programs["dynamic"] = _clone_program(self.integer_program(), device="cpu")
-            if self.cascade is not None:
-                self.set_cascade()
-                programs["cascade"] = _clone_program(self.integer_program(), device="cpu")
         finally:
-            self.static_bits, self.dynamic, self.cascading = static, dynamic, cascading
+            self.static_bits, self.dynamic = static, dynamic
             self.train(was_training)
         payload = {"format": FORMAT, "version": FORMAT_VERSION, "config": self.config, "steps": self.steps,
                    "state_dict": state, "programs": programs, "static_bits": {n: list(b) for n, b in static.items()},
-                   "dynamic": dynamic, "budget_code": self.budget_code, "cascade": self.cascade,
-                   "cascading": cascading}
+                   "dynamic": dynamic, "budget_code": self.budget_code}
         _atomic_save(payload, path)
 
     @classmethod
@@ -1128,12 +955,6 @@ class DQTModel(nn.Module):
             model.set_budget(payload["budget_code"])
             if payload["dynamic"]:
                 model.set_dynamic(True)
-            cascade = payload.get("cascade")  # absent before cascades existed
-            if cascade is not None:
-                saved_mode = model.dynamic
-                model.set_cascade(int(cascade["low"]), int(cascade["high"]), float(cascade["margin"]))
-                if not payload.get("cascading"):
-                    model.cascading, model.dynamic = False, saved_mode
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{os.fspath(path)} is not a valid DQTModel checkpoint: {exc}") from exc
         return model
@@ -1174,8 +995,11 @@ class FrozenDQTModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         device = x.device if isinstance(x, Tensor) else None
         cache = self._run_caches.setdefault(device, {})
-        logits, self.last_bits, self.last_bitops = program_forward(self.program, x, cache, self.macs,
-                                                                   self.controller_macs)
+        logits, chosen = run_program(self.program, x, cache)
+        self.last_bits = chosen
+        macs = _device_tensor(cache, "macs", lambda: torch.tensor(
+            [self.macs[n] for n in self.program["layer_names"]], dtype=torch.float64, device=chosen.device))
+        self.last_bitops = bitops_from_bits(chosen, macs, self.controller_macs)
         return logits
 
     def save(self, path: Union[str, os.PathLike]) -> None:
@@ -1185,13 +1009,12 @@ class FrozenDQTModel(nn.Module):
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], mode: Optional[str] = None) -> "FrozenDQTModel":
-        """Load a frozen model, or the frozen `mode` ("static", "dynamic" or "cascade") of a
-        DQTModel file (default: the mode it was saved in)."""
+        """Load a frozen model, or the frozen `mode` ("static" or "dynamic") of a DQTModel file."""
         payload = _load_payload(path, "cpu")
         try:
             if "frozen" in payload:
                 return cls(payload["frozen"], payload["macs"], payload["controller_macs"])
-            chosen = mode or ("cascade" if payload.get("cascading") else "dynamic" if payload["dynamic"] else "static")
+            chosen = mode or ("dynamic" if payload["dynamic"] else "static")
             program = payload["programs"][chosen]
             ctrl = payload["config"]["controller"]
             ctrl_macs = 0
@@ -1282,5 +1105,4 @@ def _load_payload(path: Union[str, os.PathLike], map_location) -> dict:
     return payload
 
 
-__all__ = ["DQTModel", "FrozenDQTModel", "Controller", "run_program", "program_forward", "budget_price",
-           "BUDGET_LEVELS"]
+__all__ = ["DQTModel", "FrozenDQTModel", "Controller", "run_program", "budget_price", "BUDGET_LEVELS"]

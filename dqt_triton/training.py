@@ -60,7 +60,6 @@ class TrainConfig:
     consistency_share: float = 0.5  # share of each batch the consistency widths see (1.0: all of it, dearer)
     gate_gradients: str = "local"  # task-loss gradients to the controller's gates: "all" (dearer), "local" or "none"
     bn_per_width: bool = True
-    calibration_holdout: float = 0.1  # share of the training set kept from the network to calibrate run-time budgets on (dynamic runs)
     norm_recalibration: int = 2048  # after training: each width's batch-norm statistics re-estimated on this many training samples (0 = off)
     controller: str = "layer"  # controller granularity: a width per governed layer ("layer") or per sample ("sample")
     edge_bits: int = 8  # first and last layer width; 0 = the controller governs them too
@@ -81,7 +80,7 @@ class TrainConfig:
 
 # What runs did before an option existed, where today's default differs from it.
 BEFORE_THE_OPTION = {"imitation_source": "holdout", "consistency_share": 1.0, "gate_gradients": "all",
-                     "norm_recalibration": 0, "calibration_holdout": 0.0}
+                     "norm_recalibration": 0}
 
 
 @dataclass
@@ -220,48 +219,22 @@ def results_table(model: DQTModel, ds: Dataset) -> dict:
         model.set_dynamic(True)
         rows.append({"mode": "dynamic", "budget_code": model.budget_code, **evaluate(model, ds.x_test, ds.y_test)})
         agreement = model.agreement(ds.x_test)
-    if model.cascade is not None:
-        model.set_cascade()
-        rows.append({"mode": "cascade", **{k: model.cascade[k] for k in ("low", "high", "margin")},
-                     **evaluate(model, ds.x_test, ds.y_test)})
-        if model.controller is not None:
-            model.set_dynamic(True)
     for r in rows:
         r["bitops_vs_uniform4"] = r["bitops"] / model.uniform_bitops(4)
     return {"rows": rows, "agreement_dynamic": agreement, "edge_bits": model.edge_bits}
 
 
-def budget_sweep(model: DQTModel, ds: Dataset, budgets_bits=(2.5, 3.0, 3.5, 4.0, 5.0, 6.0),
-                 calibration: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> list[dict]:
-    """Dynamic mode at run-time budgets (uniform-b BitOPs, calibrated on `calibration`'s inputs,
-    default the training split): one checkpoint, one curve. Restores the model's budget code."""
+def budget_sweep(model: DQTModel, ds: Dataset, budgets_bits=(2.5, 3.0, 3.5, 4.0, 5.0, 6.0)) -> list[dict]:
+    """Dynamic mode at run-time budgets (uniform-b BitOPs, calibrated on the training set):
+    one checkpoint, one curve. Restores the model's budget code."""
     code = model.budget_code
-    x_cal = ds.x_train if calibration is None else calibration[0]
     rows = []
     for b in budgets_bits:
-        chosen = model.calibrate_budget(x_cal, model.uniform_bitops(b))
+        chosen = model.calibrate_budget(ds.x_train, model.uniform_bitops(b))
         row = {"budget_bits": b, "budget_code": chosen, **evaluate(model, ds.x_test, ds.y_test)}
         row["bitops_vs_uniform4"] = row["bitops"] / model.uniform_bitops(4)
         rows.append(row)
     model.set_budget(code)
-    return rows
-
-
-def cascade_sweep(model: DQTModel, ds: Dataset, calibration: tuple[torch.Tensor, torch.Tensor],
-                  budgets_bits=(2.5, 3.0, 3.5, 4.0, 5.0, 6.0)) -> list[dict]:
-    """Cascade mode at run-time budgets: for each, the pair and margin chosen on `calibration`
-    (x, y), measured on the test split. Restores the model's mode and cascade."""
-    saved = (model.dynamic, model.cascading, model.cascade)
-    rows = []
-    try:
-        for b in budgets_bits:
-            chosen = model.calibrate_cascade(calibration[0], model.uniform_bitops(b), calibration[1])
-            row = {"budget_bits": b, **{k: chosen[k] for k in ("low", "high", "margin")},
-                   "calibration_accuracy": chosen["accuracy"], **evaluate(model, ds.x_test, ds.y_test)}
-            row["bitops_vs_uniform4"] = row["bitops"] / model.uniform_bitops(4)
-            rows.append(row)
-    finally:
-        model.dynamic, model.cascading, model.cascade = saved
     return rows
 
 
@@ -279,11 +252,6 @@ def format_table(results: dict) -> str:
         lines.append(f"dynamic, per input: BitOPs of the dearest 10% / cheapest 10% = {d['spread']:.2f}x; accuracy "
                      f"of the cheap half {d['cheap_half_accuracy']:.4f}, dear half {d['dear_half_accuracy']:.4f} "
                      f"(budget code {d['budget_code']})")
-    casc = [r for r in results["rows"] if r["mode"] == "cascade"]
-    if casc:
-        c = casc[0]
-        lines.append(f"cascade: every input at {c['low']} bits, those whose logit margin is below {c['margin']:.4g} "
-                     f"again at {c['high']} bits; per input, dearest 10% / cheapest 10% = {c['spread']:.2f}x")
     if results.get("agreement_dynamic") is not None:
         lines.append(f"train-path / integer-eval top-1 agreement (dynamic): {results['agreement_dynamic']:.4f}")
     return "\n".join(lines)
@@ -299,9 +267,6 @@ class Trainer:
         self.ds = load_dataset(cfg.data, cfg.data_dir, cfg.seed, cfg.limit)
         if not 0.0 <= cfg.imitation_holdout < 1.0:
             raise ValueError(f"imitation_holdout must be in [0, 1), got {cfg.imitation_holdout}")
-        if not 0.0 <= cfg.calibration_holdout < 1.0 or cfg.imitation_holdout + cfg.calibration_holdout >= 1.0:
-            raise ValueError(f"calibration_holdout must be in [0, 1) and leave training data beside imitation_holdout, "
-                             f"got {cfg.calibration_holdout} (imitation_holdout {cfg.imitation_holdout})")
         if cfg.imitation > 0 and cfg.imitation_samples < 1:
             raise ValueError(f"imitation_samples must be at least 1, got {cfg.imitation_samples}")
         if not 0.0 < cfg.consistency_share <= 1.0:
@@ -312,12 +277,7 @@ class Trainer:
         perm = torch.randperm(len(self.ds.y_train), generator=torch.Generator().manual_seed(cfg.seed + 777))
         judged = cfg.imitation > 0 and not cfg.static_bits and cfg.imitation_source == "holdout"
         held = int(round(cfg.imitation_holdout * len(perm))) if judged else 0
-        # Run-time budgets are calibrated on samples the network never fits: on memorised ones
-        # every width is surer than on new inputs (a cascade would rerun too few).
-        calib = int(round(cfg.calibration_holdout * len(perm))) if not cfg.static_bits else 0
-        self.holdout = perm[:held].sort().values
-        self.calibration_index = perm[held:held + calib].sort().values
-        self.fit_index = perm[held + calib:].sort().values
+        self.holdout, self.fit_index = perm[:held].sort().values, perm[held:].sort().values
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, self.ds).to(cfg.device)
         self.model.gate_gradients = cfg.gate_gradients
@@ -326,13 +286,6 @@ class Trainer:
         # Under torchrun every rank holds the whole model and trains on its share of each batch.
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.rank = dist.get_rank() if dist.is_initialized() else 0
-
-    @property
-    def calibration(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y) run-time budgets are calibrated on: the held-out calibration split, or the
-        training split where there is none (calibration_holdout 0)."""
-        index = self.calibration_index if len(self.calibration_index) else torch.arange(len(self.ds.y_train))
-        return self.ds.x_train[index].to(self.cfg.device), self.ds.y_train[index].to(self.cfg.device)
 
     @property
     def total_epochs(self) -> int:
@@ -456,16 +409,8 @@ class Trainer:
             if self.rank == 0:
                 model.save(self.out / "model.pt")
         if model.controller is not None:
-            # The controller's widths do not follow how sure the network is, so its budget
-            # calibrates on the whole (larger) training split; the cascade's on held-out samples.
             code = model.calibrate_budget(self.ds.x_train, model.uniform_bitops(cfg.budget_bits))
             log.info("budget code %d meets %.2f-bit uniform BitOPs on the training set", code, cfg.budget_bits)
-            x_cal, y_cal = self.calibration
-            where = "held-out calibration" if len(self.calibration_index) else "training"
-            cascade = model.calibrate_cascade(x_cal, model.uniform_bitops(cfg.budget_bits), y_cal)
-            log.info("cascade %d -> %d bits (margin %.4g) meets %.2f-bit uniform BitOPs on the %s set", cascade["low"],
-                     cascade["high"], cascade["margin"], cfg.budget_bits, where)
-            model.set_dynamic(True)  # the checkpoint's mode stays the controller; set_cascade() turns the cascade on
             if self.rank == 0:
                 model.save(self.out / "model.pt")
         results = results_table(model, self.ds)

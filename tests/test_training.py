@@ -34,14 +34,12 @@ def test_train_prints_the_results_table_and_writes_its_files(tmp_path, capsys):
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3] and [m["phase"] for m in metrics] == ["qat8", "dqt", "dqt"]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert [r["mode"] for r in results["rows"]][3:] == ["dynamic", "cascade"]
-    assert all(0.0 <= r["accuracy"] <= 1.0 for r in results["rows"])
-    assert any(line.startswith("cascade: every input at") for line in out.splitlines())
+    assert len(results["rows"]) == 4 and 0.0 <= results["rows"][-1]["accuracy"] <= 1.0
 
     assert main(["eval", str(tmp_path / "model.pt")]) == 0
     eval_out = capsys.readouterr().out
-    assert [ln for ln in eval_out.splitlines() if ln.startswith(("static", "dynamic", "cascade"))] == \
-        [ln for ln in out.splitlines() if ln.startswith(("static", "dynamic", "cascade"))]
+    assert [ln for ln in eval_out.splitlines() if ln.startswith(("static", "dynamic"))] == \
+        [ln for ln in out.splitlines() if ln.startswith(("static", "dynamic"))]
 
 
 def test_resume_after_ctrl_c_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
@@ -183,32 +181,3 @@ def test_training_ends_by_recalibrating_each_widths_norms_and_saves_them(tmp_pat
         assert saved.keys() == now.keys() and all(torch.equal(saved[k], now[k]) for k in now)
     Trainer(_config(model="cnn", epochs=1, norm_recalibration=0), tmp_path / "off").train()
     assert len(calls) == 2
-
-
-def test_a_dynamic_run_holds_out_a_calibration_split_and_saves_the_cascade_calibrated_on_it(tmp_path, monkeypatch):
-    """calibration_holdout: that share of the training split never reaches the network (nor its
-    norm recalibration); the cascade is calibrated on it (x and labels), saved in model.pt next to the
-    controller's mode, and reported as its own row. Static baselines hold nothing out."""
-    calls = []
-    calibrate = DQTModel.calibrate_cascade
-
-    def recorded(self, x, target_bitops, y=None, pairs=None, batch_size=512):
-        calls.append((x, y, target_bitops))
-        return calibrate(self, x, target_bitops, y, pairs, batch_size)
-
-    monkeypatch.setattr(DQTModel, "calibrate_cascade", recorded)
-    trainer = Trainer(_config(calibration_holdout=0.25), tmp_path / "dqt")
-    n = len(trainer.ds.y_train)
-    held, fit = trainer.calibration_index, trainer.fit_index
-    assert len(held) == 64 and len(fit) == n - 64 and not set(held.tolist()) & set(fit.tolist())
-    results = trainer.train()
-    x, y, target = calls[-1]
-    assert torch.equal(x, trainer.ds.x_train[held]) and torch.equal(y, trainer.ds.y_train[held])
-    assert target == trainer.model.uniform_bitops(4)
-    rows = {r["mode"]: r for r in results["rows"]}
-    assert rows["cascade"]["bitops"] > 0 and rows["cascade"]["low"] < rows["cascade"]["high"]
-    saved = DQTModel.load(tmp_path / "dqt" / "model.pt")
-    assert saved.dynamic and not saved.cascading and saved.cascade == trainer.model.cascade
-    assert Trainer(_config(static_bits=4, calibration_holdout=0.25), tmp_path / "static").fit_index.numel() == n
-    with pytest.raises(ValueError, match="calibration_holdout"):
-        Trainer(_config(calibration_holdout=0.95), tmp_path / "bad")
