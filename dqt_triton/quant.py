@@ -225,6 +225,15 @@ def _grad_input(grad_v, w_eff, x_shape, conv):
 def _grad_weight(grad_v, x_eff, w_shape, conv):
     if conv is None:
         return grad_v.t() @ x_eff
+    if tuple(w_shape[2:]) == (1, 1) and conv["groups"] == 1 and tuple(conv["padding"]) == (0, 0) \
+            and tuple(conv["stride"]) != (1, 1):
+        # oneDNN's channels-last backward-weights kernel for strided 1x1 convolutions hangs (AVX2)
+        # or corrupts the heap (AVX-512) at small channel counts (uxlfoundation/oneDNN#6035; seen
+        # with 8 input channels); a strided 1x1 convolution's weight gradient is one matmul.
+        sh, sw = conv["stride"]
+        x_used = x_eff[:, :, ::sh, ::sw][:, :, :grad_v.shape[2], :grad_v.shape[3]]
+        g = grad_v.permute(1, 0, 2, 3).reshape(grad_v.shape[1], -1)
+        return (g @ x_used.permute(0, 2, 3, 1).reshape(-1, x_eff.shape[1])).view(w_shape)
     return torch.nn.grad.conv2d_weight(x_eff, w_shape, grad_v, conv["stride"], conv["padding"], conv["dilation"],
                                        conv["groups"])
 

@@ -105,3 +105,23 @@ def test_one_width_for_the_batch_gives_the_per_row_path_gradients_bit_for_bit(co
             grads.append((y.detach(), q_x.grad, q_w.grad, scale.grad))
         for one, per_row in zip(*grads):
             assert torch.equal(one, per_row), k
+
+
+@pytest.mark.parametrize(("channels", "size", "stride"), [(8, 16, (2, 2)), (5, 7, (2, 1)), (16, 8, (3, 3))])
+def test_strided_pointwise_weight_gradient_is_the_convolutions_without_onednns_strided_1x1_kernel(channels, size,
+                                                                                                     stride):
+    """A strided 1x1 layer's weight gradient is computed as one matmul: oneDNN's channels-last
+    kernel for it hangs (AVX2) or corrupts the heap (AVX-512, 8 input channels, 16x16, batch 3:
+    the first case). Same values as the float64 convolution's weight gradient."""
+    gen = torch.Generator().manual_seed(7)
+    q_x = torch.randint(0, 256, (3, channels, size, size), generator=gen).float()
+    q_x = q_x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    q_w = torch.randint(-128, 128, (2 * channels, channels, 1, 1), generator=gen).float().requires_grad_()
+    scale = torch.rand(2 * channels, generator=gen) + 0.5
+    geometry = dict(stride=stride, padding=(0, 0), dilation=(1, 1), groups=1)
+    y = quant.int_layer(q_x, q_w, scale, act_shift=2, weight_shift=2, signed=False, rule="round", conv=geometry)
+    upstream = torch.randn(y.shape, generator=gen)
+    (y * upstream).sum().backward()
+    x_eff = quant.shifted_float(q_x.detach(), 2, False, "round").double()
+    want = torch.nn.grad.conv2d_weight(x_eff, tuple(q_w.shape), (upstream * scale.view(1, -1, 1, 1)).double(), stride)
+    assert torch.allclose(q_w.grad.double(), want, rtol=1e-5, atol=1e-3)  # float gradients, not integer results
