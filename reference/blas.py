@@ -10,6 +10,11 @@ Unshifted uint8 activations (up to 255) are offset by -128 before the GEMM and
 128 * 128 instead of 255 * 128, which doubles the exact chunk length and halves the number
 of GEMM calls at 8-bit activations. The shifted float32 weights (`WeightTable`) are built once
 per (weight, shift, rule) and may be cached by the caller (`dqt_triton.ops`, ``cache_weight``).
+
+Ungrouped convolutions skip im2col: torch's float32 convolution (oneDNN's direct algorithm, or
+im2col and GEMM) runs on the shifted codes, one call per chunk of input channels, under the same
+2^24 bound. Direct convolution only multiplies and adds codes, so it is exact like the GEMM; a
+reduced-precision float32 mode (bf16/tf32) turns the path off (`float32_conv_is_exact`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ FLOAT32_EXACT_LIMIT = 1 << 24
 UINT8_OFFSET = 128
 WEIGHT_ABS_MAX = 128
 MAX_COLS_BYTES = 64 << 20
+# Below these output sizes im2col is as fast as the library convolution (int_conv2d_blas).
+LIBRARY_CONV_MIN_MAP = 64  # output pixels per sample
+LIBRARY_CONV_MIN_PIXELS = 4096  # output pixels per call
 
 
 def float32_gemm_is_exact() -> bool:
@@ -36,6 +44,13 @@ def float32_gemm_is_exact() -> bool:
     mkldnn_matmul = getattr(torch.backends.mkldnn, "matmul", None)
     precision = getattr(mkldnn_matmul, "fp32_precision", "ieee")
     return precision in ("ieee", "none")
+
+
+def float32_conv_is_exact() -> bool:
+    """False when torch may run float32 convolutions or matmuls in reduced precision."""
+    mkldnn_conv = getattr(torch.backends.mkldnn, "conv", None)
+    precision = getattr(mkldnn_conv, "fp32_precision", "ieee")
+    return float32_gemm_is_exact() and precision in ("ieee", "none")
 
 
 def shifted_abs_max(code_abs_max: int, min_shift: int) -> int:
@@ -135,6 +150,40 @@ def int_matmul_blas(
 
 
 @njit(parallel=True, cache=True)
+def _shift_samples_f32(x, samples, act_shift, round_rule, x_hi, offset, ph, pw):
+    """NHWC float32 codes of `samples` with their activation shift applied, minus `offset`,
+    padded by (ph, pw) with code 0 (which becomes -offset like every other code)."""
+    _, H, W, C = x.shape
+    out = np.full((samples.shape[0], H + 2 * ph, W + 2 * pw, C), -offset, np.float32)
+    for s in prange(samples.shape[0]):
+        b = samples[s]
+        k = act_shift[b]
+        for i in range(H):
+            for j in range(W):
+                for c in range(C):
+                    out[s, ph + i, pw + j, c] = nested_shift(np.int64(x[b, i, j, c]), k, round_rule, x_hi) - offset
+    return out
+
+
+def exact_int_conv(xs: np.ndarray, table: "WeightTable", w_shape, x_abs_max: int, stride, dilation) -> np.ndarray:
+    """int32 rows [(s, oh, ow), Cout] of an ungrouped convolution of padded NHWC float32 codes
+    `xs` with the shifted weights of `table`, by float32 library convolutions over chunks of
+    input channels whose partial sums stay exactly representable."""
+    Cout, KH, KW, C = w_shape
+    x = torch.from_numpy(xs).permute(0, 3, 1, 2)  # NCHW view of NHWC memory (channels_last)
+    w = torch.from_numpy(table.values).view(Cout, KH, KW, C).permute(0, 3, 1, 2)
+    longest = FLOAT32_EXACT_LIMIT // (x_abs_max * table.abs_max * KH * KW)  # >= 1: KH*KW*128*128 < 2^24
+    chunks = -(-C // longest)
+    step = -(-C // chunks)
+    acc = None
+    for c0 in range(0, C, step):
+        part = torch.nn.functional.conv2d(x[:, c0:c0 + step], w[:, c0:c0 + step], stride=stride, dilation=dilation)
+        part = part.to(torch.int32)
+        acc = part if acc is None else acc.add_(part)
+    return acc.permute(0, 2, 3, 1).reshape(-1, Cout).numpy()
+
+
+@njit(parallel=True, cache=True)
 def _im2col_f32(x, samples, act_shift, round_rule, x_hi, offset, KH, KW, sh, sw, ph, pw, dh, dw, groups, OH, OW):
     """cols[(s, oh, ow), g, (kh, kw, c)] with each sample's activation shift applied, minus
     `offset` (padding is code 0, so it becomes -offset like every other code)."""
@@ -182,13 +231,28 @@ def int_conv2d_blas(
     OW = (W + 2 * pad_w - dil_w * (KW - 1) - 1) // stride_w + 1
     Kg = KH * KW * Cg
     Cout_g = Cout // groups
-    samples_per_tile = max(1, MAX_COLS_BYTES // max(1, OH * OW * groups * Kg * 4))
+    # A 1x1 conv is a GEMM already, and on small outputs im2col costs little: measured on a
+    # 2-core EPYC, the library convolution took 0.3-0.6x im2col's time from 8x8 outputs up
+    # (batch 64) and up to 1.2x at 4x4 or at one sample.
+    direct = groups == 1 and KH * KW > 1 and OH * OW >= LIBRARY_CONV_MIN_MAP and \
+        B * OH * OW >= LIBRARY_CONV_MIN_PIXELS and float32_conv_is_exact()
+    per_sample = (H + 2 * pad_h) * (W + 2 * pad_w) * C * 4 + OH * OW * Cout * 8 if direct else OH * OW * groups * Kg * 4
+    samples_per_tile = max(1, MAX_COLS_BYTES // max(1, per_sample))
     for slot in range(weight_shifts.shape[0]):
         samples = np.flatnonzero(weight_slot == slot)
         table = w_tables[slot]
         for s0 in range(0, samples.size, samples_per_tile):
             tile = samples[s0:s0 + samples_per_tile]
             offset, x_max = _activation_plan(x_hi, int(act_shift[tile].min()))
+            pix = np.arange(OH * OW)
+            dest = (tile[:, None] * (OH * OW) + pix[None, :]).reshape(-1)
+            total = np.repeat(act_shift[tile] + weight_shifts[slot], OH * OW)
+            if direct:
+                xs = _shift_samples_f32(x, tile, act_shift, round_rule, x_hi, offset, pad_h, pad_w)
+                acc = exact_int_conv(xs, table, w_shape, x_max, (stride_h, stride_w), (dil_h, dil_w))
+                _epilogue_rows(acc, dest, total, weight_shifts[slot], _correction(table, offset), bias, mode,
+                               multiplier, rshift, scale, relu, lo, hi, out)
+                continue
             cols = _im2col_f32(
                 x, tile, act_shift, round_rule, x_hi, offset, KH, KW,
                 stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, OH, OW,
@@ -199,9 +263,6 @@ def int_conv2d_blas(
                 per_group = np.ascontiguousarray(cols.transpose(1, 0, 2))
                 acc = exact_int_gemm(per_group, table.values.reshape(groups, Cout_g, Kg), x_max, table.abs_max)
                 acc = acc.permute(1, 0, 2).reshape(cols.shape[0], Cout).numpy()
-            pix = np.arange(OH * OW)
-            dest = (tile[:, None] * (OH * OW) + pix[None, :]).reshape(-1)
-            total = np.repeat(act_shift[tile] + weight_shifts[slot], OH * OW)
             _epilogue_rows(acc, dest, total, weight_shifts[slot], _correction(table, offset), bias, mode,
                            multiplier, rshift, scale, relu, lo, hi, out)
     return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -12,13 +14,30 @@ from tests import oracle
 from tests.strategies import CODE_DTYPES, as_rows, codes, conv_case, width_epilogue_spec
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# "cpu_library": the CPU path with its float32 library convolution at every size (it otherwise
+# takes over from im2col only on larger outputs than these cases have).
+BACKENDS = ["reference", "cpu", "cpu_library"]
+
+
+@contextlib.contextmanager
+def _backend(name: str):
+    from dqt_triton.reference import blas
+
+    sizes = blas.LIBRARY_CONV_MIN_MAP, blas.LIBRARY_CONV_MIN_PIXELS
+    if name == "cpu_library":
+        blas.LIBRARY_CONV_MIN_MAP = blas.LIBRARY_CONV_MIN_PIXELS = 0
+    try:
+        yield "cpu" if name == "cpu_library" else name
+    finally:
+        blas.LIBRARY_CONV_MIN_MAP, blas.LIBRARY_CONV_MIN_PIXELS = sizes
 
 
 @SETTINGS
-@given(conv_case(), st.sampled_from(["reference", "cpu"]))
+@given(conv_case(), st.sampled_from(BACKENDS))
 def test_conv_matches_oracle(case, backend):
     x, w, geometry, ka, kw, rule, kwargs, spec = case
-    out = dq.int_conv2d(x, w, act_shift=ka, weight_shift=kw, shift_rule=rule, backend=backend, **geometry, **kwargs)
+    with _backend(backend) as name:
+        out = dq.int_conv2d(x, w, act_shift=ka, weight_shift=kw, shift_rule=rule, backend=name, **geometry, **kwargs)
     B = x.shape[0]
     acc = oracle.conv_acc(x, w, as_rows(ka, B), as_rows(kw, B), rule, **geometry)
     Bo, Co, OH, OW = acc.shape
@@ -36,18 +55,22 @@ def test_resnet_layer_shape_both_backends_agree_with_mixed_per_sample_shifts():
     w = codes(gen, (64, 64, 3, 3), torch.int8, extreme=False)
     ka = torch.tensor([0, 4, 2, 6])
     kw = torch.tensor([1, 1, 5, 0])
-    outs = [dq.int_conv2d(x, w, padding=1, act_shift=ka, weight_shift=kw, backend=b) for b in ("reference", "cpu")]
+    outs = []
+    for backend in BACKENDS:
+        with _backend(backend) as name:
+            outs.append(dq.int_conv2d(x, w, padding=1, act_shift=ka, weight_shift=kw, backend=name))
     acc = oracle.conv_acc(x, w, ka, kw, "floor", 1, 1, 1, 1)
-    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
     assert torch.equal(outs[0], acc.to(torch.int32))
 
 
 @SETTINGS
-@given(conv_case(epilogue=width_epilogue_spec), st.sampled_from(["reference", "cpu"]))
+@given(conv_case(epilogue=width_epilogue_spec), st.sampled_from(BACKENDS))
 def test_conv_width_tables_match_oracle(case, backend):
     """[8, Cout] epilogue tables (one row per weight shift) mixed with [Cout] and scalar constants."""
     x, w, geometry, ka, kw, rule, kwargs, spec = case
-    out = dq.int_conv2d(x, w, act_shift=ka, weight_shift=kw, shift_rule=rule, backend=backend, **geometry, **kwargs)
+    with _backend(backend) as name:
+        out = dq.int_conv2d(x, w, act_shift=ka, weight_shift=kw, shift_rule=rule, backend=name, **geometry, **kwargs)
     B = x.shape[0]
     want = oracle.conv2d(x, w, as_rows(ka, B), as_rows(kw, B), rule, spec, **geometry)
     assert out.shape == want.shape and torch.equal(out, want)
@@ -82,3 +105,33 @@ def test_conv_width_tables_equal_per_width_calls_stitched(backend, x_dtype, kind
             want[imgs] = dq.int_conv2d(x[imgs], w, act_shift=ka[imgs], weight_shift=k, shift_rule=rule,
                                        backend=backend, **geometry, **row_consts, **extra)
         assert torch.equal(out, want), rule
+
+
+@pytest.mark.parametrize("x_dtype", CODE_DTYPES)
+def test_library_convolution_path_is_exact_where_float32_sums_would_round(x_dtype, monkeypatch):
+    """The CPU path's float32 library convolution splits the input channels so that no partial
+    sum leaves float32's exact integers: at 8 bits, 3x3 over 256 channels, codes near the top
+    of the range, one unsplit float32 sum would round (checked); the path equals the oracle,
+    and equals its im2col path when reduced precision turns the library convolution off."""
+    from dqt_triton.reference import blas
+
+    gen = torch.Generator().manual_seed(5)
+    hi = 255 if x_dtype == torch.uint8 else 127
+    # Products of one sign near 127 * 127, some odd: sums grow past 2^25 where float32 steps by 4.
+    x = (hi - torch.randint(0, 2, (2, 256, 8, 8), generator=gen)).to(x_dtype)
+    w = (127 - torch.randint(0, 2, (3, 256, 3, 3), generator=gen)).to(torch.int8)
+    want = oracle.conv_acc(x, w, torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long), "floor",
+                           1, 1, 1, 1).to(torch.int32)
+    offset = 128 if x_dtype == torch.uint8 else 0
+    unsplit = torch.nn.functional.conv2d(x.float() - offset, w.float(), padding=1) + offset * torch.nn.functional.conv2d(
+        torch.ones_like(x, dtype=torch.float32), w.float(), padding=1)
+    assert not torch.equal(unsplit.to(torch.int64), want.to(torch.int64))  # the case needs the split
+    monkeypatch.setattr(blas, "LIBRARY_CONV_MIN_PIXELS", 0)  # sizes are a speed choice, not an exactness one
+    calls = []
+    library = blas.exact_int_conv
+    monkeypatch.setattr(blas, "exact_int_conv", lambda *a, **k: calls.append(1) or library(*a, **k))
+    out = dq.int_conv2d(x, w, padding=1, backend="cpu")
+    assert calls and torch.equal(out, want)
+    monkeypatch.setattr(blas, "float32_conv_is_exact", lambda: False)
+    calls.clear()
+    assert torch.equal(dq.int_conv2d(x, w, padding=1, backend="cpu"), want) and not calls
