@@ -190,14 +190,7 @@ def _im2col_f32(x, samples, act_shift, round_rule, x_hi, offset, KH, KW, sh, sw,
     _, H, W, C = x.shape
     Cg = C // groups
     Kg = KH * KW * Cg
-    shifted = np.empty((samples.shape[0], H, W, C), np.float32)
-    for s in prange(samples.shape[0]):
-        b = samples[s]
-        k = act_shift[b]
-        for i in range(H):
-            for j in range(W):
-                for c in range(C):
-                    shifted[s, i, j, c] = nested_shift(np.int64(x[b, i, j, c]), k, round_rule, x_hi) - offset
+    shifted = _shift_samples_f32(x, samples, act_shift, round_rule, x_hi, offset, 0, 0)
     cols = np.empty((samples.shape[0] * OH * OW, groups, Kg), np.float32)
     for row in prange(samples.shape[0] * OH):
         s = row // OH
