@@ -58,6 +58,13 @@ def shifted_abs_max(code_abs_max: int, min_shift: int) -> int:
     return max(1, code_abs_max >> min_shift)
 
 
+def _even_chunk(total: int, longest: int) -> int:
+    """Chunk length that splits `total` terms evenly into the fewest chunks of at most
+    `longest`: the longest run whose partial sums stay exactly representable in float32."""
+    chunks = -(-total // longest)
+    return -(-total // chunks)
+
+
 def exact_int_gemm(a: np.ndarray, b: np.ndarray, a_abs_max: int, b_abs_max: int) -> torch.Tensor:
     """int32 a @ b^T for integer-valued float32 arrays with bounded magnitudes.
 
@@ -67,10 +74,7 @@ def exact_int_gemm(a: np.ndarray, b: np.ndarray, a_abs_max: int, b_abs_max: int)
     tb = torch.from_numpy(b).transpose(-1, -2)
     if not float32_gemm_is_exact():
         return torch.matmul(ta.double(), tb.double()).to(torch.int32)
-    # Longest K-chunk whose partial sums stay exactly representable in float32, split evenly.
-    longest = FLOAT32_EXACT_LIMIT // (a_abs_max * b_abs_max)
-    chunks = -(-a.shape[-1] // longest)
-    step = -(-a.shape[-1] // chunks)
+    step = _even_chunk(a.shape[-1], FLOAT32_EXACT_LIMIT // (a_abs_max * b_abs_max))
     acc = None
     for k0 in range(0, a.shape[-1], step):
         part = torch.matmul(ta[..., k0:k0 + step], tb[..., k0:k0 + step, :]).to(torch.int32)
@@ -172,9 +176,7 @@ def exact_int_conv(xs: np.ndarray, table: "WeightTable", w_shape, x_abs_max: int
     Cout, KH, KW, C = w_shape
     x = torch.from_numpy(xs).permute(0, 3, 1, 2)  # NCHW view of NHWC memory (channels_last)
     w = torch.from_numpy(table.values).view(Cout, KH, KW, C).permute(0, 3, 1, 2)
-    longest = FLOAT32_EXACT_LIMIT // (x_abs_max * table.abs_max * KH * KW)  # >= 1: KH*KW*128*128 < 2^24
-    chunks = -(-C // longest)
-    step = -(-C // chunks)
+    step = _even_chunk(C, FLOAT32_EXACT_LIMIT // (x_abs_max * table.abs_max * KH * KW))  # KH*KW*128*128 < 2^24
     acc = None
     for c0 in range(0, C, step):
         part = torch.nn.functional.conv2d(x[:, c0:c0 + step], w[:, c0:c0 + step], stride=stride, dilation=dilation)
@@ -243,19 +245,17 @@ def int_conv2d_blas(
             if direct:
                 xs = _shift_samples_f32(x, tile, act_shift, round_rule, x_hi, offset, pad_h, pad_w)
                 acc = exact_int_conv(xs, table, w_shape, x_max, (stride_h, stride_w), (dil_h, dil_w))
-                _epilogue_rows(acc, dest, total, weight_shifts[slot], _correction(table, offset), bias, mode,
-                               multiplier, rshift, scale, relu, lo, hi, out)
-                continue
-            cols = _im2col_f32(
-                x, tile, act_shift, round_rule, x_hi, offset, KH, KW,
-                stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, OH, OW,
-            )
-            if groups == 1:
-                acc = exact_int_gemm(cols[:, 0], table.values, x_max, table.abs_max).numpy()
             else:
-                per_group = np.ascontiguousarray(cols.transpose(1, 0, 2))
-                acc = exact_int_gemm(per_group, table.values.reshape(groups, Cout_g, Kg), x_max, table.abs_max)
-                acc = acc.permute(1, 0, 2).reshape(cols.shape[0], Cout).numpy()
+                cols = _im2col_f32(
+                    x, tile, act_shift, round_rule, x_hi, offset, KH, KW,
+                    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, OH, OW,
+                )
+                if groups == 1:
+                    acc = exact_int_gemm(cols[:, 0], table.values, x_max, table.abs_max).numpy()
+                else:
+                    per_group = np.ascontiguousarray(cols.transpose(1, 0, 2))
+                    acc = exact_int_gemm(per_group, table.values.reshape(groups, Cout_g, Kg), x_max, table.abs_max)
+                    acc = acc.permute(1, 0, 2).reshape(cols.shape[0], Cout).numpy()
             _epilogue_rows(acc, dest, total, weight_shifts[slot], _correction(table, offset), bias, mode,
                            multiplier, rshift, scale, relu, lo, hi, out)
     return out

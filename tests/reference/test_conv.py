@@ -123,8 +123,9 @@ def test_library_convolution_path_is_exact_where_float32_sums_would_round(x_dtyp
     want = oracle.conv_acc(x, w, torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long), "floor",
                            1, 1, 1, 1).to(torch.int32)
     offset = 128 if x_dtype == torch.uint8 else 0
-    unsplit = torch.nn.functional.conv2d(x.float() - offset, w.float(), padding=1) + offset * torch.nn.functional.conv2d(
-        torch.ones_like(x, dtype=torch.float32), w.float(), padding=1)
+    conv = torch.nn.functional.conv2d
+    unsplit = conv(x.float() - offset, w.float(), padding=1) + offset * conv(torch.ones_like(x, dtype=torch.float32),
+                                                                           w.float(), padding=1)
     assert not torch.equal(unsplit.to(torch.int64), want.to(torch.int64))  # the case needs the split
     monkeypatch.setattr(blas, "LIBRARY_CONV_MIN_PIXELS", 0)  # sizes are a speed choice, not an exactness one
     calls = []
