@@ -93,9 +93,10 @@ def shifted_float(q: Tensor, shift: Tensor | int, signed: bool, rule: str) -> Te
     """Nested-width codes back in master units as float: shift(q, k) * 2^k (broadcast `shift`).
 
     Computed in float (q's dtype; integer codes promote to float32) without integer round trips
-    (the backward passes call this for every width): q is an integer below 2^9 in magnitude and every factor a power of two, so
-    scaling, adding half a step and flooring are exact and the result equals
-    ``nested_shift(q, k) << k`` bit for bit (tests/test_quant.py checks every code and shift).
+    (the backward passes call this for every width): q is an integer below 2^9 in magnitude and
+    every factor a power of two, so scaling, adding half a step and flooring are exact and the
+    result equals ``nested_shift(q, k) << k`` bit for bit (tests/test_quant.py checks every code
+    and shift).
     """
     q = q.detach()
     round_rule = check_shift_rule(rule)

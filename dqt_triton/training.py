@@ -396,7 +396,8 @@ class Trainer:
             log.warning("interrupted: %s holds the last finished epoch (%d); resume with --resume. The "
                         "unfinished epoch's weights are in model-interrupted.pt", self.out / "train_state.pt", self.epoch)
             raise
-        if cfg.norm_recalibration and model.width_norm_layers():
+        recalibrate = bool(cfg.norm_recalibration and model.width_norm_layers())
+        if recalibrate:
             # Each width's statistics as of the final weights, instead of a moving average over
             # training (and, for widths the sandwich seldom runs, over old weights). A static
             # baseline gets the same treatment at its one width, so comparisons stay fair.
@@ -406,13 +407,11 @@ class Trainer:
             widths = model.recalibrate_norms(self.ds.x_train[sample].to(cfg.device),
                                              bits=[cfg.static_bits] if cfg.static_bits else None)
             log.info("recalibrated the batch norms of widths %s on %d training samples", widths, len(sample))
-            if self.rank == 0:
-                model.save(self.out / "model.pt")
         if model.controller is not None:
             code = model.calibrate_budget(self.ds.x_train, model.uniform_bitops(cfg.budget_bits))
             log.info("budget code %d meets %.2f-bit uniform BitOPs on the training set", code, cfg.budget_bits)
-            if self.rank == 0:
-                model.save(self.out / "model.pt")
+        if self.rank == 0 and (recalibrate or model.controller is not None):
+            model.save(self.out / "model.pt")  # the last epoch's model, recalibrated and at its budget
         results = results_table(model, self.ds)
         if self.rank == 0:
             (self.out / "results.json").write_text(json.dumps({"config": asdict(cfg), **results}, indent=2) + "\n")
