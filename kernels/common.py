@@ -27,6 +27,37 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+# Lanes per program of the element-wise, pooling and lookup kernels: the GPU's block, and a
+# smaller one that keeps interpreted CPU tests quick (the bounds test runs the GPU's).
+GPU_BLOCK = 1024
+INTERPRETER_BLOCK = 256
+
+
+def elementwise_block() -> int:
+    """BLOCK of the one-lane-per-element kernels on this machine."""
+    return INTERPRETER_BLOCK if interpreting() else GPU_BLOCK
+
+
+# Row positions, in-image offsets and program ids are int32 inside the GEMM and conv kernels
+# (int64 everywhere would cost registers in every tile); launchers refuse sizes past these.
+INT32_MAX = 2**31 - 1
+# Rows of one GEMM/conv launch: positions run up to M plus one tile per weight-shift bucket.
+MAX_ROWS = 2**31 - 2**16
+
+
+def check_int32_sizes(kernel: str, **sizes: int) -> None:
+    """ValueError naming the size that the kernels' int32 arithmetic cannot hold.
+
+    `rows` may be at most MAX_ROWS; any other size (an image's extent, a program count) at most
+    INT32_MAX.
+    """
+    for name, value in sizes.items():
+        limit = MAX_ROWS if name == "rows" else INT32_MAX
+        if value > limit:
+            raise ValueError(f"{kernel} kernel: {name} = {value} exceeds {limit}, the most its int32 "
+                             f"indexing holds; split the call (fewer samples per launch)")
+
+
 @triton.jit
 def nested_shift(q, k, ROUND: tl.constexpr, CODE_HI: tl.constexpr):
     """b-bit code from an int32 master code `q` and shift `k` (broadcastable int32).
@@ -91,10 +122,12 @@ def rows_of_tile(
 
 @triton.jit
 def shifted_left_operand(x, ka, ROUND: tl.constexpr, X_UNSIGNED: tl.constexpr):
-    """int8 tile for tl.dot from master activation codes `x` [BM, BK] and row shifts `ka` [BM, 1].
+    """int8 GEMM operand from master activation codes `x` and shifts `ka` (broadcastable).
 
-    uint8 codes above 127 do not fit int8, so unsigned tiles are offset by -128; the caller adds
-    128 * (column sums of the shifted weights) back, which is exact.
+    uint8 codes above 127 do not fit int8, so unsigned codes are offset by -128; the GEMM adds
+    128 * (column sums of the shifted weights) back, which is exact. Only `shift_activations`
+    calls this: the GEMM kernels take their left operand already shifted, so it reaches the MMA
+    as loaded (a wgmma left operand from registers meets a ptxas hazard, triton#9433).
     """
     if X_UNSIGNED:
         return (nested_shift(x.to(tl.int32), ka, ROUND, 255) - 128).to(tl.int8)
@@ -104,11 +137,11 @@ def shifted_left_operand(x, ka, ROUND: tl.constexpr, X_UNSIGNED: tl.constexpr):
 
 @triton.jit
 def mma_step(a, w, kw, acc, w_colsum, ROUND: tl.constexpr, X_UNSIGNED: tl.constexpr, PRESHIFTED: tl.constexpr):
-    """One K step of the GEMM and conv kernels: acc += a . b, with b the weight tile `w` as
-    loaded (PRESHIFTED) or nested-shifted by the tile's `kw` here, whose column sums the uint8
-    correction then needs. Returns (acc, w_colsum)."""
+    """One K step of the GEMM and conv kernels: acc += a . b, with `a` the pre-shifted int8
+    activation tile and b the weight tile `w` as loaded (PRESHIFTED) or nested-shifted by the
+    tile's `kw` here, whose column sums the uint8 correction then needs. Returns (acc, w_colsum)."""
     if PRESHIFTED:
-        acc = tl.dot(a, w, acc, out_dtype=tl.int32)  # B straight from memory to the MMA
+        acc = tl.dot(a, w, acc, out_dtype=tl.int32)  # both operands straight from memory to the MMA
     else:
         b = nested_shift(w.to(tl.int32), kw, ROUND, 127)
         if X_UNSIGNED:

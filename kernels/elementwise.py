@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import clamp_shift, interpreting, shifted_left_operand
+from .common import clamp_shift, elementwise_block, shifted_left_operand
 
 
 @triton.jit
@@ -58,13 +58,9 @@ def launch_lut(x: torch.Tensor, table: torch.Tensor, offset: int) -> torch.Tenso
     out = torch.empty(x.shape, dtype=table.dtype, device=x.device)
     numel = x.numel()
     if numel:
-        block = _block()
+        block = elementwise_block()
         int_lut_kernel[(triton.cdiv(numel, block),)](x, table, out, numel, offset, BLOCK=block)
     return out
-
-
-def _block() -> int:
-    return 256 if interpreting() else 1024
 
 
 def launch_elementwise(name: str, a: torch.Tensor, b: torch.Tensor, constants: list[int], shift: int,
@@ -78,7 +74,7 @@ def launch_elementwise(name: str, a: torch.Tensor, b: torch.Tensor, constants: l
     out = torch.empty(a.shape, dtype=out_dtype, device=a.device)
     numel = a.numel()
     if numel:
-        block = _block()
+        block = elementwise_block()
         kernel[(triton.cdiv(numel, block),)](a, b, out, numel, *constants, shift, lo, hi, BLOCK=block)
     return out
 
@@ -97,11 +93,11 @@ def shift_activations_kernel(x_ptr, act_shift_ptr, out_ptr, numel, SAMPLE_ELEMS,
 
 def shift_activations(x: torch.Tensor, act_shift: torch.Tensor, round_rule: bool, sample_elems: int) -> torch.Tensor:
     """int8 codes of x (contiguous in its memory order) shifted by each sample's act_shift,
-    uint8 codes offset by -128: the left operand of a PRESHIFTED GEMM."""
+    uint8 codes offset by -128: the left operand of the GEMM and conv kernels."""
     out = torch.empty_like(x, dtype=torch.int8)
     numel = x.numel()
     if numel:
-        block = _block()
+        block = elementwise_block()
         shift_activations_kernel[(triton.cdiv(numel, block),)](
             x, act_shift, out, numel, sample_elems, ROUND=bool(round_rule), X_UNSIGNED=x.dtype == torch.uint8,
             BLOCK=block)

@@ -21,16 +21,24 @@ import triton
 import triton.language as tl
 
 from .common import (
-    MAX_SHIFT, MAX_SHIFT_C, add_column_sums, clamp_shift, epilogue_store, mma_step, rows_of_tile, shifted_left_operand,
+    MAX_SHIFT, MAX_SHIFT_C, add_column_sums, check_int32_sizes, clamp_shift, epilogue_store, mma_step,
+    rows_of_tile,
 )
-from .configs import conv_configs, m_bucket, matmul_configs
+from .configs import conv_configs, m_bucket, matmul_configs, prune_conv_configs, prune_matmul_configs
 from .elementwise import shift_activations
 
 # Rows of a width table: one set of epilogue constants per weight shift.
 WIDTH_TABLE_ROWS = MAX_SHIFT + 1
 
 
-@triton.autotune(configs=matmul_configs(), key=["M_BUCKET", "N", "K", "EPILOGUE", "BUCKETED", "PRESHIFTED"])
+# Tuned per shape, epilogue and flag set, and per alignment of the row strides (it decides the
+# vector width of every load); tiles wider than the problem are pruned before timing.
+@triton.autotune(
+    configs=matmul_configs(),
+    key=["M_BUCKET", "N", "K", "stride_xm", "stride_wn", "EPILOGUE", "BUCKETED", "PRESHIFTED", "ROUND", "RELU",
+         "X_UNSIGNED"],
+    prune_configs_by={"early_config_prune": prune_matmul_configs},
+)
 @triton.jit
 def int_matmul_kernel(
     x_ptr, w_ptr, out_ptr,
@@ -44,7 +52,8 @@ def int_matmul_kernel(
     EPILOGUE: tl.constexpr, RELU: tl.constexpr, PRESHIFTED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """out[M, N] = epilogue(shift(x[M, K]) . shift(w[N, K])^T), one [BLOCK_M, BLOCK_N] tile per program."""
+    """out[M, N] = epilogue(x[M, K] . shift(w[N, K])^T), one [BLOCK_M, BLOCK_N] tile per program; x holds
+    the activation codes already shifted (`shift_activations`: int8, uint8 codes offset by -128)."""
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M) + (MAX_SHIFT_C if BUCKETED else 0)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -79,11 +88,8 @@ def int_matmul_kernel(
         k_offs = kt * BLOCK_K + offs_k  # int32: the launcher keeps (K - 1) * |stride_k| below 2^31
         x = tl.load(x_rows + k_offs[None, :] * stride_xk, mask=row_mask[:, None] & k_mask[None, :], other=0)
         w = tl.load(w_cols + k_offs[:, None] * stride_wk, mask=k_mask[:, None] & n_mask[None, :], other=0)
-        if PRESHIFTED:
-            a = x  # padding past K meets zero weights: its value does not matter
-        else:
-            a = shifted_left_operand(x, ka[:, None], ROUND, X_UNSIGNED)
-        acc, w_colsum = mma_step(a, w, kw, acc, w_colsum, ROUND, X_UNSIGNED, PRESHIFTED)
+        # x padding past K meets zero weights: its value does not matter
+        acc, w_colsum = mma_step(x, w, kw, acc, w_colsum, ROUND, X_UNSIGNED, PRESHIFTED)
     acc = add_column_sums(acc, w_colsum, w_colsum_ptr, kw, stride_colsum, offs_n, n_mask, X_UNSIGNED, PRESHIFTED)
 
     epilogue_store(
@@ -95,7 +101,9 @@ def int_matmul_kernel(
 
 @triton.autotune(
     configs=conv_configs(),
-    key=["M_BUCKET", "C_GROUP", "COUT_GROUP", "KH", "KW", "STRIDE_H", "EPILOGUE", "BUCKETED", "PRESHIFTED"],
+    key=["M_BUCKET", "C_GROUP", "COUT_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W", "stride_xw", "stride_wo",
+         "EPILOGUE", "BUCKETED", "PRESHIFTED", "ROUND", "RELU", "X_UNSIGNED"],
+    prune_configs_by={"early_config_prune": prune_conv_configs},
 )
 @triton.jit
 def int_conv2d_kernel(
@@ -115,10 +123,16 @@ def int_conv2d_kernel(
 ):
     """Implicit GEMM: rows are output pixels (b, oh, ow), columns the output channels of one
     group, and the reduction runs over (kh, kw, channel block) without materialising im2col.
-    x is NHWC (any strides), w is [Cout, KH, KW, C/groups]; padding loads code 0."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    group = tl.program_id(2)
+    x holds the shifted activation codes (`shift_activations`) as NHWC (any strides), w is
+    [Cout, KH, KW, C/groups]; padding is code 0, shifted. One grid axis: the row tile varies
+    fastest, so neighbouring programs share a weight tile, and no axis meets the 65,535 limit
+    of a GPU grid's second and third dimensions."""
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M) + (MAX_SHIFT_C if BUCKETED else 0)
+    num_pid_n = tl.cdiv(COUT_GROUP, BLOCK_N)
+    pid_m = pid % num_pid_m
+    pid_n = (pid // num_pid_m) % num_pid_n
+    group = pid // (num_pid_m * num_pid_n)
     pixels = OH * OW
     rows, sample, row_mask, kw = rows_of_tile(
         pid_m, M, pixels, sample_order_ptr, bucket_start_ptr, weight_shift_ptr, BLOCK_M, BUCKETED
@@ -159,12 +173,8 @@ def int_conv2d_kernel(
             w_col_ptr + (i * stride_wh + j * stride_ww) + channels[:, None] * stride_wc,
             mask=c_mask[:, None] & n_mask[None, :], other=0,
         )
-        if PRESHIFTED:
-            # Zero padding is code 0, which the pre-shift of uint8 codes turns into -128.
-            a = tl.load(x_ptrs, mask=inside[:, None] & c_mask[None, :], other=-128 if X_UNSIGNED else 0)
-        else:
-            x = tl.load(x_ptrs, mask=inside[:, None] & c_mask[None, :], other=0)
-            a = shifted_left_operand(x, ka[:, None], ROUND, X_UNSIGNED)
+        # Zero padding is code 0, which the shift of uint8 codes turns into -128.
+        a = tl.load(x_ptrs, mask=inside[:, None] & c_mask[None, :], other=-128 if X_UNSIGNED else 0)
         acc, w_colsum = mma_step(a, w, kw, acc, w_colsum, ROUND, X_UNSIGNED, PRESHIFTED)
     acc = add_column_sums(acc, w_colsum, w_colsum_ptr, kw, stride_colsum, channel_out, n_mask, X_UNSIGNED,
                           PRESHIFTED)
@@ -247,6 +257,15 @@ def _shifted_strides(w: torch.Tensor, w_colsum: Optional[torch.Tensor], shifted:
     return (w.stride(0), w_colsum.stride(0)) if shifted else (0, 0)
 
 
+def _checked_grid(kernel: str, *dims: int) -> tuple[int]:
+    """A one-axis grid of prod(dims) programs (program ids are int32 in the kernels)."""
+    programs = 1
+    for d in dims:
+        programs *= d
+    check_int32_sizes(kernel, programs=programs)
+    return (programs,)
+
+
 def launch_int_matmul(
     x: torch.Tensor, w: torch.Tensor, act_shift: torch.Tensor, weight_shift: torch.Tensor,
     bias: torch.Tensor, multiplier: torch.Tensor, rshift: torch.Tensor, scale: torch.Tensor,
@@ -259,47 +278,65 @@ def launch_int_matmul(
     (int32), multiplier (int32), rshift (int32) and scale (float32) are each [N], shared by
     every width, or an [8, N] width table whose row kw serves the rows with weight shift kw.
 
-    w may instead be an [8, N, K] table of weights already shifted (`numerics.shifted_weight_table`),
-    with ``w_colsum`` its int32 [8, N] sums over K (PRESHIFTED): x is then shifted once per
-    call (`shift_activations`), each tile picks its width's slice of the table, and the K loop
-    feeds both tiles to the MMA as loaded.
+    x is shifted once per call (`shift_activations`), so the K loop feeds it to the MMA as
+    loaded. w is shifted in the K loop, or may be an [8, N, K] table of weights already shifted
+    (`numerics.shifted_weight_table`), with ``w_colsum`` its int32 [8, N] sums over K
+    (PRESHIFTED): each tile then picks its width's slice of the table and shifts nothing.
     """
     shifted = _check_shifted_weights(w, w_colsum, 3)
     if x.dim() != 2 or w.dim() != 2 + shifted or x.shape[1] != w.shape[-1]:
         raise ValueError(f"int_matmul kernel: x must be [M, K] and w [N, K] (or [8, N, K] shifted), got "
                          f"{tuple(x.shape)}, {tuple(w.shape)}")
     M, K = x.shape
-    N = w.shape[-2]
-    table_strides = _check_common(x, w, act_shift, weight_shift, M, (bias, multiplier, rshift, scale), N)
-    width_strides = _shifted_strides(w, w_colsum, shifted)
-    # The kernel indexes along K in int32; a K-contiguous copy keeps exotic strides in range.
-    if (K - 1) * abs(x.stride(1)) >= 2**31:
-        x = x.contiguous()
-    if (K - 1) * abs(w.stride(-1)) >= 2**31:
-        w = w.contiguous()
-    out = torch.empty((M, N), dtype=out_dtype, device=x.device)
+    table_strides = _check_common(x, w, act_shift, weight_shift, M, (bias, multiplier, rshift, scale), w.shape[-2])
+    check_int32_sizes("int_matmul", rows=M)
+    out = torch.empty((M, w.shape[-2]), dtype=out_dtype, device=x.device)
     if M == 0:
         return out
-    x_codes = x
-    if shifted:
-        x = shift_activations(x.contiguous(), act_shift, round_rule, K)
+    x_shifted = shift_activations(x.contiguous(), act_shift, round_rule, K)
+    matmul_on_shifted(x_shifted, x.dtype == torch.uint8, w, act_shift, weight_shift, bias, multiplier, rshift,
+                      scale, table_strides, round_rule, epilogue, relu, lo, hi, out, w_colsum)
+    return out
+
+
+def matmul_on_shifted(
+    x_shifted: torch.Tensor, x_unsigned: bool, w: torch.Tensor, act_shift: torch.Tensor, weight_shift: torch.Tensor,
+    bias: torch.Tensor, multiplier: torch.Tensor, rshift: torch.Tensor, scale: torch.Tensor, table_strides: list[int],
+    round_rule: bool, epilogue: int, relu: bool, lo: int, hi: int, out: torch.Tensor,
+    w_colsum: Optional[torch.Tensor] = None,
+) -> None:
+    """The kernel launch of `launch_int_matmul` into `out`, on activations already shifted
+    (`shift_activations` of codes whose dtype `x_unsigned` tells), read in place with any strides."""
+    M, K = x_shifted.shape
+    N = w.shape[-2]
+    shifted = w_colsum is not None
+    # The kernel steps along K in int32; a K-contiguous copy keeps exotic strides in range.
+    if (K - 1) * abs(w.stride(-1)) >= 2**31:
+        w = w.contiguous()
+    if (K - 1) * abs(x_shifted.stride(1)) >= 2**31:
+        x_shifted = x_shifted.contiguous()
+    width_strides = _shifted_strides(w, w_colsum, shifted)
     bucketed, order, bucket_start = weight_shift_buckets(weight_shift, M)
     extra = MAX_SHIFT if bucketed else 0
 
     def grid(meta):
-        return ((triton.cdiv(M, meta["BLOCK_M"]) + extra) * triton.cdiv(N, meta["BLOCK_N"]),)
+        return _checked_grid("int_matmul", triton.cdiv(M, meta["BLOCK_M"]) + extra, triton.cdiv(N, meta["BLOCK_N"]))
 
     int_matmul_kernel[grid](
-        x, w, out, act_shift, weight_shift, order, bucket_start,
+        x_shifted, w, out, act_shift, weight_shift, order, bucket_start,
         bias, multiplier, rshift, scale, w_colsum if shifted else bias,
         M, N, K, m_bucket(M),
-        x.stride(0), x.stride(1), w.stride(-2), w.stride(-1), out.stride(0), out.stride(1),
+        x_shifted.stride(0), x_shifted.stride(1), w.stride(-2), w.stride(-1), out.stride(0), out.stride(1),
         *table_strides, *width_strides,
         lo, hi,
-        BUCKETED=bucketed, ROUND=bool(round_rule), X_UNSIGNED=x_codes.dtype == torch.uint8,
+        BUCKETED=bucketed, ROUND=bool(round_rule), X_UNSIGNED=bool(x_unsigned),
         EPILOGUE=int(epilogue), RELU=bool(relu), PRESHIFTED=shifted, GROUP_M=8,
     )
-    return out
+
+
+def conv_out_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
+    """Output length of a convolution along one axis (torch's formula, floor mode)."""
+    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def launch_int_conv2d(
@@ -310,56 +347,77 @@ def launch_int_conv2d(
 ) -> torch.Tensor:
     """out [B, Cout, OH, OW] (channels_last) for x [B, C, H, W] codes and w [Cout, C/g, KH, KW].
 
-    geometry = [stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups]. Any memory format is
-    read in place through strides; channels_last gives the coalesced channel loads. The
-    epilogue constants are [Cout] or [8, Cout] width tables, as in `launch_int_matmul`. w may
-    be an [8, Cout, C/g, KH, KW] table of pre-shifted weights with ``w_colsum`` [8, Cout], as
-    there.
+    geometry = [stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups]. x is shifted once per
+    call into a channels_last int8 copy (`shift_activations`), which gives the coalesced channel
+    loads. The epilogue constants are [Cout] or [8, Cout] width tables, as in
+    `launch_int_matmul`. w may be an [8, Cout, C/g, KH, KW] table of pre-shifted weights with
+    ``w_colsum`` [8, Cout], as there.
     """
     shifted = _check_shifted_weights(w, w_colsum, 5)
-    w_table = w
-    if shifted:
-        w = w[0]  # one width's view: the geometry and strides below read it like plain weights
-    if x.dim() != 4 or w.dim() != 4 or len(geometry) != 7:
+    w_plain = w[0] if shifted else w  # one width's view: the geometry checks read it like plain weights
+    if x.dim() != 4 or w_plain.dim() != 4 or len(geometry) != 7:
         raise ValueError(f"int_conv2d kernel: x and w must be 4-D and geometry 7 ints, got {tuple(x.shape)}, "
-                         f"{tuple(w.shape)}, {geometry}")
+                         f"{tuple(w_plain.shape)}, {geometry}")
     sh, sw, ph, pw, dh, dw, groups = (int(v) for v in geometry)
     B, C, H, W = x.shape
-    Cout, Cg, KH, KW = w.shape
+    Cout, Cg, KH, KW = w_plain.shape
     if groups < 1 or C != Cg * groups or Cout % groups:
         raise ValueError(f"int_conv2d kernel: channels {C} -> {Cout} do not split into {groups} groups of {Cg}")
-    OH = (H + 2 * ph - dh * (KH - 1) - 1) // sh + 1
-    OW = (W + 2 * pw - dw * (KW - 1) - 1) // sw + 1
+    OH, OW = conv_out_size(H, KH, sh, ph, dh), conv_out_size(W, KW, sw, pw, dw)
     if OH < 1 or OW < 1:
         raise ValueError(f"int_conv2d kernel: empty output {OH}x{OW}")
     table_strides = _check_common(x, w, act_shift, weight_shift, B, (bias, multiplier, rshift, scale), Cout)
-    width_strides = _shifted_strides(w_table, w_colsum, shifted)
+    check_int32_sizes("int_conv2d", rows=B * OH * OW, image=C * H * W)
     out = torch.empty((B, OH, OW, Cout), dtype=out_dtype, device=x.device)
-    if B == 0:
-        return out.permute(0, 3, 1, 2)
+    if B > 0:
+        x_shifted = shift_activations(x.contiguous(memory_format=torch.channels_last), act_shift, round_rule, C * H * W)
+        conv2d_on_shifted(x_shifted, x.dtype == torch.uint8, w, geometry, act_shift, weight_shift, bias, multiplier,
+                          rshift, scale, table_strides, round_rule, epilogue, relu, lo, hi, out, w_colsum)
+    return out.permute(0, 3, 1, 2)
+
+
+def conv2d_on_shifted(
+    x_shifted: torch.Tensor, x_unsigned: bool, w: torch.Tensor, geometry: list[int], act_shift: torch.Tensor,
+    weight_shift: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor, rshift: torch.Tensor,
+    scale: torch.Tensor, table_strides: list[int], round_rule: bool, epilogue: int, relu: bool, lo: int, hi: int,
+    out: torch.Tensor, w_colsum: Optional[torch.Tensor] = None,
+) -> None:
+    """The kernel launch of `launch_int_conv2d` into `out` [B, OH, OW, Cout] (dense), on
+    activations already shifted, read in place through their strides (any memory format)."""
+    shifted = w_colsum is not None
+    w_table = w
+    w = w[0] if shifted else w
+    sh, sw, ph, pw, dh, dw, groups = (int(v) for v in geometry)
+    B, C, H, W = x_shifted.shape
+    Cout, Cg, KH, KW = w.shape
+    _, OH, OW, _ = out.shape
+    # Offsets inside one image and one filter are int32 in the kernel; samples and output
+    # channels step in int64.
+    check_int32_sizes("int_conv2d", image=sum((n - 1) * abs(st) for n, st in zip(x_shifted.shape[1:],
+                                                                                 x_shifted.stride()[1:])),
+                      filter=sum((n - 1) * abs(st) for n, st in zip(w.shape[1:], w.stride()[1:])))
+    width_strides = _shifted_strides(w_table, w_colsum, shifted)
     out_rows = out.view(B * OH * OW, Cout)
-    x_codes = x
-    if shifted:
-        x = shift_activations(x.contiguous(memory_format=torch.channels_last), act_shift, round_rule, C * H * W)
     bucketed, order, bucket_start = weight_shift_buckets(weight_shift, B)
     M = B * OH * OW
     extra = MAX_SHIFT if bucketed else 0
     cout_g = Cout // groups
 
     def grid(meta):
-        return (triton.cdiv(M, meta["BLOCK_M"]) + extra, triton.cdiv(cout_g, meta["BLOCK_N"]), groups)
+        return _checked_grid("int_conv2d", triton.cdiv(M, meta["BLOCK_M"]) + extra,
+                             triton.cdiv(cout_g, meta["BLOCK_N"]), groups)
 
+    # The whole table goes in (its width slices are `stride_w_width` apart), not the view of width 0.
     int_conv2d_kernel[grid](
-        x, w, out_rows, act_shift, weight_shift, order, bucket_start,
+        x_shifted, w_table, out_rows, act_shift, weight_shift, order, bucket_start,
         bias, multiplier, rshift, scale, w_colsum if shifted else bias,
         M, m_bucket(M), H, W, OH, OW, Cg, cout_g, KH, KW,
         sh, sw, ph, pw, dh, dw,
-        x.stride(0), x.stride(2), x.stride(3), x.stride(1),
+        x_shifted.stride(0), x_shifted.stride(2), x_shifted.stride(3), x_shifted.stride(1),
         w.stride(0), w.stride(2), w.stride(3), w.stride(1),
         out_rows.stride(0), out_rows.stride(1),
         *table_strides, *width_strides,
         lo, hi,
-        BUCKETED=bucketed, ROUND=bool(round_rule), X_UNSIGNED=x_codes.dtype == torch.uint8,
+        BUCKETED=bucketed, ROUND=bool(round_rule), X_UNSIGNED=bool(x_unsigned),
         EPILOGUE=int(epilogue), RELU=bool(relu), PRESHIFTED=shifted,
     )
-    return out.permute(0, 3, 1, 2)

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from .elementwise import launch_elementwise, launch_lut
-from .gemm import epilogue_table_strides, launch_int_conv2d, launch_int_matmul
+from .gemm import conv_out_size, epilogue_table_strides, launch_int_conv2d, launch_int_matmul
 from .pool import launch_adaptive_avg_pool2d, launch_pool2d, pool_out_size
 
 Tensor = torch.Tensor
@@ -20,7 +20,7 @@ Tensor = torch.Tensor
 
 def _conv_out_hw(H: int, W: int, KH: int, KW: int, geometry: list[int]) -> tuple[int, int]:
     sh, sw, ph, pw, dh, dw = geometry[:6]
-    return (H + 2 * ph - dh * (KH - 1) - 1) // sh + 1, (W + 2 * pw - dw * (KW - 1) - 1) // sw + 1
+    return conv_out_size(H, KH, sh, ph, dh), conv_out_size(W, KW, sw, pw, dw)
 
 
 @torch.library.custom_op("dqt_triton::int_matmul", mutates_args=())

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import interpreting
+from .common import elementwise_block
 
 
 @triton.jit
@@ -110,7 +110,7 @@ def launch_adaptive_avg_pool2d(x: torch.Tensor, output_size: list[int]) -> torch
     out = torch.empty((B, OH, OW, C), dtype=x.dtype, device=x.device)
     total = out.numel()
     if total:
-        block = 256 if interpreting() else 1024
+        block = elementwise_block()
         int_adaptive_avg_pool2d_kernel[(triton.cdiv(total, block),)](
             x, out, total, H, W, C, OH, OW, adaptive_window_max(H, OH), adaptive_window_max(W, OW),
             x.stride(0), x.stride(2), x.stride(3), x.stride(1), BLOCK=block,
@@ -134,7 +134,7 @@ def launch_pool2d(x: torch.Tensor, geometry: list[int], is_max: bool) -> torch.T
     out = torch.empty((B, OH, OW, C), dtype=x.dtype, device=x.device)
     total = out.numel()
     if total:
-        block = 256 if interpreting() else 1024
+        block = elementwise_block()
         int_pool2d_kernel[(triton.cdiv(total, block),)](
             x, out, total, H, W, C, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw,
             x.stride(0), x.stride(2), x.stride(3), x.stride(1),
