@@ -1,14 +1,16 @@
 """Every autotune configuration of the GEMM kernels, one at a time, against the Numba reference.
 
-    python -m bench.gpu_sweep [--jobs 12] [--budget-s 480] [--out bench/results]
-    TRITON_INTERPRET=1 python -m bench.gpu_sweep --smoke      # CPU check of the script itself
+    python -m bench.gpu_sweep [--jobs 12] [--budget-s 480] [--configs matmul:1 conv:0] [--out bench/results]
+    TRITON_INTERPRET=1 python -m bench.gpu_sweep --smoke --configs matmul:3 conv:6   # CPU check of the script
 
 Autotuning picks one configuration per shape, so the test suite exercises only the winners;
 a configuration that crashes or computes wrong codes can hide until some shape picks it. Here
-each configuration of `int_matmul_kernel` and `int_conv2d_kernel` is pinned alone (no
-benchmarking) and run over a grid of cases: odd and aligned shapes, per-layer and per-sample
-weight shifts, uint8/int8 codes, both shift rules, every epilogue, [N] constants and [8, N]
-width tables. Each result is compared with `torch.equal` against the Numba reference.
+each GPU tile of `int_matmul_kernel` and `int_conv2d_kernel` (`gpu_matmul_configs()`,
+`gpu_conv_configs()`: the GPU's tiles on any machine, also under the interpreter, whose
+autotuner holds one small tile) is pinned alone (no benchmarking) and run over a grid of cases:
+odd and aligned shapes, per-layer and per-sample weight shifts, uint8/int8 codes, both shift
+rules, every epilogue, [N] constants and [8, N] width tables. Each result is compared with
+`torch.equal` against the Numba reference.
 
 A kernel fault (an illegal memory access) poisons the CUDA context of its process, so every
 configuration runs in its own worker process under CUDA_LAUNCH_BLOCKING=1; after a fault the
@@ -85,12 +87,19 @@ def _run(kind: str, case: dict, seed: int, backend: str, device: torch.device) -
                          act_shift=act_shift.to(device), weight_shift=weight_shift, backend=backend, **moved)
 
 
+def gpu_tiles(kind: str) -> list:
+    """The GPU tiles of one kernel, on any machine (the indices `--configs` and the table use)."""
+    from dqt_triton.kernels.configs import gpu_conv_configs, gpu_matmul_configs
+
+    return gpu_matmul_configs() if kind == "matmul" else gpu_conv_configs()
+
+
 def worker(kind: str, config_index: int, start: int, smoke: bool) -> None:
-    """Runs cases start.. with one pinned configuration; prints START/DONE lines as it goes."""
+    """Runs cases start.. with one pinned GPU tile; prints START/DONE lines as it goes."""
     from dqt_triton.kernels import gemm
 
     kernel = gemm.int_matmul_kernel if kind == "matmul" else gemm.int_conv2d_kernel
-    kernel.configs = [kernel.configs[config_index]]  # one configuration: the autotuner launches it directly
+    kernel.configs = [gpu_tiles(kind)[config_index]]  # one configuration: the autotuner launches it directly
     kernel.cache = {}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     grid = cases(kind, smoke)
@@ -147,12 +156,10 @@ def sweep_config(kind: str, config_index: int, smoke: bool, deadline: float, log
 
 
 def _table(results: list[dict], kind: str) -> list[str]:
-    from dqt_triton.kernels import gemm
-
-    kernel = gemm.int_matmul_kernel if kind == "matmul" else gemm.int_conv2d_kernel
+    tiles = gpu_tiles(kind)
     lines = [f"| {kind} config | cases equal | differ | faults | finished |", "|---|---:|---:|---:|---|"]
     for r in sorted((r for r in results if r["kernel"] == kind), key=lambda r: r["config"]):
-        c = kernel.configs[r["config"]]
+        c = tiles[r["config"]]
         tile = f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}, {c.num_warps} warps, {c.num_stages} stages"
         lines.append(f"| {r['config']}: {tile} | {r['equal']} | {len(r['differs'])} | {len(r['faults'])} | "
                      f"{'yes' if r['finished'] else 'no (budget)'} |")
@@ -164,22 +171,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=12, help="configurations swept at once")
     parser.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget of the whole sweep")
     parser.add_argument("--smoke", action="store_true", help="two cases per configuration; CPU under TRITON_INTERPRET=1")
+    parser.add_argument("--configs", nargs="+", metavar="KIND:I",
+                        help="only these tiles (matmul:I, conv:I: indices into gpu_matmul_configs/gpu_conv_configs)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--worker", nargs=3, metavar=("KIND", "CONFIG", "START"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args.worker[0], int(args.worker[1]), int(args.worker[2]), args.smoke)
         return
-    from dqt_triton.kernels import gemm
-
     from bench.common import bench_device, machine
 
     bench_device("bench.gpu_sweep", args.smoke)
 
     info = machine()
     command = "python -m bench.gpu_sweep " + " ".join(argv if argv is not None else sys.argv[1:])
-    jobs = [("matmul", i) for i in range(len(gemm.int_matmul_kernel.configs))]
-    jobs += [("conv", i) for i in range(len(gemm.int_conv2d_kernel.configs))]
+    jobs = [(kind, i) for kind in ("matmul", "conv") for i in range(len(gpu_tiles(kind)))]
+    if args.configs:
+        chosen = set()
+        for item in args.configs:
+            kind, _, index = item.partition(":")
+            if (kind, int(index) if index.isdigit() else -1) not in jobs:
+                parser.error(f"--configs {item}: expected matmul:I or conv:I with I a GPU tile index")
+            chosen.add((kind, int(index)))
+        jobs = [job for job in jobs if job in chosen]
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / (("gpu_sweep-smoke-" if args.smoke else "gpu_sweep-") + info["date"][:10])
     deadline = time.monotonic() + args.budget_s

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import torch
 
 from bench import gpu_kernels
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.interpreter
@@ -98,28 +107,146 @@ def test_latency_bench_writes_every_row_and_target(tmp_path, monkeypatch):
 
 
 @pytest.mark.interpreter
-def test_gpu_sweep_smoke_run_pins_each_config_and_records_results(tmp_path):
-    """Under the interpreter there is one configuration per kernel; each runs in worker processes."""
+def test_gpu_sweep_smoke_run_pins_gpu_tiles_and_records_results(tmp_path):
+    """The sweep pins GPU tiles (gpu_*_configs), also under the interpreter, each in worker processes."""
     from bench import gpu_sweep
 
-    gpu_sweep.main(["--smoke", "--jobs", "2", "--out", str(tmp_path)])
+    gpu_sweep.main(["--smoke", "--jobs", "2", "--configs", "matmul:3", "conv:6", "--out", str(tmp_path)])
     results = [json.loads(line) for line in next(tmp_path.glob("gpu_sweep-smoke-*.jsonl")).read_text().splitlines()]
-    assert sorted(r["kernel"] for r in results) == ["conv", "matmul"]
+    assert sorted((r["kernel"], r["config"]) for r in results) == [("conv", 6), ("matmul", 3)]
     assert all(r["finished"] and r["equal"] == 2 and not r["differs"] and not r["faults"] for r in results)
     report = next(tmp_path.glob("gpu_sweep-smoke-*.md")).read_text()
-    assert "| 0: 16x32x32, 4 warps, 1 stages | 2 | 0 | 0 | yes |" in report and "commit" in report
+    assert "| 3: 16x64x64, 4 warps, 4 stages | 2 | 0 | 0 | yes |" in report
+    assert "| 6: 16x64x64, 4 warps, 3 stages | 2 | 0 | 0 | yes |" in report and "commit" in report
+
+
+def _pytest_with_pin(value: str, node: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "DQT_PIN_TILE": value}
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", node], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.interpreter
-def test_the_one_gpu_command_runs_its_stages_apart_and_reports_each(tmp_path):
-    """bench.gpu --smoke: the sweep's smoke run, the latency stage reported as needing a GPU, the
-    GPU test selection collected; one report with every stage's command and exit status."""
-    from bench import gpu
+def test_pinned_conv_tile_is_the_one_launched():
+    """DQT_PIN_TILE=conv:I: the header names the tile and every launch of the session ran it."""
+    proc = _pytest_with_pin("conv:6", "tests/kernels/test_gemm.py::test_conv_resnet_block_shape_with_mixed_shifts")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    tile = "BLOCK_M=16 BLOCK_N=64 BLOCK_K=64 num_warps=4 num_stages=3"
+    assert f"DQT_PIN_TILE=conv:6: int_conv2d_kernel pinned to {tile}" in proc.stdout
+    assert f"int_conv2d_kernel launched 1 times, 1 with the pinned tile {tile}" in proc.stdout
+    assert "OTHER TILES" not in proc.stdout
 
-    status = gpu.main(["--smoke", "--stages", "sweep", "latency", "tests", "--budget-s", "300", "--out",
-                       str(tmp_path)])
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("matmul:5", "gpu_matmul_configs() has 5 tiles, indices 0..4"),
+    ("gemm:0", "expected 'matmul:I' or 'conv:I'"),
+])
+def test_a_bad_pinned_tile_stops_the_session(value, message):
+    proc = _pytest_with_pin(value, "tests/kernels/test_gemm.py::test_empty_batch")
+    assert proc.returncode == 4 and message in proc.stderr, proc.stdout + proc.stderr  # 4: usage error
+    assert "passed" not in proc.stdout
+
+
+@pytest.mark.interpreter
+def test_warm_compiles_the_pruned_tiles_and_launches_nothing(monkeypatch):
+    """bench.gpu_warm's compile-only launch: the GPU tiles left after pruning, each with warmup=True."""
+    import dqt_triton as dq
+    from bench.gpu_warm import compile_only
+    from dqt_triton.kernels import gemm
+    from dqt_triton.kernels.configs import gpu_matmul_configs, prune_tiles
+
+    kernel = gemm.int_matmul_kernel
+    monkeypatch.setattr(kernel, "configs", gpu_matmul_configs())
+    monkeypatch.setattr(kernel, "cache", {})
+    runs = []
+    real_run = kernel.fn.run
+    monkeypatch.setattr(kernel.fn, "run",
+                        lambda *a, **kw: runs.append((kw["warmup"], kw["BLOCK_M"])) or real_run(*a, **kw))
+    for M, K, N in [(64, 45, 37), (256, 256, 256)]:  # the faulting test's shape keeps one tile of five
+        blocks_m = [c.kwargs["BLOCK_M"] for c in prune_tiles(gpu_matmul_configs(), M, N, K)]
+        assert len(blocks_m) == (1 if M == 64 else len(gpu_matmul_configs()))
+        runs.clear()
+        compiled = []
+        x = torch.zeros((M, K), dtype=torch.uint8)
+        with compile_only(kernel, compiled):
+            dq.int_matmul(x, torch.zeros((N, K), dtype=torch.int8), act_shift=torch.arange(M) % 8,
+                          weight_shift=torch.arange(M) % 3, backend="triton")
+        assert [m for _, m in runs] == blocks_m and all(warmup for warmup, _ in runs)
+        assert len(compiled) == len(blocks_m)
+    assert "run" not in vars(kernel)  # the autotuner launches again after the block
+
+
+@pytest.mark.interpreter
+def test_the_one_gpu_command_rehearses_every_step_and_keeps_one_report(tmp_path, monkeypatch):
+    """bench.gpu --smoke: the probe with the GPU tools absent, the warm step, the faulting test
+    with each GPU tile pinned (run for real under the interpreter), the kernel tests collected
+    file by file, the benchmarks reported as needing a GPU; one report naming every step."""
+    from bench import gpu
+    from dqt_triton.kernels.configs import gpu_matmul_configs
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.chdir(ROOT)  # the command runs from the repository's root
+    status = gpu.main(["--smoke", "--jobs", "2", "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache")])
     report = next(tmp_path.glob("gpu-smoke-*.md")).read_text()
     assert status == 0, report
-    assert "| sweep | `-m bench.gpu_sweep" in report and "| latency | `-` | not run (needs a GPU) |" in report
-    assert "| tests | `-m pytest" in report and "commit" in report
-    assert next(tmp_path.glob("gpu_sweep-smoke-*.md")).is_file()  # the stage's own results, next to the report
+    assert "Command: `TRITON_INTERPRET=1 python -m bench.gpu --smoke" in report and "Commit: " in report
+    assert "| ptxas_bundled |" in report and "| nvidia_smi | absent |" in report
+    steps = re.findall(r"^\| (\w+) \| `?(.*?)`? \| (\S+)", report, re.M)
+    assert {s for s, _, _ in steps} >= {"env", "warm", "faulting", "tests", "kernels", "latency"}
+    assert ("kernels", "-", "not") in steps and ("latency", "-", "not") in steps
+    assert [c for s, c, rc in steps if s == "warm" and rc == "0"] == ["python -m bench.gpu_warm --jobs 2 --smoke"]
+    for i in range(len(gpu_matmul_configs())):  # every tile pinned alone, and it was the tile that ran
+        assert re.search(rf"^\| matmul tile {i}: .* \| 0 \| no \| 4 passed in .* \| 4 / 4 \| - \|$", report, re.M)
+    assert re.search(r"^\| autotuned \| 0 \| no \| 4 passed in", report, re.M)
+    collected = [c for s, c, _ in steps if s == "tests"]
+    assert len(collected) == len(list(Path("tests/kernels").glob("test_*.py")))
+    assert all("--collect-only" in c and "-m 'interpreter or gpu'" in c for c in collected)
+    assert "## Output tails" in report and next(tmp_path.glob("gpu-smoke-*.log")).stat().st_size > 0
+
+
+MEMCHECK_SAMPLE = """\
+========= COMPUTE-SANITIZER
+========= Invalid __global__ read of size 16 bytes
+=========     at int_matmul_kernel+0x1a30 in /repo/kernels/gemm.py:88
+=========     by thread (32,0,0) in block (9,0,0)
+=========     Address 0x7f3a00000fc0 is out of bounds
+=========     and is 1 bytes after the nearest allocation at 0x7f3a00000000 of size 4032 bytes
+=========     Saved host backtrace up to driver entry point at kernel launch time
+=========         Host Frame: [0x2f3e1] in libcuda.so.1
+=========
+4 passed in 31.20s
+========= ERROR SUMMARY: 1 error
+"""
+
+
+def test_gpu_command_wraps_the_pinned_runs_in_the_sanitizer_and_kills_a_hung_group(tmp_path):
+    """The parts of bench.gpu that only a GPU machine reaches, on their own: the memcheck wrap of
+    step 2, the sanitizer lines kept for the report, a tool that is absent, and a hung process
+    killed with its children at its time limit."""
+    import argparse
+
+    from bench import gpu
+
+    args = argparse.Namespace(smoke=False, sanitizer=True, print_limit=7, jobs=6, out=tmp_path)
+    info = {"sanitizer": "/opt/cs/compute-sanitizer", "sanitizer_usable": True, "matmul_tiles": ["a", "b"]}
+    runs = gpu.step_runs("faulting", args, info, 60.0)
+    assert [r.label for r in runs] == ["matmul tile 0: a", "matmul tile 1: b", "autotuned"]
+    assert all(r.cmd[:6] == ["/opt/cs/compute-sanitizer", "--tool", "memcheck", "--print-limit", "7",
+                             "--show-backtrace"] and r.cmd[-1] == gpu.FAULTING_TEST for r in runs)
+    assert [r.env.get("DQT_PIN_TILE") for r in runs] == ["matmul:0", "matmul:1", None]
+    assert all(r.env["CUDA_LAUNCH_BLOCKING"] == "1" for r in runs)
+    plain = gpu.step_runs("faulting", args, {**info, "sanitizer_usable": False}, 60.0)
+    assert all(r.cmd[0] == sys.executable for r in plain)
+
+    found = gpu.sanitizer_findings(MEMCHECK_SAMPLE)
+    assert found[0] == "Invalid __global__ read of size 16 bytes" and "at int_matmul_kernel+0x1a30" in found[1]
+    assert found[-1] == "ERROR SUMMARY: 1 error" and not any("Host Frame" in line for line in found)
+    assert gpu.Run("faulting", "x", [], output=MEMCHECK_SAMPLE).summary() == "4 passed in 31.20s"
+    assert gpu.tool_version([str(tmp_path / "ptxas"), "--version"]) == "absent"
+
+    hang = "import subprocess, time; print(subprocess.Popen(['sleep', '60']).pid, flush=True); time.sleep(60)"
+    status, timed_out, seconds, output = gpu.run_process([sys.executable, "-c", hang], dict(os.environ), 3.0)
+    assert timed_out and seconds < 20 and status != 0
+    status_file = Path(f"/proc/{output.split()[0]}/status")
+    time.sleep(0.5)  # the grandchild went with the group: gone, or a zombie until its new parent reaps it
+    assert not status_file.exists() or "\tZ" in status_file.read_text().split("State:")[1].splitlines()[0]
