@@ -2,11 +2,31 @@
 
 On Hopper, int8 `tl.dot` maps to wgmma only with BLOCK_M % 64 == 0, BLOCK_K >= 32 and
 num_warps % 4 == 0. The tiles start from int8 tiles tuned elsewhere for H100 (mid M 128x128,
-small M 64x64x256) and were then chosen so that none spills on sm_90 or sm_80 as a typical
-launch specializes it (`python -m dqt_triton.kernels.aot`, bench/results/aot-*.md): every
-128-row or 128-column tile runs 8 warps (with 4 warps, 128x128x64 spilled 344-720 bytes per
-thread), and 128x128x128 is gone (8 bytes on sm_80 even with 8 warps). A 16-row tile is kept for
-batch 1..16, where mma.sync beats padding M to 64. Before timing, `prune_tiles` drops the tiles
+small M 64x64x256) and were then cut to what compiles without spilling on sm_90 and sm_80 in
+every specialization the real launches produce (`python -m dqt_triton.kernels.aot --launches`,
+bench/results/aot-launches-2026-12-01.md: the tests' and the benchmark's shapes, odd ones among
+them, with every flag). An odd K, row stride or N makes every load of a tile one byte (or one int32) with its own 64-bit address and predicate, and the requantizing epilogue widens the
+accumulator to int64; the old table spilled there although it compiled clean for one aligned
+example launch:
+
+- matmul 128x128x64 (8 warps) spilled 216-744 bytes per thread on sm_90 and 104-2784 on sm_80,
+  64x128x128 464-3464, 64x64x256 208-3408 and 16x128x128 (4 warps) up to 4784 (ptxas fell
+  back to 32 registers). Cut down, 128x128x32 still spilled (64-392), and so did 128x64x64 and
+  64x128x64 with 8 warps (up to 384) or 16 warps (128 registers each, 112-568), 64x64x128
+  (320), 64x256x32 (440), 256x64x32 (16, sm_90), 32x128x64 (96, sm_80) and 64x64x64 with 4
+  warps (576). The table now holds 128x64x32 and 64x128x32 (8 warps), 128x32x32 (4 warps) and
+  two 16-row tiles for batch 1..16, where mma.sync beats padding M to 64: 16x128x64 (8 warps)
+  and 16x64x64 (8 warps: with 4 it spilled 8 bytes on sm_80 with per-sample shifts, uint8 codes,
+  the raw epilogue and an odd K). 64x64x64 with 8 warps is spill-free too but would give the
+  shape that faulted on the H100 (64x45x37) a second tile and bring its autotuner benchmark back.
+- conv 128x128x64 spilled 8-120 bytes and gave its place to 64x128x32 (128x64x32 spilled up to
+  136 bytes on the dilated grouped NCHW bounds shape); 64x64x64 and 64x64x32 spilled up to 408
+  and 352 bytes with 4 warps and run 8.
+
+None of the new tiles has been timed on a GPU yet. Larger tiles need kernel changes, not table
+changes: e.g. row strides padded to 16 bytes by the launchers, so that odd shapes get vector
+loads too. Tests and bench scripts pin tiles by index (DQT_PIN_TILE, `bench.gpu_sweep --configs`):
+the 16-row tiles stay at matmul:3 and conv:6. Before timing, `prune_tiles` drops the tiles
 wider than the problem. Under the interpreter autotuning would time every config, so there is
 exactly one small one; `gpu_*_configs` give the GPU tiles anywhere, for the tests that pin them.
 """
@@ -21,20 +41,20 @@ INTERPRETER_TILE = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
 _GPU_MATMUL_TILES = (
-    (128, 128, 64, 8, 4),
-    (64, 128, 128, 8, 5),
-    (64, 64, 256, 8, 4),
-    (16, 64, 64, 4, 4),
-    (16, 128, 128, 4, 5),
+    (128, 64, 32, 8, 4),
+    (64, 128, 32, 8, 4),
+    (128, 32, 32, 4, 4),
+    (16, 64, 64, 8, 4),
+    (16, 128, 64, 8, 4),
 )
 
 _GPU_CONV_TILES = (
-    (128, 128, 64, 8, 4),
+    (64, 128, 32, 8, 4),
     (128, 64, 64, 8, 4),
     (64, 128, 64, 8, 4),
-    (64, 64, 64, 4, 4),
+    (64, 64, 64, 8, 4),
     (128, 128, 32, 8, 4),
-    (64, 64, 32, 4, 3),
+    (64, 64, 32, 8, 3),
     (16, 64, 64, 4, 3),
 )
 

@@ -4,8 +4,10 @@ Both kernels compute, for output row m (a matmul row or an output pixel) and cha
 
     acc = sum_k nested_shift(x[m, k], ka[sample]) * nested_shift(w[n, k], kw[sample])   (int32)
 
-then the epilogue of docs/numerics.md section 3.5. Shift amounts are loaded from device
-tensors at run time, so changing a bit-width never recompiles. Each epilogue constant is an [N]
+then the epilogue of docs/numerics.md section 3.5. The activation shift is applied before the
+kernel (`shift_activations`, once per call), so the left operand reaches the MMA as loaded; the
+weight shift is applied in the K loop, or read from a pre-shifted weight table. Shift amounts
+are loaded from device tensors at run time, so changing a bit-width never recompiles. Each epilogue constant is an [N]
 tensor shared by every width or an [8, N] width table: a runtime row stride (0 or N) lets the
 tile's weight shift pick its row, with no constexpr variant per form (Triton's usual integer
 specialisation of the stride value still applies). Launchers check shapes and dtypes; model

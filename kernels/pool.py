@@ -8,6 +8,11 @@ import triton.language as tl
 
 from .common import elementwise_block
 
+# Warps of the windowed pool's 1,024-lane block: with Triton's default 4, the average pool of int8
+# codes spilled 8 bytes on sm_90 (128 registers per thread; bench/results/aot-launches-2026-12-01.md).
+# The adaptive pool keeps 4: with 8 it spills 8 bytes there.
+POOL_WARPS = 8
+
 
 @triton.jit
 def _output_lanes(total, C, OH, OW, BLOCK: tl.constexpr):
@@ -138,6 +143,6 @@ def launch_pool2d(x: torch.Tensor, geometry: list[int], is_max: bool) -> torch.T
         int_pool2d_kernel[(triton.cdiv(total, block),)](
             x, out, total, H, W, C, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw,
             x.stride(0), x.stride(2), x.stride(3), x.stride(1),
-            IS_MAX=is_max, BLOCK=block,
+            IS_MAX=is_max, BLOCK=block, num_warps=POOL_WARPS,
         )
     return out.permute(0, 3, 1, 2)

@@ -116,7 +116,7 @@ def test_gpu_sweep_smoke_run_pins_gpu_tiles_and_records_results(tmp_path):
     assert sorted((r["kernel"], r["config"]) for r in results) == [("conv", 6), ("matmul", 3)]
     assert all(r["finished"] and r["equal"] == 2 and not r["differs"] and not r["faults"] for r in results)
     report = next(tmp_path.glob("gpu_sweep-smoke-*.md")).read_text()
-    assert "| 3: 16x64x64, 4 warps, 4 stages | 2 | 0 | 0 | yes |" in report
+    assert "| 3: 16x64x64, 8 warps, 4 stages | 2 | 0 | 0 | yes |" in report
     assert "| 6: 16x64x64, 4 warps, 3 stages | 2 | 0 | 0 | yes |" in report and "commit" in report
 
 

@@ -21,10 +21,10 @@ import pytest
 import torch
 
 import dqt_triton as dq
-from dqt_triton.kernels import common, gemm
+from dqt_triton.kernels import aot, common, gemm
 from dqt_triton.kernels.configs import gpu_conv_configs, gpu_matmul_configs
 from tests.kernels.bounds import (
-    OutOfBounds, autotuned_with_two_launches, checked_launches, guarded, guards_intact, pinned, tile_label,
+    autotuned_with_two_launches, checked_launches, guarded, guards_intact, pinned, tile_label,
 )
 from tests.kernels.device import INTERPRETED
 from tests.strategies import codes
@@ -32,28 +32,13 @@ from tests.strategies import codes
 pytestmark = [pytest.mark.interpreter,
               pytest.mark.skipif(not INTERPRETED, reason="the address checker wraps the Triton interpreter")]
 
-MATMUL_SHAPES = [(64, 45, 37), (1, 13, 23), (17, 13, 23), (150, 40, 70), (33, 300, 130)]  # (M, K, N)
+# The odd shapes and flag sets live in `aot`, which compiles what these launches specialize into.
+MATMUL_SHAPES = list(aot.BOUNDS_MATMULS)  # (M, K, N)
 # name: (B, C, H, W, Cout, kernel, stride, padding, dilation, groups, NCHW input)
-CONV_CASES = {
-    "stride2": (2, 16, 9, 9, 24, 3, 2, 1, 1, 1, False),
-    "depthwise": (3, 24, 7, 6, 24, 3, 1, 1, 1, 24, False),
-    "stem7x7": (1, 3, 11, 9, 16, 7, 2, 3, 1, 1, True),
-    "pointwise": (2, 64, 5, 5, 40, 1, 1, 0, 1, 1, False),
-    "dilated_grouped_nchw": (2, 12, 9, 9, 18, 3, 1, 2, 2, 3, True),
-}
-EPILOGUES = ("raw", "requant", "requant_relu", "float")
+CONV_CASES = dict(zip(("stride2", "depthwise", "stem7x7", "pointwise", "dilated_grouped_nchw"), aot.BOUNDS_CONVS))
 # (per-sample weight shifts, uint8 codes, round rule, epilogue, [8, N] tables, pre-shifted weights):
 # eight sets in which every flag takes each value and each epilogue appears twice.
-FLAG_SETS = [
-    (True, True, True, "requant_relu", True, True),  # a frozen dynamic model
-    (False, False, False, "raw", False, False),
-    (True, False, True, "float", False, True),
-    (False, True, False, "requant", True, False),
-    (True, True, False, "raw", True, False),
-    (False, False, True, "requant_relu", False, True),
-    (True, False, False, "requant", False, False),
-    (False, True, True, "float", True, True),
-]
+FLAG_SETS = list(aot.FLAG_SETS)
 MATMUL_TILES = gpu_matmul_configs()
 CONV_TILES = gpu_conv_configs()
 
