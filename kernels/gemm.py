@@ -7,7 +7,8 @@ Both kernels compute, for output row m (a matmul row or an output pixel) and cha
 then the epilogue of docs/numerics.md section 3.5. The activation shift is applied before the
 kernel (`shift_activations`, once per call), so the left operand reaches the MMA as loaded; the
 weight shift is applied in the K loop, or read from a pre-shifted weight table. Shift amounts
-are loaded from device tensors at run time, so changing a bit-width never recompiles. Each epilogue constant is an [N]
+are loaded from device tensors at run time, so changing a bit-width never recompiles. Each
+epilogue constant is an [N]
 tensor shared by every width or an [8, N] width table: a runtime row stride (0 or N) lets the
 tile's weight shift pick its row, with no constexpr variant per form (Triton's usual integer
 specialisation of the stride value still applies). Launchers check shapes and dtypes; model
@@ -16,6 +17,7 @@ logic and input validation live in dqt_triton.ops.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -261,9 +263,7 @@ def _shifted_strides(w: torch.Tensor, w_colsum: Optional[torch.Tensor], shifted:
 
 def _checked_grid(kernel: str, *dims: int) -> tuple[int]:
     """A one-axis grid of prod(dims) programs (program ids are int32 in the kernels)."""
-    programs = 1
-    for d in dims:
-        programs *= d
+    programs = math.prod(dims)
     check_int32_sizes(kernel, programs=programs)
     return (programs,)
 
