@@ -7,11 +7,25 @@ Forward passes produce exactly the integers of docs/numerics.md (matmul and conv
   step D (Esser et al.; the gradient of D is scaled by 1 / sqrt(numel * hi)).
 - `int_linear` / `int_conv2d`: the integer layer on master codes with per-sample shifts, output
   ``float32(v) * scale`` with v the master-unit accumulator. Gradients reach the codes (through
-  the nested shift as identity), the per-channel output scale, and optionally the per-sample
+  the nested shift as identity, except for unsigned codes that the floor rule shifts to code 0,
+  which get none: see below), the per-channel output scale, and optionally the per-sample
   width gates of a controller (the gradient of gate j is the layer output at candidate j:
   computed for every candidate with ``gate_gradients="all"``; for the chosen width and its two
   neighbours with ``"local"``, farther candidates taking the nearer neighbour's value; not at
   all with ``"none"``, where the controller learns from its other terms only).
+
+The floor rule's dead zone. Unsigned activation codes come from a ReLU (or are images) and
+are mostly small. Under the floor rule their b-bit code 0 holds every master code below
+2^k, a whole b-bit step (64 of 255 codes at 2 bits, where the round rule's code 0 holds half a
+step), so at low widths most of the ReLU's active elements, and sometimes a whole tensor, reach
+the layer as 0. A straight-through gradient there is that of an input the layer does not see:
+in an untrained DenseNet-121 at 2 bits whole dense layers read nothing but code 0, their
+constant output channels meet the next batch norms (gain 1 / sqrt(eps) = 316), and the
+identity shift carried that gradient back into every element, up to float32 overflow at the
+first step (issue 26). The floor rule therefore passes no input gradient through unsigned
+codes whose shifted code is 0 (``q < 2^k``, ``k >= 1``). Signed codes (no dead zone at zero),
+8-bit rows (k = 0) and the round rule keep the plain straight-through gradient; weight
+gradients, the forward pass and the integer results are unchanged.
 """
 
 from __future__ import annotations
@@ -154,8 +168,13 @@ class _IntLayer(torch.autograd.Function):
         q_x, q_w, scale, v = ctx.saved_tensors
         act_shift, weight_shift, candidates, conv, signed, rule, has_gates, where, local_gates = ctx.meta
         if not bool(torch.isfinite(grad_y).all()):
-            raise FloatingPointError(f"non-finite gradient (NaN/inf) reaching {where} at {_describe_shift(weight_shift)}: "
-                                     "training has diverged; lower the learning rate or clip gradients")
+            # A layer cannot tell whether an update has been made: say what each case means.
+            raise FloatingPointError(
+                f"non-finite gradient (NaN/inf) reaching {where} at {_describe_shift(weight_shift)}. If no parameter "
+                "update has been made yet (the first step), this is not divergence and the learning rate plays no "
+                "part: the backward pass of the model as it stands overflows at these widths (try wider widths or "
+                "the other shift rule, and report it); after updates, training has diverged: lower the learning "
+                "rate or clip gradients")
         rows = q_x.shape[0]
         channel_view = (1, -1) if conv is None else (1, -1, 1, 1)
         grad_v = grad_y * scale.view(*channel_view)
@@ -170,6 +189,10 @@ class _IntLayer(torch.autograd.Function):
             for k in torch.unique(kw).tolist():
                 sel = (kw == k).nonzero().flatten()
                 grad_x[sel] = _grad_input(grad_v[sel], shifted_float(q_w, k, True, rule), q_x[sel].shape, conv)
+        if grad_x is not None and rule == "floor" and not signed:
+            # Floor rule, unsigned codes: the b-bit code 0 holds every master code below 2^k, a whole
+            # b-bit step (round: half of one); no straight-through gradient where x_eff is that code.
+            grad_x = grad_x.masked_fill_((x_eff == 0) & (_view_rows(ka, q_x.dim()) > 0), 0.0)
         if ctx.needs_input_grad[1]:  # x_eff already carries each row's width: one pass over the batch
             grad_w = _grad_weight(grad_v, x_eff, q_w.shape, conv)
         grad_scale = None
