@@ -103,9 +103,13 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, Trainer, environment_device, format_table
+    from .training import TrainConfig, Trainer, environment_device, format_table, recipe_default
 
-    cfg = TrainConfig(data=args.data, data_dir=args.data_dir, model=args.model, width=args.width, depth=args.depth,
+    def pick(value, option: str):  # an option left unset takes the dataset's recipe
+        return recipe_default(args.data, option) if value is None else value
+
+    cfg = TrainConfig(data=args.data, data_dir=args.data_dir, model=pick(args.model, "model"), width=args.width,
+                      depth=args.depth,
                       candidate_bits=tuple(args.bits), budget_bits=args.budget, alpha=args.alpha, beta=args.beta,
                       imitation=args.imitation, imitation_mode=args.imitation_mode,
                       imitation_source=args.imitation_source, controller=args.controller,
@@ -114,7 +118,8 @@ def run_train(args: argparse.Namespace) -> int:
                       imitation_samples=args.imitation_samples,
                       bn_per_width=not args.shared_bn, norm_recalibration=args.norm_recalibration,
                       edge_bits=args.edge_bits,
-                      warmup_epochs=args.warmup_epochs, epochs=args.epochs, batch_size=args.batch_size,
+                      warmup_epochs=pick(args.warmup_epochs, "warmup_epochs"),
+                      epochs=pick(args.epochs, "epochs"), batch_size=args.batch_size,
                       lr=args.lr, dqt_lr=args.dqt_lr, shift_rule=args.shift_rule, seed=args.seed,
                       device=environment_device(args.device), limit=args.limit, static_bits=args.static_bits)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
@@ -145,6 +150,21 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_allocate(args: argparse.Namespace) -> int:
+    from .training import allocate_checkpoint
+
+    r = allocate_checkpoint(args.checkpoint, args.budget, args.data, args.data_dir, args.save)
+    print(f"best static allocation within uniform {args.budget}-bit BitOPs (searched on {r['source']}):")
+    for name, bits in r["allocation"].items():
+        print(f"  {name}: {bits} bits")
+    hull = "n/a" if r["hull"] is None else f"{r['hull']:.4f}"
+    print(f"test accuracy {r['accuracy']:.4f} at {r['bitops_vs_uniform4']:.2f}x uniform-4 BitOPs (first and last "
+          f"layers at their edge width); uniform widths' hull there: {hull}")
+    if r["saved"]:
+        print(f"saved with these static widths: {r['saved']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="dqt", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -161,14 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--hidden", type=int, default=64)
     demo.set_defaults(func=run_demo)
 
-    from .training import TrainConfig
+    from .training import DATASETS, MODELS, TrainConfig
 
     d = TrainConfig()  # the CLI's defaults are the recipe's
     train = sub.add_parser("train", help="DQT training with the results table (default: digits, no download)")
-    train.add_argument("--data", choices=["digits", "madelon", "cifar10"], default="digits",
-                       help="digits (embedded), madelon (scikit-learn's MADELON generator), cifar10 (local copy)")
+    train.add_argument("--data", choices=DATASETS, default="digits",
+                       help="digits (embedded), madelon (scikit-learn's MADELON generator), mnist1d (the mnist1d "
+                            "package's generator, offline; pip install -e '.[mnist1d]'), cifar10 (local copy)")
     train.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py/ (torchvision format)")
-    train.add_argument("--model", choices=["resnet18", "resnet50", "cnn", "mlp"], default=d.model)
+    train.add_argument("--model", choices=MODELS, default=None,
+                       help=f"architecture (default: {d.model}; cnn1d on mnist1d, mlp on madelon)")
     train.add_argument("--width", type=int, default=d.width, help="base channel count (ResNet: 64 is the paper's)")
     train.add_argument("--depth", type=int, default=d.depth, help="hidden layers of --model mlp")
     train.add_argument("--bits", type=int, nargs="+", default=list(d.candidate_bits), help="candidate widths")
@@ -204,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                             "(0: keep the running averages of training)")
     train.add_argument("--edge-bits", type=int, default=d.edge_bits,
                        help="width of the first and last layers (0: the controller governs them too)")
-    train.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, help="static 8-bit QAT epochs before DQT")
-    train.add_argument("--epochs", type=int, default=d.epochs, help="DQT epochs")
+    train.add_argument("--warmup-epochs", type=int, default=None,
+                       help=f"static 8-bit QAT epochs before DQT (default: {d.warmup_epochs}; 30 on mnist1d)")
+    train.add_argument("--epochs", type=int, default=None, help=f"DQT epochs (default: {d.epochs}; 30 on mnist1d)")
     train.add_argument("--batch-size", type=int, default=d.batch_size)
     train.add_argument("--lr", type=float, default=d.lr, help="learning rate of the warm-up")
     train.add_argument("--dqt-lr", type=float, default=d.dqt_lr, help="learning rate of the DQT epochs")
@@ -222,10 +245,17 @@ def main(argv: list[str] | None = None) -> int:
 
     evaluate = sub.add_parser("eval", help="results table of a saved model")
     evaluate.add_argument("checkpoint")
-    evaluate.add_argument("--data", choices=["digits", "madelon", "cifar10"], default="digits")
+    evaluate.add_argument("--data", choices=DATASETS, default="digits")
     evaluate.add_argument("--data-dir", default=None)
     evaluate.add_argument("--bits", type=int, default=None, help="one static width only")
     evaluate.set_defaults(func=run_eval)
+    allocate = sub.add_parser("allocate", help="the best static per-layer widths of a saved model for a BitOPs budget")
+    allocate.add_argument("checkpoint")
+    allocate.add_argument("--budget", type=float, required=True, help="BitOPs of uniform BUDGET-bit (e.g. 3 or 2.5)")
+    allocate.add_argument("--data", choices=DATASETS, default="digits")
+    allocate.add_argument("--data-dir", default=None)
+    allocate.add_argument("--save", default=None, metavar="PATH", help="write the model with these static widths")
+    allocate.set_defaults(func=run_allocate)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     debug = args.debug or os.environ.get("DQT_DEBUG", "") not in ("", "0")

@@ -264,15 +264,29 @@ def run_program(program: dict, x: Tensor, cache: Optional[dict] = None) -> tuple
     placed on x's device by the first call; later calls read no tensor value on the host and
     copy nothing, so on a GPU they never wait for the device. Without it every call validates.
     """
+    logits, chosen, _ = run_program_values(program, x, cache)
+    return logits, chosen
+
+
+def run_program_values(program: dict, x: Tensor, cache: Optional[dict] = None,
+                       given: Optional[dict] = None) -> tuple[Tensor, Tensor, list]:
+    """`run_program`, also returning every value of the pass (index 0 the input, i + 1 the
+    output codes of step i). `given` maps value indices to codes already computed for the same
+    inputs (a cheaper pass's values that this program would compute identically: see
+    `policy.reusable_values`); those steps are not run again."""
     _check_input(program, x)
     cache = {} if cache is None else cache
+    given = given or {}
     names = program["layer_names"]
     B = x.shape[0]
     fixed = {n: tuple(b) for n, b in program["static_bits"].items()}
     run = _RunPass(program, x, cache)
     values = run.values
     values.append(x)
-    for step in program["steps"]:
+    for index, step in enumerate(program["steps"]):
+        if index + 1 in given:
+            values.append(given[index + 1])
+            continue
         kind = KINDS.get(step["kind"])
         if kind is None:
             raise CheckpointError(f"unknown step kind {step['kind']!r} in the integer program")
@@ -285,7 +299,7 @@ def run_program(program: dict, x: Tensor, cache: Optional[dict] = None) -> tuple
         idx = _device_tensor(cache, "governed_index", lambda: torch.tensor([names.index(n) for n in program["governed"]],
                                                                            device=x.device))
         chosen[:, idx] = widths.unsqueeze(-1).expand(-1, -1, 2)
-    return values[-1], chosen
+    return values[-1], chosen, values
 
 
 class _TrainPass:
@@ -337,6 +351,8 @@ class DQTModel(nn.Module):
         self.last_bitops: Optional[Tensor] = None
         self.soft_bitops: Optional[Tensor] = None
         self.controller_logits: Optional[Tensor] = None
+        # Calibrated width policies (`policy.PolicyTable.to_dict()`), saved with the checkpoint.
+        self.policies: Optional[dict] = None
         self._program_cache: Optional[tuple[tuple, dict]] = None
         # (program, {device: run_program cache}): layers validated and placed per device once.
         self._run_caches: tuple[Optional[dict], dict] = (None, {})
@@ -912,8 +928,8 @@ class DQTModel(nn.Module):
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """One file: architecture, master weights, step sizes, controller, budget code, and the
-        frozen integer programs of the current static widths and (if present) dynamic mode.
-        Written atomically."""
+        frozen integer programs of the current static widths and (if present) dynamic mode, and the
+        calibrated width policies (`policies`). Written atomically."""
         was_training, static, dynamic = self.training, dict(self.static_bits), self.dynamic
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
         self.eval()
@@ -930,6 +946,8 @@ class DQTModel(nn.Module):
         payload = {"format": FORMAT, "version": FORMAT_VERSION, "config": self.config, "steps": self.steps,
                    "state_dict": state, "programs": programs, "static_bits": {n: list(b) for n, b in static.items()},
                    "dynamic": dynamic, "budget_code": self.budget_code}
+        if self.policies is not None:
+            payload["policies"] = self.policies
         _atomic_save(payload, path)
 
     @classmethod
@@ -955,6 +973,7 @@ class DQTModel(nn.Module):
             model.set_budget(payload["budget_code"])
             if payload["dynamic"]:
                 model.set_dynamic(True)
+            model.policies = payload.get("policies")  # absent in checkpoints written before policies
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{os.fspath(path)} is not a valid DQTModel checkpoint: {exc}") from exc
         return model
@@ -1001,6 +1020,13 @@ class FrozenDQTModel(nn.Module):
             [self.macs[n] for n in self.program["layer_names"]], dtype=torch.float64, device=chosen.device))
         self.last_bitops = bitops_from_bits(chosen, macs, self.controller_macs)
         return logits
+
+    def run_values(self, x: Tensor, given: Optional[dict] = None) -> tuple[Tensor, list]:
+        """(logits, every value of the pass): `run_program_values` on this program."""
+        device = x.device if isinstance(x, Tensor) else None
+        cache = self._run_caches.setdefault(device, {})
+        logits, _, values = run_program_values(self.program, x, cache, given)
+        return logits, values
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         _atomic_save({"format": FORMAT, "version": FORMAT_VERSION, "frozen": _clone_program(self.program, "cpu"),
@@ -1105,4 +1131,5 @@ def _load_payload(path: Union[str, os.PathLike], map_location) -> dict:
     return payload
 
 
-__all__ = ["DQTModel", "FrozenDQTModel", "Controller", "run_program", "budget_price", "BUDGET_LEVELS"]
+__all__ = ["DQTModel", "FrozenDQTModel", "Controller", "run_program", "run_program_values", "budget_price",
+           "BUDGET_LEVELS"]

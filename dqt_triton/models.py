@@ -1,5 +1,5 @@
 """Float reference architectures written with plain torch modules (what `DQTModel.from_float`
-converts): an MLP, a plain CNN, ResNet-18 with the CIFAR stem and ResNet-50 with the ImageNet
+converts): an MLP, a plain CNN, a 1-D CNN, ResNet-18 with the CIFAR stem and ResNet-50 with the ImageNet
 stem. `width` scales the channel counts so tests and digits-sized runs stay small."""
 
 from __future__ import annotations
@@ -26,6 +26,20 @@ def simple_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 16, ima
         nn.AvgPool2d(2),
         nn.Flatten(), nn.Linear(2 * width * (image_size // 4) ** 2, num_classes),
     )
+
+
+def cnn1d(in_channels: int = 1, num_classes: int = 10, width: int = 32, length: int = 40) -> nn.Sequential:
+    """A 1-D CNN for signals [C, 1, length] written with (1, 5) Conv2d kernels: three
+    conv-bn-relu layers of `width` channels (strides 1, 2, 2), then a linear classifier on the
+    flattened features. Float, 30 epochs: 96.9% on MNIST-1D at width 32 (the package's
+    reference CNN, strides 2, 2, 2: 94%)."""
+    out = length
+    layers: list[nn.Module] = []
+    for i, stride in enumerate((1, 2, 2)):
+        layers += [nn.Conv2d(in_channels if i == 0 else width, width, (1, 5), stride=(1, stride), padding=(0, 2),
+                             bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+        out = (out - 1) // stride + 1
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(width * out, num_classes))
 
 
 class BasicBlock(nn.Module):

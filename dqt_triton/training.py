@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import checkpoint, models
+from . import checkpoint, models, policy
 from .errors import CheckpointError
 from .model import DQTModel, _atomic_save
 from .quant import GATE_GRADIENTS
@@ -35,6 +35,16 @@ from .quant import GATE_GRADIENTS
 log = logging.getLogger(__name__)
 
 CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+DATASETS = ("digits", "madelon", "mnist1d", "cifar10")
+MODELS = ("resnet18", "resnet50", "cnn", "cnn1d", "mlp")
+# What `dqt train --data DATA` uses unless told otherwise (TrainConfig's defaults elsewhere).
+# MNIST-1D: the 1-D CNN needs longer schedules than digits (60 epochs: 2-3 minutes on 2 cores).
+DATA_RECIPES = {"madelon": {"model": "mlp"}, "mnist1d": {"model": "cnn1d", "warmup_epochs": 30, "epochs": 30}}
+
+
+def recipe_default(data: str, option: str):
+    """The default of TrainConfig field `option` for dataset `data`."""
+    return DATA_RECIPES.get(data, {}).get(option, getattr(TrainConfig, option))
 
 
 @dataclass
@@ -60,6 +70,8 @@ class TrainConfig:
     consistency_share: float = 0.5  # share of each batch the consistency widths see (1.0: all of it, dearer)
     gate_gradients: str = "local"  # task-loss gradients to the controller's gates: "all" (dearer), "local" or "none"
     bn_per_width: bool = True
+    policy_budgets: tuple = (2.25, 2.5, 2.75, 3.0, 3.5, 4.0, 5.0, 6.0)  # uniform b: budgets policies calibrate to
+    calibration_holdout: float = 0.2  # training-set share kept out of training to calibrate budgets and policies on
     norm_recalibration: int = 2048  # after training: each width's batch-norm statistics re-estimated on this many training samples (0 = off)
     controller: str = "layer"  # controller granularity: a width per governed layer ("layer") or per sample ("sample")
     edge_bits: int = 8  # first and last layer width; 0 = the controller governs them too
@@ -80,7 +92,9 @@ class TrainConfig:
 
 # What runs did before an option existed, where today's default differs from it.
 BEFORE_THE_OPTION = {"imitation_source": "holdout", "consistency_share": 1.0, "gate_gradients": "all",
-                     "norm_recalibration": 0}
+                     "norm_recalibration": 0, "calibration_holdout": 0.0}
+# Run-time budgets (uniform-b BitOPs) at which `dqt train` calibrates and reports every width policy.
+POLICY_BUDGETS = TrainConfig.policy_budgets
 
 
 @dataclass
@@ -96,8 +110,9 @@ class Dataset:
 
 
 def load_dataset(name: str, data_dir: Optional[str] = None, seed: int = 0, limit: int = 0) -> Dataset:
-    """digits (scikit-learn, embedded: 8x8 images, 1,437/360 split) or cifar10 (a local copy
-    in torchvision's `cifar-10-batches-py` format)."""
+    """digits (scikit-learn, embedded: 8x8 images, 1,437/360 split), madelon (scikit-learn's
+    generator), mnist1d (the `mnist1d` package's generator, offline: 4,000/1,000 signals of
+    length 40) or cifar10 (a local copy in torchvision's `cifar-10-batches-py` format)."""
     if name == "digits":
         from sklearn.datasets import load_digits
 
@@ -112,11 +127,48 @@ def load_dataset(name: str, data_dir: Optional[str] = None, seed: int = 0, limit
         ds = _load_cifar10(data_dir)
     elif name == "madelon":
         ds = _make_madelon()
+    elif name == "mnist1d":
+        ds = _make_mnist1d()
     else:
-        raise ValueError(f"unknown dataset {name!r}; choose digits, madelon or cifar10")
+        raise ValueError(f"unknown dataset {name!r}; choose {', '.join(DATASETS)}")
     if limit:
         ds.x_train, ds.y_train = ds.x_train[:limit], ds.y_train[:limit]
     return ds
+
+
+def _make_mnist1d() -> Dataset:
+    """MNIST-1D (Greydanus and Kobak, ICML 2024): the `mnist1d` package's generator with its
+    default arguments (seed 42), run offline (`make_dataset`, never the download of
+    `get_dataset`); 4,000/1,000 signals of length 40, 10 classes, as int8 codes [1, 1, 40]
+    with one global scale from the training split. The generator seeds numpy's and Python's
+    global random state; both are restored afterwards."""
+    import random
+    import warnings
+
+    import numpy as np
+
+    try:
+        with warnings.catch_warnings():  # on SciPy >= 1.17 its import warns about scipy.ndimage.filters
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as exc:
+        raise ImportError("--data mnist1d needs the mnist1d package: pip install -e '.[mnist1d]' "
+                          "(or pip install mnist1d)") from exc
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        data = make_dataset(get_dataset_args())
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    x_train = torch.tensor(data["x"], dtype=torch.float32)
+    x_test = torch.tensor(data["x_test"], dtype=torch.float32)
+    scale = float(x_train.abs().max()) / 127.0
+
+    def codes(x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(torch.round(x / scale), -128, 127).to(torch.int8)[:, None, None, :]
+
+    return Dataset(codes(x_train), torch.tensor(data["y"], dtype=torch.long), codes(x_test),
+                   torch.tensor(data["y_test"], dtype=torch.long), (1, 1, x_train.shape[1]), 10, scale, True)
 
 
 def _make_madelon() -> Dataset:
@@ -164,9 +216,11 @@ def float_network(cfg: TrainConfig, ds: Dataset) -> torch.nn.Module:
         return models.resnet50(ds.num_classes, channels, cfg.width)
     if cfg.model == "cnn":
         return models.simple_cnn(channels, ds.num_classes, cfg.width, size)
+    if cfg.model == "cnn1d":
+        return models.cnn1d(channels, ds.num_classes, 4 * cfg.width, size)
     if cfg.model == "mlp":
         return models.mlp(int(torch.tensor(ds.input_shape).prod()), 4 * cfg.width, ds.num_classes, cfg.depth)
-    raise ValueError(f"unknown model {cfg.model!r}; choose resnet18, resnet50, cnn or mlp")
+    raise ValueError(f"unknown model {cfg.model!r}; choose {', '.join(MODELS)}")
 
 
 def build_model(cfg: TrainConfig, ds: Dataset) -> DQTModel:
@@ -221,7 +275,13 @@ def results_table(model: DQTModel, ds: Dataset) -> dict:
         agreement = model.agreement(ds.x_test)
     for r in rows:
         r["bitops_vs_uniform4"] = r["bitops"] / model.uniform_bitops(4)
-    return {"rows": rows, "agreement_dynamic": agreement, "edge_bits": model.edge_bits}
+    budgets = None
+    if model.policies is not None:
+        statics = [r for r in rows if r["mode"].startswith("static")]
+        budgets = policy.compare_policies(model, policy.PolicyTable.from_dict(model.policies), ds.x_test, ds.y_test,
+                                          statics)
+    return {"rows": rows, "agreement_dynamic": agreement, "edge_bits": model.edge_bits, "budgets": budgets,
+            "uniform4_bitops": model.uniform_bitops(4)}
 
 
 def budget_sweep(model: DQTModel, ds: Dataset, budgets_bits=(2.5, 3.0, 3.5, 4.0, 5.0, 6.0)) -> list[dict]:
@@ -254,7 +314,44 @@ def format_table(results: dict) -> str:
                      f"(budget code {d['budget_code']})")
     if results.get("agreement_dynamic") is not None:
         lines.append(f"train-path / integer-eval top-1 agreement (dynamic): {results['agreement_dynamic']:.4f}")
+    if results.get("budgets"):
+        lines += ["", format_budgets(results["budgets"], results["uniform4_bitops"])]
     return "\n".join(lines)
+
+
+def format_budgets(budgets: list, unit: float) -> str:
+    """The width policies at each budget: accuracy @ BitOPs / uniform 4 of each, and the hull of
+    the static widths at the escalation mode's BitOPs."""
+    def cell(r: Optional[dict]) -> str:
+        return "-" if r is None else f"{r['accuracy']:.4f} @ {r['bitops'] / unit:.2f}"
+
+    head = ["budget", "static hull*", "best allocation", "uniform cascade", "escalation", "controller"]
+    lines = ["Width policies at run-time budgets (accuracy @ BitOPs / uniform 4; calibrated on the held-out split):",
+             f"{head[0]:<7} {head[1]:>12} {head[2]:>16} {head[3]:>16} {head[4]:>16} {head[5]:>16}  decile spread"]
+    for r in budgets:
+        hull = r["hull_at_escalation"]
+        esc = r["escalation"]
+        spread = f"{esc['spread']:.2f}x" if esc and esc.get("spread") else "-"
+        lines.append(f"{r['budget_bits']:<7.2f} {'-' if hull is None else f'{hull:.4f}':>12} "
+                     f"{cell(r['allocation']):>16} {cell(r['cascade']):>16} {cell(esc):>16} "
+                     f"{cell(r['controller']):>16}  {spread}")
+    lines.append("* the best mix of the same checkpoint's uniform widths at the escalation mode's BitOPs.\n"
+                 "uniform cascade / escalation: every input at a cheap width, the inputs whose top-1 margin is below a "
+                 "calibrated threshold\nagain at a dearer one, resuming from the layers both share (every pass "
+                 "counted); escalation may use per-layer\nallocations (only where they beat uniform widths clearly on "
+                 "the calibration split). Decile spread: escalation's\ndearest 10% of inputs / cheapest 10%.")
+    return "\n".join(lines)
+
+
+def split_training_set(cfg: TrainConfig, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Indices (sorted) of the training set's three parts: the samples the controller judges
+    widths on (``imitation_source="holdout"``), the calibration split (budgets and width
+    policies) and the samples the network trains on; seeded by `cfg.seed`."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 777))
+    judged = cfg.imitation > 0 and not cfg.static_bits and cfg.imitation_source == "holdout"
+    held = int(round(cfg.imitation_holdout * n)) if judged else 0
+    calib = int(round(cfg.calibration_holdout * n))
+    return perm[:held].sort().values, perm[held:held + calib].sort().values, perm[held + calib:].sort().values
 
 
 class Trainer:
@@ -267,17 +364,16 @@ class Trainer:
         self.ds = load_dataset(cfg.data, cfg.data_dir, cfg.seed, cfg.limit)
         if not 0.0 <= cfg.imitation_holdout < 1.0:
             raise ValueError(f"imitation_holdout must be in [0, 1), got {cfg.imitation_holdout}")
+        if not 0.0 <= cfg.calibration_holdout < 1.0 or cfg.imitation_holdout + cfg.calibration_holdout >= 1.0:
+            raise ValueError(f"calibration_holdout must be in [0, 1) and leave training samples beside "
+                             f"imitation_holdout, got {cfg.calibration_holdout}")
         if cfg.imitation > 0 and cfg.imitation_samples < 1:
             raise ValueError(f"imitation_samples must be at least 1, got {cfg.imitation_samples}")
         if not 0.0 < cfg.consistency_share <= 1.0:
             raise ValueError(f"consistency_share must be in (0, 1], got {cfg.consistency_share}")
         if cfg.gate_gradients not in GATE_GRADIENTS:
             raise ValueError(f"gate_gradients must be one of {GATE_GRADIENTS}, got {cfg.gate_gradients!r}")
-        # The controller learns which inputs need bits from samples the network never trains on.
-        perm = torch.randperm(len(self.ds.y_train), generator=torch.Generator().manual_seed(cfg.seed + 777))
-        judged = cfg.imitation > 0 and not cfg.static_bits and cfg.imitation_source == "holdout"
-        held = int(round(cfg.imitation_holdout * len(perm))) if judged else 0
-        self.holdout, self.fit_index = perm[:held].sort().values, perm[held:].sort().values
+        self.holdout, self.calibration_index, self.fit_index = split_training_set(cfg, len(self.ds.y_train))
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, self.ds).to(cfg.device)
         self.model.gate_gradients = cfg.gate_gradients
@@ -407,15 +503,26 @@ class Trainer:
             widths = model.recalibrate_norms(self.ds.x_train[sample].to(cfg.device),
                                              bits=[cfg.static_bits] if cfg.static_bits else None)
             log.info("recalibrated the batch norms of widths %s on %d training samples", widths, len(sample))
+        x_cal, y_cal = self.calibration_data()
+        where = "held-out calibration" if len(self.calibration_index) else "training"
         if model.controller is not None:
-            code = model.calibrate_budget(self.ds.x_train, model.uniform_bitops(cfg.budget_bits))
-            log.info("budget code %d meets %.2f-bit uniform BitOPs on the training set", code, cfg.budget_bits)
-        if self.rank == 0 and (recalibrate or model.controller is not None):
-            model.save(self.out / "model.pt")  # the last epoch's model, recalibrated and at its budget
+            code = model.calibrate_budget(x_cal, model.uniform_bitops(cfg.budget_bits))
+            log.info("budget code %d meets %.2f-bit uniform BitOPs on the %s set", code, cfg.budget_bits, where)
+        if not cfg.static_bits:
+            table = policy.calibrate_policies(model, x_cal, y_cal, cfg.policy_budgets)
+            model.policies = table.to_dict()
+            log.info("width policies calibrated on the %s set (%d samples)", where, len(y_cal))
+        if self.rank == 0 and (recalibrate or model.controller is not None or model.policies is not None):
+            model.save(self.out / "model.pt")  # the last epoch's model, recalibrated, at its budget, with policies
         results = results_table(model, self.ds)
         if self.rank == 0:
             (self.out / "results.json").write_text(json.dumps({"config": asdict(cfg), **results}, indent=2) + "\n")
         return results
+
+    def calibration_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The held-out calibration split on the model's device (the training set without one)."""
+        idx = self.calibration_index if len(self.calibration_index) else self.fit_index
+        return self.ds.x_train[idx].to(self.cfg.device), self.ds.y_train[idx].to(self.cfg.device)
 
     def _train_epoch(self, epoch: int, dqt_phase: bool, unit: float) -> dict:
         cfg, model, ds = self.cfg, self.model, self.ds
@@ -481,6 +588,50 @@ def evaluate_checkpoint(path: str, data: str = "digits", data_dir: Optional[str]
         row["bitops_vs_uniform4"] = row["bitops"] / model.uniform_bitops(4)
         return {"rows": [row], "agreement_dynamic": None}
     return results_table(model, ds)
+
+
+def allocate_checkpoint(path: str, budget_bits: float, data: str = "digits", data_dir: Optional[str] = None,
+                        out: Optional[str] = None) -> dict:
+    """`dqt allocate`: the best static per-layer allocation of a saved model within the BitOPs of
+    uniform `budget_bits`, its test accuracy beside the uniform widths' hull, and with `out` the
+    model saved with that allocation as its static widths.
+
+    The search runs on the calibration split the checkpoint's training kept out (its policies
+    already hold the allocation at the budgets `dqt train` reports); at any other budget it runs
+    on the last `calibration_holdout` share of the dataset's training set, in index order."""
+    model = DQTModel.load(path)
+    ds = load_dataset(data, data_dir)
+    if tuple(model.config["input_shape"]) != tuple(ds.input_shape):
+        raise ValueError(f"{path} expects inputs {tuple(model.config['input_shape'])}, dataset {data} has "
+                         f"{tuple(ds.input_shape)}")
+    if not budget_bits > 0:
+        raise ValueError(f"--budget must be a positive uniform width, got {budget_bits}")
+    table = policy.PolicyTable.from_dict(model.policies) if model.policies else None
+    if table is not None and float(budget_bits) in table.budgets:
+        found, source = table.at(float(budget_bits), "allocation"), "the checkpoint's calibrated policies"
+    else:
+        n = len(ds.y_train)
+        calib = torch.arange(n - int(round(TrainConfig.calibration_holdout * n)), n)
+        cal = policy.Calibration(model, ds.x_train[calib], ds.y_train[calib])
+        best = policy.best_allocation(cal, policy.candidate_allocations(model, cal), model.uniform_bitops(budget_bits))
+        found = policy.Cascade((best,)) if best is not None else None
+        source = f"{len(calib)} training samples"
+    if found is None:
+        narrowest = policy.allocation_bitops(model, policy.uniform(model, min(model.candidate_bits)))
+        raise ValueError(f"no allocation fits the BitOPs of uniform {budget_bits} bits (the narrowest costs "
+                         f"{narrowest / model.uniform_bitops(4):.2f}x uniform 4)")
+    alloc = found.stages[0]
+    stats = policy.evaluate_cascade(model, found, ds.x_test, ds.y_test)
+    statics = []
+    for b in sorted(model.candidate_bits):
+        model.set_bits(b)
+        statics.append((model.uniform_bitops(b), evaluate(model, ds.x_test, ds.y_test)["accuracy"]))
+    model.set_bits(policy.allocation_bits(model, alloc))
+    if out:
+        model.save(out)
+    return {"allocation": dict(zip(model.governed, alloc)), "source": source, "accuracy": stats["accuracy"],
+            "bitops_vs_uniform4": stats["bitops"] / model.uniform_bitops(4),
+            "hull": policy.hull_accuracy(statics, stats["bitops"]), "saved": out}
 
 
 def environment_device(requested: str) -> str:

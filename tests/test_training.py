@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import random
+import socket
+
+import numpy as np
 
 import pytest
 import torch
@@ -10,7 +14,7 @@ import torch
 from dqt_triton import DQTModel
 from dqt_triton.checkpoint import load_file
 from dqt_triton.cli import main
-from dqt_triton.training import TrainConfig, Trainer
+from dqt_triton.training import POLICY_BUDGETS, TrainConfig, Trainer, load_dataset, split_training_set
 
 QUICK = ["--model", "mlp", "--width", "8", "--limit", "256", "--warmup-epochs", "1", "--epochs", "2",
          "--bits", "2", "4", "8", "--batch-size", "64"]
@@ -36,10 +40,30 @@ def test_train_prints_the_results_table_and_writes_its_files(tmp_path, capsys):
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["rows"]) == 4 and 0.0 <= results["rows"][-1]["accuracy"] <= 1.0
 
+    # the width policies beside the controller, at every budget, from the policies saved in model.pt
+    budget_lines = [ln for ln in out.splitlines() if ln[:4] in {f"{b:<4.2f}"[:4] for b in POLICY_BUDGETS}]
+    assert "Width policies at run-time budgets" in out and len(budget_lines) == len(POLICY_BUDGETS)
+    assert [r["budget_bits"] for r in results["budgets"]] == list(POLICY_BUDGETS)
+    assert all(r["escalation"]["bitops"] > 0 and r["hull_at_escalation"] is not None for r in results["budgets"])
+
     assert main(["eval", str(tmp_path / "model.pt")]) == 0
     eval_out = capsys.readouterr().out
     assert [ln for ln in eval_out.splitlines() if ln.startswith(("static", "dynamic"))] == \
         [ln for ln in out.splitlines() if ln.startswith(("static", "dynamic"))]
+    assert [ln for ln in eval_out.splitlines() if ln in budget_lines] == budget_lines
+
+    # dqt allocate: the calibrated allocation at a reported budget, a fresh search at another
+    saved = DQTModel.load(tmp_path / "model.pt")
+    stored = saved.policies["allocation"][list(POLICY_BUDGETS).index(3.0)]["stages"][0]
+    assert main(["allocate", str(tmp_path / "model.pt"), "--budget", "3", "--save", str(tmp_path / "a3.pt")]) == 0
+    text = capsys.readouterr().out
+    assert "the checkpoint's calibrated policies" in text and "test accuracy" in text
+    allocated = DQTModel.load(tmp_path / "a3.pt")
+    assert [allocated.static_bits[n][0] for n in allocated.governed] == stored
+    assert main(["allocate", str(tmp_path / "model.pt"), "--budget", "3.3"]) == 0
+    assert "training samples" in capsys.readouterr().out
+    assert main(["allocate", str(tmp_path / "model.pt"), "--budget", "1"]) == 2
+    assert "no allocation fits the BitOPs of uniform 1.0 bits" in capsys.readouterr().err
 
 
 def test_resume_after_ctrl_c_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
@@ -181,3 +205,42 @@ def test_training_ends_by_recalibrating_each_widths_norms_and_saves_them(tmp_pat
         assert saved.keys() == now.keys() and all(torch.equal(saved[k], now[k]) for k in now)
     Trainer(_config(model="cnn", epochs=1, norm_recalibration=0), tmp_path / "off").train()
     assert len(calls) == 2
+
+
+def test_mnist1d_is_generated_offline_and_leaves_the_global_random_state_alone(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("MNIST-1D must be generated offline, not downloaded")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    np_state, py_state = np.random.get_state(), random.getstate()
+    ds = load_dataset("mnist1d")
+    assert ds.x_train.shape == (4000, 1, 1, 40) and ds.x_test.shape == (1000, 1, 1, 40)
+    assert ds.x_train.dtype == torch.int8 and ds.input_signed and ds.input_shape == (1, 1, 40)
+    assert set(ds.y_train.tolist()) == set(range(10)) and int(ds.x_train.abs().max()) == 127
+    after = np.random.get_state()
+    assert after[0] == np_state[0] and np.array_equal(after[1], np_state[1]) and after[2:] == np_state[2:]
+    assert random.getstate() == py_state
+    again = load_dataset("mnist1d")
+    assert torch.equal(again.x_train, ds.x_train) and torch.equal(again.y_test, ds.y_test)
+
+
+def test_calibration_split_is_kept_out_of_training():
+    cfg = _config()
+    held, calib, fit = split_training_set(cfg, 1000)
+    assert len(held) == 0 and len(calib) == 200 and len(fit) == 800
+    assert not set(calib.tolist()) & set(fit.tolist())
+    judged = split_training_set(_config(imitation_source="holdout"), 1000)
+    assert [len(part) for part in judged] == [100, 200, 700]
+    assert len(set().union(*(set(p.tolist()) for p in judged))) == 1000
+
+
+def test_train_on_mnist1d_builds_the_1d_cnn_and_its_frozen_model_is_exact(tmp_path, capsys):
+    args = ["train", "--data", "mnist1d", "--width", "2", "--limit", "256", "--warmup-epochs", "1", "--epochs", "1",
+            "--bits", "2", "4", "8", "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert "cnn1d (width 2) on mnist1d" in capsys.readouterr().out
+    model = DQTModel.load(tmp_path / "model.pt").eval()
+    x = load_dataset("mnist1d").x_test[:64]
+    for bits in (2, 4, 8):
+        model.set_bits(bits)
+        assert torch.equal(model.freeze()(x), model(x))
