@@ -95,17 +95,19 @@ def test_cascade_search_matches_brute_force_over_pairs_and_thresholds():
     assert float(spent.mean()) <= budget * (1 + 1e-12)
 
 
-def test_escalation_is_never_below_the_best_allocation_on_its_calibration_data():
+def test_escalation_is_the_uniform_cascade_unless_per_layer_stages_win_clearly():
     model = governed_mlp()
     x = inputs(200)
     y = model.set_bits(8)(x).argmax(1)  # the widest width's answers as labels: lower widths err
     table = policy.calibrate_policies(model, x, y, (2.5, 3.0, 4.0))
     cal = Calibration(model, x, y)
     for i, b in enumerate(table.budgets):
-        a, e = table.allocation[i], table.escalation[i]
-        assert a is not None and e is not None
+        a, c, e = table.allocation[i], table.cascade[i], table.escalation[i]
+        assert a is not None and c is not None and e is not None
+        assert all(len(set(stage)) == 1 for stage in c.stages)  # uniform widths
+        assert e == c or policy.better_by(cal, e, c, policy.PER_LAYER_MARGIN_SE)
         stats = policy.evaluate_cascade(model, e, x, y)
-        assert stats["accuracy"] >= cal.accuracy(a.stages[0])
+        assert stats["accuracy"] >= float(policy.cascade_correct(cal, c).float().mean())
         assert stats["bitops"] <= model.uniform_bitops(b) * (1 + 1e-9)
     assert table.controller_codes[0] is not None
 
@@ -174,3 +176,17 @@ def test_greedy_path_lowers_one_layer_one_width_at_a_time():
         assert sorted(steps) == [0, 1], (a, b)
     allocs = policy.candidate_allocations(model, cal, limit=3)
     assert set(allocs) == set(path) | {(b, b) for b in widths}
+
+
+def test_resumption_takes_only_values_computed_identically():
+    """A residual block: a layer at another width taints everything downstream of it, the add
+    included; steps upstream of the first change are taken from the earlier pass."""
+    steps = [{"kind": "layer", "name": "stem", "inputs": [0]}, {"kind": "layer", "name": "conv", "inputs": [1]},
+             {"kind": "add", "name": "add", "inputs": [1, 2]}, {"kind": "layer", "name": "head", "inputs": [3]}]
+    cheap = {"stem": (8, 8), "conv": (2, 2), "head": (8, 8)}
+    assert policy.reusable_values(steps, cheap, {**cheap, "conv": (4, 4)}) == {0, 1}
+    assert policy.reusable_values(steps, cheap, {**cheap, "head": (4, 4)}) == {0, 1, 2, 3}
+    assert policy.reusable_values(steps, cheap, {**cheap, "stem": (4, 4)}) == {0}
+    macs = {"stem": 10, "conv": 100, "head": 1}
+    assert policy.suffix_bitops(steps, macs, {"stem": 8, "conv": 2, "head": 8},
+                                {"stem": 8, "conv": 4, "head": 8}) == 100 * 16 + 1 * 64
