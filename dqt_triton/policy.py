@@ -451,18 +451,21 @@ class PolicyTable:
     escalation: list  # per-layer Cascade per budget, or None
     controller_codes: list  # the paper's controller: budget code per budget (None without a controller)
     calibration_size: int = 0
+    deployment_budget: Optional[float] = None  # the budget the model is deployed at (`dqt train --budget`)
 
     def to_dict(self) -> dict:
         enc = lambda cs: [c.to_dict() if c is not None else None for c in cs]  # noqa: E731
         return {"budgets": list(self.budgets), "allocation": enc(self.allocation), "cascade": enc(self.cascade),
                 "escalation": enc(self.escalation), "controller_codes": list(self.controller_codes),
-                "calibration_size": self.calibration_size}
+                "calibration_size": self.calibration_size, "deployment_budget": self.deployment_budget}
 
     @classmethod
     def from_dict(cls, d: dict) -> "PolicyTable":
         dec = lambda cs: [Cascade.from_dict(c) if c is not None else None for c in cs]  # noqa: E731
+        deployment = d.get("deployment_budget")
         return cls([float(b) for b in d["budgets"]], dec(d["allocation"]), dec(d["cascade"]), dec(d["escalation"]),
-                   list(d["controller_codes"]), int(d.get("calibration_size", 0)))
+                   list(d["controller_codes"]), int(d.get("calibration_size", 0)),
+                   None if deployment is None else float(deployment))
 
     def at(self, budget_bits: float, kind: str = "escalation") -> Optional[Cascade]:
         if budget_bits not in self.budgets:
@@ -470,10 +473,11 @@ class PolicyTable:
         return getattr(self, kind)[self.budgets.index(budget_bits)]
 
 
-def calibrate_policies(model, x: Tensor, y: Tensor, budgets_bits: Sequence[float]) -> PolicyTable:
+def calibrate_policies(model, x: Tensor, y: Tensor, budgets_bits: Sequence[float],
+                       deployment_budget: Optional[float] = None) -> PolicyTable:
     """Search the static allocation, the uniform cascade and the escalation mode for each budget
-    (uniform-b BitOPs) on calibration data (x, y), and calibrate the paper's controller's budget
-    code to each (the model's own budget code is restored)."""
+    (uniform-b BitOPs; `deployment_budget` too) on calibration data (x, y), and calibrate the
+    paper's controller's budget code to each (the model's own budget code is restored)."""
     code = model.budget_code
     cal = Calibration(model, x, y)
     allocs = candidate_allocations(model, cal)
@@ -481,8 +485,10 @@ def calibrate_policies(model, x: Tensor, y: Tensor, budgets_bits: Sequence[float
     # the escalation mode's stages: the calibration frontier and the uniform widths, so that
     # on the calibration data it is never below the uniform cascade either
     front = sorted(set(frontier(cal, allocs)) | set(uniforms), key=cal.cost)
-    table = PolicyTable([float(b) for b in budgets_bits], [], [], [], [], len(y))
-    for b in budgets_bits:
+    budgets = sorted({float(b) for b in budgets_bits} | ({float(deployment_budget)} if deployment_budget else set()))
+    deployed = None if deployment_budget is None else float(deployment_budget)
+    table = PolicyTable(budgets, [], [], [], [], len(y), deployed)
+    for b in budgets:
         budget = model.uniform_bitops(b) * (1 + 1e-9)
         table.controller_codes.append(model.calibrate_budget(x, budget) if model.controller is not None else None)
         a = best_allocation(cal, front, budget)
@@ -533,3 +539,24 @@ def compare_policies(model, table: PolicyTable, x: Tensor, y: Tensor, static_row
     model.set_budget(code)
     model.set_dynamic(dynamic)
     return rows
+
+
+def stage_histogram(model, cascade: Cascade, stage_shares: Sequence[float]) -> dict:
+    """Share of (input, governed layer) pairs at each candidate width when a share of the
+    inputs ends at each stage (`cascade_statistics`' stage_shares)."""
+    hist = {int(b): 0.0 for b in model.candidate_bits}
+    for alloc, share in zip(cascade.stages, stage_shares):
+        for b in alloc:
+            hist[int(b)] += share / len(alloc)
+    return hist
+
+
+def escalation_at(model, budget_bits: float) -> FrozenCascade:
+    """The escalation mode calibrated at `budget_bits` (a budget `dqt train` reported), frozen."""
+    if model.policies is None:
+        raise ValueError("this model has no calibrated width policies: run policy.calibrate_policies (dqt train "
+                         "does) and set model.policies")
+    found = PolicyTable.from_dict(model.policies).at(float(budget_bits))
+    if found is None:
+        raise ValueError(f"no policy fits the BitOPs of uniform {budget_bits} bits")
+    return FrozenCascade.from_model(model, found)

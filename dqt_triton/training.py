@@ -262,40 +262,34 @@ def evaluate(model: DQTModel, x: torch.Tensor, y: torch.Tensor, batch_size: int 
 
 
 def results_table(model: DQTModel, ds: Dataset) -> dict:
-    """Accuracy at every static width (governed layers; edges at `edge_bits`) and in dynamic
-    mode at the model's budget code, with BitOPs, the per-input spread and the width histogram."""
+    """Accuracy at every static width (governed layers; edges at `edge_bits`), of the escalation
+    mode at the deployment budget and of the paper's controller at the model's budget code, with
+    BitOPs, the per-input spread and the width histogram; with calibrated policies, every
+    policy at every budget (`policy.compare_policies`)."""
     rows = []
     for b in sorted(model.candidate_bits, reverse=True):
         model.set_bits(b)
         rows.append({"mode": f"static {b}-bit", **evaluate(model, ds.x_test, ds.y_test)})
+    budgets = None
+    if model.policies is not None:
+        table = policy.PolicyTable.from_dict(model.policies)
+        budgets = policy.compare_policies(model, table, ds.x_test, ds.y_test, rows)
+        deployed = next((r for r in budgets if r["budget_bits"] == table.deployment_budget), None)
+        if deployed is not None and deployed["escalation"] is not None:
+            esc = deployed["escalation"]
+            cascade = policy.Cascade.from_dict(esc["policy"])
+            hist = policy.stage_histogram(model, cascade, esc["stage_shares"])
+            rows.append({"mode": "escalation", "budget_bits": table.deployment_budget, **esc, "histogram": hist,
+                         "mean_bits": sum(b * p for b, p in hist.items())})
     agreement = None
     if model.controller is not None:
         model.set_dynamic(True)
-        rows.append({"mode": "dynamic", "budget_code": model.budget_code, **evaluate(model, ds.x_test, ds.y_test)})
+        rows.append({"mode": "controller", "budget_code": model.budget_code, **evaluate(model, ds.x_test, ds.y_test)})
         agreement = model.agreement(ds.x_test)
     for r in rows:
         r["bitops_vs_uniform4"] = r["bitops"] / model.uniform_bitops(4)
-    budgets = None
-    if model.policies is not None:
-        statics = [r for r in rows if r["mode"].startswith("static")]
-        budgets = policy.compare_policies(model, policy.PolicyTable.from_dict(model.policies), ds.x_test, ds.y_test,
-                                          statics)
     return {"rows": rows, "agreement_dynamic": agreement, "edge_bits": model.edge_bits, "budgets": budgets,
             "uniform4_bitops": model.uniform_bitops(4)}
-
-
-def budget_sweep(model: DQTModel, ds: Dataset, budgets_bits=(2.5, 3.0, 3.5, 4.0, 5.0, 6.0)) -> list[dict]:
-    """Dynamic mode at run-time budgets (uniform-b BitOPs, calibrated on the training set):
-    one checkpoint, one curve. Restores the model's budget code."""
-    code = model.budget_code
-    rows = []
-    for b in budgets_bits:
-        chosen = model.calibrate_budget(ds.x_train, model.uniform_bitops(b))
-        row = {"budget_bits": b, "budget_code": chosen, **evaluate(model, ds.x_test, ds.y_test)}
-        row["bitops_vs_uniform4"] = row["bitops"] / model.uniform_bitops(4)
-        rows.append(row)
-    model.set_budget(code)
-    return rows
 
 
 def format_table(results: dict) -> str:
@@ -306,14 +300,15 @@ def format_table(results: dict) -> str:
     if results.get("edge_bits"):
         lines.append(f"(first and last layers at {results['edge_bits']} bits in every row; the histogram counts "
                      "the governed layers)")
-    dyn = [r for r in results["rows"] if r["mode"] == "dynamic"]
-    if dyn and dyn[0].get("spread") is not None:
-        d = dyn[0]
-        lines.append(f"dynamic, per input: BitOPs of the dearest 10% / cheapest 10% = {d['spread']:.2f}x; accuracy "
-                     f"of the cheap half {d['cheap_half_accuracy']:.4f}, dear half {d['dear_half_accuracy']:.4f} "
-                     f"(budget code {d['budget_code']})")
+    for r in results["rows"]:
+        if r["mode"] in ("escalation", "controller") and r.get("spread") is not None:
+            where = (f"budget uniform {r['budget_bits']:g}" if r["mode"] == "escalation"
+                     else f"budget code {r['budget_code']}")
+            lines.append(f"{r['mode']}, per input: BitOPs of the dearest 10% / cheapest 10% = {r['spread']:.2f}x; "
+                         f"accuracy of the cheap half {r['cheap_half_accuracy']:.4f}, dear half "
+                         f"{r['dear_half_accuracy']:.4f} ({where})")
     if results.get("agreement_dynamic") is not None:
-        lines.append(f"train-path / integer-eval top-1 agreement (dynamic): {results['agreement_dynamic']:.4f}")
+        lines.append(f"train-path / integer-eval top-1 agreement (controller): {results['agreement_dynamic']:.4f}")
     if results.get("budgets"):
         lines += ["", format_budgets(results["budgets"], results["uniform4_bitops"])]
     return "\n".join(lines)
@@ -509,7 +504,7 @@ class Trainer:
             code = model.calibrate_budget(x_cal, model.uniform_bitops(cfg.budget_bits))
             log.info("budget code %d meets %.2f-bit uniform BitOPs on the %s set", code, cfg.budget_bits, where)
         if not cfg.static_bits:
-            table = policy.calibrate_policies(model, x_cal, y_cal, cfg.policy_budgets)
+            table = policy.calibrate_policies(model, x_cal, y_cal, cfg.policy_budgets, cfg.budget_bits)
             model.policies = table.to_dict()
             log.info("width policies calibrated on the %s set (%d samples)", where, len(y_cal))
         if self.rank == 0 and (recalibrate or model.controller is not None or model.policies is not None):

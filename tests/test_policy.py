@@ -152,6 +152,13 @@ def test_policies_survive_save_and_load(tmp_path):
     model.save(tmp_path / "m.pt")
     loaded = dq.DQTModel.load(tmp_path / "m.pt")
     assert policy.PolicyTable.from_dict(loaded.policies) == table
+    runner = policy.escalation_at(loaded, 3.0)
+    direct = policy.FrozenCascade.from_model(model, table.at(3.0))
+    assert runner.cascade == table.at(3.0) and torch.equal(runner(x), direct(x))
+    with pytest.raises(ValueError, match="no escalation policy calibrated for budget 2.0"):
+        policy.escalation_at(loaded, 2.0)
+    with pytest.raises(ValueError, match="no calibrated width policies"):
+        policy.escalation_at(governed_mlp(), 3.0)
 
 
 def test_bad_cascades_are_refused():

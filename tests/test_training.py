@@ -31,14 +31,17 @@ def test_train_prints_the_results_table_and_writes_its_files(tmp_path, capsys):
     out = capsys.readouterr().out
     modes = [line.split()[0] + " " + line.split()[1] for line in out.splitlines() if line.startswith("static")]
     assert modes == ["static 8-bit", "static 4-bit", "static 2-bit"]
-    assert any(line.startswith("dynamic") for line in out.splitlines())
+    assert any(line.startswith("escalation ") for line in out.splitlines())  # the dynamic mode, at --budget
+    assert any(line.startswith("controller ") for line in out.splitlines())  # the paper's
     assert "agreement" in out
     for name in ("model.pt", "train_state.pt", "metrics.csv", "metrics.jsonl", "results.json"):
         assert (tmp_path / name).is_file(), name
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3] and [m["phase"] for m in metrics] == ["qat8", "dqt", "dqt"]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert len(results["rows"]) == 4 and 0.0 <= results["rows"][-1]["accuracy"] <= 1.0
+    assert [r["mode"] for r in results["rows"]][3:] == ["escalation", "controller"]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in results["rows"])
+    assert results["rows"][3]["budget_bits"] == 4.0 and abs(sum(results["rows"][3]["histogram"].values()) - 1) < 1e-9
 
     # the width policies beside the controller, at every budget, from the policies saved in model.pt
     budget_lines = [ln for ln in out.splitlines() if ln[:4] in {f"{b:<4.2f}"[:4] for b in POLICY_BUDGETS}]
@@ -48,8 +51,8 @@ def test_train_prints_the_results_table_and_writes_its_files(tmp_path, capsys):
 
     assert main(["eval", str(tmp_path / "model.pt")]) == 0
     eval_out = capsys.readouterr().out
-    assert [ln for ln in eval_out.splitlines() if ln.startswith(("static", "dynamic"))] == \
-        [ln for ln in out.splitlines() if ln.startswith(("static", "dynamic"))]
+    assert [ln for ln in eval_out.splitlines() if ln.startswith(("static", "escalation", "controller"))] == \
+        [ln for ln in out.splitlines() if ln.startswith(("static", "escalation", "controller"))]
     assert [ln for ln in eval_out.splitlines() if ln in budget_lines] == budget_lines
 
     # dqt allocate: the calibrated allocation at a reported budget, a fresh search at another
