@@ -1,21 +1,26 @@
-"""The nested-accuracy and dynamic-width evidence: one DQT checkpoint at every width against
-models trained alone at each width, dynamic mode at run-time budgets, per-input adaptivity,
-both shift rules and the consistency ablation, over seeds and two offline datasets.
+"""The evidence for dynamic widths: one DQT checkpoint per task and seed, its static widths and
+their hull, the best static per-layer allocation, the uniform-width confidence cascade, the
+escalation mode and the paper's controller at run-time budgets, against models trained alone
+at each width and the float model, over seeds.
 
-    python -m bench.evidence run [--datasets digits madelon] [--seeds 0 1 2] [--jobs 2]
-    python -m bench.evidence summarize [--out bench/results/evidence]
+    python -m bench.evidence run [--setups digits madelon mnist1d mnist1d-narrow] [--seeds 0 1 2 3 4] [--jobs 2]
+    python -m bench.evidence summarize [--out bench/results/evidence-DATE]
+    python -m bench.evidence repolicy [--out ...]   # policies again from the saved checkpoints
 
 `run` trains every configuration in its own process (one JSON per run under OUT/runs/,
 skipped when present, so an interrupted run continues; `--jobs` processes at once, each
-pinned to one thread) and then summarizes: OUT/summary.json, OUT/summary.md (mean +- std over
-seeds, and every target of the evidence as a measured value) and OUT/accuracy_vs_bitops.png
-(needs matplotlib). Measures; asserts nothing. All accuracies are of the integer-only eval.
+pinned to one thread) and then summarizes: OUT/summary.json, OUT/summary.md (mean +- standard
+error over seeds, paired differences per seed, and every target as a measured value) and
+OUT/accuracy_vs_bitops.png (needs matplotlib). Measures; asserts nothing. Every accuracy is the
+integer-only eval on the test split; policies are calibrated on the held-out calibration split
+of the training set (`TrainConfig.calibration_holdout`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -25,41 +30,46 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-# Per dataset: model and schedule (warm-up epochs of 8-bit QAT, then DQT epochs). The MADELON
-# MLP has four hidden layers so the controller governs three (first and last stay at 8 bits).
+# Per setup: the dataset, model and schedule (warm-up epochs of 8-bit QAT, then DQT epochs),
+# and the widths trained alone. The MADELON MLP has four hidden layers so three are governed.
+# mnist1d-narrow is the 16-channel CNN (the default has 32): its checkpoint loses 4-5 pp from 4
+# bits to 2 (the default one about 2), the headroom dynamic widths need.
 SETUPS = {
-    "digits": dict(model="resnet18", width=8, warmup_epochs=4, epochs=6),
-    "madelon": dict(model="mlp", width=32, depth=4, warmup_epochs=4, epochs=6),
+    "digits": dict(data="digits", model="resnet18", width=8, warmup_epochs=4, epochs=6),
+    "madelon": dict(data="madelon", model="mlp", width=32, depth=4, warmup_epochs=4, epochs=6),
+    "mnist1d": dict(data="mnist1d", model="cnn1d", width=8, warmup_epochs=30, epochs=30),
+    "mnist1d-narrow": dict(data="mnist1d", model="cnn1d", width=4, warmup_epochs=30, epochs=30),
 }
+ALONE_WIDTHS = {"digits": (8, 4, 2), "madelon": (8, 4, 2), "mnist1d": (8, 6, 4, 3, 2), "mnist1d-narrow": (4, 2)}
 STATIC_WIDTHS = (8, 7, 6, 5, 4, 3, 2)
-VARIANTS = {  # name -> TrainConfig overrides
+VARIANTS = {  # name -> TrainConfig overrides; `--variants` picks others (run them with --setups)
     "dqt": {},
     "dqt_floor": {"shift_rule": "floor"},
-    # Without the sandwich there are no passes to imitate: the controller judges held-out samples.
-    "dqt_alpha0": {"alpha": 0.0, "imitation_source": "holdout"},
     "dqt_holdout": {"imitation_source": "holdout"},
     **{f"static{b}": {"static_bits": b} for b in STATIC_WIDTHS},
-    "static4_floor": {"static_bits": 4, "shift_rule": "floor"},
 }
-BUDGETS = (2.5, 3.0, 3.5, 4.0, 5.0, 6.0)  # run-time budgets, as uniform-b BitOPs
+POLICIES = ("allocation", "cascade", "escalation", "controller")
+POLICY_NAMES = {"allocation": "best static allocation", "cascade": "uniform cascade", "escalation": "escalation",
+                "controller": "paper's controller"}
 
 
-def _float_baseline(dataset: str, seed: int, setup: dict) -> dict:
-    """The float model with the same architecture, data and epochs (Adam, lr 3e-3)."""
+def _float_baseline(setup: dict, seed: int) -> dict:
+    """The float model with the same architecture, data split and epochs (Adam, lr 3e-3)."""
     import torch
     import torch.nn.functional as F
 
-    from dqt_triton.training import TrainConfig, float_network, load_dataset
+    from dqt_triton.training import TrainConfig, float_network, load_dataset, split_training_set
 
-    cfg = TrainConfig(data=dataset, seed=seed, **setup)
-    ds = load_dataset(dataset, limit=cfg.limit)
+    cfg = TrainConfig(seed=seed, **setup)
+    ds = load_dataset(cfg.data, limit=cfg.limit)
+    fit = split_training_set(cfg, len(ds.y_train))[2]  # the samples DQT trains on
     torch.manual_seed(seed)
     net = float_network(cfg, ds)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     scale = ds.input_scale
     for epoch in range(cfg.warmup_epochs + cfg.epochs):
         net.train()
-        order = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        order = fit[torch.randperm(len(fit), generator=torch.Generator().manual_seed(seed * 1000 + epoch))]
         for idx in order.split(cfg.batch_size):
             loss = F.cross_entropy(net(ds.x_train[idx].float() * scale), ds.y_train[idx])
             opt.zero_grad()
@@ -68,221 +78,296 @@ def _float_baseline(dataset: str, seed: int, setup: dict) -> dict:
     net.eval()
     with torch.no_grad():
         acc = (net(ds.x_test.float() * scale).argmax(1) == ds.y_test).float().mean().item()
-    return {"rows": [{"mode": "float", "accuracy": acc, "bitops": None}], "config": {"data": dataset, "seed": seed,
-                                                                                    **setup}}
+    return {"rows": [{"mode": "float", "accuracy": acc, "bitops": None}], "config": {"seed": seed, **setup}}
 
 
-def run_one(dataset: str, variant: str, seed: int, out: Path, setup: dict, overrides: dict) -> None:
-    """Train one configuration in this process and write OUT/runs/DATASET-VARIANT-seedN.json."""
+def run_one(name: str, variant: str, seed: int, out: Path, setup: dict, overrides: dict) -> None:
+    """Train one configuration in this process and write OUT/runs/SETUP-VARIANT-seedN.json."""
     import torch
 
-    from dqt_triton.training import TrainConfig, Trainer, budget_sweep
+    from dqt_triton.training import TrainConfig, Trainer
 
     torch.set_num_threads(1)
     start = time.perf_counter()
     if variant == "float":
-        result = _float_baseline(dataset, seed, setup)
+        result = _float_baseline(setup, seed)
     else:
-        cfg = TrainConfig(data=dataset, seed=seed, **setup, **overrides)
-        trainer = Trainer(cfg, out / "checkpoints" / f"{dataset}-{variant}-seed{seed}")
+        cfg = TrainConfig(seed=seed, **setup, **overrides)
+        trainer = Trainer(cfg, out / "checkpoints" / f"{name}-{variant}-seed{seed}")
         result = trainer.train()
         result["config"] = asdict(cfg)
-        if trainer.model.controller is not None:
-            result["sweep"] = budget_sweep(trainer.model, trainer.ds, BUDGETS)
-        result["uniform4_bitops"] = trainer.model.uniform_bitops(4)
-    result.update(dataset=dataset, variant=variant, seed=seed, seconds=time.perf_counter() - start)
-    (out / "runs" / f"{dataset}-{variant}-seed{seed}.json").write_text(json.dumps(result, indent=2) + "\n")
+    result.update(setup=name, variant=variant, seed=seed, seconds=time.perf_counter() - start)
+    (out / "runs" / f"{name}-{variant}-seed{seed}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
-def run(datasets, seeds, out: Path, jobs: int) -> None:
+def jobs_for(setups, seeds, variants) -> list:
+    """(setup, variant, seed) of a run: float, DQT and the setup's widths trained alone."""
+    todo = []
+    for name in setups:
+        names = ["float", *variants, *(f"static{b}" for b in ALONE_WIDTHS[name])]
+        todo += [(name, v, s) for s in seeds for v in names]
+    # the DQT checkpoints first: a run cut short still has every seed's policies
+    return sorted(todo, key=lambda job: job[1] not in variants)
+
+
+def run(setups, seeds, variants, out: Path, jobs: int) -> None:
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    todo = [(d, v, s) for d in datasets for s in seeds for v in ["float", *VARIANTS]
-            if not (out / "runs" / f"{d}-{v}-seed{s}.json").exists()]
+    todo = [(name, v, s) for name, v, s in jobs_for(setups, seeds, variants)
+            if not (out / "runs" / f"{name}-{v}-seed{s}.json").exists()]
     # One thread per process: Numba's and OpenMP's pools spin when oversubscribed.
     env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
     def launch(job):
-        d, v, s = job
+        name, v, s = job
         begin = time.perf_counter()
         # The child gets the resolved configuration, not the names: what this process runs is what
         # gets trained.
-        config = json.dumps({"setup": SETUPS[d], "overrides": VARIANTS.get(v, {})})
-        proc = subprocess.run([sys.executable, "-m", "bench.evidence", "one", d, v, str(s), config, "--out", str(out)],
-                              env=env, capture_output=True, text=True)
+        config = json.dumps({"setup": SETUPS[name], "overrides": VARIANTS.get(v, {})})
+        proc = subprocess.run([sys.executable, "-m", "bench.evidence", "one", name, v, str(s), config, "--out",
+                               str(out)], env=env, capture_output=True, text=True)
         status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
-        print(f"{d} {v} seed {s}: {time.perf_counter() - begin:.0f}s {status}", flush=True)
+        print(f"{name} {v} seed {s}: {time.perf_counter() - begin:.0f}s {status}", flush=True)
 
     with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
         list(pool.map(launch, todo))
     summarize(out)
 
 
-def _mean_std(values):
+def repolicy_one(path: Path, out: Path) -> None:
+    """Recompute one DQT run's width policies and results table from its saved checkpoint with
+    the current code (the checkpoint and its calibration split are fixed by the run's config)."""
+    import torch
+
+    from bench.common import machine
+    from dqt_triton import policy
+    from dqt_triton.model import DQTModel
+    from dqt_triton.training import TrainConfig, load_dataset, results_table, split_training_set
+
+    torch.set_num_threads(1)
+    r = json.loads(path.read_text())
+    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in r["config"].items()})
+    ckpt = out / "checkpoints" / f"{r['setup']}-{r['variant']}-seed{r['seed']}" / "model.pt"
+    model = DQTModel.load(ckpt)
+    ds = load_dataset(cfg.data, cfg.data_dir, cfg.seed, cfg.limit)
+    _, calib, fit = split_training_set(cfg, len(ds.y_train))
+    idx = calib if len(calib) else fit
+    model.policies = policy.calibrate_policies(model, ds.x_train[idx], ds.y_train[idx], cfg.policy_budgets).to_dict()
+    model.save(ckpt)
+    r.update(results_table(model, ds))
+    r["policies_recomputed_at"] = machine()["commit"]
+    path.write_text(json.dumps(r, indent=2) + "\n")
+
+
+def repolicy(out: Path, jobs: int) -> None:
+    """`repolicy_one` for every DQT run under OUT/runs, `jobs` processes at once, then summarize."""
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    runs = {p: json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))}
+    # DQT runs not yet recomputed (an interrupted repolicy continues)
+    paths = [p for p, r in runs.items() if r["variant"] in VARIANTS and not r["variant"].startswith("static")
+             and "policies_recomputed_at" not in r]
+
+    def launch(path):
+        begin = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "bench.evidence", "repolicy-one", str(path), "--out", str(out)],
+                              env=env, capture_output=True, text=True)
+        status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
+        print(f"{path.name}: policies {time.perf_counter() - begin:.0f}s {status}", flush=True)
+
+    with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
+        list(pool.map(launch, paths))
+    summarize(out)
+
+
+# ---------------------------------------------------------------------------------- summary
+
+def mean_se(values) -> tuple:
+    """Mean and standard error over seeds (None, None without values; SE 0 for one)."""
     values = [v for v in values if v is not None]
     if not values:
         return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return statistics.fmean(values), se
 
 
-def _fmt(mean, std=None, pct=True) -> str:
+def _pct(mean, se=None, signed=False) -> str:
     if mean is None:
         return "n/a"
-    if pct:
-        return f"{100 * mean:.1f}" + (f" +- {100 * std:.1f}" if std is not None else "")
-    return f"{mean:.2f}" + (f" +- {std:.2f}" if std is not None else "")
+    text = f"{100 * mean:+.1f}" if signed else f"{100 * mean:.1f}"
+    return text + (f" +- {100 * se:.1f}" if se is not None else "")
 
 
-def _collect(results: list[dict]) -> dict:
-    """(dataset, variant, key) -> list over seeds, for accuracies, BitOPs and dynamic statistics."""
-    table: dict = {}
+def _hull(points, bitops):
+    from dqt_triton.policy import hull_accuracy
 
-    def add(key, value):
-        table.setdefault(key, []).append(value)
+    return hull_accuracy(points, bitops)
 
+
+def collect(results: list) -> dict:
+    """Per setup: widths (checkpoint and trained alone), float, and per budget and policy the
+    per-seed accuracy, BitOPs / uniform 4, hull of the same seed's static widths at that cost,
+    and the decile spread."""
+    out: dict = {}
     for r in results:
-        d, v = r["dataset"], r["variant"]
-        for row in r["rows"]:
-            add((d, v, row["mode"], "accuracy"), row["accuracy"])
-            add((d, v, row["mode"], "bitops_vs_uniform4"), row.get("bitops_vs_uniform4"))
-            for k in ("spread", "cheap_half_accuracy", "dear_half_accuracy"):
-                if row["mode"] == "dynamic":
-                    add((d, v, "dynamic", k), row.get(k))
-        if r.get("agreement_dynamic") is not None:
-            add((d, v, "dynamic", "agreement"), r["agreement_dynamic"])
-        for row in r.get("sweep", []):
-            mode = f"dynamic@{row['budget_bits']}"
-            for k in ("accuracy", "bitops_vs_uniform4", "spread", "cheap_half_accuracy", "dear_half_accuracy"):
-                add((d, v, mode, k), row.get(k))
-        add((d, v, "train", "seconds"), r.get("seconds"))
-    return table
-
-
-def _targets(table: dict, dataset: str) -> list[tuple[str, str, str]]:
-    """(target, measured, verdict) rows of the issue's targets for one dataset."""
-    def m(variant, mode, key="accuracy"):
-        return _mean_std(table.get((dataset, variant, mode, key), []))[0]
-
-    out = []
-    gaps = []
-    for b in STATIC_WIDTHS:
-        nested, alone = m("dqt", f"static {b}-bit"), m(f"static{b}", f"static {b}-bit")
-        if nested is None or alone is None:
+        s = out.setdefault(r["setup"], {"seeds": set(), "checkpoint": {}, "alone": {}, "float": [], "budgets": {},
+                                        "seconds": {}})
+        s["seconds"].setdefault(r["variant"], []).append(r.get("seconds"))
+        if r["variant"] == "float":
+            s["float"].append(r["rows"][0]["accuracy"])
             continue
-        limit = 0.05 if b == 2 else 0.015
-        gaps.append(alone - nested <= limit)
-        out.append((f"one checkpoint at {b} bits within {100 * limit:.1f} pp of {b}-bit trained alone",
-                    f"{_fmt(nested)} vs {_fmt(alone)} ({100 * (nested - alone):+.1f} pp)",
-                    "met" if alone - nested <= limit else "missed"))
-    eight = m("dqt", "static 8-bit")
-    lower = [m("dqt", f"static {b}-bit") for b in STATIC_WIDTHS[1:]]
-    if eight is not None and all(v is not None for v in lower):
-        out.append(("8-bit not below any lower width (same checkpoint)", f"8-bit {_fmt(eight)}, best lower "
-                    f"{_fmt(max(lower))}", "met" if eight >= max(lower) else "missed"))
-    for variant, rule, static4 in (("dqt", "round", "static4"), ("dqt_floor", "floor", "static4_floor")):
-        alone = m(static4, "static 4-bit")
-        best = None
-        for mode in ["dynamic"] + [f"dynamic@{b}" for b in BUDGETS]:
-            acc, cost = m(variant, mode), m(variant, mode, "bitops_vs_uniform4")
-            if acc is not None and cost is not None and cost <= 1.0 and (best is None or acc > best[0]):
-                best = (acc, cost, mode)
-        if best is not None and alone is not None:
-            out.append((f"{rule} rule: dynamic at <= 1.0x uniform-4 BitOPs >= 1 pp above static 4-bit trained alone",
-                        f"{_fmt(best[0])} at {best[1]:.2f}x ({best[2]}) vs {_fmt(alone)} "
-                        f"({100 * (best[0] - alone):+.1f} pp)", "met" if best[0] - alone >= 0.01 else "missed"))
-    above = 0
-    for b in BUDGETS:
-        acc, cost = m("dqt", f"dynamic@{b}"), m("dqt", f"dynamic@{b}", "bitops_vs_uniform4")
-        if acc is None or cost is None:
+        statics = [row for row in r["rows"] if row["mode"].startswith("static")]
+        if r["variant"].startswith("static"):
+            for row in statics:
+                s["alone"].setdefault(int(row["mode"].split()[1].split("-")[0]), []).append(row["accuracy"])
             continue
-        # The static curve at this cost: linear interpolation between the nested checkpoint's widths.
-        pts = [(m("dqt", f"static {w}-bit", "bitops_vs_uniform4"), m("dqt", f"static {w}-bit")) for w in STATIC_WIDTHS]
-        pts = sorted(p for p in pts if p[0] is not None and p[1] is not None)
-        static_here = None
-        for (c0, a0), (c1, a1) in zip(pts, pts[1:]):
-            if c0 <= cost <= c1:
-                static_here = a0 + (a1 - a0) * (cost - c0) / (c1 - c0)
-        if static_here is not None and acc > static_here:
-            above += 1
-    out.append(("dynamic above the static curve at >= 3 budgets", f"{above} of {len(BUDGETS)} budgets",
-                "met" if above >= 3 else "missed"))
-    spread = m("dqt", "dynamic@4.0", "spread")
-    cheap, dear = m("dqt", "dynamic@4.0", "cheap_half_accuracy"), m("dqt", "dynamic@4.0", "dear_half_accuracy")
-    if spread is not None:
-        out.append(("per-input BitOPs, dearest 10% / cheapest 10% >= 2.0 (budget uniform 4)",
-                    f"{spread:.2f}x; accuracy cheap half {_fmt(cheap)}, dear half {_fmt(dear)}",
-                    "met" if spread >= 2.0 else "missed"))
+        if r["variant"] != "dqt":
+            continue
+        s["seeds"].add(r["seed"])
+        unit = r["uniform4_bitops"]
+        points = [(row["bitops"], row["accuracy"]) for row in statics]
+        for row in statics:
+            b = int(row["mode"].split()[1].split("-")[0])
+            s["checkpoint"].setdefault(b, {"accuracy": [], "bitops": []})
+            s["checkpoint"][b]["accuracy"].append(row["accuracy"])
+            s["checkpoint"][b]["bitops"].append(row["bitops"] / unit)
+        for row in r.get("budgets") or []:
+            per = s["budgets"].setdefault(row["budget_bits"], {})
+            for p in POLICIES:
+                got = row.get(p)
+                if got is None:
+                    continue
+                e = per.setdefault(p, {"accuracy": [], "bitops": [], "hull": [], "spread": [], "seed": []})
+                e["accuracy"].append(got["accuracy"])
+                e["bitops"].append(got["bitops"] / unit)
+                e["hull"].append(_hull(points, got["bitops"]))
+                e["spread"].append(got.get("spread"))
+                e["seed"].append(r["seed"])
     return out
+
+
+def paired(per: dict, a: str, b: str) -> tuple:
+    """Mean and SE over seeds of accuracy(a) - accuracy(b) (same seeds' checkpoints)."""
+    if a not in per or b not in per:
+        return None, None
+    acc_b = dict(zip(per[b]["seed"], per[b]["accuracy"]))
+    return mean_se([x - acc_b[s] for s, x in zip(per[a]["seed"], per[a]["accuracy"]) if s in acc_b])
+
+
+def above_hull(per: dict, p: str) -> tuple:
+    if p not in per:
+        return None, None
+    return mean_se([a - h for a, h in zip(per[p]["accuracy"], per[p]["hull"]) if h is not None])
+
+
+def targets(name: str, s: dict) -> list:
+    """(target, measured, verdict) of issue 26 for one setup."""
+    rows = []
+    for b in sorted(s["budgets"]):
+        if not 2.5 <= b <= 6.0:
+            continue
+        d, se = above_hull(s["budgets"][b], "escalation")
+        if d is not None:
+            rows.append((f"budget {b}: escalation not below the static hull by more than one SE",
+                         f"{_pct(d, se, signed=True)} pp", "met" if d >= -se else "missed"))
+    wins = []
+    for b in sorted(s["budgets"]):
+        if not 2.0 < b < 3.0:
+            continue
+        per = s["budgets"][b]
+        dh, seh = above_hull(per, "escalation")
+        da, sea = paired(per, "escalation", "allocation")
+        spread = mean_se(per.get("escalation", {}).get("spread", []))[0]
+        if dh is None or da is None:
+            continue
+        ok = dh > 2 * seh and da > 2 * sea and spread is not None and spread >= 2.0
+        wins.append(ok)
+        rows.append((f"budget {b}: escalation above hull and best allocation beyond 2 SE, decile spread >= 2",
+                     f"hull {_pct(dh, seh, signed=True)} pp, allocation {_pct(da, sea, signed=True)} pp, "
+                     f"spread {spread:.2f}x", "met" if ok else "missed"))
+    if wins:
+        rows.append(("at >= 2 budgets between uniform 2 and 3 bits: all of the above", f"{sum(wins)} of {len(wins)}",
+                     "met" if sum(wins) >= 2 else "missed"))
+    for b in sorted(s["alone"], reverse=True):
+        if b not in s["checkpoint"]:
+            continue
+        nested, alone = mean_se(s["checkpoint"][b]["accuracy"]), mean_se(s["alone"][b])
+        limit = 0.05 if b == 2 else 0.015
+        rows.append((f"checkpoint at {b} bits within {100 * limit:.1f} pp of {b}-bit trained alone",
+                     f"{_pct(nested[0])} vs {_pct(alone[0])} ({_pct(nested[0] - alone[0], signed=True)} pp)",
+                     "met" if alone[0] - nested[0] <= limit else "missed"))
+    if 4 in s["checkpoint"] and 2 in s["checkpoint"]:
+        drop = mean_se(s["checkpoint"][4]["accuracy"])[0] - mean_se(s["checkpoint"][2]["accuracy"])[0]
+        rows.append(("checkpoint loses >= 3 pp from 4 bits to 2 (headroom)", f"{_pct(drop)} pp",
+                     "met" if drop >= 0.03 else "not this network"))
+    return rows
 
 
 def summarize(out: Path) -> dict:
     from bench.common import machine
 
     results = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
-    table = _collect(results)
+    table = collect(results)
     info = machine()
-    datasets = sorted({r["dataset"] for r in results})
-    lines = [f"# DQT nested-accuracy evidence, {info['date']}", "",
-             f"Machine: {info['cpu']} ({info['threads']} threads), torch {info['torch']}, commit {info['commit']}. "
-             "Command: `python -m bench.evidence run --jobs 2`. Accuracy (%) of the integer-only eval on the held-out "
-             "split, mean +- std over seeds; BitOPs relative to uniform 4-bit (governed layers at 4 bits, first and "
-             "last layers at 8 in every row, static and dynamic alike).", ""]
-    summary_rows = []
-    for d in datasets:
-        seeds = sorted({r["seed"] for r in results if r["dataset"] == d})
-        lines += [f"## {d} (seeds {', '.join(map(str, seeds))})", "",
-                  "| width | trained alone | DQT round: one checkpoint | DQT floor: one checkpoint | "
-                  "DQT round, alpha = 0 | DQT round, held-out imitation | BitOPs / uniform 4 |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        for b in STATIC_WIDTHS:
-            mode = f"static {b}-bit"
-            cells = [_fmt(*_mean_std(table.get((d, v, mode, "accuracy"), [])))
-                     for v in (f"static{b}", "dqt", "dqt_floor", "dqt_alpha0", "dqt_holdout")]
-            cost = _mean_std(table.get((d, "dqt", mode, "bitops_vs_uniform4"), []))[0]
-            lines.append(f"| {b} | " + " | ".join(cells) + f" | {_fmt(cost, pct=False)} |")
-        f_acc = _mean_std(table.get((d, "float", "float", "accuracy"), []))
-        s4f = _mean_std(table.get((d, "static4_floor", "static 4-bit", "accuracy"), []))
-        lines += ["", f"Float: {_fmt(*f_acc)}. Static 4-bit trained alone with the floor rule: {_fmt(*s4f)}.", "",
-                  "Dynamic mode (one checkpoint; run-time budget codes calibrated on the training set):", "",
-                  "| variant | budget (uniform b) | accuracy | BitOPs / uniform 4 | dearest 10% / cheapest 10% | "
-                  "accuracy cheap half / dear half |", "|---|---|---:|---:|---:|---|"]
-        for v in ("dqt", "dqt_floor", "dqt_alpha0", "dqt_holdout"):
-            for mode in [f"dynamic@{b}" for b in BUDGETS]:
-                acc = _mean_std(table.get((d, v, mode, "accuracy"), []))
-                if acc[0] is None:
-                    continue
-                cost = _mean_std(table.get((d, v, mode, "bitops_vs_uniform4"), []))
-                spread = _mean_std(table.get((d, v, mode, "spread"), []))
-                cheap = _mean_std(table.get((d, v, mode, "cheap_half_accuracy"), []))[0]
-                dear = _mean_std(table.get((d, v, mode, "dear_half_accuracy"), []))[0]
-                lines.append(f"| {v} | {mode.split('@')[1]} | {_fmt(*acc)} | {_fmt(*cost, pct=False)} | "
-                             f"{_fmt(*spread, pct=False)} | {_fmt(cheap)} / {_fmt(dear)} |")
-                summary_rows.append({"dataset": d, "variant": v, "mode": mode, "accuracy": acc[0],
-                                     "accuracy_std": acc[1], "bitops_vs_uniform4": cost[0], "spread": spread[0]})
-            agree = _mean_std(table.get((d, v, "dynamic", "agreement"), []))
-            if agree[0] is not None:
-                lines.append(f"| {v} | train-path / integer-eval agreement | {_fmt(*agree)} | | | |")
+    lines = [f"# Dynamic widths against the checkpoint's own static widths, {info['date'][:10]}", "",
+             f"Machine: {info['cpu']} (each run on 1 thread), torch {info['torch']}, commit {info['commit']}. Command: "
+             "`python -m bench.evidence run --jobs 2` (see the module docstring). Accuracy (%) of the integer-only "
+             "eval on the test split, mean +- standard error over seeds; BitOPs relative to uniform 4-bit (governed "
+             "layers at 4 bits, first and last layers at 8 in every row). Differences are paired by seed (the same "
+             "checkpoint). The static hull is the best mix of the same checkpoint's uniform widths at the policy's "
+             "measured BitOPs. Policies are calibrated on the held-out 20% of the training set.", ""]
+    summary: dict = {"machine": info, "command": "python -m bench.evidence run --jobs 2", "setups": {}}
+    for name in [n for n in SETUPS if n in table] + sorted(set(table) - set(SETUPS)):
+        s = table[name]
+        setup = SETUPS.get(name, {})
+        lines += [f"## {name} ({', '.join(f'{k}={v}' for k, v in setup.items())}; seeds "
+                  f"{', '.join(map(str, sorted(s['seeds'])))})", "",
+                  "| width | trained alone | one DQT checkpoint | BitOPs / uniform 4 |", "|---|---:|---:|---:|"]
+        for b in sorted(s["checkpoint"], reverse=True):
+            c = s["checkpoint"][b]
+            lines.append(f"| {b} | {_pct(*mean_se(s['alone'].get(b, [])))} | {_pct(*mean_se(c['accuracy']))} | "
+                         f"{mean_se(c['bitops'])[0]:.2f} |")
+        lines += ["", f"Float: {_pct(*mean_se(s['float']))}.", "",
+                  "| budget (uniform b) | " + " | ".join(POLICY_NAMES[p] for p in POLICIES) +
+                  " | escalation - hull | escalation - allocation | escalation - cascade | controller - hull | "
+                  "escalation decile spread |", "|---|" + "---:|" * (len(POLICIES) + 5)]
+        rows = []
+        for b in sorted(s["budgets"]):
+            per = s["budgets"][b]
+            cells = []
+            for p in POLICIES:
+                if p in per:
+                    acc, cost = mean_se(per[p]["accuracy"]), mean_se(per[p]["bitops"])[0]
+                    cells.append(f"{_pct(*acc)} @ {cost:.2f}")
+                else:
+                    cells.append("-")
+            dh, da, dc = above_hull(per, "escalation"), paired(per, "escalation", "allocation"), \
+                paired(per, "escalation", "cascade")
+            ch = above_hull(per, "controller")
+            spread = mean_se(per.get("escalation", {}).get("spread", []))
+            lines.append(f"| {b} | " + " | ".join(cells) + f" | {_pct(*dh, signed=True)} | {_pct(*da, signed=True)} | "
+                         f"{_pct(*dc, signed=True)} | {_pct(*ch, signed=True)} | "
+                         f"{'n/a' if spread[0] is None else f'{spread[0]:.2f}x'} |")
+            rows.append({"budget_bits": b, **{p: {"accuracy": mean_se(per[p]["accuracy"]),
+                                                  "bitops_vs_uniform4": mean_se(per[p]["bitops"])[0],
+                                                  "above_hull": above_hull(per, p)} for p in per},
+                         "escalation_minus_allocation": da, "escalation_minus_cascade": dc})
+        found = targets(name, s)
+        secs = {v: mean_se(x)[0] for v, x in s["seconds"].items()}
         lines += ["", "Targets (measured; nothing here is asserted):", "", "| target | measured | verdict |",
-                  "|---|---|---|"]
-        lines += [f"| {t} | {mv} | {verdict} |" for t, mv, verdict in _targets(table, d)]
-        secs = {v: _mean_std(table.get((d, v, "train", "seconds"), []))[0] for v in ("dqt", "static4", "float")}
-        lines += ["", "Training time per run (s, mean): " + ", ".join(f"{v} {s:.0f}" for v, s in secs.items() if s),
-                  ""]
-        for (dd, v, mode, key), values in sorted(table.items()):
-            if dd == d and mode.startswith("static") and key == "accuracy":
-                mean, std = _mean_std(values)
-                summary_rows.append({"dataset": d, "variant": v, "mode": mode, "accuracy": mean, "accuracy_std": std,
-                                     "bitops_vs_uniform4": _mean_std(table.get((d, v, mode, "bitops_vs_uniform4"),
-                                                                               []))[0]})
-    summary = {"machine": info, "command": "python -m bench.evidence run --jobs 2", "rows": summary_rows,
-               "targets": {d: _targets(table, d) for d in datasets}}
+                  "|---|---|---|", *[f"| {t} | {m} | {v} |" for t, m, v in found], "",
+                  "Training time per run (s, mean, one thread): " +
+                  ", ".join(f"{v} {x:.0f}" for v, x in sorted(secs.items()) if x), ""]
+        summary["setups"][name] = {"setup": setup, "seeds": sorted(s["seeds"]), "budgets": rows, "targets": found,
+                                   "checkpoint": {b: mean_se(c["accuracy"]) for b, c in s["checkpoint"].items()},
+                                   "alone": {b: mean_se(v) for b, v in s["alone"].items()},
+                                   "float": mean_se(s["float"])}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-    _plot(table, datasets, out / "accuracy_vs_bitops.png")
+    _plot(table, out / "accuracy_vs_bitops.png")
     print("\n".join(lines))
     return summary
 
 
-def _plot(table: dict, datasets: list[str], path: Path) -> None:
+def _plot(table: dict, path: Path) -> None:
     try:
         import matplotlib
 
@@ -291,40 +376,37 @@ def _plot(table: dict, datasets: list[str], path: Path) -> None:
     except ImportError:
         print("matplotlib is not installed: no plot (pip install matplotlib)")
         return
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.8), squeeze=False)
-
-    def series(d, v, modes):
-        pts = []
-        for mode in modes:
-            acc = _mean_std(table.get((d, v, mode, "accuracy"), []))
-            cost = _mean_std(table.get((d, v, mode, "bitops_vs_uniform4"), []))[0]
-            if acc[0] is not None and cost is not None:
-                pts.append((cost, 100 * acc[0], 100 * acc[1]))
-        return sorted(pts)
-
-    statics = [f"static {b}-bit" for b in STATIC_WIDTHS]
-    dyn = [f"dynamic@{b}" for b in BUDGETS]
-    for ax, d in zip(axes[0], datasets):
+    names = list(table)
+    fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 5), squeeze=False)
+    styles = {"allocation": "s--", "cascade": "v-.", "escalation": "*-", "controller": "^:"}
+    for ax, name in zip(axes[0], names):
+        s = table[name]
+        ck = sorted((mean_se(c["bitops"])[0], 100 * mean_se(c["accuracy"])[0], 100 * mean_se(c["accuracy"])[1])
+                    for c in s["checkpoint"].values())
+        if ck:
+            ax.errorbar([p[0] for p in ck], [p[1] for p in ck], [p[2] for p in ck], fmt="o-", color="k",
+                        label="one checkpoint, uniform widths (its hull)", capsize=2)
         alone = []
-        for b in STATIC_WIDTHS:
-            alone += series(d, f"static{b}", [f"static {b}-bit"])
-        for pts, style, label in (
-                (alone, "kx--", "static, each width trained alone"),
-                (series(d, "dqt", statics), "o-", "DQT round: one checkpoint, static widths"),
-                (series(d, "dqt", dyn), "*-", "DQT round: dynamic, run-time budgets"),
-                (series(d, "dqt_holdout", dyn), "v-.", "DQT round, controller judges held-out samples: dynamic"),
-                (series(d, "dqt_floor", statics), "s:", "DQT floor: one checkpoint, static widths"),
-                (series(d, "dqt_floor", dyn), "^:", "DQT floor: dynamic, run-time budgets")):
+        for b, accs in s["alone"].items():
+            if b in s["checkpoint"]:
+                alone.append((mean_se(s["checkpoint"][b]["bitops"])[0], 100 * mean_se(accs)[0], 100 * mean_se(accs)[1]))
+        if alone:
+            alone.sort()
+            ax.errorbar([p[0] for p in alone], [p[1] for p in alone], [p[2] for p in alone], fmt="x", color="gray",
+                        markersize=8, label="each width trained alone", capsize=2)
+        for p in POLICIES:
+            pts = sorted((mean_se(per[p]["bitops"])[0], 100 * mean_se(per[p]["accuracy"])[0],
+                          100 * mean_se(per[p]["accuracy"])[1]) for per in s["budgets"].values() if p in per)
             if pts:
-                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts], fmt=style, label=label,
-                            markersize=8 if "*" in style else 5, capsize=2)
-        f_acc = _mean_std(table.get((d, "float", "float", "accuracy"), []))[0]
+                ax.errorbar([q[0] for q in pts], [q[1] for q in pts], [q[2] for q in pts], fmt=styles[p],
+                            label=POLICY_NAMES[p], markersize=9 if p == "escalation" else 5, capsize=2)
+        f_acc = mean_se(s["float"])[0]
         if f_acc is not None:
             ax.axhline(100 * f_acc, color="gray", linestyle="--", label="float")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("BitOPs per sample / uniform 4-bit (first and last layers at 8 bits)")
-        ax.set_ylabel("top-1 accuracy, integer eval (%)")
-        ax.set_title(d)
+        ax.set_ylabel("top-1 accuracy, integer eval (%), mean +- SE")
+        ax.set_title(name)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -333,21 +415,30 @@ def _plot(table: dict, datasets: list[str], path: Path) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["run", "summarize", "one"])
-    parser.add_argument("args", nargs="*", help="for `one`: DATASET VARIANT SEED CONFIG_JSON")
-    parser.add_argument("--datasets", nargs="+", default=list(SETUPS), choices=list(SETUPS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("command", choices=["run", "summarize", "repolicy", "one", "repolicy-one"],
+                        help="repolicy: recompute the DQT runs' width policies from their checkpoints (current code)")
+    parser.add_argument("args", nargs="*", help="for `one`: SETUP VARIANT SEED CONFIG_JSON; `repolicy-one`: RUN_JSON")
+    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--variants", nargs="+", default=["dqt"], choices=[v for v in VARIANTS if
+                                                                          not v.startswith("static")],
+                        help="DQT variants besides float and the widths trained alone")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--jobs", type=int, default=2, help="training processes at once (one thread each)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/evidence"))
     args = parser.parse_args(argv)
     if args.command == "run":
-        run(args.datasets, args.seeds, args.out, args.jobs)
+        run(args.setups, args.seeds, args.variants, args.out, args.jobs)
     elif args.command == "one":
-        dataset, variant, seed, config = args.args
+        name, variant, seed, config = args.args
         config = json.loads(config)
-        if "candidate_bits" in config["setup"]:
-            config["setup"]["candidate_bits"] = tuple(config["setup"]["candidate_bits"])
-        run_one(dataset, variant, int(seed), args.out, config["setup"], config["overrides"])
+        for key in ("candidate_bits", "policy_budgets"):  # JSON lists back to TrainConfig's tuples
+            if key in config["setup"]:
+                config["setup"][key] = tuple(config["setup"][key])
+        run_one(name, variant, int(seed), args.out, config["setup"], config["overrides"])
+    elif args.command == "repolicy":
+        repolicy(args.out, args.jobs)
+    elif args.command == "repolicy-one":
+        repolicy_one(Path(args.args[0]), args.out)
     else:
         summarize(args.out)
 

