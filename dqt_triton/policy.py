@@ -363,14 +363,21 @@ def evaluate_cascade(model, cascade: Cascade, x: Tensor, y: Tensor, batch_size: 
     return cascade_statistics(torch.cat(right).float(), torch.cat(spent), torch.cat(stages), len(cascade.stages))
 
 
-def cascade_statistics(right: Tensor, spent: Tensor, stages: Tensor, num_stages: int) -> dict:
+def cost_statistics(right: Tensor, spent: Tensor) -> dict:
+    """Accuracy and mean BitOPs of per-input correctness `right` and costs `spent`, with the
+    spread (mean BitOPs of the dearest 10% of inputs / the cheapest 10%) and the accuracy of
+    the cheap and dear halves (split at the median cost, ties broken by order)."""
     order = torch.argsort(spent, stable=True)
     tenth, half = max(len(order) // 10, 1), len(order) // 2
     cheap, dear = spent[order[:tenth]].mean(), spent[order[-tenth:]].mean()
     return {"accuracy": float(right.mean()) if len(right) else 0.0, "bitops": float(spent.mean()),
             "spread": float(dear / cheap) if float(cheap) > 0 else None,
             "cheap_half_accuracy": float(right[order[:half]].mean()) if half else None,
-            "dear_half_accuracy": float(right[order[half:]].mean()) if half else None,
+            "dear_half_accuracy": float(right[order[half:]].mean()) if half else None}
+
+
+def cascade_statistics(right: Tensor, spent: Tensor, stages: Tensor, num_stages: int) -> dict:
+    return {**cost_statistics(right, spent),
             "stage_shares": [float((stages == i).float().mean()) for i in range(num_stages)]}
 
 

@@ -251,14 +251,7 @@ def evaluate(model: DQTModel, x: torch.Tensor, y: torch.Tensor, batch_size: int 
     governed = [model.layer_names.index(n) for n in model.governed] or list(range(len(model.layer_names)))
     chosen = torch.cat(bits)[:, governed]
     histogram = {int(b): float((chosen == b).float().mean()) for b in model.candidate_bits}
-    order = torch.argsort(cost, stable=True)
-    tenth, half = max(len(order) // 10, 1), len(order) // 2
-    cheap, dear = cost[order[:tenth]].mean(), cost[order[-tenth:]].mean()
-    return {"accuracy": float(right.mean()) if len(right) else 0.0, "bitops": float(cost.mean()),
-            "mean_bits": float(chosen.float().mean()), "histogram": histogram,
-            "spread": float(dear / cheap) if float(cheap) > 0 else None,
-            "cheap_half_accuracy": float(right[order[:half]].mean()) if half else None,
-            "dear_half_accuracy": float(right[order[half:]].mean()) if half else None}
+    return {**policy.cost_statistics(right, cost), "mean_bits": float(chosen.float().mean()), "histogram": histogram}
 
 
 def results_table(model: DQTModel, ds: Dataset) -> dict:
