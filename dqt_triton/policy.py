@@ -23,6 +23,7 @@ data by more than `PER_LAYER_MARGIN_SE` standard errors.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from dataclasses import dataclass
@@ -167,17 +168,24 @@ class Calibration:
         return escalation_bitops(self.model, cheap, dear)
 
 
-@torch.no_grad()
-def eval_at(model, alloc: Allocation, x: Tensor) -> Tensor:
-    """Integer-eval logits of `model` at a static allocation; the model's mode is restored."""
+@contextlib.contextmanager
+def _mode_kept(model):
+    """Restore the model's static widths, dynamic flag and train/eval mode afterwards."""
     was_training, dynamic, static = model.training, model.dynamic, dict(model.static_bits)
-    model.eval()
     try:
-        model.set_bits(allocation_bits(model, alloc))
-        return model(x)
+        yield
     finally:
         model.static_bits, model.dynamic = static, dynamic
         model.train(was_training)
+
+
+@torch.no_grad()
+def eval_at(model, alloc: Allocation, x: Tensor) -> Tensor:
+    """Integer-eval logits of `model` at a static allocation; the model's mode is restored."""
+    with _mode_kept(model):
+        model.eval()
+        model.set_bits(allocation_bits(model, alloc))
+        return model(x)
 
 
 def candidate_allocations(model, cal: Calibration, limit: int = EXHAUSTIVE_LIMIT) -> list:
@@ -413,13 +421,10 @@ class FrozenCascade(nn.Module):
     @classmethod
     def from_model(cls, model, cascade: Cascade) -> "FrozenCascade":
         programs = {}
-        was = (dict(model.static_bits), model.dynamic)
-        try:
+        with _mode_kept(model):
             for alloc in dict.fromkeys(cascade.stages):
                 model.set_bits(allocation_bits(model, alloc))
                 programs[alloc] = model.freeze()
-        finally:
-            model.static_bits, model.dynamic = was
         return cls(cascade, programs, model.config["macs"])
 
     def _bits(self, alloc: Allocation) -> dict:
