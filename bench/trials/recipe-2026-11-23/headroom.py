@@ -11,7 +11,7 @@ For each checkpoint (governed layers at one width per input, edges at 8 bits, as
   uniform-4 BitOPs: an optimistic bound for routing by the network's own confidence, which
   ranks the inputs that need bits far better than the controller does (third round).
 
-    PYTHONPATH=. python bench/results/recipe-trials-2026-11-23/headroom.py CHECKPOINT_DIR [DATASET ...]
+    PYTHONPATH=. python bench/trials/recipe-2026-11-23/headroom.py CHECKPOINT_DIR [DATASET ...]
 
 CHECKPOINT_DIR holds DATASET-dqt-seedN/model.pt as `bench.evidence one` writes them.
 """

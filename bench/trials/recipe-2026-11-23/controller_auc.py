@@ -4,7 +4,7 @@ and the AUC with which the controller's preference for 8 over the low width rank
 next to the AUC of the 8-bit path's own loss (what a controller reading the whole network could
 know). Accuracy at every static width for reference.
 
-    python bench/results/recipe-trials-2026-11-23/controller_auc.py MODEL.pt DATASET SEED
+    python bench/trials/recipe-2026-11-23/controller_auc.py MODEL.pt DATASET SEED
 """
 import sys, torch, torch.nn.functional as F
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[3]))

@@ -7,7 +7,7 @@ rerun (the second pass does not reuse the first). The threshold is the largest w
 on the training split stay within the budget (uniform 4 bits); the test split reports accuracy
 and BitOPs at that threshold, next to the same checkpoint's dynamic mode at the uniform-4 budget.
 
-    python bench/results/recipe-trials-2026-11-23/cascade.py DATASET SEED [SEED ...]
+    python bench/trials/recipe-2026-11-23/cascade.py DATASET SEED [SEED ...]
 """
 import sys
 from pathlib import Path
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from dqt_triton import DQTModel  # noqa: E402
 from dqt_triton.training import load_dataset  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1] / "evidence" / "checkpoints"
+ROOT = Path(__file__).resolve().parents[2] / "results" / "evidence" / "checkpoints"
 
 
 def static_pass(model, x, bits):
