@@ -11,15 +11,19 @@ import os
 import triton
 import triton.language as tl
 
-# Epilogue selectors, the same values as dqt_triton.reference.EPILOGUE_*.
-EPILOGUE_RAW = 0
-EPILOGUE_REQUANT = 1
-EPILOGUE_FLOAT = 2
+# The contract's constants, defined once on the host side (absolute imports: `python -m
+# kernels.aot` imports this package as `kernels` too). `output_size` is re-exported for the
+# launchers.
+from dqt_triton.numerics import INT32_MAX, MAX_SHIFT
+from dqt_triton.reference.common import (  # noqa: F401
+    EPILOGUE_FLOAT, EPILOGUE_RAW, EPILOGUE_REQUANT, WIDTH_TABLE_ROWS, output_size,
+)
 
-MAX_SHIFT = 7  # largest shift amount, for host code (launchers)
-# The same bound for @triton.jit code: the GPU compiler lets a kernel read a module global only
-# if it is a tl.constexpr object (the interpreter does not check), so kernels use this twin.
+# Twins for @triton.jit code: the GPU compiler lets a kernel read a module global only if it is
+# a tl.constexpr object (the interpreter does not check).
 MAX_SHIFT_C = tl.constexpr(MAX_SHIFT)
+EPILOGUE_REQUANT_C = tl.constexpr(EPILOGUE_REQUANT)
+EPILOGUE_FLOAT_C = tl.constexpr(EPILOGUE_FLOAT)
 
 
 def interpreting() -> bool:
@@ -39,8 +43,7 @@ def elementwise_block() -> int:
 
 
 # Row positions, in-image offsets and program ids are int32 inside the GEMM and conv kernels
-# (int64 everywhere would cost registers in every tile); launchers refuse sizes past these.
-INT32_MAX = 2**31 - 1
+# (int64 everywhere would cost registers in every tile); launchers refuse sizes past INT32_MAX.
 # Rows of one GEMM/conv launch: positions run up to M plus one tile per weight-shift bucket.
 MAX_ROWS = 2**31 - 2**16
 
@@ -75,7 +78,19 @@ def nested_shift(q, k, ROUND: tl.constexpr, CODE_HI: tl.constexpr):
 def clamp_shift(k):
     """Shift amounts outside [0, 7] are refused by dqt_triton.ops; clamping here keeps a shift
     by >= 32 (undefined on the GPU) out of the kernels even if a caller bypasses the checks."""
-    return tl.minimum(tl.maximum(k, 0), 7)
+    return tl.minimum(tl.maximum(k, 0), MAX_SHIFT_C)
+
+
+@triton.jit
+def grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of program `pid` in grouped ordering: runs of GROUP_M row tiles share each
+    weight tile while it is in L2."""
+    pids_per_group = GROUP_M * num_pid_n
+    first_pid_m = (pid // pids_per_group) * GROUP_M
+    group_rows = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (pid % pids_per_group) % group_rows
+    pid_n = (pid % pids_per_group) // group_rows
+    return pid_m, pid_n
 
 
 @triton.jit
@@ -95,7 +110,7 @@ def rows_of_tile(
     offs = tl.arange(0, BLOCK_M)
     if BUCKETED:
         tile = pid_m
-        kw = pid_m * 0 - 1
+        w_shift = pid_m * 0 - 1
         pos_begin = pid_m * 0
         pos_end = pid_m * 0
         for s in tl.static_range(MAX_SHIFT_C + 1):
@@ -103,7 +118,7 @@ def rows_of_tile(
             end = tl.load(bucket_start_ptr + s + 1) * rows_per_sample
             num_tiles = (end - start + BLOCK_M - 1) // BLOCK_M
             hit = (tile >= 0) & (tile < num_tiles)
-            kw = tl.where(hit, s, kw)
+            w_shift = tl.where(hit, s, w_shift)
             pos_begin = tl.where(hit, start + tile * BLOCK_M, pos_begin)
             pos_end = tl.where(hit, end, pos_end)
             tile = tile - num_tiles
@@ -116,13 +131,13 @@ def rows_of_tile(
         rows = pid_m * BLOCK_M + offs
         row_mask = rows < num_rows
         sample = rows // rows_per_sample
-        kw = tl.load(weight_shift_ptr)
-    return rows, sample, row_mask, kw
+        w_shift = tl.load(weight_shift_ptr)
+    return rows, sample, row_mask, w_shift
 
 
 @triton.jit
-def shifted_left_operand(x, ka, ROUND: tl.constexpr, X_UNSIGNED: tl.constexpr):
-    """int8 GEMM operand from master activation codes `x` and shifts `ka` (broadcastable).
+def shifted_left_operand(x, a_shift, ROUND: tl.constexpr, X_UNSIGNED: tl.constexpr):
+    """int8 GEMM operand from master activation codes `x` and shifts `a_shift` (broadcastable).
 
     uint8 codes above 127 do not fit int8, so unsigned codes are offset by -128; the GEMM adds
     128 * (column sums of the shifted weights) back, which is exact. Only `shift_activations`
@@ -130,20 +145,20 @@ def shifted_left_operand(x, ka, ROUND: tl.constexpr, X_UNSIGNED: tl.constexpr):
     as loaded (a wgmma left operand from registers meets a ptxas hazard, triton#9433).
     """
     if X_UNSIGNED:
-        return (nested_shift(x.to(tl.int32), ka, ROUND, 255) - 128).to(tl.int8)
+        return (nested_shift(x.to(tl.int32), a_shift, ROUND, 255) - 128).to(tl.int8)
     else:
-        return nested_shift(x.to(tl.int32), ka, ROUND, 127).to(tl.int8)
+        return nested_shift(x.to(tl.int32), a_shift, ROUND, 127).to(tl.int8)
 
 
 @triton.jit
-def mma_step(a, w, kw, acc, w_colsum, ROUND: tl.constexpr, X_UNSIGNED: tl.constexpr, PRESHIFTED: tl.constexpr):
+def mma_step(a, w, w_shift, acc, w_colsum, ROUND: tl.constexpr, X_UNSIGNED: tl.constexpr, PRESHIFTED: tl.constexpr):
     """One K step of the GEMM and conv kernels: acc += a . b, with `a` the pre-shifted int8
     activation tile and b the weight tile `w` as loaded (PRESHIFTED) or nested-shifted by the
-    tile's `kw` here, whose column sums the uint8 correction then needs. Returns (acc, w_colsum)."""
+    tile's `w_shift` here, whose column sums the uint8 correction then needs. Returns (acc, w_colsum)."""
     if PRESHIFTED:
         acc = tl.dot(a, w, acc, out_dtype=tl.int32)  # both operands straight from memory to the MMA
     else:
-        b = nested_shift(w.to(tl.int32), kw, ROUND, 127)
+        b = nested_shift(w.to(tl.int32), w_shift, ROUND, 127)
         if X_UNSIGNED:
             w_colsum += tl.sum(b, axis=0)
         acc = tl.dot(a, b.to(tl.int8), acc, out_dtype=tl.int32)
@@ -151,45 +166,49 @@ def mma_step(a, w, kw, acc, w_colsum, ROUND: tl.constexpr, X_UNSIGNED: tl.conste
 
 
 @triton.jit
-def add_column_sums(acc, w_colsum, w_colsum_ptr, kw, stride_colsum, cols, col_mask,
+def add_column_sums(acc, w_colsum, w_colsum_ptr, w_shift, stride_colsum, cols, col_mask,
                     X_UNSIGNED: tl.constexpr, PRESHIFTED: tl.constexpr):
     """Undo the -128 offset of uint8 tiles: + 128 * (column sums of the shifted weights), summed
-    in the loop or read from the pre-shifted table's row `kw`."""
+    in the loop or read from the pre-shifted table's row `w_shift`."""
     if X_UNSIGNED:
         if PRESHIFTED:
-            w_colsum = tl.load(w_colsum_ptr + kw * stride_colsum + cols, mask=col_mask, other=0)
+            w_colsum = tl.load(w_colsum_ptr + w_shift * stride_colsum + cols, mask=col_mask, other=0)
         acc += 128 * w_colsum[None, :]
     return acc
 
 
 @triton.jit
 def epilogue_store(
-    acc, total_shift, kw, rows, row_mask, offs_n, n_mask,
+    acc, w_colsum, a_shift, w_shift, rows, row_mask, offs_n, n_mask,
     out_ptr, stride_om, stride_on,
-    bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr,
-    stride_bias, stride_multiplier, stride_rshift, stride_scale,
+    bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr, w_colsum_ptr,
+    stride_bias, stride_multiplier, stride_rshift, stride_scale, stride_colsum,
     lo, hi,
-    EPILOGUE: tl.constexpr, RELU: tl.constexpr,
+    EPILOGUE: tl.constexpr, RELU: tl.constexpr, X_UNSIGNED: tl.constexpr, PRESHIFTED: tl.constexpr,
 ):
-    """Master units, bias, ReLU and one of the three epilogues; stores the [BM, BN] tile.
+    """The end of every GEMM and conv tile: the uint8 correction (`add_column_sums`), master
+    units, bias, ReLU and one of the three epilogues; stores the [BM, BN] tile.
 
-    v = (acc << (ka + kw)) + bias in int64; requant = clamp(round_shift(v * M, S), lo, hi) with
-    an int64 product; float = float32(v) * scale, one IEEE multiply (nothing for FMA to fuse).
-    Each constant is read at `ptr + kw * stride_* + offs_n`: the tile's weight shift `kw` picks
-    the row of an [8, N] width table (row stride N), and stride 0 shares one [N] row.
+    v = (acc << (a_shift + w_shift)) + bias in int64; requant = clamp(round_shift(v * M, S), lo,
+    hi) with an int64 product; float = float32(v) * scale, one IEEE multiply (nothing for FMA to
+    fuse). Each constant is read at `ptr + w_shift * stride_* + offs_n`: the tile's weight shift
+    `w_shift` picks the row of an [8, N] width table (row stride N), and stride 0 shares one [N]
+    row.
     """
-    bias = tl.load(bias_ptr + kw * stride_bias + offs_n, mask=n_mask, other=0).to(tl.int64)
+    acc = add_column_sums(acc, w_colsum, w_colsum_ptr, w_shift, stride_colsum, offs_n, n_mask, X_UNSIGNED, PRESHIFTED)
+    total_shift = a_shift + w_shift
+    bias = tl.load(bias_ptr + w_shift * stride_bias + offs_n, mask=n_mask, other=0).to(tl.int64)
     v = (acc.to(tl.int64) << total_shift[:, None].to(tl.int64)) + bias[None, :]
     if RELU:
         v = tl.maximum(v, 0)
-    if EPILOGUE == 1:
-        multiplier = tl.load(multiplier_ptr + kw * stride_multiplier + offs_n, mask=n_mask, other=0).to(tl.int64)
-        rshift = tl.load(rshift_ptr + kw * stride_rshift + offs_n, mask=n_mask, other=0).to(tl.int64)
+    if EPILOGUE == EPILOGUE_REQUANT_C:
+        multiplier = tl.load(multiplier_ptr + w_shift * stride_multiplier + offs_n, mask=n_mask, other=0).to(tl.int64)
+        rshift = tl.load(rshift_ptr + w_shift * stride_rshift + offs_n, mask=n_mask, other=0).to(tl.int64)
         product = v * multiplier[None, :]
         rounded = (product + ((1 << rshift[None, :]) >> 1)) >> rshift[None, :]
         result = tl.minimum(tl.maximum(rounded, lo), hi)
-    elif EPILOGUE == 2:
-        scale = tl.load(scale_ptr + kw * stride_scale + offs_n, mask=n_mask, other=0.0)
+    elif EPILOGUE == EPILOGUE_FLOAT_C:
+        scale = tl.load(scale_ptr + w_shift * stride_scale + offs_n, mask=n_mask, other=0.0)
         # v fits int32 by the accumulator rule; int32 -> float32 rounds to nearest even.
         result = v.to(tl.int32).to(tl.float32) * scale[None, :]
     else:

@@ -82,13 +82,13 @@ def launch_elementwise(name: str, a: torch.Tensor, b: torch.Tensor, constants: l
 @triton.jit
 def shift_activations_kernel(x_ptr, act_shift_ptr, out_ptr, numel, SAMPLE_ELEMS, ROUND: tl.constexpr,
                              X_UNSIGNED: tl.constexpr, BLOCK: tl.constexpr):
-    """The GEMM's left operand once per call: nested_shift(x, ka[sample]) as int8 (minus 128 for
+    """The GEMM's left operand once per call: nested_shift(x, a_shift[sample]) as int8 (minus 128 for
     uint8 codes), sample = flat index // SAMPLE_ELEMS, so the K loop only loads it."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
-    ka = clamp_shift(tl.load(act_shift_ptr + offs // SAMPLE_ELEMS, mask=mask, other=0))
+    a_shift = clamp_shift(tl.load(act_shift_ptr + offs // SAMPLE_ELEMS, mask=mask, other=0))
     x = tl.load(x_ptr + offs, mask=mask, other=0)
-    tl.store(out_ptr + offs, shifted_left_operand(x, ka, ROUND, X_UNSIGNED), mask=mask)
+    tl.store(out_ptr + offs, shifted_left_operand(x, a_shift, ROUND, X_UNSIGNED), mask=mask)
 
 
 def shift_activations(x: torch.Tensor, act_shift: torch.Tensor, round_rule: bool, sample_elems: int) -> torch.Tensor:

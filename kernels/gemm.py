@@ -2,7 +2,7 @@
 
 Both kernels compute, for output row m (a matmul row or an output pixel) and channel n,
 
-    acc = sum_k nested_shift(x[m, k], ka[sample]) * nested_shift(w[n, k], kw[sample])   (int32)
+    acc = sum_k nested_shift(x[m, k], a_shift[sample]) * nested_shift(w[n, k], w_shift[sample])      (int32)
 
 then the epilogue of docs/numerics.md section 3.5. The activation shift is applied before the
 kernel (`shift_activations`, once per call), so the left operand reaches the MMA as loaded; the
@@ -25,22 +25,20 @@ import triton
 import triton.language as tl
 
 from .common import (
-    MAX_SHIFT, MAX_SHIFT_C, add_column_sums, check_int32_sizes, clamp_shift, epilogue_store, mma_step,
-    rows_of_tile,
+    MAX_SHIFT, MAX_SHIFT_C, WIDTH_TABLE_ROWS, check_int32_sizes, clamp_shift, epilogue_store, grouped_tile,
+    mma_step, output_size, rows_of_tile,
 )
 from .configs import conv_configs, m_bucket, matmul_configs, prune_conv_configs, prune_matmul_configs
 from .elementwise import shift_activations
 
-# Rows of a width table: one set of epilogue constants per weight shift.
-WIDTH_TABLE_ROWS = MAX_SHIFT + 1
+# Both kernels are tuned per shape, epilogue and flag set, and per alignment of the row strides (it
+# decides the vector width of every load); tiles wider than the problem are pruned before timing.
+FLAG_KEYS = ["EPILOGUE", "BUCKETED", "PRESHIFTED", "ROUND", "RELU", "X_UNSIGNED"]
 
 
-# Tuned per shape, epilogue and flag set, and per alignment of the row strides (it decides the
-# vector width of every load); tiles wider than the problem are pruned before timing.
 @triton.autotune(
     configs=matmul_configs(),
-    key=["M_BUCKET", "N", "K", "stride_xm", "stride_wn", "EPILOGUE", "BUCKETED", "PRESHIFTED", "ROUND", "RELU",
-         "X_UNSIGNED"],
+    key=["M_BUCKET", "N", "K", "stride_xm", "stride_wn", *FLAG_KEYS],
     prune_configs_by={"early_config_prune": prune_matmul_configs},
 )
 @triton.jit
@@ -61,19 +59,14 @@ def int_matmul_kernel(
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M) + (MAX_SHIFT_C if BUCKETED else 0)
     num_pid_n = tl.cdiv(N, BLOCK_N)
-    # Grouped ordering: GROUP_M row tiles share each weight tile while it is in L2.
-    pids_per_group = GROUP_M * num_pid_n
-    first_pid_m = (pid // pids_per_group) * GROUP_M
-    group_rows = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + (pid % pids_per_group) % group_rows
-    pid_n = (pid % pids_per_group) // group_rows
+    pid_m, pid_n = grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M)
 
-    rows, sample, row_mask, kw = rows_of_tile(
+    rows, sample, row_mask, w_shift = rows_of_tile(
         pid_m, M, 1, sample_order_ptr, bucket_start_ptr, weight_shift_ptr, BLOCK_M, BUCKETED
     )
-    k_tiles = tl.where(kw >= 0, tl.cdiv(K, BLOCK_K), 0)
-    kw = clamp_shift(kw)
-    ka = clamp_shift(tl.load(act_shift_ptr + sample, mask=row_mask, other=0))
+    k_tiles = tl.where(w_shift >= 0, tl.cdiv(K, BLOCK_K), 0)
+    w_shift = clamp_shift(w_shift)
+    a_shift = clamp_shift(tl.load(act_shift_ptr + sample, mask=row_mask, other=0))
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
@@ -83,7 +76,7 @@ def int_matmul_kernel(
     x_rows = x_ptr + rows[:, None].to(tl.int64) * stride_xm
     w_cols = w_ptr + offs_n[None, :].to(tl.int64) * stride_wn
     if PRESHIFTED:  # the tile's width of a [8, N, K] table of pre-shifted weights
-        w_cols += kw.to(tl.int64) * stride_w_width
+        w_cols += w_shift.to(tl.int64) * stride_w_width
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     w_colsum = tl.zeros((BLOCK_N,), dtype=tl.int32)
@@ -93,20 +86,20 @@ def int_matmul_kernel(
         x = tl.load(x_rows + k_offs[None, :] * stride_xk, mask=row_mask[:, None] & k_mask[None, :], other=0)
         w = tl.load(w_cols + k_offs[:, None] * stride_wk, mask=k_mask[:, None] & n_mask[None, :], other=0)
         # x padding past K meets zero weights: its value does not matter
-        acc, w_colsum = mma_step(x, w, kw, acc, w_colsum, ROUND, X_UNSIGNED, PRESHIFTED)
-    acc = add_column_sums(acc, w_colsum, w_colsum_ptr, kw, stride_colsum, offs_n, n_mask, X_UNSIGNED, PRESHIFTED)
+        acc, w_colsum = mma_step(x, w, w_shift, acc, w_colsum, ROUND, X_UNSIGNED, PRESHIFTED)
 
     epilogue_store(
-        acc, ka + kw, kw, rows, row_mask, offs_n, n_mask, out_ptr, stride_om, stride_on,
-        bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr,
-        stride_bias, stride_multiplier, stride_rshift, stride_scale, lo, hi, EPILOGUE, RELU,
+        acc, w_colsum, a_shift, w_shift, rows, row_mask, offs_n, n_mask, out_ptr, stride_om, stride_on,
+        bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr, w_colsum_ptr,
+        stride_bias, stride_multiplier, stride_rshift, stride_scale, stride_colsum, lo, hi,
+        EPILOGUE, RELU, X_UNSIGNED, PRESHIFTED,
     )
 
 
 @triton.autotune(
     configs=conv_configs(),
     key=["M_BUCKET", "C_GROUP", "COUT_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W", "stride_xw", "stride_wo",
-         "EPILOGUE", "BUCKETED", "PRESHIFTED", "ROUND", "RELU", "X_UNSIGNED"],
+         *FLAG_KEYS],
     prune_configs_by={"early_config_prune": prune_conv_configs},
 )
 @triton.jit
@@ -138,13 +131,13 @@ def int_conv2d_kernel(
     pid_n = (pid // num_pid_m) % num_pid_n
     group = pid // (num_pid_m * num_pid_n)
     pixels = OH * OW
-    rows, sample, row_mask, kw = rows_of_tile(
+    rows, sample, row_mask, w_shift = rows_of_tile(
         pid_m, M, pixels, sample_order_ptr, bucket_start_ptr, weight_shift_ptr, BLOCK_M, BUCKETED
     )
     c_tiles = tl.cdiv(C_GROUP, BLOCK_K)
-    k_tiles = tl.where(kw >= 0, KH * KW * c_tiles, 0)
-    kw = clamp_shift(kw)
-    ka = clamp_shift(tl.load(act_shift_ptr + sample, mask=row_mask, other=0))
+    k_tiles = tl.where(w_shift >= 0, KH * KW * c_tiles, 0)
+    w_shift = clamp_shift(w_shift)
+    a_shift = clamp_shift(tl.load(act_shift_ptr + sample, mask=row_mask, other=0))
 
     pixel = rows - sample * pixels
     ih0 = (pixel // OW) * STRIDE_H - PAD_H
@@ -157,7 +150,7 @@ def int_conv2d_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     w_col_ptr = w_ptr + channel_out[None, :].to(tl.int64) * stride_wo
     if PRESHIFTED:
-        w_col_ptr += kw.to(tl.int64) * stride_w_width
+        w_col_ptr += w_shift.to(tl.int64) * stride_w_width
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     w_colsum = tl.zeros((BLOCK_N,), dtype=tl.int32)
@@ -179,14 +172,13 @@ def int_conv2d_kernel(
         )
         # Zero padding is code 0, which the shift of uint8 codes turns into -128.
         a = tl.load(x_ptrs, mask=inside[:, None] & c_mask[None, :], other=-128 if X_UNSIGNED else 0)
-        acc, w_colsum = mma_step(a, w, kw, acc, w_colsum, ROUND, X_UNSIGNED, PRESHIFTED)
-    acc = add_column_sums(acc, w_colsum, w_colsum_ptr, kw, stride_colsum, channel_out, n_mask, X_UNSIGNED,
-                          PRESHIFTED)
+        acc, w_colsum = mma_step(a, w, w_shift, acc, w_colsum, ROUND, X_UNSIGNED, PRESHIFTED)
 
     epilogue_store(
-        acc, ka + kw, kw, rows, row_mask, channel_out, n_mask, out_ptr, stride_om, stride_on,
-        bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr,
-        stride_bias, stride_multiplier, stride_rshift, stride_scale, lo, hi, EPILOGUE, RELU,
+        acc, w_colsum, a_shift, w_shift, rows, row_mask, channel_out, n_mask, out_ptr, stride_om, stride_on,
+        bias_ptr, multiplier_ptr, rshift_ptr, scale_ptr, w_colsum_ptr,
+        stride_bias, stride_multiplier, stride_rshift, stride_scale, stride_colsum, lo, hi,
+        EPILOGUE, RELU, X_UNSIGNED, PRESHIFTED,
     )
 
 
@@ -278,7 +270,7 @@ def launch_int_matmul(
 
     act_shift is int32 [M]; weight_shift is int32 [1] (per layer) or [M] (per sample). bias
     (int32), multiplier (int32), rshift (int32) and scale (float32) are each [N], shared by
-    every width, or an [8, N] width table whose row kw serves the rows with weight shift kw.
+    every width, or an [8, N] width table whose row k serves the rows with weight shift k.
 
     x is shifted once per call (`shift_activations`), so the K loop feeds it to the MMA as
     loaded. w is shifted in the K loop, or may be an [8, N, K] table of weights already shifted
@@ -336,11 +328,6 @@ def matmul_on_shifted(
     )
 
 
-def conv_out_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
-    """Output length of a convolution along one axis (torch's formula, floor mode)."""
-    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
-
-
 def launch_int_conv2d(
     x: torch.Tensor, w: torch.Tensor, geometry: list[int], act_shift: torch.Tensor, weight_shift: torch.Tensor,
     bias: torch.Tensor, multiplier: torch.Tensor, rshift: torch.Tensor, scale: torch.Tensor,
@@ -365,7 +352,7 @@ def launch_int_conv2d(
     Cout, Cg, KH, KW = w_plain.shape
     if groups < 1 or C != Cg * groups or Cout % groups:
         raise ValueError(f"int_conv2d kernel: channels {C} -> {Cout} do not split into {groups} groups of {Cg}")
-    OH, OW = conv_out_size(H, KH, sh, ph, dh), conv_out_size(W, KW, sw, pw, dw)
+    OH, OW = output_size(H, KH, sh, ph, dh), output_size(W, KW, sw, pw, dw)
     if OH < 1 or OW < 1:
         raise ValueError(f"int_conv2d kernel: empty output {OH}x{OW}")
     table_strides = _check_common(x, w, act_shift, weight_shift, B, (bias, multiplier, rshift, scale), Cout)

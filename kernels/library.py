@@ -11,16 +11,12 @@ from typing import Optional
 
 import torch
 
+from .common import output_size
 from .elementwise import launch_elementwise, launch_lut
-from .gemm import conv_out_size, epilogue_table_strides, launch_int_conv2d, launch_int_matmul
-from .pool import launch_adaptive_avg_pool2d, launch_pool2d, pool_out_size
+from .gemm import epilogue_table_strides, launch_int_conv2d, launch_int_matmul
+from .pool import launch_adaptive_avg_pool2d, launch_pool2d
 
 Tensor = torch.Tensor
-
-
-def _conv_out_hw(H: int, W: int, KH: int, KW: int, geometry: list[int]) -> tuple[int, int]:
-    sh, sw, ph, pw, dh, dw = geometry[:6]
-    return conv_out_size(H, KH, sh, ph, dh), conv_out_size(W, KW, sw, pw, dw)
 
 
 @torch.library.custom_op("dqt_triton::int_matmul", mutates_args=())
@@ -63,7 +59,8 @@ def _(x, w, geometry, act_shift, weight_shift, bias, multiplier, rshift, scale, 
     if w.dim() == 5:
         w = w[0]
     epilogue_table_strides((bias, multiplier, rshift, scale), w.shape[0])
-    OH, OW = _conv_out_hw(x.shape[2], x.shape[3], w.shape[2], w.shape[3], geometry)
+    sh, sw, ph, pw, dh, dw = geometry[:6]
+    OH, OW = output_size(x.shape[2], w.shape[2], sh, ph, dh), output_size(x.shape[3], w.shape[3], sw, pw, dw)
     return torch.empty((x.shape[0], w.shape[0], OH, OW), dtype=out_dtype, device=x.device,
                        memory_format=torch.channels_last)
 
@@ -102,7 +99,7 @@ def int_pool2d(x: Tensor, geometry: list[int], is_max: bool) -> Tensor:
 def _(x, geometry, is_max):
     kh, kw, sh, sw, ph, pw, dh, dw = geometry[:8]
     ceil_mode = len(geometry) == 9 and bool(geometry[8])
-    OH, OW = pool_out_size(x.shape[2], kh, sh, ph, dh, ceil_mode), pool_out_size(x.shape[3], kw, sw, pw, dw, ceil_mode)
+    OH, OW = output_size(x.shape[2], kh, sh, ph, dh, ceil_mode), output_size(x.shape[3], kw, sw, pw, dw, ceil_mode)
     return torch.empty((x.shape[0], x.shape[1], OH, OW), dtype=x.dtype, device=x.device,
                        memory_format=torch.channels_last)
 

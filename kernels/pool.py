@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import elementwise_block
+from .common import elementwise_block, output_size
 
 # Warps of the windowed pool's 1,024-lane block: with Triton's default 4, the average pool of int8
 # codes spilled 8 bytes on sm_90 (128 registers per thread; bench/results/aot-launches-2026-12-01.md).
@@ -88,18 +88,6 @@ def int_adaptive_avg_pool2d_kernel(
     tl.store(out_ptr + offs, result.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def pool_out_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
-    """torch's pooling output size; in ceil mode the last window must start inside the input
-    or its left padding."""
-    span = size + 2 * pad - dilation * (kernel - 1) - 1
-    if not ceil_mode:
-        return span // stride + 1
-    out = -(-span // stride) + 1
-    if (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
-
-
 def adaptive_window_max(size: int, out: int) -> int:
     """The widest adaptive window along one axis."""
     return max(((o + 1) * size + out - 1) // out - (o * size) // out for o in range(out))
@@ -134,8 +122,7 @@ def launch_pool2d(x: torch.Tensor, geometry: list[int], is_max: bool) -> torch.T
     kh, kw, sh, sw, ph, pw, dh, dw = (int(v) for v in geometry[:8])
     ceil_mode = len(geometry) == 9 and bool(geometry[8])
     B, C, H, W = x.shape
-    OH = pool_out_size(H, kh, sh, ph, dh, ceil_mode)
-    OW = pool_out_size(W, kw, sw, pw, dw, ceil_mode)
+    OH, OW = output_size(H, kh, sh, ph, dh, ceil_mode), output_size(W, kw, sw, pw, dw, ceil_mode)
     out = torch.empty((B, OH, OW, C), dtype=x.dtype, device=x.device)
     total = out.numel()
     if total:

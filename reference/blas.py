@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from .common import apply_epilogue, nested_shift
+from .common import apply_epilogue, nested_shift, output_size
 from .matmul import shifted_weight_table
 
 FLOAT32_EXACT_LIMIT = 1 << 24
@@ -117,15 +117,16 @@ def _shift_rows_f32(x, rows, act_shift, round_rule, x_hi, offset):
 
 
 @njit(parallel=True, cache=True)
-def _epilogue_rows(acc, dest, total_shift, kw, correction, bias, mode, multiplier, rshift, scale, relu, lo, hi, out):
-    """out[dest[r]] from GEMM rows acc[r] that all use weight shift `kw` (its row of each
+def _epilogue_rows(acc, dest, total_shift, w_shift, correction, bias, mode, multiplier, rshift, scale, relu, lo, hi,
+                   out):
+    """out[dest[r]] from GEMM rows acc[r] that all use weight shift `w_shift` (its row of each
     [T, N] epilogue table when T == 8)."""
     for r in prange(acc.shape[0]):
         m = dest[r]
         t = total_shift[r]
         for n in range(acc.shape[1]):
             v = (np.int64(acc[r, n]) + correction[n]) << t
-            apply_epilogue(v, kw, n, bias, mode, multiplier, rshift, scale, relu, lo, hi, out, m)
+            apply_epilogue(v, w_shift, n, bias, mode, multiplier, rshift, scale, relu, lo, hi, out, m)
 
 
 def _correction(table: WeightTable, offset: float) -> np.ndarray:
@@ -222,8 +223,7 @@ def int_conv2d_blas(
     view at `weight_shifts[s]`."""
     B, H, W, C = x.shape
     Cout, KH, KW, Cg = w_shape
-    OH = (H + 2 * pad_h - dil_h * (KH - 1) - 1) // stride_h + 1
-    OW = (W + 2 * pad_w - dil_w * (KW - 1) - 1) // stride_w + 1
+    OH, OW = output_size(H, KH, stride_h, pad_h, dil_h), output_size(W, KW, stride_w, pad_w, dil_w)
     Kg = KH * KW * Cg
     Cout_g = Cout // groups
     # A 1x1 conv is a GEMM already, and on small outputs im2col costs little: measured on a

@@ -1,4 +1,6 @@
-"""Scalar building blocks of the integer contract (docs/numerics.md), jitted with Numba.
+"""Scalar building blocks of the integer contract (docs/numerics.md), jitted with Numba, and the
+contract's constants and output-size rule, which the dispatch layer and the Triton kernels
+import from here.
 
 Every reference kernel composes these helpers, so one definition of the nested shift, the
 rounding shift and the epilogue serves them all. Arithmetic is done in int64: the contract's
@@ -10,10 +12,36 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# Epilogue selectors shared with the dispatch layer.
+from ..numerics import MAX_SHIFT
+
+# Epilogue selectors shared with the dispatch layer and the Triton kernels.
 EPILOGUE_RAW = 0  # int32 accumulator in master units (+ bias)
 EPILOGUE_REQUANT = 1  # dyadic requantization to 8-bit codes
 EPILOGUE_FLOAT = 2  # float32 dequantization (training path)
+
+# Rows of a width table (docs/numerics.md section 3.5): one set of epilogue constants per
+# weight shift 0..MAX_SHIFT.
+WIDTH_TABLE_ROWS = MAX_SHIFT + 1
+
+
+def output_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool = False) -> int:
+    """Output length along one axis of a convolution or pooling window (torch's formula,
+    docs/numerics.md sections 3.1 and 6): floor mode, or in ceil mode rounded up as long as the
+    last window starts inside the input or its left padding.
+
+    Plain integer arithmetic: the dispatch layer, the Triton launchers and their fake (Meta)
+    implementations (symbolic sizes under torch.compile) call it as it is, the Numba kernels
+    through `output_size_jit`.
+    """
+    span = size + 2 * pad - dilation * (kernel - 1) - 1
+    if not ceil_mode:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    return out - 1 if (out - 1) * stride >= size + pad else out
+
+
+# The same function compiled for the Numba kernels (which cannot call plain Python).
+output_size_jit = njit(cache=True, inline="always")(output_size)
 
 
 @njit(cache=True, inline="always")
@@ -46,26 +74,26 @@ def clamp(v: int, lo: int, hi: int) -> int:
 
 
 @njit(cache=True, inline="always")
-def table_row(table, kw):
-    """Row of a [T, N] epilogue table for weight shift `kw`: T == 1 is one row shared by every
-    width, T == 8 a width table (one row per weight shift, docs/numerics.md section 3.5)."""
-    return kw if table.shape[0] > 1 else 0
+def table_row(table, w_shift):
+    """Row of a [T, N] epilogue table for weight shift `w_shift`: T == 1 is one row shared by
+    every width, T == 8 a width table (one row per weight shift, docs/numerics.md section 3.5)."""
+    return w_shift if table.shape[0] > 1 else 0
 
 
 @njit(cache=True, inline="always")
-def apply_epilogue(acc, kw, n, bias, mode, multiplier, rshift, scale, relu, lo, hi, out, m):
+def apply_epilogue(acc, w_shift, n, bias, mode, multiplier, rshift, scale, relu, lo, hi, out, m):
     """Write out[m, n] from the master-unit accumulator `acc` (int64, no bias yet) of a row
-    with weight shift `kw`. bias, multiplier, rshift and scale are [T, N] tables (T in {1, 8})."""
-    acc += bias[table_row(bias, kw), n]
+    with weight shift `w_shift`. bias, multiplier, rshift and scale are [T, N] tables (T in {1, 8})."""
+    acc += bias[table_row(bias, w_shift), n]
     if relu and acc < 0:
         acc = 0
     if mode == EPILOGUE_RAW:
         out[m, n] = acc
     elif mode == EPILOGUE_REQUANT:
-        mult = np.int64(multiplier[table_row(multiplier, kw), n])
-        out[m, n] = clamp(round_shift(acc * mult, rshift[table_row(rshift, kw), n]), lo, hi)
+        mult = np.int64(multiplier[table_row(multiplier, w_shift), n])
+        out[m, n] = clamp(round_shift(acc * mult, rshift[table_row(rshift, w_shift), n]), lo, hi)
     else:
-        out[m, n] = np.float32(acc) * scale[table_row(scale, kw), n]
+        out[m, n] = np.float32(acc) * scale[table_row(scale, w_shift), n]
 
 
 @njit(cache=True, inline="always")

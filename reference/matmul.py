@@ -37,15 +37,15 @@ def int_matmul_kernel(
     N = w.shape[0]
     w_table = shifted_weight_table(w, weight_shifts, round_rule)
     for m in prange(M):
-        ka = act_shift[m]
+        a_shift = act_shift[m]
         slot = weight_slot[m]
-        kw = weight_shifts[slot]
+        w_shift = weight_shifts[slot]
         xs = np.empty(K, np.int16)
         for k in range(K):
-            xs[k] = nested_shift(np.int64(x[m, k]), ka, round_rule, x_hi)
+            xs[k] = nested_shift(np.int64(x[m, k]), a_shift, round_rule, x_hi)
         acc = np.empty(N, np.int32)
         dot_rows_i32(xs, 0, w_table[slot], K, acc)
         for n in range(N):
-            v = np.int64(acc[n]) << (ka + kw)
-            apply_epilogue(v, kw, n, bias, mode, multiplier, rshift, scale, relu, lo, hi, out, m)
+            v = np.int64(acc[n]) << (a_shift + w_shift)
+            apply_epilogue(v, w_shift, n, bias, mode, multiplier, rshift, scale, relu, lo, hi, out, m)
     return out
