@@ -122,9 +122,8 @@ def test_launch_cases_hold_the_shapes_the_gpu_tests_and_the_benchmark_launch():
     assert aot.BENCH_CONVS == tuple(shape[1:] for shape in gpu_kernels.CONV_SHAPES)
     labels = [case.label for case in aot.launch_cases()]
     assert len(labels) == len(set(labels))  # each case once
-    for per_sample, unsigned, round_rule, epilogue_kind, tables, prepared in aot.FLAG_SETS:
-        assert any(case.per_sample == per_sample and case.prepared == prepared and case.epilogue == epilogue_kind
-                   for case in aot.launch_cases() if isinstance(case, aot.ConvCase))
+    for flags in aot.FLAG_SETS:
+        assert any(case.flags == flags for case in aot.launch_cases() if isinstance(case, aot.ConvCase))
 
 
 @needs_cuda_backend
@@ -139,7 +138,7 @@ def test_launches_specialize_as_tritons_jit_does():
         from dqt_triton.kernels import aot
 
         cases = [aot.MatmulCase("t", 1, 4096, 4096),
-                 aot.MatmulCase("t", 17, 1000, 4100, per_sample=True, epilogue="raw"),
+                 aot.MatmulCase("t", 17, 1000, 4100, flags=aot.Flags(per_sample=True, epilogue="raw")),
                  aot.OpCase("t", "add", ("i8", "u8", False, 2**40)), aot.OpCase("t", "mul", ("u8", "u8", True, 7)),
                  aot.OpCase("t", "lut", ("u8", "u8")), aot.MatmulCase("t", 256, 256, 256)]
         launches = aot.record(cases)
