@@ -46,28 +46,27 @@ SHIFTS = {
 }
 
 
+def _benchmark_exact(benchmark, op, x, w, backend: str, widths: str, **geometry) -> None:
+    """Time `op` on `backend` at the shifts `widths` names, and check it against the reference."""
+    act_shift, weight_shift = SHIFTS[widths](x.shape[0])
+    kwargs = dict(act_shift=act_shift, weight_shift=weight_shift, **geometry, **REQUANT)
+    expected = op(x, w, backend="reference", **kwargs)
+    out = benchmark(lambda: op(x, w, backend=backend, cache_weight=True, **kwargs))
+    assert torch.equal(out, expected)
+
+
 @pytest.mark.benchmark(group="int_matmul 256x1024x1024")
 @pytest.mark.parametrize("widths", list(SHIFTS))
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_int_matmul(benchmark, matmul_operands, backend, widths):
-    x, w = matmul_operands
-    ka, kw = SHIFTS[widths](x.shape[0])
-    expected = dq.int_matmul(x, w, act_shift=ka, weight_shift=kw, backend="reference", **REQUANT)
-    out = benchmark(lambda: dq.int_matmul(x, w, act_shift=ka, weight_shift=kw, backend=backend, cache_weight=True,
-                                          **REQUANT))
-    assert torch.equal(out, expected)
+    _benchmark_exact(benchmark, dq.int_matmul, *matmul_operands, backend, widths)
 
 
 @pytest.mark.benchmark(group="int_conv2d 3x3 B=8 64->64 32x32")
 @pytest.mark.parametrize("widths", list(SHIFTS))
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_int_conv2d(benchmark, conv_operands, backend, widths):
-    x, w = conv_operands
-    ka, kw = SHIFTS[widths](x.shape[0])
-    expected = dq.int_conv2d(x, w, padding=1, act_shift=ka, weight_shift=kw, backend="reference", **REQUANT)
-    out = benchmark(lambda: dq.int_conv2d(x, w, padding=1, act_shift=ka, weight_shift=kw, backend=backend,
-                                          cache_weight=True, **REQUANT))
-    assert torch.equal(out, expected)
+    _benchmark_exact(benchmark, dq.int_conv2d, *conv_operands, backend, widths, padding=1)
 
 
 @pytest.fixture(scope="module")
