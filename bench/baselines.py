@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dqt_triton import DQTModel, numerics
-from dqt_triton.model import budget_price
+from dqt_triton.controller import budget_price
 
 
 def _fake_quant(x: Tensor, step: Tensor, lo: int, hi: int) -> Tensor:
@@ -42,12 +42,12 @@ class DequantRequantDynamic(nn.Module):
         self.input_step = float(model.input_step)
         self.governed = {n: i for i, n in enumerate(model.governed)}
         self.fixed_bits = {n: model.edge_bits or numerics.MASTER_BITS for n in self.names}
-        self.source = model.config["controller_source"]
+        self.source = model.arch.controller_source
         self.layers: dict[str, dict] = {}
         with torch.no_grad():
             for name in self.names:
                 layer = model.layers[name]
-                steps = layer.weight_steps().detach()
+                steps = layer.weight_scales().detach()
                 scales, shifts = [], []
                 for bn in layer.norms():  # one batch norm per weight shift (or one shared)
                     scale, shift = torch.ones_like(steps), torch.zeros_like(steps)
@@ -62,14 +62,14 @@ class DequantRequantDynamic(nn.Module):
                                      "steps": steps.view((-1,) + (1,) * (layer.weight.dim() - 1)),
                                      "scale": scales, "shift": shifts, "relu": layer.relu, "conv": layer.conv}
             # Step and sign of every value in the graph (index 0 is the input), as in DQT.
-            self.value_step = [float(model.input_step)]
+            self.value_scale = [float(model.input_step)]
             for step in self.steps:
-                name = step.get("name")
-                if step["kind"] in ("layer", "add") and name in model.quantizers:
-                    self.value_step.append(float(model.quantizers[name].positive_step()))
+                name = step.name
+                if step.kind in ("layer", "add") and name in model.quantizers:
+                    self.value_scale.append(float(model.quantizers[name].scale()))
                 else:
-                    self.value_step.append(self.value_step[step["inputs"][0]])
-            self.value_signed = list(model.config["value_signed"])
+                    self.value_scale.append(self.value_scale[step.inputs[0]])
+            self.value_signed = list(model.arch.value_signed)
             ctrl = model.controller
             self.ctrl_pool = ctrl.pool
             self.ctrl_w1, self.ctrl_w2 = ctrl.fc1.weight.detach(), ctrl.fc2.weight.detach()
@@ -90,7 +90,7 @@ class DequantRequantDynamic(nn.Module):
         table = torch.tensor(self.candidate_bits, device=x.device)
         return table[(logits - self.ctrl_offsets.to(x.device)).argmax(-1)]
 
-    def _layer(self, name: str, x: Tensor, x_step: float, x_signed: bool, widths: Tensor) -> Tensor:
+    def _layer(self, name: str, x: Tensor, x_scale: float, x_signed: bool, widths: Tensor) -> Tensor:
         p = self.layers[name]
         out = None
         for bits in torch.unique(widths).tolist():
@@ -100,7 +100,7 @@ class DequantRequantDynamic(nn.Module):
             w_step = p["steps"] * 2**k
             w = _fake_quant(p["codes"] * p["steps"], w_step, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
             lo, hi = numerics.code_range(bits, x_signed)
-            xq = _fake_quant(x[rows], torch.tensor(x_step * 2**k, device=x.device), lo, hi)
+            xq = _fake_quant(x[rows], torch.tensor(x_scale * 2**k, device=x.device), lo, hi)
             if p["conv"] is None:
                 y = F.linear(xq, w)
             else:
@@ -121,10 +121,10 @@ class DequantRequantDynamic(nn.Module):
         widths = None
         values = [x]
         for step in self.steps:
-            ins = [values[i] for i in step["inputs"]]
-            kind = step["kind"]
+            ins = [values[i] for i in step.inputs]
+            kind = step.kind
             if kind == "layer":
-                src, name = step["inputs"][0], step["name"]
+                src, name = step.inputs[0], step.name
                 if name in self.governed:
                     if widths is None:  # the controller reads the first layer's output, as in DQT
                         widths = self.controller(values[self.source])
@@ -132,17 +132,17 @@ class DequantRequantDynamic(nn.Module):
                     chosen = widths[:, self.governed[name]]
                 else:
                     chosen = torch.full((x.shape[0],), self.fixed_bits[name], device=x.device)
-                out = self._layer(name, ins[0], self.value_step[src], self.value_signed[src], chosen)
+                out = self._layer(name, ins[0], self.value_scale[src], self.value_signed[src], chosen)
             elif kind == "add":
                 out = ins[0] + ins[1]
-                out = torch.relu(out) if step["relu"] else out
+                out = torch.relu(out) if step.relu else out
             elif kind == "relu":
                 out = torch.relu(ins[0])
             elif kind == "maxpool":
-                g = step["geometry"]
+                g = step.geometry
                 out = F.max_pool2d(ins[0], g["kernel"], g["stride"], g["padding"], g["dilation"])
             elif kind == "avgpool":
-                g = step["geometry"]
+                g = step.geometry
                 out = (F.adaptive_avg_pool2d(ins[0], 1) if g.get("global")
                        else F.avg_pool2d(ins[0], g["kernel"], g["stride"], g["padding"]))
             elif kind == "flatten":

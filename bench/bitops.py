@@ -44,7 +44,7 @@ def main(argv=None) -> None:
         timing = bitops.time_width_switch(model, "cpu")
         timing_gpu = bitops.time_width_switch(model, "cuda") if torch.cuda.is_available() else None
         report[name] = {"rows": rows, "transition": cost, "switch_timing_cpu": timing, "switch_timing_cuda": timing_gpu,
-                        "layers": len(model.layer_names), "macs": sum(model.config["macs"].values())}
+                        "layers": len(model.layer_names), "macs": sum(model.arch.macs.values())}
         lines += [f"## {name}: {len(model.layer_names)} conv/linear layers, {report[name]['macs'] / 1e9:.3f} GMACs", "",
                   "| mode | GBitOPs / sample | vs uniform 8 |", "|---|---:|---:|"]
         for r in rows:

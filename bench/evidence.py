@@ -139,19 +139,16 @@ def repolicy_one(path: Path, out: Path) -> None:
     import torch
 
     from bench.common import machine
-    from dqt_triton import policy
-    from dqt_triton.model import DQTModel
-    from dqt_triton.training import TrainConfig, load_dataset, results_table, split_training_set
+    from dqt_triton import DQTModel
+    from dqt_triton.training import TrainConfig, calibrate, calibration_data, load_dataset, results_table
 
     torch.set_num_threads(1)
     r = json.loads(path.read_text())
-    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in r["config"].items()})
+    cfg = TrainConfig.from_saved(r["config"])
     ckpt = out / "checkpoints" / f"{r['setup']}-{r['variant']}-seed{r['seed']}" / "model.pt"
     model = DQTModel.load(ckpt)
     ds = load_dataset(cfg.data, cfg.data_dir, cfg.seed, cfg.limit)
-    _, calib, fit = split_training_set(cfg, len(ds.y_train))
-    idx = calib if len(calib) else fit
-    model.policies = policy.calibrate_policies(model, ds.x_train[idx], ds.y_train[idx], cfg.policy_budgets).to_dict()
+    calibrate(model, cfg, *calibration_data(cfg, ds))  # what the trainer does after training
     model.save(ckpt)
     r.update(results_table(model, ds))
     r["policies_recomputed_at"] = machine()["commit"]

@@ -187,7 +187,7 @@ def training_rows(device: str, max_repeats: int) -> list[dict]:
             opt.zero_grad(set_to_none=True)
             if model.dynamic:
                 out = model.dqt_loss(codes, target, target_bitops=target_bitops, generator=loss_gen, **loss_kw)
-                out["loss"].backward()
+                out.loss.backward()
             else:
                 F.cross_entropy(model(codes), target).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -207,7 +207,7 @@ def training_rows(device: str, max_repeats: int) -> list[dict]:
             kw2 = dict(kw)
             if dynamic:
                 kw2.setdefault("target_bitops", model.uniform_bitops(4))
-                model.gate_gradients = gate_gradients or recipe.gate_gradients
+                kw2["gate_gradients"] = gate_gradients or recipe.gate_gradients
             return dqt_step(model, **kw2)
         return build
 
@@ -218,8 +218,7 @@ def training_rows(device: str, max_repeats: int) -> list[dict]:
     recipe = TrainConfig()
     held = (codes[:recipe.imitation_samples].clone(), target[:recipe.imitation_samples].clone())
     train_kw = dict(alpha=recipe.alpha, beta=recipe.beta, sampled_widths=recipe.sampled_widths,
-                    imitation_source=recipe.imitation_source,
-                    consistency_samples=max(1, round(recipe.consistency_share * batch)))
+                    imitation_source=recipe.imitation_source, consistency_share=recipe.consistency_share)
     if recipe.imitation_source == "holdout":
         train_kw["imitation_data"] = held
     holdout_kw = {**train_kw, "imitation_source": "holdout", "imitation_data": held}
@@ -234,10 +233,10 @@ def training_rows(device: str, max_repeats: int) -> list[dict]:
         cases["DQT dynamic step, dqt train recipe with --imitation-source holdout"] = dqt(True, **holdout_kw)
     # Cheaper still: the sandwich on a quarter of the batch. And the recipe before the defaults
     # changed (2026-11-23): every gate gradient, the sandwich on the whole batch.
-    cases[CHEAP_ROW] = dqt(True, **{**train_kw, "consistency_samples": max(1, round(0.25 * batch))})
-    cases[EARLIER_ROW] = dqt(True, "all", **{**train_kw, "consistency_samples": batch})
-    cases["DQT dynamic step, every width every step"] = dqt(True, "all", **{**train_kw, "sampled_widths": None,
-                                                                          "consistency_samples": batch})
+    cases[CHEAP_ROW] = dqt(True, **{**train_kw, "consistency_share": 0.25})
+    cases[EARLIER_ROW] = dqt(True, "all", **{**train_kw, "consistency_share": 1.0})
+    cases["DQT dynamic step, every width every step"] = dqt(True, "all", **{**train_kw, "sampled_widths": -1,
+                                                                          "consistency_share": 1.0})
     steps = {}
     for impl, build in cases.items():
         try:

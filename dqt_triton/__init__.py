@@ -15,7 +15,10 @@ from .errors import (
     DQTError,
     UnsupportedLayerError,
 )
-from .model import DQTModel, FrozenDQTModel
+from .convert import ConvertConfig
+from .model import DQTModel
+from .objective import LossConfig
+from .runtime import FrozenDQTModel
 from .nn import ActQuantizer, DQTConv2d, DQTLinear
 from .ops import int_adaptive_avg_pool2d, int_add, int_avg_pool2d, int_lut, int_conv2d, int_matmul, int_max_pool2d, int_mul
 
@@ -25,6 +28,8 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "BACKENDS",
+    "ConvertConfig",
+    "LossConfig",
     "AccumulatorOverflowError",
     "ActQuantizer",
     "BackendUnavailableError",

@@ -22,7 +22,7 @@ from .model import DQTModel
 
 def layer_stats(model: DQTModel) -> list[dict]:
     """Per conv/linear layer: MACs, weight elements, input and output activation elements (one sample)."""
-    return [{"layer": name, "macs": model.config["macs"][name], **model.config["elements"][name]}
+    return [{"layer": name, "macs": model.arch.macs[name], **model.arch.elements[name]}
             for name in model.layer_names]
 
 

@@ -10,6 +10,7 @@ the results table; `dqt eval CHECKPOINT` prints it for a saved model.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -21,18 +22,6 @@ from tqdm import tqdm
 from . import numerics, ops
 
 log = logging.getLogger(__name__)
-
-
-def _load_digits(seed: int):
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    images = torch.tensor(data.images, dtype=torch.float32).reshape(len(data.images), -1)
-    codes = torch.round(images * (255.0 / 16.0)).to(torch.uint8)  # pixel 0..16 -> uint8 codes
-    labels = torch.tensor(data.target, dtype=torch.long)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    split = int(0.8 * len(labels))
-    return (codes[order[:split]], labels[order[:split]]), (codes[order[split:]], labels[order[split:]])
 
 
 def _train_float_mlp(x: torch.Tensor, y: torch.Tensor, hidden: int, epochs: int, seed: int) -> torch.nn.Sequential:
@@ -80,7 +69,10 @@ def _integer_forward(q: dict, x: torch.Tensor, bits: int, backend: str) -> torch
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    (x_train, y_train), (x_test, y_test) = _load_digits(args.seed)
+    from .data import load_dataset
+
+    ds = load_dataset("digits")  # the fixed split `dqt train` uses; the MLP reads 64 pixel codes
+    x_train, y_train, x_test, y_test = ds.x_train.flatten(1), ds.y_train, ds.x_test.flatten(1), ds.y_test
     model = _train_float_mlp(x_train, y_train, args.hidden, args.epochs, args.seed)
     with torch.no_grad():
         float_acc = (model(x_test.float() / 255.0).argmax(1) == y_test).float().mean().item()
@@ -102,26 +94,48 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def config_option_names(cls) -> list[str]:
+    """The fields of config dataclass `cls` that are command-line options."""
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("cli", True) and "help" in f.metadata]
+
+
+def add_config_options(parser: argparse.ArgumentParser, cls) -> None:
+    """One option per field of config dataclass `cls` (`convert.option` metadata: help, flag,
+    negative_flag, choices, metavar). Every option defaults to None, so that an unset one takes
+    the dataset's recipe (`training.recipe_default`); the help shows the field's default."""
+    own = cls.__dict__.get("__annotations__", {})  # the class's own options first, then the inherited
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):
+        meta = f.metadata
+        if f.name not in config_option_names(cls):
+            continue
+        default = f.default
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = f"{meta['help']} (default: {shown})"
+        if "negative_flag" in meta:  # a flag that turns a default-on option off
+            flag, negative_help = meta["negative_flag"]
+            parser.add_argument(flag, dest=f.name, action="store_const", const=False, default=None,
+                                help=f"{negative_help} (default: {meta['help']})")
+            continue
+        kwargs = dict(dest=f.name, default=None, help=help_text)
+        if isinstance(default, tuple):
+            kwargs.update(type=type(default[0]), nargs="+")
+        elif default is None:
+            kwargs.update(type=int if "int" in str(f.type) else str)
+        else:
+            kwargs.update(type=type(default))
+        for key in ("choices", "metavar"):
+            if key in meta:
+                kwargs[key] = meta[key]
+        parser.add_argument(meta.get("flag", "--" + f.name.replace("_", "-")), **kwargs)
+
+
 def run_train(args: argparse.Namespace) -> int:
     from .training import TrainConfig, Trainer, environment_device, format_table, recipe_default
 
-    def pick(value, option: str):  # an option left unset takes the dataset's recipe
-        return recipe_default(args.data, option) if value is None else value
-
-    cfg = TrainConfig(data=args.data, data_dir=args.data_dir, model=pick(args.model, "model"), width=args.width,
-                      depth=args.depth,
-                      candidate_bits=tuple(args.bits), budget_bits=args.budget, alpha=args.alpha, beta=args.beta,
-                      imitation=args.imitation, imitation_mode=args.imitation_mode,
-                      imitation_source=args.imitation_source, controller=args.controller,
-                      imitation_holdout=args.imitation_holdout, distill=not args.no_distill, sampled_widths=args.sampled_widths,
-                      consistency_share=args.consistency_share, gate_gradients=args.gate_gradients,
-                      imitation_samples=args.imitation_samples,
-                      bn_per_width=not args.shared_bn, norm_recalibration=args.norm_recalibration,
-                      edge_bits=args.edge_bits,
-                      warmup_epochs=pick(args.warmup_epochs, "warmup_epochs"),
-                      epochs=pick(args.epochs, "epochs"), batch_size=args.batch_size,
-                      lr=args.lr, dqt_lr=args.dqt_lr, shift_rule=args.shift_rule, seed=args.seed,
-                      device=environment_device(args.device), limit=args.limit, static_bits=args.static_bits)
+    values = {name: getattr(args, name) for name in config_option_names(TrainConfig)}
+    cfg = TrainConfig(**{name: recipe_default(args.data, name) if value is None else value
+                         for name, value in values.items()})
+    cfg.device = environment_device(cfg.device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if cfg.device == "cuda" else "gloo")  # under torchrun
         if cfg.device == "cuda":
@@ -181,64 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--hidden", type=int, default=64)
     demo.set_defaults(func=run_demo)
 
-    from .training import DATASETS, MODELS, TrainConfig
+    from .training import DATA_RECIPES, DATASETS, TrainConfig
 
-    d = TrainConfig()  # the CLI's defaults are the recipe's
-    train = sub.add_parser("train", help="DQT training with the results table (default: digits, no download)")
-    train.add_argument("--data", choices=DATASETS, default="digits",
-                       help="digits (embedded), madelon (scikit-learn's MADELON generator), mnist1d (the mnist1d "
-                            "package's generator, offline; pip install -e '.[mnist1d]'), cifar10 (local copy)")
-    train.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py/ (torchvision format)")
-    train.add_argument("--model", choices=MODELS, default=None,
-                       help=f"architecture (default: {d.model}; cnn1d on mnist1d, mlp on madelon)")
-    train.add_argument("--width", type=int, default=d.width, help="base channel count (ResNet: 64 is the paper's)")
-    train.add_argument("--depth", type=int, default=d.depth, help="hidden layers of --model mlp")
-    train.add_argument("--bits", type=int, nargs="+", default=list(d.candidate_bits), help="candidate widths")
-    train.add_argument("--budget", type=float, default=d.budget_bits,
-                       help="deployment budget: dynamic BitOPs at most those of uniform BUDGET-bit (calibrated)")
-    train.add_argument("--alpha", type=float, default=d.alpha, help="weight of the consistency (sandwich) term")
-    train.add_argument("--beta", type=float, default=d.beta, help="weight of the per-sample BitOPs price")
-    train.add_argument("--imitation", type=float, default=d.imitation,
-                       help="weight of the controller's imitation of each sample's best width")
-    train.add_argument("--imitation-mode", choices=["expected", "best"], default=d.imitation_mode,
-                       help="controller learns each width's expected cost per input (default) or the best width")
-    train.add_argument("--imitation-source", choices=["holdout", "sandwich", "teacher"], default=d.imitation_source,
-                       help="what the controller learns each width's cost from: held-out samples judged at every "
-                            "width, the sandwich widths' losses, or their divergence from the widest width")
-    train.add_argument("--controller", choices=["layer", "sample"], default=d.controller,
-                       help="controller granularity: a width per governed layer and input, or one per input")
-    train.add_argument("--imitation-holdout", type=float, default=d.imitation_holdout,
-                       help="with --imitation-source holdout: share of the training set held out of the network's "
-                            "loss to judge widths on")
-    train.add_argument("--sampled-widths", type=int, default=d.sampled_widths,
-                       help="random middle widths per step besides the widest and narrowest (-1: every width)")
-    train.add_argument("--consistency-share", type=float, default=d.consistency_share,
-                       help="share of each batch the sandwich widths train on (1: the whole batch)")
-    train.add_argument("--imitation-samples", type=int, default=d.imitation_samples,
-                       help="with --imitation-source holdout: held-out samples judged at every width per step")
-    train.add_argument("--gate-gradients", choices=["all", "local", "none"], default=d.gate_gradients,
-                       help="task-loss gradients to the controller's gates: every width, the chosen width's "
-                            "neighbours, or none")
-    train.add_argument("--no-distill", action="store_true", help="lower widths learn from labels, not the 8-bit path")
-    train.add_argument("--shared-bn", action="store_true", help="one batch norm for every width (default: one per width)")
-    train.add_argument("--norm-recalibration", type=int, default=d.norm_recalibration, metavar="N",
-                       help="after training, re-estimate every width's batch-norm statistics on N training samples "
-                            "(0: keep the running averages of training)")
-    train.add_argument("--edge-bits", type=int, default=d.edge_bits,
-                       help="width of the first and last layers (0: the controller governs them too)")
-    train.add_argument("--warmup-epochs", type=int, default=None,
-                       help=f"static 8-bit QAT epochs before DQT (default: {d.warmup_epochs}; 30 on mnist1d)")
-    train.add_argument("--epochs", type=int, default=None, help=f"DQT epochs (default: {d.epochs}; 30 on mnist1d)")
-    train.add_argument("--batch-size", type=int, default=d.batch_size)
-    train.add_argument("--lr", type=float, default=d.lr, help="learning rate of the warm-up")
-    train.add_argument("--dqt-lr", type=float, default=d.dqt_lr, help="learning rate of the DQT epochs")
-    train.add_argument("--shift-rule", choices=["floor", "round"], default=d.shift_rule,
-                       help="nested shift: round (default, see README) or floor (the paper's)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
-    train.add_argument("--limit", type=int, default=0, help="train on the first N images only (quick checks)")
-    train.add_argument("--static-bits", type=int, default=0,
-                       help="train a non-nested static baseline at this width only (no controller, no DQT phase)")
+    train = sub.add_parser("train", help="DQT training with the results table (default: digits, no download)",
+                           epilog="Options left unset take the dataset's recipe where it has one: "
+                                  + "; ".join(f"{d}: {r}" for d, r in DATA_RECIPES.items()))
+    add_config_options(train, TrainConfig)
     train.add_argument("--out", default="runs/dqt", help="output directory (checkpoints, metrics, results)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     train.set_defaults(func=run_train)

@@ -1,7 +1,7 @@
 """Capture a float model as a DQT step list with torch.fx.
 
 Each operation is recognised by the first step kind in `steps.CAPTURE_ORDER` that matches it
-(see the README's supported-operations table). Capture walks the whole graph before it
+(see docs/conversion.md). Capture walks the whole graph before it
 raises: `UnsupportedLayerError` lists every operation the integer model cannot represent.
 """
 

@@ -68,9 +68,9 @@ class ActQuantizer(nn.Module):
                 self.log_step.data.copy_(torch.log((self.running_range / self.hi).clamp_min(1e-8)))
                 self.batches_seen += 1
         self.elements = max(x[0].numel(), 1)
-        return lsq_codes(x, self.positive_step(), self.lo, self.hi)
+        return lsq_codes(x, self.scale(), self.lo, self.hi)
 
-    def positive_step(self) -> Tensor:
+    def scale(self) -> Tensor:
         step = torch.exp(self.log_step)
         return scale_grad(step, lsq_grad_factor(self.elements, self.hi)) if self.training else step
 
@@ -134,7 +134,7 @@ class _DQTLayer(nn.Module):
     def reduction_size(self) -> int:
         return self.weight[0].numel()
 
-    def weight_steps(self) -> Tensor:
+    def weight_scales(self) -> Tensor:
         """[N] positive per-output-channel steps (one shared value if not per channel)."""
         step = torch.exp(self.log_weight_step)
         if self.training:
@@ -150,7 +150,7 @@ class _DQTLayer(nn.Module):
         if shared is not None and key in shared:
             return shared[key]
         view = (-1,) + (1,) * (self.weight.dim() - 1)
-        codes = lsq_codes(self.weight, self.weight_steps().view(view), -128, 127)
+        codes = lsq_codes(self.weight, self.weight_scales().view(view), -128, 127)
         if shared is not None:
             shared[key] = codes
         return codes
@@ -190,11 +190,11 @@ class _DQTLayer(nn.Module):
             y = y * torch.stack([bn.weight for bn in bns])[k].view(view) + torch.stack([bn.bias for bn in bns])[k].view(view)
         return y
 
-    def forward_codes(self, q_x: Tensor, x_step: Tensor, x_signed: bool, act_shift, weight_shift,
+    def forward_codes(self, q_x: Tensor, x_scale: Tensor, x_signed: bool, act_shift, weight_shift,
                       rule: str, gates: Optional[Tensor] = None, candidate_bits=(), where: str = "a layer",
                       gate_gradients: str = "all") -> Tensor:
         """Float output (bias, batch norm, ReLU applied) of the integer layer on codes q_x."""
-        scale = (x_step * self.weight_steps()).to(torch.float32)
+        scale = (x_scale * self.weight_scales()).to(torch.float32)
         y = int_layer(q_x, self.weight_codes(), scale, act_shift=act_shift, weight_shift=weight_shift,
                       signed=x_signed, rule=rule, conv=self.conv, gates=gates, candidate_bits=candidate_bits,
                       where=where, gate_gradients=gate_gradients)
@@ -204,30 +204,30 @@ class _DQTLayer(nn.Module):
         return torch.relu(y) if self.relu else y
 
     @torch.no_grad()
-    def integer_constants(self, x_step: float, x_signed: bool, out_step: Optional[float]) -> IntegerConstants:
+    def integer_constants(self, x_scale: float, x_signed: bool, y_scale: Optional[float]) -> IntegerConstants:
         """Fold bias and batch norm (running statistics) into integer constants.
 
-        With `out_step` the layer requantizes to master codes of its output quantizer; without,
-        it dequantizes to float32 (the logits). With a batch norm per width, bias, multiplier,
+        With `y_scale` (the real value of one output code) the layer requantizes to master codes
+        of its output quantizer; without, it dequantizes to float32 (the logits). With a batch norm per width, bias, multiplier,
         shift and out_scale are ``[8, N]`` tables (row = weight shift).
         """
-        steps = self.weight_steps().double()
+        w_scales = self.weight_scales().double()
         view = (-1,) + (1,) * (self.weight.dim() - 1)
-        codes = numerics.quantize(self.weight.detach(), steps.view(view).float(), signed=True).to(torch.int8)
-        if not math.isfinite(x_step):
+        codes = numerics.quantize(self.weight.detach(), w_scales.view(view).float(), signed=True).to(torch.int8)
+        if not math.isfinite(x_scale):
             raise ValueError(f"{self.__class__.__name__}: the input step is not finite (training diverged?)")
         norms = list(self.width_bns) if self.width_bns is not None else [self.bn]
-        folded = [self._fold(bn, x_step * steps, x_signed, out_step) for bn in norms]
+        folded = [self._fold(bn, x_scale * w_scales, x_signed, y_scale) for bn in norms]
         if len(folded) == 1:
             bias, mult, shift, out_scale = folded[0]
         else:
             bias, mult, shift, out_scale = (None if folded[0][i] is None else torch.stack([f[i] for f in folded])
                                             for i in range(4))
-        if out_step is None:
+        if y_scale is None:
             return IntegerConstants(codes, bias, None, None, out_scale, self.relu, torch.float32)
         return IntegerConstants(codes, bias, mult, shift, None, self.relu, torch.uint8 if self.relu else torch.int8)
 
-    def _fold(self, bn: Optional[nn.Module], scale: Tensor, x_signed: bool, out_step: Optional[float]):
+    def _fold(self, bn: Optional[nn.Module], scale: Tensor, x_signed: bool, y_scale: Optional[float]):
         """(bias int32, multiplier, shift, out_scale) of one batch norm; scale = D_x * D_w [N]."""
         bias = self.bias.detach().double() if self.bias is not None else torch.zeros_like(scale)
         if bn is not None:
@@ -248,9 +248,9 @@ class _DQTLayer(nn.Module):
                 f"{self.__class__.__name__}: folded bias of channel {worst} is {int(bias_codes[worst])} accumulator "
                 f"units, beyond the {budget} the int32 accumulator leaves for a bias (K={self.reduction_size()}); "
                 "its batch-norm scale is nearly zero")
-        if out_step is None:
+        if y_scale is None:
             return bias_codes.to(torch.int32), None, None, scale.float()
-        pairs = [numerics.quantize_multiplier(float(r)) for r in (scale / out_step).tolist()]
+        pairs = [numerics.quantize_multiplier(float(r)) for r in (scale / y_scale).tolist()]
         multiplier = torch.tensor([m for m, _ in pairs], dtype=torch.int32, device=scale.device)
         shift = torch.tensor([s for _, s in pairs], dtype=torch.int32, device=scale.device)
         return bias_codes.to(torch.int32), multiplier, shift, None
@@ -288,3 +288,33 @@ class DQTConv2d(_DQTLayer):
 
     def macs_per_sample(self, out_shape) -> int:
         return self.weight.numel() * int(out_shape[-1]) * int(out_shape[-2])
+
+
+def layer_spec(layer: _DQTLayer) -> dict:
+    """What rebuilds `layer` without its weights (a checkpoint's ``layer_specs`` entry)."""
+    bn = layer.bn if layer.width_bns is None else layer.width_bns[0]
+    return {
+        "type": "conv" if isinstance(layer, DQTConv2d) else "linear",
+        "weight_shape": list(layer.weight.shape), "bias": layer.bias is not None, "relu": layer.relu,
+        "per_channel": layer.per_channel,
+        "conv": {k: list(v) if isinstance(v, tuple) else v for k, v in layer.conv.items()} if layer.conv else None,
+        "bn": None if bn is None else {"dim": 2 if isinstance(bn, nn.BatchNorm2d) else 1, "eps": bn.eps,
+                                       "momentum": bn.momentum, "affine": bn.affine},
+        "bn_per_width": layer.width_bns is not None,
+    }
+
+
+def layer_from_spec(spec: dict) -> _DQTLayer:
+    """An untrained layer of a `layer_spec` (the state dict fills its weights)."""
+    weight = torch.zeros(spec["weight_shape"])
+    bias = torch.zeros(spec["weight_shape"][0]) if spec["bias"] else None
+    bn = None
+    if spec["bn"] is not None:
+        cls = nn.BatchNorm2d if spec["bn"]["dim"] == 2 else nn.BatchNorm1d
+        bn = cls(spec["weight_shape"][0], eps=spec["bn"]["eps"], momentum=spec["bn"]["momentum"],
+                 affine=spec["bn"]["affine"])
+    if spec["type"] == "conv":
+        c = spec["conv"]
+        return DQTConv2d(weight, bias, bn, spec["relu"], c["stride"], c["padding"], c["dilation"], c["groups"],
+                         spec["per_channel"], spec["bn_per_width"])
+    return DQTLinear(weight, bias, bn, spec["relu"], spec["per_channel"], spec["bn_per_width"])

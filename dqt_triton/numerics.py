@@ -202,18 +202,18 @@ LUT_FUNCTIONS = {
 }
 
 
-def lut_table(function: str, in_step: float, in_signed: bool, out_step: float, out_signed: bool) -> torch.Tensor:
+def lut_table(function: str, in_scale: float, in_signed: bool, out_scale: float, out_signed: bool) -> torch.Tensor:
     """The 256-entry code table of y = f(x): entry i is the output code of input code
-    i - 128 (int8 input) or i (uint8), clamp(floor(f(code * in_step) / out_step + 1/2), lo, hi),
+    i - 128 (int8 input) or i (uint8), clamp(floor(f(code * in_scale) / out_scale + 1/2), lo, hi),
     computed in float64 on the CPU (docs/numerics.md section 5)."""
     if function not in LUT_FUNCTIONS:
         raise ValueError(f"no lookup table for {function!r}; known: {sorted(LUT_FUNCTIONS)}")
-    for name, step in (("in_step", in_step), ("out_step", out_step)):
+    for name, step in (("in_scale", in_scale), ("out_scale", out_scale)):
         if not (math.isfinite(step) and step > 0):
             raise ValueError(f"lut_table: {name} must be finite and positive, got {step}")
     lo_in = -128 if in_signed else 0
     codes = torch.arange(lo_in, lo_in + 256, dtype=torch.float64)
-    real = LUT_FUNCTIONS[function](codes * in_step)
+    real = LUT_FUNCTIONS[function](codes * in_scale)
     lo, hi = code_range(MASTER_BITS, out_signed)
-    out = torch.floor(real / out_step + 0.5).clamp(lo, hi)
+    out = torch.floor(real / out_scale + 0.5).clamp(lo, hi)
     return out.to(torch.int8 if out_signed else torch.uint8)

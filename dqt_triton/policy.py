@@ -23,7 +23,6 @@ data by more than `PER_LAYER_MARGIN_SE` standard errors.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 from dataclasses import dataclass
@@ -92,7 +91,7 @@ def allocation_bits(model, alloc: Allocation) -> dict:
 
 def allocation_bitops(model, alloc: Allocation) -> float:
     """BitOPs of one sample at an allocation (weights and activations at the same width)."""
-    macs, bits = model.config["macs"], allocation_bits(model, alloc)
+    macs, bits = model.arch.macs, allocation_bits(model, alloc)
     return float(sum(macs[n] * bits[n] * bits[n] for n in model.layer_names))
 
 
@@ -107,8 +106,8 @@ def reusable_values(steps: Sequence[dict], bits_a: dict, bits_b: dict) -> set:
     a dearer pass resumes from a cheaper pass's codes without any conversion."""
     same = {0}
     for i, step in enumerate(steps):
-        if all(j in same for j in step["inputs"]) and (
-                step["kind"] != "layer" or tuple(bits_a[step["name"]]) == tuple(bits_b[step["name"]])):
+        if all(j in same for j in step.inputs) and (
+                step.kind != "layer" or tuple(bits_a[step.name]) == tuple(bits_b[step.name])):
             same.add(i + 1)
     return same
 
@@ -116,15 +115,15 @@ def reusable_values(steps: Sequence[dict], bits_a: dict, bits_b: dict) -> set:
 def escalation_bitops(model, cheap: Allocation, dear: Allocation) -> float:
     """BitOPs a pass at `dear` adds for an input already run at `cheap`: the layers it cannot
     take from the cheap pass (`reusable_values`)."""
-    return suffix_bitops(model.steps, model.config["macs"], allocation_bits(model, cheap),
+    return suffix_bitops(model.steps, model.arch.macs, allocation_bits(model, cheap),
                          allocation_bits(model, dear))
 
 
 def suffix_bitops(steps: Sequence[dict], macs: dict, cheap_bits: dict, dear_bits: dict) -> float:
     """BitOPs of the layers of a `dear_bits` pass that a `cheap_bits` pass has not computed."""
     same = reusable_values(steps, _pairs(cheap_bits), _pairs(dear_bits))
-    return float(sum(macs[s["name"]] * dear_bits[s["name"]] ** 2 for i, s in enumerate(steps)
-                     if s["kind"] == "layer" and i + 1 not in same))
+    return float(sum(macs[s.name] * dear_bits[s.name] ** 2 for i, s in enumerate(steps)
+                     if s.kind == "layer" and i + 1 not in same))
 
 
 def _pairs(bits: dict) -> dict:
@@ -168,21 +167,10 @@ class Calibration:
         return escalation_bitops(self.model, cheap, dear)
 
 
-@contextlib.contextmanager
-def _mode_kept(model):
-    """Restore the model's static widths, dynamic flag and train/eval mode afterwards."""
-    was_training, dynamic, static = model.training, model.dynamic, dict(model.static_bits)
-    try:
-        yield
-    finally:
-        model.static_bits, model.dynamic = static, dynamic
-        model.train(was_training)
-
-
 @torch.no_grad()
 def eval_at(model, alloc: Allocation, x: Tensor) -> Tensor:
     """Integer-eval logits of `model` at a static allocation; the model's mode is restored."""
-    with _mode_kept(model):
+    with model.kept_mode():
         model.eval()
         model.set_bits(allocation_bits(model, alloc))
         return model(x)
@@ -421,17 +409,17 @@ class FrozenCascade(nn.Module):
     @classmethod
     def from_model(cls, model, cascade: Cascade) -> "FrozenCascade":
         programs = {}
-        with _mode_kept(model):
+        with model.kept_mode():
             for alloc in dict.fromkeys(cascade.stages):
                 model.set_bits(allocation_bits(model, alloc))
                 programs[alloc] = model.freeze()
-        return cls(cascade, programs, model.config["macs"])
+        return cls(cascade, programs, model.arch.macs)
 
     def _bits(self, alloc: Allocation) -> dict:
-        return {n: b[0] for n, b in self.programs[_key(alloc)].program["static_bits"].items()}
+        return {n: b[0] for n, b in self.programs[_key(alloc)].program.static_bits.items()}
 
     def _steps(self) -> list:
-        return self.programs[_key(self.cascade.stages[0])].program["steps"]
+        return self.programs[_key(self.cascade.stages[0])].program.steps
 
     def _cost(self, alloc: Allocation) -> float:
         return float(sum(self.macs[n] * b * b for n, b in self._bits(alloc).items()))

@@ -45,26 +45,26 @@ GATE_GRADIENTS = ("all", "local", "none")
 
 class _LSQCodes(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, step: Tensor, lo: int, hi: int) -> Tensor:
-        ratio = x / step
+    def forward(ctx, x: Tensor, scale: Tensor, lo: int, hi: int) -> Tensor:
+        ratio = x / scale
         q = torch.clamp(torch.round(ratio), lo, hi)
         inside = (ratio >= lo) & (ratio <= hi)
-        ctx.save_for_backward(ratio, step, inside)
+        ctx.save_for_backward(ratio, scale, inside)
         return q
 
     @staticmethod
     def backward(ctx, grad_q: Tensor):
-        ratio, step, inside = ctx.saved_tensors
-        grad_x = torch.where(inside, grad_q / step, torch.zeros_like(grad_q))
+        ratio, scale, inside = ctx.saved_tensors
+        grad_x = torch.where(inside, grad_q / scale, torch.zeros_like(grad_q))
         # Downstream multiplies q by D, which supplies the q term of LSQ's (q - x/D); here only
         # the -x/D^2 part of d(round(x/D))/dD remains, and clipped elements contribute nothing.
-        grad_step_elems = torch.where(inside, -grad_q * ratio / step, torch.zeros_like(grad_q))
-        grad_step = _sum_to(grad_step_elems, step.shape)
-        return grad_x, grad_step, None, None
+        grad_scale_elems = torch.where(inside, -grad_q * ratio / scale, torch.zeros_like(grad_q))
+        grad_scale = _sum_to(grad_scale_elems, scale.shape)
+        return grad_x, grad_scale, None, None
 
 
 def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
-    """Sum a broadcast gradient back to `shape` (a scalar or a per-channel [C, 1, ...] step)."""
+    """Sum a broadcast gradient back to `shape` (a scalar or a per-channel [C, 1, ...] scale)."""
     if t.shape == shape:
         return t
     if len(shape) == 0:
@@ -73,14 +73,14 @@ def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
     return t.sum(dim=dims, keepdim=True).reshape(shape)
 
 
-def lsq_codes(x: Tensor, step: Tensor, lo: int, hi: int) -> Tensor:
+def lsq_codes(x: Tensor, scale: Tensor, lo: int, hi: int) -> Tensor:
     """Master codes of `x` as a float tensor, with LSQ straight-through gradients.
 
-    The step's gradient here is only the -x/D part of LSQ's (q - x/D); the q part arrives
-    through the consumer, which multiplies the codes by D. Scale the step's gradient where
-    the step is produced (`scale_grad`), so both parts get the same factor.
+    The scale's gradient here is only the -x/D part of LSQ's (q - x/D); the q part arrives
+    through the consumer, which multiplies the codes by D. Scale its gradient where
+    the scale is produced (`scale_grad`), so both parts get the same factor.
     """
-    return _LSQCodes.apply(x, step, lo, hi)
+    return _LSQCodes.apply(x, scale, lo, hi)
 
 
 class _ScaleGrad(torch.autograd.Function):

@@ -16,8 +16,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import pickle
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -27,184 +27,93 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import checkpoint, models, policy
-from .errors import CheckpointError
-from .model import DQTModel, _atomic_save
-from .quant import GATE_GRADIENTS
+from . import checkpoint, model_file, models, policy
+from .convert import ConvertConfig, config_of, option
+from .data import DATASETS, Dataset, load_dataset
+from .errors import BackendUnavailableError, CheckpointError
+from .model import DQTModel
+from .objective import LossConfig
 
 log = logging.getLogger(__name__)
 
-CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-DATASETS = ("digits", "madelon", "mnist1d", "cifar10")
 MODELS = ("resnet18", "resnet50", "cnn", "cnn1d", "mlp")
 # What `dqt train --data DATA` uses unless told otherwise (TrainConfig's defaults elsewhere).
 # MNIST-1D: the 1-D CNN needs longer schedules than digits (60 epochs: 2-3 minutes on 2 cores).
 DATA_RECIPES = {"madelon": {"model": "mlp"}, "mnist1d": {"model": "cnn1d", "warmup_epochs": 30, "epochs": 30}}
 
 
-def recipe_default(data: str, option: str):
-    """The default of TrainConfig field `option` for dataset `data`."""
-    return DATA_RECIPES.get(data, {}).get(option, getattr(TrainConfig, option))
+def recipe_default(data: str, name: str):
+    """The default of TrainConfig field `name` for dataset `data`."""
+    return DATA_RECIPES.get(data, {}).get(name, getattr(TrainConfig, name))
 
 
 @dataclass
-class TrainConfig:
-    """Everything that defines a run (stored in the checkpoint; `--resume` checks it)."""
+class TrainConfig(LossConfig, ConvertConfig):
+    """Everything that defines a run (stored in the checkpoint; `--resume` checks it): the
+    conversion options (`ConvertConfig`), the objective's (`LossConfig`) and the recipe's below."""
 
-    data: str = "digits"
-    data_dir: Optional[str] = None
-    model: str = "resnet18"
-    width: int = 8
-    depth: int = 2  # hidden layers of the mlp model
-    candidate_bits: tuple = (2, 3, 4, 5, 6, 7, 8)
-    budget_bits: float = 4.0  # deployment budget: dynamic BitOPs <= uniform budget_bits (calibrated)
-    alpha: float = 1.0  # weight of the consistency (sandwich) term
-    beta: float = 1.0  # weight of the per-sample BitOPs price
-    imitation: float = 1.0  # weight of the controller's imitation of each sample's best width
-    imitation_holdout: float = 0.1  # "holdout" source: share of the training set kept from the network to judge widths on
-    imitation_samples: int = 16  # "holdout" source: held-out samples judged at every width per step
-    imitation_source: str = "sandwich"  # the controller learns per-width losses of the sandwich (or held-out samples)
-    imitation_mode: str = "expected"  # controller learns expected cost per width ("expected") or the best width ("best")
-    distill: bool = True  # lower widths learn from the widest one's predictions
-    sampled_widths: int = 1  # random middle widths per step besides widest and narrowest; -1 = all
-    consistency_share: float = 0.5  # share of each batch the consistency widths see (1.0: all of it, dearer)
-    gate_gradients: str = "local"  # task-loss gradients to the controller's gates: "all" (dearer), "local" or "none"
-    bn_per_width: bool = True
-    policy_budgets: tuple = (2.25, 2.5, 2.75, 3.0, 3.5, 4.0, 5.0, 6.0)  # uniform b: budgets policies calibrate to
-    calibration_holdout: float = 0.2  # training-set share kept out of training to calibrate budgets and policies on
-    norm_recalibration: int = 2048  # after training: each width's batch-norm statistics re-estimated on this many training samples (0 = off)
-    controller: str = "layer"  # controller granularity: a width per governed layer ("layer") or per sample ("sample")
-    edge_bits: int = 8  # first and last layer width; 0 = the controller governs them too
-    warmup_epochs: int = 4
-    epochs: int = 6
-    batch_size: int = 64
-    lr: float = 3e-3
-    dqt_lr: float = 1e-3
-    clip: float = 1.0
-    tau_start: float = 1.0
-    tau_end: float = 0.3
-    shift_rule: str = "round"
-    seed: int = 0
-    device: str = "cpu"
-    limit: int = 0  # use only the first N training images (0 = all); for quick checks
-    static_bits: int = 0  # > 0: a non-nested static baseline trained at this width only (no DQT phase)
+    data: str = option("digits", "digits (embedded), madelon (scikit-learn's MADELON generator), mnist1d (the "
+                       "mnist1d package's generator, offline; pip install -e '.[mnist1d]'), cifar10 (local copy)",
+                       choices=DATASETS)
+    data_dir: Optional[str] = option(None, "folder holding cifar-10-batches-py/ (torchvision format)")
+    model: str = option("resnet18", "architecture", choices=MODELS)
+    width: int = option(8, "base channel count (ResNet: 64 is the paper's)")
+    depth: int = option(2, "hidden layers of --model mlp")
+    budget_bits: float = option(4.0, "deployment budget: dynamic BitOPs at most those of uniform BUDGET-bit "
+                                "(calibrated)", flag="--budget")
+    imitation_holdout: float = option(0.1, "'holdout' source: share of the training set kept from the network to "
+                                      "judge widths on")
+    policy_budgets: tuple = option((2.25, 2.5, 2.75, 3.0, 3.5, 4.0, 5.0, 6.0), "budgets (uniform-b BitOPs) the "
+                                   "width policies are calibrated to and reported at")
+    calibration_holdout: float = option(0.2, "training-set share kept out of training to calibrate budgets and "
+                                        "policies on")
+    norm_recalibration: int = option(2048, "after training, re-estimate each width's batch-norm statistics on N "
+                                     "training samples (0: off)", metavar="N")
+    warmup_epochs: int = option(4, "8-bit QAT epochs before DQT")
+    epochs: int = option(6, "DQT epochs")
+    batch_size: int = option(64, "batch size")
+    lr: float = option(3e-3, "learning rate of the warm-up")
+    dqt_lr: float = option(1e-3, "learning rate of the DQT epochs")
+    clip: float = option(1.0, "gradient-norm clip (0: off)")
+    tau_start: float = option(1.0, "Gumbel-Softmax temperature at the start of DQT")
+    tau_end: float = option(0.3, "Gumbel-Softmax temperature at the end")
+    seed: int = option(0, "seed of the data split, order and initialisation")
+    device: str = option("cpu", "cpu, cuda or auto", choices=("cpu", "cuda", "auto"))
+    limit: int = option(0, "train on the first N images only (0: all; for quick checks)")
+    static_bits: int = option(0, "> 0: a non-nested static baseline trained at this width only (no DQT phase)")
+
+    def __post_init__(self) -> None:
+        ConvertConfig.__post_init__(self)
+        LossConfig.__post_init__(self)
+        if not 0.0 <= self.imitation_holdout < 1.0:
+            raise ValueError(f"imitation_holdout must be in [0, 1), got {self.imitation_holdout}")
+        if not 0.0 <= self.calibration_holdout < 1.0 or self.imitation_holdout + self.calibration_holdout >= 1.0:
+            raise ValueError(f"calibration_holdout must be in [0, 1) and leave training samples beside "
+                             f"imitation_holdout, got {self.calibration_holdout}")
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> "TrainConfig":
+        """The config of a saved run (a training state's or results.json's): options it lacks
+        came after it was written, so it did what the code did then (`BEFORE_THE_OPTION`, else
+        the default); renamed options are read under their old names (`LEGACY_NAMES`)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {LEGACY_NAMES.get(k, k): tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
+        values = {**{k: v for k, v in BEFORE_THE_OPTION.items() if k not in values}, **values}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def loss_config(self) -> LossConfig:
+        return config_of(LossConfig, self)
+
+    def convert_config(self) -> ConvertConfig:
+        return config_of(ConvertConfig, self)
 
 
 # What runs did before an option existed, where today's default differs from it.
 BEFORE_THE_OPTION = {"imitation_source": "holdout", "consistency_share": 1.0, "gate_gradients": "all",
                      "norm_recalibration": 0, "calibration_holdout": 0.0}
+LEGACY_NAMES = {"controller": "controller_granularity"}  # saved name -> today's
 # Run-time budgets (uniform-b BitOPs) at which `dqt train` calibrates and reports every width policy.
 POLICY_BUDGETS = TrainConfig.policy_budgets
-
-
-@dataclass
-class Dataset:
-    x_train: torch.Tensor  # uint8 codes [N, *shape]
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    input_shape: tuple
-    num_classes: int
-    input_scale: float = 1.0 / 255.0
-    input_signed: bool = False
-
-
-def load_dataset(name: str, data_dir: Optional[str] = None, seed: int = 0, limit: int = 0) -> Dataset:
-    """digits (scikit-learn, embedded: 8x8 images, 1,437/360 split), madelon (scikit-learn's
-    generator), mnist1d (the `mnist1d` package's generator, offline: 4,000/1,000 signals of
-    length 40) or cifar10 (a local copy in torchvision's `cifar-10-batches-py` format)."""
-    if name == "digits":
-        from sklearn.datasets import load_digits
-
-        data = load_digits()
-        x = torch.round(torch.tensor(data.images, dtype=torch.float32) * (255.0 / 16.0)).to(torch.uint8)[:, None]
-        y = torch.tensor(data.target, dtype=torch.long)
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234))  # fixed split
-        split = int(0.8 * len(y))
-        train, test = order[:split], order[split:]
-        ds = Dataset(x[train], y[train], x[test], y[test], (1, 8, 8), 10)
-    elif name == "cifar10":
-        ds = _load_cifar10(data_dir)
-    elif name == "madelon":
-        ds = _make_madelon()
-    elif name == "mnist1d":
-        ds = _make_mnist1d()
-    else:
-        raise ValueError(f"unknown dataset {name!r}; choose {', '.join(DATASETS)}")
-    if limit:
-        ds.x_train, ds.y_train = ds.x_train[:limit], ds.y_train[:limit]
-    return ds
-
-
-def _make_mnist1d() -> Dataset:
-    """MNIST-1D (Greydanus and Kobak, ICML 2024): the `mnist1d` package's generator with its
-    default arguments (seed 42), run offline (`make_dataset`, never the download of
-    `get_dataset`); 4,000/1,000 signals of length 40, 10 classes, as int8 codes [1, 1, 40]
-    with one global scale from the training split. The generator seeds numpy's and Python's
-    global random state; both are restored afterwards."""
-    import random
-    import warnings
-
-    import numpy as np
-
-    try:
-        with warnings.catch_warnings():  # on SciPy >= 1.17 its import warns about scipy.ndimage.filters
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from mnist1d.data import get_dataset_args, make_dataset
-    except ImportError as exc:
-        raise ImportError("--data mnist1d needs the mnist1d package: pip install -e '.[mnist1d]' "
-                          "(or pip install mnist1d)") from exc
-    np_state, py_state = np.random.get_state(), random.getstate()
-    try:
-        data = make_dataset(get_dataset_args())
-    finally:
-        np.random.set_state(np_state)
-        random.setstate(py_state)
-    x_train = torch.tensor(data["x"], dtype=torch.float32)
-    x_test = torch.tensor(data["x_test"], dtype=torch.float32)
-    scale = float(x_train.abs().max()) / 127.0
-
-    def codes(x: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(torch.round(x / scale), -128, 127).to(torch.int8)[:, None, None, :]
-
-    return Dataset(codes(x_train), torch.tensor(data["y"], dtype=torch.long), codes(x_test),
-                   torch.tensor(data["y_test"], dtype=torch.long), (1, 1, x_train.shape[1]), 10, scale, True)
-
-
-def _make_madelon() -> Dataset:
-    """A harder offline problem from a published generator: scikit-learn's make_classification
-    is Guyon's MADELON generator (NIPS 2003 feature-selection challenge). 10 classes, 64
-    features (24 informative, 16 redundant, 24 noise), 2 clusters per class, 3% label noise;
-    fixed generator seed. Features become int8 codes with one global scale."""
-    from sklearn.datasets import make_classification
-
-    x, y = make_classification(n_samples=6000, n_features=64, n_informative=24, n_redundant=16, n_classes=10,
-                               n_clusters_per_class=2, flip_y=0.03, class_sep=1.5, random_state=2003)
-    x = torch.tensor(x, dtype=torch.float32)
-    scale = float(x.abs().max()) / 127.0
-    codes = torch.clamp(torch.round(x / scale), -128, 127).to(torch.int8)
-    y = torch.tensor(y, dtype=torch.long)
-    return Dataset(codes[:5000], y[:5000], codes[5000:], y[5000:], (64,), 10, scale, True)
-
-
-def _load_cifar10(data_dir: Optional[str]) -> Dataset:
-    if not data_dir:
-        raise FileNotFoundError("--data cifar10 needs --data-dir PATH pointing at a local CIFAR-10 copy "
-                                "(the folder that contains cifar-10-batches-py/, as torchvision downloads it)")
-    root = Path(data_dir)
-    folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
-    missing = [f for f in CIFAR_FILES if not (folder / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"CIFAR-10 not found under {root}: missing {', '.join(missing)} in {folder}. "
-                                "Expected torchvision's python format (cifar-10-batches-py/data_batch_1..5, "
-                                "test_batch); nothing is downloaded.")
-    xs, ys = [], []
-    for name in CIFAR_FILES:
-        with open(folder / name, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")  # the dataset's official (numpy-only) format
-        xs.append(torch.as_tensor(batch[b"data"]).reshape(-1, 3, 32, 32))
-        ys.append(torch.as_tensor(batch[b"labels"]))
-    return Dataset(torch.cat(xs[:5]), torch.cat(ys[:5]).long(), xs[5], ys[5].long(), (3, 32, 32), 10)
 
 
 def float_network(cfg: TrainConfig, ds: Dataset) -> torch.nn.Module:
@@ -226,10 +135,8 @@ def float_network(cfg: TrainConfig, ds: Dataset) -> torch.nn.Module:
 def build_model(cfg: TrainConfig, ds: Dataset) -> DQTModel:
     net = float_network(cfg, ds)
     candidates = (cfg.static_bits,) if cfg.static_bits else cfg.candidate_bits
-    return DQTModel.from_float(net, ds.input_shape, bits=8, candidate_bits=candidates, dynamic=not cfg.static_bits,
-                               shift_rule=cfg.shift_rule, input_scale=ds.input_scale, input_signed=ds.input_signed,
-                               edge_bits=cfg.edge_bits or None, bn_per_width=cfg.bn_per_width,
-                               controller_granularity=cfg.controller)
+    return DQTModel.from_float(net, ds.input_shape, cfg.convert_config(), candidate_bits=candidates, bits=8,
+                               dynamic=not cfg.static_bits, input_scale=ds.input_scale, input_signed=ds.input_signed)
 
 
 def evaluate(model: DQTModel, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict:
@@ -342,6 +249,26 @@ def split_training_set(cfg: TrainConfig, n: int) -> tuple[torch.Tensor, torch.Te
     return perm[:held].sort().values, perm[held:held + calib].sort().values, perm[held + calib:].sort().values
 
 
+def calibration_data(cfg: TrainConfig, ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's held-out calibration split (`split_training_set`) on its device; the samples
+    it trains on when it holds none out."""
+    _, calibration, fit = split_training_set(cfg, len(ds.y_train))
+    idx = calibration if len(calibration) else fit
+    return ds.x_train[idx].to(cfg.device), ds.y_train[idx].to(cfg.device)
+
+
+def calibrate(model: DQTModel, cfg: TrainConfig, x_cal: torch.Tensor, y_cal: torch.Tensor) -> None:
+    """After training, on the calibration data: the controller's budget code for
+    `cfg.budget_bits` and (for DQT runs) the width policies at `cfg.policy_budgets`."""
+    if model.controller is not None:
+        code = model.calibrate_budget(x_cal, model.uniform_bitops(cfg.budget_bits))
+        log.info("budget code %d meets %.2f-bit uniform BitOPs on %d calibration samples", code, cfg.budget_bits,
+                 len(y_cal))
+    if not cfg.static_bits:
+        model.policies = policy.calibrate_policies(model, x_cal, y_cal, cfg.policy_budgets, cfg.budget_bits).to_dict()
+        log.info("width policies calibrated on %d samples", len(y_cal))
+
+
 class Trainer:
     """Runs the recipe of the module docstring into `out_dir`."""
 
@@ -350,21 +277,10 @@ class Trainer:
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.ds = load_dataset(cfg.data, cfg.data_dir, cfg.seed, cfg.limit)
-        if not 0.0 <= cfg.imitation_holdout < 1.0:
-            raise ValueError(f"imitation_holdout must be in [0, 1), got {cfg.imitation_holdout}")
-        if not 0.0 <= cfg.calibration_holdout < 1.0 or cfg.imitation_holdout + cfg.calibration_holdout >= 1.0:
-            raise ValueError(f"calibration_holdout must be in [0, 1) and leave training samples beside "
-                             f"imitation_holdout, got {cfg.calibration_holdout}")
-        if cfg.imitation > 0 and cfg.imitation_samples < 1:
-            raise ValueError(f"imitation_samples must be at least 1, got {cfg.imitation_samples}")
-        if not 0.0 < cfg.consistency_share <= 1.0:
-            raise ValueError(f"consistency_share must be in (0, 1], got {cfg.consistency_share}")
-        if cfg.gate_gradients not in GATE_GRADIENTS:
-            raise ValueError(f"gate_gradients must be one of {GATE_GRADIENTS}, got {cfg.gate_gradients!r}")
+        self.loss_config = cfg.loss_config()
         self.holdout, self.calibration_index, self.fit_index = split_training_set(cfg, len(self.ds.y_train))
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, self.ds).to(cfg.device)
-        self.model.gate_gradients = cfg.gate_gradients
         self.epoch = 0  # epochs completed
         self.optimizer = self._optimizer_for(0)
         # Under torchrun every rank holds the whole model and trains on its share of each batch.
@@ -391,13 +307,8 @@ class Trainer:
         state = checkpoint.load_file(path)
         if not isinstance(state, dict) or state.get("format") != "dqt-triton-train-state":
             raise CheckpointError(f"--resume: {path} is not a dqt-triton training state")
-        saved = {k: (tuple(v) if isinstance(v, list) else v) for k, v in state["config"].items()}
-        mine = {k: (tuple(v) if isinstance(v, list) else v) for k, v in asdict(self.cfg).items()}
-        # An option the checkpoint lacks came after it was written: that run did what the code did
-        # then (the default when the option came, or the old behaviour a new default replaced).
-        defaults = {k: (tuple(v) if isinstance(v, list) else v) for k, v in asdict(TrainConfig()).items()}
-        defaults.update(BEFORE_THE_OPTION)
-        differ = {k for k in mine if k not in ("device",) and saved.get(k, defaults[k]) != mine[k]}
+        saved, mine = asdict(TrainConfig.from_saved(state["config"])), asdict(self.cfg)
+        differ = {k for k in mine if k != "device" and saved[k] != mine[k]}
         if differ:
             raise ValueError(f"--resume: options differ from the checkpoint's: {sorted(differ)}")
         self.model.load_state_dict(state["model"])
@@ -412,7 +323,7 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         if self.rank == 0:
-            _atomic_save(self.state(), self.out / "train_state.pt")
+            model_file.write(self.state(), self.out / "train_state.pt")
             self.model.save(self.out / "model.pt")
 
     def _all_reduce_gradients(self) -> None:
@@ -491,15 +402,7 @@ class Trainer:
             widths = model.recalibrate_norms(self.ds.x_train[sample].to(cfg.device),
                                              bits=[cfg.static_bits] if cfg.static_bits else None)
             log.info("recalibrated the batch norms of widths %s on %d training samples", widths, len(sample))
-        x_cal, y_cal = self.calibration_data()
-        where = "held-out calibration" if len(self.calibration_index) else "training"
-        if model.controller is not None:
-            code = model.calibrate_budget(x_cal, model.uniform_bitops(cfg.budget_bits))
-            log.info("budget code %d meets %.2f-bit uniform BitOPs on the %s set", code, cfg.budget_bits, where)
-        if not cfg.static_bits:
-            table = policy.calibrate_policies(model, x_cal, y_cal, cfg.policy_budgets, cfg.budget_bits)
-            model.policies = table.to_dict()
-            log.info("width policies calibrated on the %s set (%d samples)", where, len(y_cal))
+        calibrate(model, cfg, *calibration_data(cfg, self.ds))
         if self.rank == 0 and (recalibrate or model.controller is not None or model.policies is not None):
             model.save(self.out / "model.pt")  # the last epoch's model, recalibrated, at its budget, with policies
         results = results_table(model, self.ds)
@@ -509,8 +412,7 @@ class Trainer:
 
     def calibration_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The held-out calibration split on the model's device (the training set without one)."""
-        idx = self.calibration_index if len(self.calibration_index) else self.fit_index
-        return self.ds.x_train[idx].to(self.cfg.device), self.ds.y_train[idx].to(self.cfg.device)
+        return calibration_data(self.cfg, self.ds)
 
     def _train_epoch(self, epoch: int, dqt_phase: bool, unit: float) -> dict:
         cfg, model, ds = self.cfg, self.model, self.ds
@@ -532,19 +434,15 @@ class Trainer:
                     pick = self.holdout[torch.randint(0, len(self.holdout), (cfg.imitation_samples,),
                                                       generator=generator)]
                     held = (ds.x_train[pick].to(cfg.device), ds.y_train[pick].to(cfg.device))
-                out = model.dqt_loss(xb, yb, alpha=cfg.alpha, beta=cfg.beta, target_bitops=unit,
-                                     distill=cfg.distill, imitation=cfg.imitation, generator=generator,
-                                     imitation_samples=cfg.imitation_samples, imitation_data=held,
-                                     imitation_mode=cfg.imitation_mode, imitation_source=cfg.imitation_source,
-                                     sampled_widths=None if cfg.sampled_widths < 0 else cfg.sampled_widths,
-                                     consistency_samples=max(1, round(cfg.consistency_share * len(idx))))
+                terms = model.dqt_loss(xb, yb, self.loss_config, target_bitops=unit, imitation_data=held,
+                                       generator=generator)
+                loss, parts = terms.loss, {k: getattr(terms, k) for k in sums}
             else:
                 loss = F.cross_entropy(model(xb), yb)
-                out = {"loss": loss, "task": loss.detach(), **{k: torch.zeros(()) for k in ("consistency", "budget",
-                                                                                           "imitation")}}
+                parts = {"loss": loss, "task": loss, "consistency": 0.0, "budget": 0.0, "imitation": 0.0}
             self.optimizer.zero_grad()
             # Weight by this rank's share so the summed gradients are the global batch's mean.
-            (out["loss"] * (len(idx) / len(batch))).backward()
+            (loss * (len(idx) / len(batch))).backward()
             if self.world > 1:
                 self._all_reduce_gradients()
             if cfg.clip:
@@ -553,7 +451,7 @@ class Trainer:
             if self.world > 1:
                 self._broadcast_buffers()
             for k in sums:
-                sums[k] += float(out[k].detach())
+                sums[k] += float(parts[k])
             batches += 1
         test = evaluate(model, ds.x_test, ds.y_test)
         return {"epoch": epoch + 1, "phase": "dqt" if dqt_phase else "qat8", "tau": model.tau if dqt_phase else None,
@@ -562,14 +460,20 @@ class Trainer:
                 "seconds": time.perf_counter() - start}
 
 
+def _checkpoint_and_data(path: str, data: str, data_dir: Optional[str]) -> tuple[DQTModel, Dataset]:
+    """A saved model and the dataset it is evaluated on, after checking that they fit."""
+    model = DQTModel.load(path)
+    ds = load_dataset(data, data_dir)
+    if tuple(model.arch.input_shape) != tuple(ds.input_shape):
+        raise ValueError(f"{path} expects inputs {tuple(model.arch.input_shape)}, dataset {data} has "
+                         f"{tuple(ds.input_shape)}")
+    return model, ds
+
+
 def evaluate_checkpoint(path: str, data: str = "digits", data_dir: Optional[str] = None,
                         bits: Optional[int] = None) -> dict:
     """`dqt eval`: the results table for a saved model (every width and dynamic, or one width)."""
-    model = DQTModel.load(path)
-    ds = load_dataset(data, data_dir)
-    if tuple(model.config["input_shape"]) != tuple(ds.input_shape):
-        raise ValueError(f"{path} expects inputs {tuple(model.config['input_shape'])}, dataset {data} has "
-                         f"{tuple(ds.input_shape)}")
+    model, ds = _checkpoint_and_data(path, data, data_dir)
     if bits is not None:
         model.set_bits(bits)
         row = {"mode": f"static {bits}-bit", **evaluate(model, ds.x_test, ds.y_test)}
@@ -587,11 +491,7 @@ def allocate_checkpoint(path: str, budget_bits: float, data: str = "digits", dat
     The search runs on the calibration split the checkpoint's training kept out (its policies
     already hold the allocation at the budgets `dqt train` reports); at any other budget it runs
     on the last `calibration_holdout` share of the dataset's training set, in index order."""
-    model = DQTModel.load(path)
-    ds = load_dataset(data, data_dir)
-    if tuple(model.config["input_shape"]) != tuple(ds.input_shape):
-        raise ValueError(f"{path} expects inputs {tuple(model.config['input_shape'])}, dataset {data} has "
-                         f"{tuple(ds.input_shape)}")
+    model, ds = _checkpoint_and_data(path, data, data_dir)
     if not budget_bits > 0:
         raise ValueError(f"--budget must be a positive uniform width, got {budget_bits}")
     table = policy.PolicyTable.from_dict(model.policies) if model.policies else None
@@ -623,8 +523,9 @@ def allocate_checkpoint(path: str, budget_bits: float, data: str = "digits", dat
 
 
 def environment_device(requested: str) -> str:
+    """The device a run uses: `requested`, with "auto" resolved; a missing GPU is a clear error."""
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available")
+        raise BackendUnavailableError("--device cuda: no CUDA device is available (use --device cpu or auto)")
     return requested if requested != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import dqt_triton as dq
-from dqt_triton import models
+from dqt_triton import models, objective
 
 ARCHS = {
     "mlp": (lambda: models.mlp(64, 32, 10), (1, 8, 8)),
@@ -45,7 +45,7 @@ def build(arch: str, mode: str, seed: int = 0, granularity: str = "layer") -> tu
         out = model.dqt_loss(x, y, alpha=0.5, beta=1.0 if mode == "dynamic" else 0.0,
                              target_bitops=model.uniform_bitops(4))
         opt.zero_grad()
-        out["loss"].backward()
+        out.loss.backward()
         # 2-bit paths through batch norm can blow gradients up; training clips, as the CLI does.
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -77,7 +77,7 @@ def test_a_frozen_program_moves_with_to_and_keeps_its_dtypes(tmp_path):
     """freeze() leaves the constants where the model's are; .to(device) moves every one of them
     (the meta device stands in for a second device here; tests/kernels/test_gpu.py moves to
     CUDA, back, and saves from CUDA); a dtype conversion is refused."""
-    from dqt_triton.model import program_tensors
+    from dqt_triton.program import program_tensors
 
     model, x = build("cnn", "dynamic")
     logits = model(x)
@@ -173,7 +173,7 @@ def test_temperature_schedule_decays_from_start_to_end():
 def test_chosen_bits_and_bitops_after_forward():
     model, x = build("cnn", "mixed")
     model(x)
-    macs = torch.tensor([model.config["macs"][n] for n in model.layer_names], dtype=torch.float64)
+    macs = torch.tensor([model.arch.macs[n] for n in model.layer_names], dtype=torch.float64)
     want = (model.last_bits[..., 0] * model.last_bits[..., 1] * macs).sum(1)
     assert torch.equal(model.last_bitops, want)
     assert model.last_bits.shape == (6, 3, 2)
@@ -184,7 +184,7 @@ def test_gradients_reach_steps_clips_and_controller():
     model.train()
     out = model.dqt_loss(x, torch.arange(6) % 10, alpha=0.5, beta=1.0, target_bitops=model.uniform_bitops(4))
     model.zero_grad()
-    out["loss"].backward()
+    out.loss.backward()
     for name, p in model.named_parameters():
         if "bn" in name or name.endswith("bias") and "controller" in name:
             continue
@@ -207,11 +207,11 @@ def test_run_time_budget_moves_the_chosen_widths_on_digits():
             out = model.dqt_loss(x[idx], y[idx], alpha=1.0, beta=1.0, target_bitops=model.uniform_bitops(4),
                                  generator=gen)
             opt.zero_grad()
-            out["loss"].backward()
+            out.loss.backward()
             opt.step()
     model.eval()
     governed = [model.layer_names.index(n) for n in model.governed]
-    codes = list(range(0, dq.model.BUDGET_LEVELS, 9)) + [dq.model.BUDGET_LEVELS - 1]
+    codes = list(range(0, dq.controller.BUDGET_LEVELS, 9)) + [dq.controller.BUDGET_LEVELS - 1]
     average_bits = []
     for code in codes:
         model.set_budget(code)
@@ -224,12 +224,12 @@ def test_run_time_budget_moves_the_chosen_widths_on_digits():
     code = model.calibrate_budget(x, target)
     model(x)
     assert model.budget_code == code and float(model.last_bitops.mean()) <= target
-    if code < dq.model.BUDGET_LEVELS - 1:
+    if code < dq.controller.BUDGET_LEVELS - 1:
         model.set_budget(code + 1)
         model(x)
         assert float(model.last_bitops.mean()) > target  # the largest code that fits
     with pytest.raises(ValueError, match="budget code"):
-        model.set_budget(dq.model.BUDGET_LEVELS)
+        model.set_budget(dq.controller.BUDGET_LEVELS)
 
 
 def test_per_width_batch_norm_folds_into_width_tables():
@@ -238,17 +238,17 @@ def test_per_width_batch_norm_folds_into_width_tables():
     layer_name = model.governed[0]
     layer = model.layers[layer_name]
     assert layer.width_bns is not None and layer.bn is None
-    before = model.set_bits(4).integer_program()["layers"][layer_name]["bias"].clone()
+    before = model.set_bits(4).integer_program().layers[layer_name].bias.clone()
     with torch.no_grad():
         layer.width_bns[6].running_mean.sub_(0.5)  # the 2-bit statistics only
-    bias = model.integer_program()["layers"][layer_name]["bias"]
+    bias = model.integer_program().layers[layer_name].bias
     assert bias.shape == (8, layer.out_channels)
     changed = [k for k in range(8) if not torch.equal(bias[k], before[k])]
     assert changed == [6], changed
     logits4, logits2 = model(x), model.set_bits(2)(x)
     shared = dq.DQTModel.from_float(models.simple_cnn(1, 10, 8, 8), (1, 8, 8), bn_per_width=False)
     assert shared.layers[layer_name].width_bns is None
-    assert shared.integer_program()["layers"][layer_name]["bias"].shape == (layer.out_channels,)
+    assert shared.integer_program().layers[layer_name].bias.shape == (layer.out_channels,)
     # Moving the 2-bit statistics changes the 2-bit model and leaves the 4-bit one alone.
     with torch.no_grad():
         layer.width_bns[6].running_mean.sub_(5.0)  # lifts the 2-bit outputs above the ReLU
@@ -329,9 +329,9 @@ def _train_mlp(alpha: float, epochs: int = 6) -> dq.DQTModel:
     model.train()
     for _ in range(epochs):
         for idx in torch.randperm(len(y), generator=torch.Generator().manual_seed(1)).split(64):
-            out = model.dqt_loss(x[idx], y[idx], alpha=alpha)
+            out = model.dqt_loss(x[idx], y[idx], alpha=alpha, consistency_share=1.0)  # the paper's: whole batch
             opt.zero_grad()
-            out["loss"].backward()
+            out.loss.backward()
             opt.step()
     return model.eval()
 
@@ -454,12 +454,12 @@ def test_resnet50_bottlenecks_train_20_steps_with_finite_values(rule, dynamic):
     for _ in range(20):
         out = model.dqt_loss(x, y, alpha=1.0, beta=1.0, target_bitops=model.uniform_bitops(4), generator=gen)
         opt.zero_grad()
-        out["loss"].backward()
+        out.loss.backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         assert all(bool(torch.isfinite(g).all()) for g in grads)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        assert bool(torch.isfinite(out["loss"]))
+        assert bool(torch.isfinite(out.loss))
     model.eval()
     assert bool(torch.isfinite(model(x)).all())
 
@@ -529,13 +529,13 @@ def test_non_finite_float_models_and_input_scales_are_refused_at_conversion():
 
 
 def test_budget_prices_are_signed_and_decreasing_so_budgets_reach_both_ends():
-    codes = torch.arange(dq.model.BUDGET_LEVELS)
-    prices = dq.model.budget_price(codes)
+    codes = torch.arange(dq.controller.BUDGET_LEVELS)
+    prices = dq.controller.budget_price(codes)
     assert bool((prices[1:] < prices[:-1]).all())
     assert math.isclose(float(prices[0]), 10.0, rel_tol=1e-6) and math.isclose(float(prices[-1]), -10.0, rel_tol=1e-6)
-    middle = dq.model.BUDGET_LEVELS // 2
+    middle = dq.controller.BUDGET_LEVELS // 2
     assert 0 < float(prices[middle - 1]) < 1e-4 and -1e-4 < float(prices[middle]) < 0
-    assert [dq.model.budget_price(int(c)) for c in (0, middle, 255)] == pytest.approx(
+    assert [dq.controller.budget_price(int(c)) for c in (0, middle, 255)] == pytest.approx(
         [float(prices[0]), float(prices[middle]), float(prices[255])], rel=1e-6)
     # The argmax of logits minus price * cost picks the narrowest width at the top price and
     # the widest at the bottom whenever the logits' spread is below the price gap.
@@ -543,7 +543,7 @@ def test_budget_prices_are_signed_and_decreasing_so_budgets_reach_both_ends():
     ctrl = model.controller
     with torch.no_grad():
         ctrl.log_kappa.fill_(2.0)
-    for code, want in ((0, min(model.candidate_bits)), (dq.model.BUDGET_LEVELS - 1, max(model.candidate_bits))):
+    for code, want in ((0, min(model.candidate_bits)), (dq.controller.BUDGET_LEVELS - 1, max(model.candidate_bits))):
         model.set_budget(code)
         model(x)
         assert bool((model.last_bits[:, [model.layer_names.index(n) for n in model.governed], 0] == want).all())
@@ -561,26 +561,30 @@ def test_imitation_losses_expected_regression_and_best_width():
     total = torch.stack([per_width[b] for b in widths], 1) + lam[:, None] * cost
     L = len(model.governed)
     exact = (-total + 3.0)[:, None, :].expand(2, L, len(widths))
-    assert float(model._imitation_loss(exact, per_width, lam, unit, "expected")) < 1e-12  # float rounding only
-    assert float(model._imitation_loss(exact + torch.randn(exact.shape), per_width, lam, unit, "expected")) > 0
-    best = model._imitation_loss(exact * 5000, per_width, lam, unit, "best")
+    imitation_loss = objective._imitation_loss
+    assert float(imitation_loss(model, exact, per_width, lam, unit, "expected")) < 1e-12  # float rounding only
+    assert float(imitation_loss(model, exact + torch.randn(exact.shape), per_width, lam, unit, "expected")) > 0
+    best = imitation_loss(model, exact * 5000, per_width, lam, unit, "best")
     assert float(best) < 1e-6  # sharp logits already peaked on each sample's argmin
     with pytest.raises(ValueError, match="imitation_mode"):
-        model._imitation_loss(exact, per_width, lam, unit, "greedy")
+        dq.LossConfig(imitation_mode="greedy")
 
 
-def test_consistency_samples_limit_the_sandwich_to_the_batch_head():
-    """With consistency_samples n the consistency term is the sandwich on the first n samples;
-    n < 1 is refused."""
+def test_consistency_share_limits_the_sandwich_to_the_batch_head():
+    """With consistency_share s the consistency term is the sandwich on the batch's first
+    round(s * B) samples (at least one); a share outside (0, 1] is refused."""
     model, x = build("mlp", "dynamic")
     y = torch.arange(x.shape[0]) % 10
-    out = model.dqt_loss(x, y, alpha=1.0, consistency_samples=3, generator=torch.Generator().manual_seed(5))
-    head = model._consistency(x[:3], y[:3], True, 1, torch.Generator().manual_seed(5))[0]
-    whole = model._consistency(x, y, True, 1, torch.Generator().manual_seed(5))[0]
-    assert torch.equal(out["consistency"], head.detach())
+    share = 3 / x.shape[0]
+    out = model.dqt_loss(x, y, alpha=1.0, consistency_share=share, generator=torch.Generator().manual_seed(5))
+    cfg = dq.LossConfig(sampled_widths=1)
+    head = objective._consistency(model, x[:3], y[:3], cfg, torch.Generator().manual_seed(5))[0]
+    whole = objective._consistency(model, x, y, cfg, torch.Generator().manual_seed(5))[0]
+    assert torch.equal(out.consistency, head.detach())
     assert not torch.equal(head, whole)
-    with pytest.raises(ValueError, match="consistency_samples must be at least 1, got 0"):
-        model.dqt_loss(x, y, alpha=1.0, consistency_samples=0)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match=f"consistency_share must be in \\(0, 1\\], got {bad}"):
+            model.dqt_loss(x, y, alpha=1.0, consistency_share=bad)
 
 
 def _count_host_reads(monkeypatch) -> dict:
@@ -671,7 +675,7 @@ def test_dqt_loss_quantizes_each_layers_weights_once_with_the_same_loss_and_grad
     the loss is the same number and the gradients the same up to float summation order."""
     import contextlib
 
-    import dqt_triton.model as model_module
+    import dqt_triton.objective as objective_module
     from dqt_triton import nn as dqt_nn
 
     def run(share: bool):
@@ -687,11 +691,11 @@ def test_dqt_loss_quantizes_each_layers_weights_once_with_the_same_loss_and_grad
         monkeypatch.setattr(dqt_nn, "lsq_codes",
                             lambda *a: calls.append(isinstance(a[0], torch.nn.Parameter)) or original(*a))
         if not share:
-            monkeypatch.setattr(model_module, "share_weight_codes", contextlib.nullcontext)
+            monkeypatch.setattr(objective_module, "share_weight_codes", contextlib.nullcontext)
         out = model.dqt_loss(x, y, alpha=1.0, beta=1.0, target_bitops=model.uniform_bitops(4), generator=gen)
-        out["loss"].backward()
+        out.loss.backward()
         monkeypatch.undo()
-        return out["loss"].detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, \
+        return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, \
             sum(calls)
 
     loss_shared, grads_shared, calls_shared = run(True)
@@ -720,17 +724,17 @@ def test_imitation_from_the_sandwich_runs_no_extra_pass_and_learns_the_sandwich_
     y = torch.arange(x.shape[0]) % 10
     unit = model.uniform_bitops(4)
     judged = []
-    monkeypatch.setattr(type(model), "_losses_per_width", lambda self, *a: judged.append(a) or {})
+    monkeypatch.setattr(objective, "_losses_per_width", lambda *a: judged.append(a) or {})
     seen = {}
-    real_loss = type(model)._imitation_loss
+    real_loss = objective._imitation_loss
 
-    def spy(self, logits, per_width, lam, unit_, mode="expected"):
+    def spy(model_, logits, per_width, lam, unit_, mode="expected"):
         seen.update(per_width=per_width, logits=logits)
-        return real_loss(self, logits, per_width, lam, unit_, mode)
+        return real_loss(model_, logits, per_width, lam, unit_, mode)
 
-    monkeypatch.setattr(type(model), "_imitation_loss", spy)
+    monkeypatch.setattr(objective, "_imitation_loss", spy)
     out = model.dqt_loss(x, y, alpha=1.0, beta=1.0, target_bitops=unit, imitation_source=source,
-                         generator=torch.Generator().manual_seed(3))
+                         consistency_share=1.0, generator=torch.Generator().manual_seed(3))
     assert judged == []  # no pass at every width
     widths = sorted(seen["per_width"])
     assert widths[0] == min(model.candidate_bits) and widths[-1] == max(model.candidate_bits) and len(widths) == 3
@@ -739,9 +743,9 @@ def test_imitation_from_the_sandwich_runs_no_extra_pass_and_learns_the_sandwich_
         assert bool((seen["per_width"][widths[0]] >= 0).all())
     else:
         assert float(seen["per_width"][widths[0]].sum()) > 0
-    assert float(out["imitation"]) > 0
+    assert float(out.imitation) > 0
     model.zero_grad()
-    out["loss"].backward()
+    out.loss.backward()
     assert model.controller.fc2.weight.grad is not None and float(model.controller.fc2.weight.grad.abs().sum()) > 0
     with pytest.raises(ValueError, match="imitation_source"):
         model.dqt_loss(x, y, alpha=1.0, beta=1.0, target_bitops=unit, imitation_source="oracle")

@@ -14,6 +14,7 @@ import torch
 import dqt_triton as dq
 from dqt_triton import models, policy
 from dqt_triton.policy import Calibration, Cascade
+from dqt_triton.steps import Step
 
 
 def governed_mlp() -> dq.DQTModel:
@@ -55,7 +56,7 @@ def test_hull_mixes_neighbouring_points_and_ignores_points_below_it():
 
 def test_allocations_cost_what_their_layers_cost():
     model = governed_mlp()
-    macs = model.config["macs"]
+    macs = model.arch.macs
     names = model.layer_names
     want = macs[names[0]] * 64 + macs[names[1]] * 9 + macs[names[2]] * 4 + macs[names[3]] * 64
     assert policy.allocation_bitops(model, (3, 2)) == want
@@ -132,7 +133,7 @@ def test_frozen_escalation_equals_eval_and_each_stage_bit_for_bit(backend, dear)
         assert torch.equal(logits[~escalated], cheap[~escalated])
         assert torch.equal(logits[escalated], full[escalated])
         stats = policy.evaluate_cascade(model, cascade, x, cheap.argmax(1))
-    macs = [model.config["macs"][n] for n in model.layer_names]
+    macs = [model.arch.macs[n] for n in model.layer_names]
     first, second, third, last = macs
     recomputed = {(8, 3): second * 64 + third * 9 + last * 64, (2, 8): third * 64 + last * 64}[dear]
     assert policy.escalation_bitops(model, cheap_alloc, dear) == recomputed
@@ -188,8 +189,8 @@ def test_greedy_path_lowers_one_layer_one_width_at_a_time():
 def test_resumption_takes_only_values_computed_identically():
     """A residual block: a layer at another width taints everything downstream of it, the add
     included; steps upstream of the first change are taken from the earlier pass."""
-    steps = [{"kind": "layer", "name": "stem", "inputs": [0]}, {"kind": "layer", "name": "conv", "inputs": [1]},
-             {"kind": "add", "name": "add", "inputs": [1, 2]}, {"kind": "layer", "name": "head", "inputs": [3]}]
+    steps = [Step("layer", [0], "stem"), Step("layer", [1], "conv"), Step("add", [1, 2], "add"),
+             Step("layer", [3], "head")]
     cheap = {"stem": (8, 8), "conv": (2, 2), "head": (8, 8)}
     assert policy.reusable_values(steps, cheap, {**cheap, "conv": (4, 4)}) == {0, 1}
     assert policy.reusable_values(steps, cheap, {**cheap, "head": (4, 4)}) == {0, 1, 2, 3}

@@ -54,7 +54,7 @@ def train_small(module: nn.Module, input_shape: tuple, mode: str, seed: int = 0)
     for _ in range(6):
         out = model.dqt_loss(x, y, alpha=1.0)
         opt.zero_grad()
-        out["loss"].backward()
+        out.loss.backward()
         opt.step()
     model.eval()
     if mode != "dynamic":
@@ -91,15 +91,15 @@ def assert_triton_gives_the_same_integers(model, x) -> None:
 
 
 def test_capture_records_the_new_step_kinds():
-    steps = [s["kind"] for s in build(True, "8")[0].steps]
+    steps = [s.kind for s in build(True, "8")[0].steps]
     assert steps.count("cat") == 1 and steps.count("avgpool") == 2 and steps[-1] == "dequant"
-    steps = [s["kind"] for s in build(False, "8")[0].steps]
+    steps = [s.kind for s in build(False, "8")[0].steps]
     assert steps[-3:] == ["avgpool", "flatten", "layer"]  # x.mean((2, 3)): the global pool, flattened
     model = build(False, "8")[0]
-    clamps = [s["geometry"].get("clamp_max") for s in model.steps if s["kind"] == "layer"]
+    clamps = [s.geometry.get("clamp_max") for s in model.steps if s.kind == "layer"]
     assert clamps[:3] == [6.0, None, 4.0]
-    program = model.integer_program()["layers"]
-    caps = [program[n].get("clamp_max") for n in model.layer_names[:3]]
+    program = model.integer_program().layers
+    caps = [program[n].clamp_max for n in model.layer_names[:3]]
     assert caps[1] is None and all(isinstance(c, int) and 0 <= c <= 255 for c in (caps[0], caps[2]))
 
 
@@ -241,7 +241,7 @@ def build_shuffle_se(mode: str):
 
 
 def test_shuffle_and_squeeze_excitation_capture():
-    kinds = [s["kind"] for s in build_shuffle_se("8")[0].steps]
+    kinds = [s.kind for s in build_shuffle_se("8")[0].steps]
     for kind, count in (("slice", 2), ("cat", 1), ("reshape", 2), ("permute", 1), ("lut", 4), ("mul", 1), ("add", 1)):
         assert kinds.count(kind) == count, (kind, kinds)
     assert "split" not in kinds and "noop" not in kinds
@@ -288,7 +288,7 @@ def build_dense(mode: str):
 @pytest.mark.parametrize("mode", ["8", "2", "dynamic"])
 def test_standalone_batch_norm_eval_equals_frozen_and_reloaded(mode, tmp_path):
     model, x = build_dense(mode)
-    assert [s["kind"] for s in model.steps].count("affine") == 3
+    assert [s.kind for s in model.steps].count("affine") == 3
     assert_eval_equals_frozen_reloaded_and_reference(model, x, tmp_path)
 
 
@@ -315,12 +315,12 @@ def test_affine_constants_are_the_oracle_conv_and_track_the_float_batch_norm(rel
     p = affine_constants(bn, in_step, out_step, relu)
     bn = bn.double()
     x = torch.randint(-128, 128, (3, 5, 4, 4), generator=gen).to(torch.int8)
-    got = dq.int_conv2d(x, p["weight"], groups=5, bias=p["bias"], multiplier=p["multiplier"], shift=p["shift"],
+    got = dq.int_conv2d(x, p.weight, groups=5, bias=p.bias, multiplier=p.multiplier, shift=p.shift,
                         relu=relu)
-    spec = dict(bias=p["bias"], mode="requant", multiplier=p["multiplier"], rshift=p["shift"], scale=torch.zeros(5),
+    spec = dict(bias=p.bias, mode="requant", multiplier=p.multiplier, rshift=p.shift, scale=torch.zeros(5),
                 relu=relu, out_dtype=torch.uint8 if relu else torch.int8)
     zero = torch.zeros(3, dtype=torch.long)
-    assert torch.equal(got, oracle.conv2d(x, p["weight"], zero, zero, "floor", spec, (1, 1), (0, 0), (1, 1), 5))
+    assert torch.equal(got, oracle.conv2d(x, p.weight, zero, zero, "floor", spec, (1, 1), (0, 0), (1, 1), 5))
     real = bn(x.double() * in_step).detach()
     if relu:
         real = real.clamp_min(0)

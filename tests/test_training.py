@@ -111,7 +111,7 @@ def test_resume_refuses_other_options(tmp_path):
 def test_resume_accepts_a_state_written_before_an_option_existed(tmp_path):
     """A training state from before an option was added resumes when the run asks for what
     that run did (the default of the time), and is refused otherwise."""
-    from dqt_triton.model import _atomic_save
+    from dqt_triton.model_file import write as _atomic_save
 
     Trainer(_config(epochs=1), tmp_path).train()
     path = tmp_path / "train_state.pt"
@@ -130,7 +130,7 @@ def test_resume_accepts_a_state_written_before_an_option_existed(tmp_path):
 def test_a_state_from_before_a_default_changed_resumes_only_with_the_old_behaviour(tmp_path):
     """imitation_source came with a new default ("sandwich"); runs before it judged held-out
     samples. Resuming one must not switch recipes silently."""
-    from dqt_triton.model import _atomic_save
+    from dqt_triton.model_file import write as _atomic_save
 
     Trainer(_config(epochs=1, imitation_source="holdout"), tmp_path).train()
     path = tmp_path / "train_state.pt"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .activation import ReluKind
 from .add import AddKind
 from .affine import AffineKind
-from .base import Build, Capture, CodeValue, Step, StepKind
+from .base import Build, Capture, CodeValue, Parts, Step, StepKind, TrainPass
 from .concat import CatKind, DequantKind
 from .layer import LayerKind
 from .pointwise import LutKind, MulKind
@@ -22,4 +22,4 @@ CAPTURE_ORDER: list[StepKind] = [LayerKind(), NoOpKind(), ReluKind(), MaxPoolKin
 # Kinds that leave no step of their own ("noop" aliases, "split" only records its pieces).
 KINDS: dict[str, StepKind] = {k.kind: k for k in CAPTURE_ORDER + [DequantKind()] if k.kind not in ("noop", "split")}
 
-__all__ = ["KINDS", "CAPTURE_ORDER", "Build", "Capture", "CodeValue", "Step", "StepKind"]
+__all__ = ["KINDS", "CAPTURE_ORDER", "Build", "Capture", "CodeValue", "Parts", "Step", "StepKind", "TrainPass"]

@@ -52,9 +52,9 @@ class ReluKind(StepKind):
     def build(self, step: Step, b: Build) -> bool:
         return False
 
-    def train(self, step: dict, ins: list[CodeValue], tp) -> CodeValue:
-        q, step_size, _ = ins[0]
-        return CodeValue(q.clamp_min(0), step_size, False)
+    def train(self, step: Step, ins: list[CodeValue], tp: TrainPass) -> CodeValue:
+        q, scale, _ = ins[0]
+        return CodeValue(q.clamp_min(0), scale, False)
 
-    def run(self, step: dict, ins: list[torch.Tensor], consts, ctx) -> torch.Tensor:
+    def run(self, step: Step, ins: list[torch.Tensor], consts, ctx) -> torch.Tensor:
         return ins[0].clamp_min(0).to(torch.uint8)

@@ -10,7 +10,8 @@ from torch import fx
 from .. import numerics, ops
 from ..nn import ActQuantizer
 from .activation import is_relu
-from .base import Build, Capture, CodeValue, Step, StepKind, requantize
+from .base import Build, Capture, CodeValue, Parts, Step, StepKind, requantize
+from .constants import AddProgram
 
 _ADD_FUNCS = (operator.add, operator.iadd, torch.add)
 
@@ -18,6 +19,7 @@ _ADD_FUNCS = (operator.add, operator.iadd, torch.add)
 class AddKind(StepKind):
     kind = "add"
     program_key = "adds"
+    constants_type = AddProgram
 
     def match(self, node: fx.Node, cap: Capture) -> bool:
         return (node.op == "call_function" and node.target in _ADD_FUNCS) or \
@@ -42,17 +44,17 @@ class AddKind(StepKind):
         b.quantizers[step.name] = ActQuantizer(signed=not step.relu)
         return not step.relu
 
-    def train(self, step: dict, ins: list[CodeValue], tp) -> CodeValue:
+    def train(self, step: Step, ins: list[CodeValue], tp: TrainPass) -> CodeValue:
         (qa, step_a, _), (qb, step_b, _) = ins
         y = qa * step_a + qb * step_b
-        if step["relu"]:
+        if step.relu:
             y = torch.relu(y)
-        return requantize(y, step["name"], tp)
+        return requantize(y, step.name, tp)
 
-    def constants(self, step: dict, in_steps: list[float], in_signed: list[bool], model) -> tuple[dict, float]:
-        out_step = float(model.quantizers[step["name"]].positive_step())
-        c = numerics.add_constants(in_steps[0], in_steps[1], out_step)
-        return {"k1": c.k1, "k2": c.k2, "k3": c.k3, "shift": c.shift, "relu": step["relu"]}, out_step
+    def constants(self, step: Step, in_scales: list[float], in_signed: list[bool], parts: Parts) -> tuple[dict, float]:
+        out_scale = float(parts.quantizers[step.name].scale())
+        c = numerics.add_constants(in_scales[0], in_scales[1], out_scale)
+        return AddProgram(c.k1, c.k2, c.k3, c.shift, step.relu), out_scale
 
-    def run(self, step: dict, ins: list[torch.Tensor], a: dict, ctx) -> torch.Tensor:
-        return ops.int_add(ins[0], ins[1], k1=a["k1"], k2=a["k2"], k3=a["k3"], shift=a["shift"], relu=a["relu"])
+    def run(self, step: Step, ins: list[torch.Tensor], a: dict, ctx) -> torch.Tensor:
+        return ops.int_add(ins[0], ins[1], k1=a.k1, k2=a.k2, k3=a.k3, shift=a.shift, relu=a.relu)

@@ -11,7 +11,8 @@ from torch import fx, nn
 from .. import numerics
 from ..nn import ActQuantizer, IntegerConstants
 from .activation import is_relu
-from .base import Build, Capture, CodeValue, Step, StepKind, requantize
+from .base import Build, Capture, CodeValue, Parts, Step, StepKind, requantize
+from .constants import ConvGeometry, LayerProgram
 from .layer import layer_program, run_layer
 
 Tensor = torch.Tensor
@@ -20,10 +21,10 @@ Tensor = torch.Tensor
 _BIAS_UNITS = 1 << 20
 
 
-def affine_constants(bn: nn.modules.batchnorm._BatchNorm, in_step: float, out_step: float, relu: bool) -> dict:
-    """The depthwise 1x1 conv that computes bn(code * in_step) / out_step (docs/numerics.md 5):
-    weight code w_c = round(a_c / e_c) with a per-channel step e_c, bias round(b_c / (in_step e_c)),
-    requantized by (in_step e_c) / out_step."""
+def affine_constants(bn: nn.modules.batchnorm._BatchNorm, in_scale: float, out_scale: float, relu: bool) -> LayerProgram:
+    """The depthwise 1x1 conv that computes bn(code * in_scale) / out_scale (docs/numerics.md 5):
+    weight code w_c = round(a_c / e_c) with a per-channel step e_c, bias round(b_c / (in_scale e_c)),
+    requantized by (in_scale e_c) / out_scale."""
     gamma = bn.weight.detach().double() if bn.affine else torch.ones_like(bn.running_mean, dtype=torch.float64)
     beta = bn.bias.detach().double() if bn.affine else torch.zeros_like(bn.running_mean, dtype=torch.float64)
     a = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
@@ -31,15 +32,15 @@ def affine_constants(bn: nn.modules.batchnorm._BatchNorm, in_step: float, out_st
     if not bool(torch.isfinite(a).all() and torch.isfinite(b).all()):
         raise ValueError("batch-norm statistics are not finite (training diverged?); cannot build integer constants")
     # e_c: a_c at full int8 resolution, or coarser when the bias would not fit its units.
-    e = torch.maximum(a.abs() / 127, b.abs() / (in_step * _BIAS_UNITS)).clamp_min(1e-30)
+    e = torch.maximum(a.abs() / 127, b.abs() / (in_scale * _BIAS_UNITS)).clamp_min(1e-30)
     weight = torch.round(a / e).clamp(-127, 127).to(torch.int8).view(-1, 1, 1, 1)
-    bias = torch.round(b / (in_step * e)).to(torch.int32)
-    pairs = [numerics.quantize_multiplier(float(r)) for r in (in_step * e / out_step).tolist()]
+    bias = torch.round(b / (in_scale * e)).to(torch.int32)
+    pairs = [numerics.quantize_multiplier(float(r)) for r in (in_scale * e / out_scale).tolist()]
     c = len(pairs)
     constants = IntegerConstants(weight, bias, torch.tensor([m for m, _ in pairs], dtype=torch.int32, device=a.device),
                                  torch.tensor([s for _, s in pairs], dtype=torch.int32, device=a.device), None, relu,
                                  torch.uint8 if relu else torch.int8)
-    return layer_program(constants, {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": c})
+    return layer_program(constants, ConvGeometry((1, 1), (0, 0), (1, 1), c))
 
 
 class AffineKind(StepKind):
@@ -47,6 +48,7 @@ class AffineKind(StepKind):
 
     kind = "affine"
     program_key = "ops"
+    constants_type = LayerProgram
 
     def match(self, node: fx.Node, cap: Capture) -> bool:
         return isinstance(cap.module(node), nn.BatchNorm2d)
@@ -71,19 +73,19 @@ class AffineKind(StepKind):
         b.quantizers[step.name] = ActQuantizer(signed=not step.relu)
         return not step.relu
 
-    def train(self, step: dict, ins: list[CodeValue], tp) -> CodeValue:
-        q, step_size, _ = ins[0]
-        y = tp.model.extras[step["name"]](q * step_size)
-        if step["relu"]:
+    def train(self, step: Step, ins: list[CodeValue], tp: TrainPass) -> CodeValue:
+        q, scale, _ = ins[0]
+        y = tp.parts.extras[step.name](q * scale)
+        if step.relu:
             y = torch.relu(y)
-        return requantize(y, step["name"], tp)
+        return requantize(y, step.name, tp)
 
-    def constants(self, step: dict, in_steps: list[float], in_signed: list[bool], model) -> tuple[dict, float]:
-        out_step = float(model.quantizers[step["name"]].positive_step())
-        return affine_constants(model.extras[step["name"]], in_steps[0], out_step, step["relu"]), out_step
+    def constants(self, step: Step, in_scales: list[float], in_signed: list[bool], parts: Parts) -> tuple[dict, float]:
+        out_scale = float(parts.quantizers[step.name].scale())
+        return affine_constants(parts.extras[step.name], in_scales[0], out_scale, step.relu), out_scale
 
-    def run(self, step: dict, ins: list[Tensor], consts: dict, ctx) -> Tensor:
-        return run_layer(consts, ins[0], 0, 0, ctx.rule, ctx.cache, step["name"])
+    def run(self, step: Step, ins: list[Tensor], consts: dict, ctx) -> Tensor:
+        return run_layer(consts, ins[0], 0, 0, ctx.rule, ctx.cache, step.name)
 
 
 def extra_from_spec(spec: dict) -> nn.Module:

@@ -3,13 +3,15 @@
 A step kind keeps side by side everything DQT does with one operation:
 
 - `match` / `capture`: recognise it in a torch.fx graph and record a `Step` (graph.capture);
-- `build`: create its trainable parts when a float model is converted (DQTModel.from_float);
-- `train`: its training-path forward on float codes with straight-through gradients;
-- `constants`: its integer constants in the program (DQTModel.integer_program);
-- `run`: its integer-only forward on codes (run_program, eval and frozen models).
+- `build`: create its trainable parts when a float model is converted (`convert.from_float`);
+- `train`: its training-path forward on float codes with straight-through gradients (a `TrainPass`);
+- `constants`: its integer constants (a `constants_type` record) in the program (`compile`);
+- `run`: its integer-only forward on codes (`runtime.run_program`, eval and frozen models).
 
-Adding an operation is one new `StepKind` subclass registered in `dqt_triton.steps`, plus its
-contract in docs/numerics.md and its tests; `model.py` and `graph.py` need no change.
+A kind sees the trainable modules through `Parts` and the pass through `TrainPass` or the
+runtime's pass, never the model itself. Adding an operation is one new `StepKind` subclass
+registered in `dqt_triton.steps`, plus its contract in docs/numerics.md and its tests;
+`model.py` and `graph.py` need no change.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import fx, nn
+
+from .constants import Constants
 
 Tensor = torch.Tensor
 
@@ -38,13 +42,44 @@ class Step:
         return {"kind": self.kind, "inputs": list(self.inputs), "name": self.name, "relu": self.relu,
                 "geometry": dict(self.geometry)}
 
+    @classmethod
+    def from_spec(cls, spec: dict) -> "Step":
+        """The step of a saved spec (no capture-time modules)."""
+        return cls(spec["kind"], list(spec["inputs"]), spec["name"], spec["relu"], dict(spec["geometry"]))
+
+    def bare(self) -> "Step":
+        """This step without its capture-time modules (what a model and its programs keep)."""
+        return Step(self.kind, list(self.inputs), self.name, self.relu, dict(self.geometry))
+
 
 class CodeValue(NamedTuple):
     """A value on the training path: float codes, the real value of one code, signedness."""
 
     q: Tensor
-    step: Tensor
+    scale: Tensor
     signed: bool
+
+
+class Parts(NamedTuple):
+    """The trainable modules the step kinds read, each under its step's name."""
+
+    layers: nn.ModuleDict  # Conv2d / Linear layers (`nn.DQTConv2d`, `nn.DQTLinear`)
+    quantizers: nn.ModuleDict  # the activation quantizers of requantizing steps
+    extras: nn.ModuleDict  # other modules (a standalone batch norm)
+
+
+@dataclass
+class TrainPass:
+    """What the step kinds' `train` share during one training-path forward."""
+
+    parts: Parts
+    shift_rule: str
+    candidate_bits: tuple[int, ...]
+    gate_gradients: str  # how the task loss reaches the controller's gates (`quant.GATE_GRADIENTS`)
+    fixed: dict[str, tuple[int, int]]  # (weight, activation) bits of the layers the controller does not set
+    governed: dict[str, int]  # governed layer -> its column in `gates` / `widths` (empty: static pass)
+    gates: Optional[Tensor] = None  # [B, governed, candidates], once the controller has run
+    widths: Optional[Tensor] = None  # [B, governed] chosen bits
 
 
 class Capture:
@@ -130,19 +165,21 @@ class Build:
     extra_specs: dict = field(default_factory=dict)  # how to rebuild them on load
 
 
-def requantize(y: Tensor, name: str, tp) -> CodeValue:
+def requantize(y: Tensor, name: str, tp: TrainPass) -> CodeValue:
     """Real values y as codes of the step's own learned quantizer (LSQ gradients, created by
     its `build` under the step's name): how every requantizing step ends its training path."""
-    quant = tp.model.quantizers[name]
-    return CodeValue(quant(y), quant.positive_step(), quant.signed)
+    quant = tp.parts.quantizers[name]
+    return CodeValue(quant(y), quant.scale(), quant.signed)
 
 
 class StepKind:
     """Base class of a step kind; subclasses override what applies to them."""
 
     kind: str = ""
-    #: where `constants` go in the integer program ("layers", "adds"; None: the step has none)
+    #: where `constants` go in the integer program ("layers", "adds", "ops"; None: the step has none)
     program_key: Optional[str] = None
+    #: the record type of its constants (`steps.constants`), for loading saved programs
+    constants_type: Optional[type] = None
 
     def match(self, node: fx.Node, cap: Capture) -> bool:
         """Does this kind capture `node`? Checked in registry order."""
@@ -155,12 +192,14 @@ class StepKind:
         """Create the step's modules; return whether its output codes are signed."""
         return b.signed[step.inputs[0]]
 
-    def train(self, step: dict, ins: list[CodeValue], model) -> CodeValue:
+    def train(self, step: Step, ins: list[CodeValue], tp: TrainPass) -> CodeValue:
         raise NotImplementedError
 
-    def constants(self, step: dict, in_steps: list[float], in_signed: list[bool], model) -> tuple[Optional[dict], float]:
+    def constants(self, step: Step, in_scales: list[float], in_signed: list[bool],
+                  parts: Parts) -> tuple[Optional[Constants], float]:
         """(the step's integer constants or None, the real value of one output code)."""
-        return None, in_steps[0]
+        return None, in_scales[0]
 
-    def run(self, step: dict, ins: list[Tensor], consts: Optional[dict], ctx) -> Tensor:
+    def run(self, step: Step, ins: list[Tensor], consts: Optional[Constants], ctx) -> Tensor:
+        """Integer forward; `ctx` is the runtime's pass (`ctx.shifts(name)`, `ctx.rule`, `ctx.cache`)."""
         raise NotImplementedError

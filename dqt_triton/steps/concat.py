@@ -7,7 +7,8 @@ from torch import fx
 
 from .. import numerics, ops
 from ..nn import ActQuantizer
-from .base import Build, Capture, CodeValue, Step, StepKind, requantize
+from .base import Build, Capture, CodeValue, Parts, Step, StepKind, requantize
+from .constants import DTYPES, ConcatProgram, DequantProgram
 
 Tensor = torch.Tensor
 
@@ -15,6 +16,7 @@ Tensor = torch.Tensor
 class CatKind(StepKind):
     kind = "cat"
     program_key = "ops"
+    constants_type = ConcatProgram
 
     def match(self, node: fx.Node, cap: Capture) -> bool:
         return node.op == "call_function" and node.target is torch.cat
@@ -38,23 +40,23 @@ class CatKind(StepKind):
         b.quantizers[step.name] = ActQuantizer(signed=signed)
         return signed
 
-    def train(self, step: dict, ins: list[CodeValue], tp) -> CodeValue:
-        y = torch.cat([v.q * v.step for v in ins], dim=1)
-        return requantize(y, step["name"], tp)
+    def train(self, step: Step, ins: list[CodeValue], tp: TrainPass) -> CodeValue:
+        y = torch.cat([v.q * v.scale for v in ins], dim=1)
+        return requantize(y, step.name, tp)
 
-    def constants(self, step: dict, in_steps: list[float], in_signed: list[bool], model) -> tuple[dict, float]:
-        quant = model.quantizers[step["name"]]
-        out_step = float(quant.positive_step())
+    def constants(self, step: Step, in_scales: list[float], in_signed: list[bool], parts: Parts) -> tuple[dict, float]:
+        quant = parts.quantizers[step.name]
+        out_scale = float(quant.scale())
         operands = []
-        for s in in_steps:
-            c = numerics.rescale_constants(s, out_step)
+        for s in in_scales:
+            c = numerics.rescale_constants(s, out_scale)
             operands.append({"k1": c.k1, "shift": c.shift})
-        return {"operands": operands, "out_dtype": "int8" if quant.signed else "uint8"}, out_step
+        return ConcatProgram(operands, "int8" if quant.signed else "uint8"), out_scale
 
-    def run(self, step: dict, ins: list[Tensor], consts: dict, ctx) -> Tensor:
-        out_dtype = torch.int8 if consts["out_dtype"] == "int8" else torch.uint8
+    def run(self, step: Step, ins: list[Tensor], consts: dict, ctx) -> Tensor:
+        out_dtype = DTYPES[consts.out_dtype]
         parts = [ops.int_add(x, x, k1=c["k1"], k2=0, k3=0, shift=c["shift"], out_dtype=out_dtype)
-                 for x, c in zip(ins, consts["operands"])]
+                 for x, c in zip(ins, consts.operands)]
         return torch.cat(parts, dim=1)
 
 
@@ -65,13 +67,14 @@ class DequantKind(StepKind):
 
     kind = "dequant"
     program_key = "ops"
+    constants_type = DequantProgram
 
-    def train(self, step: dict, ins: list[CodeValue], tp) -> CodeValue:
-        return CodeValue(ins[0].q * ins[0].step, None, True)
+    def train(self, step: Step, ins: list[CodeValue], tp: TrainPass) -> CodeValue:
+        return CodeValue(ins[0].q * ins[0].scale, None, True)
 
-    def constants(self, step: dict, in_steps: list[float], in_signed: list[bool], model) -> tuple[dict, float]:
-        return {"scale": in_steps[0]}, float("nan")
+    def constants(self, step: Step, in_scales: list[float], in_signed: list[bool], parts: Parts) -> tuple[dict, float]:
+        return DequantProgram(in_scales[0]), float("nan")
 
-    def run(self, step: dict, ins: list[Tensor], consts: dict, ctx) -> Tensor:
+    def run(self, step: Step, ins: list[Tensor], consts: dict, ctx) -> Tensor:
         # Codes are exact in float32; one float32 multiply, as the float epilogue's.
-        return ins[0].to(torch.float32) * torch.tensor(consts["scale"], dtype=torch.float32)
+        return ins[0].to(torch.float32) * torch.tensor(consts.scale, dtype=torch.float32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import fx, nn
@@ -15,47 +15,47 @@ from .activation import (  # the fused activations are the activation kind's rul
     clamp_bound,
     is_relu,
 )
-from .base import Build, Capture, CodeValue, Step, StepKind, requantize
+from .base import Build, Capture, CodeValue, Parts, Step, StepKind, TrainPass, requantize
+from .constants import DTYPE_NAMES, DTYPES, ConvGeometry, LayerProgram
 
 Tensor = torch.Tensor
-DTYPES = {"uint8": torch.uint8, "int8": torch.int8, "int32": torch.int32, "float32": torch.float32}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
-def layer_program(c: IntegerConstants, conv: Optional[dict]) -> dict:
-    """A layer's entry in the integer program."""
+def layer_program(c: IntegerConstants, conv: Optional[Union[dict, ConvGeometry]],
+                  clamp_max: Optional[int] = None) -> LayerProgram:
+    """A layer's record in the integer program (`conv`: the convolution's geometry, None for a Linear)."""
     # Conv weights in channels_last: both backends read [Cout, KH, KW, C/g] without a copy.
     weight = c.weight.contiguous(memory_format=torch.channels_last) if conv else c.weight
-    return {"weight": weight, "bias": c.bias, "multiplier": c.multiplier, "shift": c.shift,
-            "out_scale": c.out_scale, "relu": c.relu, "out_dtype": DTYPE_NAMES[c.out_dtype],
-            "conv": {k: list(v) if isinstance(v, tuple) else v for k, v in conv.items()} if conv else None}
+    geometry = ConvGeometry(**{k: tuple(v) if isinstance(v, list) else v for k, v in conv.items()}) \
+        if isinstance(conv, dict) else conv
+    return LayerProgram(weight, c.bias, c.multiplier, c.shift, c.out_scale, c.relu, DTYPE_NAMES[c.out_dtype],
+                        geometry, clamp_max)
 
 
-def prepared_layer(p: dict, x: Tensor, rule: str, cache: dict, key: str) -> ops.PreparedLayer:
+def prepared_layer(p: LayerProgram, x: Tensor, rule: str, cache: dict, key: str) -> ops.PreparedLayer:
     """The layer validated and placed on x's device once (`ops.prepare_layer`), then reused."""
     layer = cache.get(key)
     if layer is None or layer.x_dtype != x.dtype or layer.weight.device != x.device:
-        kwargs = dict(bias=p["bias"], relu=p["relu"], shift_rule=rule, clamp_max=p.get("clamp_max"))
-        if p["multiplier"] is not None:
-            kwargs.update(multiplier=p["multiplier"], shift=p["shift"], out_dtype=DTYPES[p["out_dtype"]])
-        elif p["out_scale"] is not None:
-            kwargs.update(out_scale=p["out_scale"])
-        conv = p["conv"]
-        if conv is not None:
-            conv = dict(stride=tuple(conv["stride"]), padding=tuple(conv["padding"]),
-                        dilation=tuple(conv["dilation"]), groups=conv["groups"])
-        layer = ops.prepare_layer(p["weight"], x_dtype=x.dtype, device=x.device, conv=conv, **kwargs)
+        kwargs = dict(bias=p.bias, relu=p.relu, shift_rule=rule, clamp_max=p.clamp_max)
+        if p.multiplier is not None:
+            kwargs.update(multiplier=p.multiplier, shift=p.shift, out_dtype=DTYPES[p.out_dtype])
+        elif p.out_scale is not None:
+            kwargs.update(out_scale=p.out_scale)
+        conv = None if p.conv is None else p.conv._asdict()
+        layer = ops.prepare_layer(p.weight, x_dtype=x.dtype, device=x.device, conv=conv, **kwargs)
         cache[key] = layer
     return layer
 
 
-def run_layer(p: dict, x: Tensor, act_shift, weight_shift, rule: str, cache: dict, key: str) -> Tensor:
+def run_layer(p: LayerProgram, x: Tensor, act_shift, weight_shift, rule: str, cache: dict, key: str) -> Tensor:
+    """The integer layer on codes x at the given shifts (prepared once per device, see `prepared_layer`)."""
     return ops.run_prepared(prepared_layer(p, x, rule, cache, key), x, act_shift, weight_shift)
 
 
 class LayerKind(StepKind):
     kind = "layer"
     program_key = "layers"
+    constants_type = LayerProgram
 
     def match(self, node: fx.Node, cap: Capture) -> bool:
         return isinstance(cap.module(node), (nn.Conv2d, nn.Linear))
@@ -99,40 +99,42 @@ class LayerKind(StepKind):
             b.quantizers[step.name] = ActQuantizer(signed=not step.relu)
         return not step.relu
 
-    def train(self, step: dict, ins: list[CodeValue], tp) -> CodeValue:
-        q, step_size, signed = ins[0]
-        name = step["name"]
-        layer = tp.model.layers[name]
+    def train(self, step: Step, ins: list[CodeValue], tp: TrainPass) -> CodeValue:
+        q, scale, signed = ins[0]
+        name = step.name
+        layer = tp.parts.layers[name]
         if name in tp.governed:
             i = tp.governed[name]
             k = numerics.MASTER_BITS - tp.widths[:, i]
             where = f"layer {name} at the controller's widths"
-            y = layer.forward_codes(q, step_size, signed, k, k, tp.model.shift_rule, tp.gates[:, i, :],
-                                    tp.model.candidate_bits, where=f"layer {name}",
-                                    gate_gradients=tp.model.gate_gradients)
+            y = layer.forward_codes(q, scale, signed, k, k, tp.shift_rule, tp.gates[:, i, :],
+                                    tp.candidate_bits, where=f"layer {name}",
+                                    gate_gradients=tp.gate_gradients)
         else:
             wb, ab = tp.fixed[name]
             where = f"layer {name} at {wb}-bit weights / {ab}-bit activations"
-            y = layer.forward_codes(q, step_size, signed, numerics.MASTER_BITS - ab,
-                                    numerics.MASTER_BITS - wb, tp.model.shift_rule, where=f"layer {name}")
+            y = layer.forward_codes(q, scale, signed, numerics.MASTER_BITS - ab,
+                                    numerics.MASTER_BITS - wb, tp.shift_rule, where=f"layer {name}")
         if not bool(torch.isfinite(y).all()):
             raise FloatingPointError(f"non-finite values (NaN/inf) in the output of {where}: training has "
                                      "diverged; lower the learning rate or clip gradients")
-        if step["geometry"].get("final"):
+        if step.geometry.get("final"):
             return CodeValue(y, None, True)  # the logits, already real-valued
-        if "clamp_max" in step["geometry"]:
-            y = y.clamp_max(step["geometry"]["clamp_max"])  # rounding is monotone: the integer path caps the code
+        if "clamp_max" in step.geometry:
+            y = y.clamp_max(step.geometry["clamp_max"])  # rounding is monotone: the integer path caps the code
         return requantize(y, name, tp)
 
-    def constants(self, step: dict, in_steps: list[float], in_signed: list[bool], model) -> tuple[dict, float]:
-        layer = model.layers[step["name"]]
-        final = step["geometry"].get("final")
-        out_step = None if final else float(model.quantizers[step["name"]].positive_step())
-        program = layer_program(layer.integer_constants(in_steps[0], in_signed[0], out_step), layer.conv)
-        if "clamp_max" in step["geometry"]:
-            program["clamp_max"] = min(255, math.floor(step["geometry"]["clamp_max"] / out_step + 0.5))
-        return program, out_step if out_step is not None else float("nan")
+    def constants(self, step: Step, in_scales: list[float], in_signed: list[bool],
+                  parts: Parts) -> tuple[LayerProgram, float]:
+        layer = parts.layers[step.name]
+        final = step.geometry.get("final")
+        out_scale = None if final else float(parts.quantizers[step.name].scale())
+        clamp = None
+        if "clamp_max" in step.geometry:
+            clamp = min(255, math.floor(step.geometry["clamp_max"] / out_scale + 0.5))
+        program = layer_program(layer.integer_constants(in_scales[0], in_signed[0], out_scale), layer.conv, clamp)
+        return program, out_scale if out_scale is not None else float("nan")
 
-    def run(self, step: dict, ins: list[Tensor], consts: dict, ctx) -> Tensor:
-        act_shift, weight_shift = ctx.shifts(step["name"])
-        return run_layer(consts, ins[0], act_shift, weight_shift, ctx.rule, ctx.cache, step["name"])
+    def run(self, step: Step, ins: list[Tensor], consts: LayerProgram, ctx) -> Tensor:
+        act_shift, weight_shift = ctx.shifts(step.name)
+        return run_layer(consts, ins[0], act_shift, weight_shift, ctx.rule, ctx.cache, step.name)

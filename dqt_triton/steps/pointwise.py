@@ -11,7 +11,8 @@ from torch import fx, nn
 
 from .. import numerics, ops
 from ..nn import ActQuantizer
-from .base import Build, Capture, CodeValue, Step, StepKind, requantize
+from .base import Build, Capture, CodeValue, Parts, Step, StepKind, requantize
+from .constants import DTYPES, LutProgram, MulProgram
 
 Tensor = torch.Tensor
 
@@ -47,6 +48,7 @@ class LutKind(StepKind):
 
     kind = "lut"
     program_key = "ops"
+    constants_type = LutProgram
 
     def match(self, node: fx.Node, cap: Capture) -> bool:
         return lut_function(node, cap) is not None
@@ -62,21 +64,21 @@ class LutKind(StepKind):
         b.quantizers[step.name] = ActQuantizer(signed=signed)
         return signed
 
-    def train(self, step: dict, ins: list[CodeValue], tp) -> CodeValue:
-        q, step_size, _ = ins[0]
-        y = numerics.LUT_FUNCTIONS[step["geometry"]["function"]](q * step_size)
-        return requantize(y, step["name"], tp)
+    def train(self, step: Step, ins: list[CodeValue], tp: TrainPass) -> CodeValue:
+        q, scale, _ = ins[0]
+        y = numerics.LUT_FUNCTIONS[step.geometry["function"]](q * scale)
+        return requantize(y, step.name, tp)
 
-    def constants(self, step: dict, in_steps: list[float], in_signed: list[bool], model) -> tuple[dict, float]:
-        quant = model.quantizers[step["name"]]
-        out_step = float(quant.positive_step())
-        table = numerics.lut_table(step["geometry"]["function"], in_steps[0], in_signed[0], out_step, quant.signed)
-        return {"table": table}, out_step
+    def constants(self, step: Step, in_scales: list[float], in_signed: list[bool], parts: Parts) -> tuple[dict, float]:
+        quant = parts.quantizers[step.name]
+        out_scale = float(quant.scale())
+        table = numerics.lut_table(step.geometry["function"], in_scales[0], in_signed[0], out_scale, quant.signed)
+        return LutProgram(table), out_scale
 
-    def run(self, step: dict, ins: list[Tensor], consts: dict, ctx) -> Tensor:
-        table = consts["table"]
+    def run(self, step: Step, ins: list[Tensor], consts: dict, ctx) -> Tensor:
+        table = consts.table
         if table.device != ins[0].device:  # placed once per device, as the layers are
-            table = ctx.cache.setdefault(f"{step['name']}.table", table.to(ins[0].device))
+            table = ctx.cache.setdefault(f"{step.name}.table", table.to(ins[0].device))
         return ops.int_lut(ins[0], table)
 
 
@@ -89,6 +91,7 @@ class MulKind(StepKind):
 
     kind = "mul"
     program_key = "ops"
+    constants_type = MulProgram
 
     def match(self, node: fx.Node, cap: Capture) -> bool:
         return (node.op == "call_function" and node.target in _MUL_FUNCS) or \
@@ -111,17 +114,16 @@ class MulKind(StepKind):
         b.quantizers[step.name] = ActQuantizer(signed=signed)
         return signed
 
-    def train(self, step: dict, ins: list[CodeValue], tp) -> CodeValue:
+    def train(self, step: Step, ins: list[CodeValue], tp: TrainPass) -> CodeValue:
         (qa, sa, _), (qb, sb, _) = ins
-        return requantize((qa * sa) * (qb * sb), step["name"], tp)
+        return requantize((qa * sa) * (qb * sb), step.name, tp)
 
-    def constants(self, step: dict, in_steps: list[float], in_signed: list[bool], model) -> tuple[dict, float]:
-        quant = model.quantizers[step["name"]]
-        out_step = float(quant.positive_step())
-        c = numerics.mul_constants(in_steps[0], in_steps[1], out_step)
-        return {"k1": c.k1, "shift": c.shift, "out_dtype": "int8" if quant.signed else "uint8"}, out_step
+    def constants(self, step: Step, in_scales: list[float], in_signed: list[bool], parts: Parts) -> tuple[dict, float]:
+        quant = parts.quantizers[step.name]
+        out_scale = float(quant.scale())
+        c = numerics.mul_constants(in_scales[0], in_scales[1], out_scale)
+        return MulProgram(c.k1, c.shift, "int8" if quant.signed else "uint8"), out_scale
 
-    def run(self, step: dict, ins: list[Tensor], consts: dict, ctx) -> Tensor:
+    def run(self, step: Step, ins: list[Tensor], consts: dict, ctx) -> Tensor:
         a, b = torch.broadcast_tensors(*ins)
-        out_dtype = torch.int8 if consts["out_dtype"] == "int8" else torch.uint8
-        return ops.int_mul(a, b, k1=consts["k1"], k2=0, k3=0, k4=0, shift=consts["shift"], out_dtype=out_dtype)
+        return ops.int_mul(a, b, k1=consts.k1, k2=0, k3=0, k4=0, shift=consts.shift, out_dtype=DTYPES[consts.out_dtype])

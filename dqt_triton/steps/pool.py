@@ -58,14 +58,14 @@ class MaxPoolKind(StepKind):
         if src is not None:
             cap.emit(Step(self.kind, [src], geometry=geo), node)
 
-    def train(self, step: dict, ins: list[CodeValue], tp) -> CodeValue:
-        q, step_size, signed = ins[0]
-        g = step["geometry"]
+    def train(self, step: Step, ins: list[CodeValue], tp: TrainPass) -> CodeValue:
+        q, scale, signed = ins[0]
+        g = step.geometry
         return CodeValue(F.max_pool2d(q, g["kernel"], g["stride"], g["padding"], g["dilation"],
-                                      ceil_mode=g.get("ceil_mode", False)), step_size, signed)
+                                      ceil_mode=g.get("ceil_mode", False)), scale, signed)
 
-    def run(self, step: dict, ins: list[Tensor], consts, ctx) -> Tensor:
-        g = step["geometry"]
+    def run(self, step: Step, ins: list[Tensor], consts, ctx) -> Tensor:
+        g = step.geometry
         return ops.int_max_pool2d(ins[0], tuple(g["kernel"]), tuple(g["stride"]), tuple(g["padding"]),
                                   tuple(g["dilation"]), ceil_mode=g.get("ceil_mode", False))
 
@@ -123,18 +123,18 @@ class AvgPoolKind(StepKind):
 
     @staticmethod
     def _window(step: dict, q: Tensor) -> tuple:
-        g = step["geometry"]
+        g = step.geometry
         if g.get("global"):
             return tuple(q.shape[2:]), tuple(q.shape[2:]), (0, 0)
         return tuple(g["kernel"]), tuple(g["stride"]), tuple(g["padding"])
 
-    def train(self, step: dict, ins: list[CodeValue], tp) -> CodeValue:
-        q, step_size, signed = ins[0]
-        if "adaptive" in step["geometry"]:
-            return CodeValue(adaptive_avg_pool_codes(q, tuple(step["geometry"]["adaptive"])), step_size, signed)
-        return CodeValue(avg_pool_codes(q, *self._window(step, q)), step_size, signed)
+    def train(self, step: Step, ins: list[CodeValue], tp: TrainPass) -> CodeValue:
+        q, scale, signed = ins[0]
+        if "adaptive" in step.geometry:
+            return CodeValue(adaptive_avg_pool_codes(q, tuple(step.geometry["adaptive"])), scale, signed)
+        return CodeValue(avg_pool_codes(q, *self._window(step, q)), scale, signed)
 
-    def run(self, step: dict, ins: list[Tensor], consts, ctx) -> Tensor:
-        if "adaptive" in step["geometry"]:
-            return ops.int_adaptive_avg_pool2d(ins[0], tuple(step["geometry"]["adaptive"]))
+    def run(self, step: Step, ins: list[Tensor], consts, ctx) -> Tensor:
+        if "adaptive" in step.geometry:
+            return ops.int_adaptive_avg_pool2d(ins[0], tuple(step.geometry["adaptive"]))
         return ops.int_avg_pool2d(ins[0], *self._window(step, ins[0]))

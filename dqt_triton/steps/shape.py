@@ -36,11 +36,11 @@ class FlattenKind(StepKind):
         if src is not None:
             cap.emit(Step(self.kind, [src]), node)
 
-    def train(self, step: dict, ins: list[CodeValue], tp) -> CodeValue:
-        q, step_size, signed = ins[0]
-        return CodeValue(q.flatten(1), step_size, signed)
+    def train(self, step: Step, ins: list[CodeValue], tp: TrainPass) -> CodeValue:
+        q, scale, signed = ins[0]
+        return CodeValue(q.flatten(1), scale, signed)
 
-    def run(self, step: dict, ins: list[torch.Tensor], consts, ctx) -> torch.Tensor:
+    def run(self, step: Step, ins: list[torch.Tensor], consts, ctx) -> torch.Tensor:
         return ins[0].flatten(1)
 
 
@@ -93,12 +93,12 @@ class ReshapeKind(StepKind):
         if src is not None:
             cap.emit(Step(self.kind, [src], geometry={"shape": list(cap.shape(node)[1:])}), node)
 
-    def train(self, step: dict, ins: list[CodeValue], tp) -> CodeValue:
-        q, step_size, signed = ins[0]
-        return CodeValue(q.reshape(q.shape[0], *step["geometry"]["shape"]), step_size, signed)
+    def train(self, step: Step, ins: list[CodeValue], tp: TrainPass) -> CodeValue:
+        q, scale, signed = ins[0]
+        return CodeValue(q.reshape(q.shape[0], *step.geometry["shape"]), scale, signed)
 
-    def run(self, step: dict, ins: list[torch.Tensor], consts, ctx) -> torch.Tensor:
-        return ins[0].reshape(ins[0].shape[0], *step["geometry"]["shape"])
+    def run(self, step: Step, ins: list[torch.Tensor], consts, ctx) -> torch.Tensor:
+        return ins[0].reshape(ins[0].shape[0], *step.geometry["shape"])
 
 
 class PermuteKind(StepKind):
@@ -131,12 +131,12 @@ class PermuteKind(StepKind):
         if src is not None:
             cap.emit(Step(self.kind, [src], geometry={"dims": order}), node)
 
-    def train(self, step: dict, ins: list[CodeValue], tp) -> CodeValue:
-        q, step_size, signed = ins[0]
-        return CodeValue(q.permute(*step["geometry"]["dims"]), step_size, signed)
+    def train(self, step: Step, ins: list[CodeValue], tp: TrainPass) -> CodeValue:
+        q, scale, signed = ins[0]
+        return CodeValue(q.permute(*step.geometry["dims"]), scale, signed)
 
-    def run(self, step: dict, ins: list[torch.Tensor], consts, ctx) -> torch.Tensor:
-        return ins[0].permute(*step["geometry"]["dims"])
+    def run(self, step: Step, ins: list[torch.Tensor], consts, ctx) -> torch.Tensor:
+        return ins[0].permute(*step.geometry["dims"])
 
 
 class SplitKind(StepKind):
@@ -184,11 +184,11 @@ class SliceKind(StepKind):
         start, stop = bounds[int(node.args[1])]
         cap.emit(Step(self.kind, [src], geometry={"dim": dim, "start": start, "stop": stop}), node)
 
-    def train(self, step: dict, ins: list[CodeValue], tp) -> CodeValue:
-        q, step_size, signed = ins[0]
-        g = step["geometry"]
-        return CodeValue(q.narrow(g["dim"], g["start"], g["stop"] - g["start"]), step_size, signed)
+    def train(self, step: Step, ins: list[CodeValue], tp: TrainPass) -> CodeValue:
+        q, scale, signed = ins[0]
+        g = step.geometry
+        return CodeValue(q.narrow(g["dim"], g["start"], g["stop"] - g["start"]), scale, signed)
 
-    def run(self, step: dict, ins: list[torch.Tensor], consts, ctx) -> torch.Tensor:
-        g = step["geometry"]
+    def run(self, step: Step, ins: list[torch.Tensor], consts, ctx) -> torch.Tensor:
+        g = step.geometry
         return ins[0].narrow(g["dim"], g["start"], g["stop"] - g["start"])

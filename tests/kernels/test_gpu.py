@@ -115,7 +115,7 @@ def test_dqt_model_on_cuda_equals_cpu(mode):
 def test_a_model_on_cuda_freezes_into_a_cuda_program_equal_to_its_eval(mode, tmp_path):
     """Eval on CUDA builds its integer constants on CUDA; freeze() keeps them there (no copy
     at the first call), and both give the CPU model's logits; a CUDA program saves a CPU file."""
-    from dqt_triton.model import program_tensors
+    from dqt_triton.program import program_tensors
     from tests.test_model import build
 
     model, x = build("resnet18_cifar", mode)

@@ -1,0 +1,201 @@
+"""The DQT training objective: task + alpha * consistency + beta * budget + imitation.
+
+`LossConfig` holds its options (written once: `DQTModel.dqt_loss`, `TrainConfig` and the CLI
+take them from here); `dqt_loss` returns a typed `LossTerms`. The model is used through its
+training path (`DQTModel.train_forward`, which returns a `TrainOutput`), never through
+attributes set in one place and read in another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .controller import BUDGET_LEVELS, budget_price
+from .convert import option
+from .nn import share_weight_codes
+from .quant import GATE_GRADIENTS
+
+if TYPE_CHECKING:
+    from .model import DQTModel
+
+Tensor = torch.Tensor
+IMITATION_SOURCES = ("holdout", "sandwich", "teacher")
+IMITATION_MODES = ("expected", "best")
+
+
+@dataclass
+class LossConfig:
+    """Options of the DQT objective (`dqt_loss`)."""
+
+    alpha: float = option(1.0, "weight of the consistency (sandwich) term")
+    beta: float = option(1.0, "weight of the per-sample BitOPs price (applies with a target BitOPs)")
+    imitation: float = option(1.0, "weight of the controller's imitation of each sample's cost per width")
+    imitation_source: str = option("sandwich", "what the controller learns each width's cost from: the sandwich "
+                                   "widths' losses, their divergence from the widest ('teacher'), or held-out "
+                                   "samples judged at every width ('holdout')", choices=IMITATION_SOURCES)
+    imitation_mode: str = option("expected", "controller learns each width's expected cost per input "
+                                 "('expected') or the best width ('best')", choices=IMITATION_MODES)
+    imitation_samples: int = option(16, "'holdout' source: held-out samples judged at every width per step")
+    distill: bool = option(True, "lower widths learn from the widest one's predictions",
+                           negative_flag=("--no-distill", "lower widths learn from the labels"))
+    sampled_widths: int = option(1, "random middle widths per step besides the widest and narrowest; -1 = all")
+    consistency_share: float = option(0.5, "share of each batch the consistency widths see, at least two samples "
+                                      "(1.0: all of it, dearer)")
+    gate_gradients: str = option("local", "task-loss gradients to the controller's gates: 'all' (one pass per "
+                                 "width), 'local' (the chosen width and its neighbours) or 'none'",
+                                 choices=GATE_GRADIENTS)
+
+    def __post_init__(self) -> None:
+        if self.imitation_source not in IMITATION_SOURCES:
+            raise ValueError(f"imitation_source must be one of {IMITATION_SOURCES}, got {self.imitation_source!r}")
+        if self.imitation_mode not in IMITATION_MODES:
+            raise ValueError(f"imitation_mode must be 'expected' or 'best', got {self.imitation_mode!r}")
+        if self.imitation > 0 and self.imitation_samples < 1:
+            raise ValueError(f"imitation_samples must be at least 1, got {self.imitation_samples}")
+        if not 0.0 < self.consistency_share <= 1.0:
+            raise ValueError(f"consistency_share must be in (0, 1], got {self.consistency_share}")
+        if self.gate_gradients not in GATE_GRADIENTS:
+            raise ValueError(f"gate_gradients must be one of {GATE_GRADIENTS}, got {self.gate_gradients!r}")
+
+
+class LossTerms(NamedTuple):
+    """The objective and its detached terms."""
+
+    loss: Tensor  # what to backpropagate
+    task: Tensor
+    consistency: Tensor
+    budget: Tensor
+    imitation: Tensor
+    logits: Tensor  # the dynamic (or static) path's, detached
+    bits: Tensor  # [B, layers, 2] chosen by that path
+    bitops: Tensor  # [B]
+
+
+def dqt_loss(model: "DQTModel", x: Tensor, target: Tensor, config: LossConfig, *,
+             target_bitops: Optional[float] = None, imitation_data: Optional[tuple[Tensor, Tensor]] = None,
+             generator: Optional[torch.Generator] = None) -> LossTerms:
+    """See `DQTModel.dqt_loss`."""
+    with share_weight_codes():  # every pass below sees the same weights: quantize them once
+        return _dqt_loss(model, x, target, config, target_bitops, imitation_data, generator)
+
+
+def _dqt_loss(model: "DQTModel", x: Tensor, target: Tensor, cfg: LossConfig, target_bitops: Optional[float],
+              imitation_data: Optional[tuple[Tensor, Tensor]], generator: Optional[torch.Generator]) -> LossTerms:
+    dynamic = model.dynamic and model.controller is not None
+    priced = dynamic and cfg.beta > 0 and bool(target_bitops)
+    if priced and cfg.imitation > 0 and cfg.imitation_source != "holdout" and cfg.alpha <= 0:
+        raise ValueError(f"imitation_source={cfg.imitation_source!r} learns from the consistency term's widths: "
+                         "it needs alpha > 0 (or imitation_source='holdout')")
+    budget_codes = torch.randint(0, BUDGET_LEVELS, (x.shape[0],), generator=generator).to(x.device) if priced else None
+    out = model.train_forward(x, budget_codes=budget_codes, gate_gradients=cfg.gate_gradients)
+    task = F.cross_entropy(out.logits, target)
+    if not bool(torch.isfinite(task)):
+        raise FloatingPointError("non-finite task loss of the dynamic/static path: training has diverged")
+    zero = torch.zeros((), device=out.logits.device)
+    consistency, budget, imitate = zero, zero, zero
+    # at least two samples where the batch has them: the sandwich's batch norms need two
+    n = max(round(cfg.consistency_share * x.shape[0]), min(2, x.shape[0]))
+    if cfg.alpha > 0:
+        consistency, sandwich_losses = _consistency(model, x[:n], target[:n], cfg, generator)
+    if budget_codes is not None and out.soft_bitops is not None:
+        lam = budget_price(budget_codes).to(out.soft_bitops.device)
+        budget = (lam * out.soft_bitops / target_bitops).mean()
+        if cfg.imitation > 0 and out.controller_logits is not None:
+            if cfg.imitation_source in ("sandwich", "teacher"):
+                per_width = sandwich_losses[0 if cfg.imitation_source == "sandwich" else 1]
+                logits_i, lam_i = out.controller_logits[:n], lam[:n]
+            else:
+                if imitation_data is not None:
+                    xi, yi = imitation_data
+                    codes = torch.randint(0, BUDGET_LEVELS, (xi.shape[0],), generator=generator).to(xi.device)
+                    held = model.train_forward(xi, budget_codes=codes, gate_gradients=cfg.gate_gradients)
+                    logits_i, lam_i = held.controller_logits, budget_price(codes).to(out.soft_bitops.device)
+                else:
+                    sub = slice(0, min(cfg.imitation_samples, x.shape[0]))
+                    xi, yi, logits_i, lam_i = x[sub], target[sub], out.controller_logits[sub], lam[sub]
+                per_width = _losses_per_width(model, xi, yi)
+            imitate = _imitation_loss(model, logits_i, per_width, lam_i, target_bitops, cfg.imitation_mode)
+    total = task + cfg.alpha * consistency + cfg.beta * budget + cfg.imitation * imitate
+    return LossTerms(total, task.detach(), consistency.detach(), budget.detach(), imitate.detach(),
+                     out.logits.detach(), out.bits, out.bitops)
+
+
+@torch.no_grad()
+def _losses_per_width(model: "DQTModel", x: Tensor, target: Tensor) -> dict:
+    """Per-sample cross-entropy at every candidate width, as deployed (running statistics,
+    learned ranges): what each width would cost each sample."""
+    was_training = model.training
+    model.train(False)
+    try:
+        return {b: F.cross_entropy(model.train_forward(x, force_bits=b).logits, target, reduction="none")
+                for b in model.candidate_bits}
+    finally:
+        model.train(was_training)
+
+
+def _imitation_loss(model: "DQTModel", controller_logits: Tensor, per_width: dict, lam: Tensor, unit: float,
+                    mode: str) -> Tensor:
+    """Teach the controller each sample's cost of every width, CE_b + lambda * BitOPs(uniform b) / unit.
+
+    "expected": every governed layer's logits (net of the price) regress the negated costs,
+    both centred over the widths (Huber): the argmax then estimates the width of least
+    expected cost, and where the controller cannot tell inputs apart it settles on the width
+    best on average instead of betting on the likeliest best one. "best": cross-entropy
+    against each sample's cheapest width (argmin).
+    """
+    widths = sorted(per_width)
+    losses = torch.stack([per_width[b] for b in widths], dim=1)  # [B, |S|]
+    cost = torch.tensor([model.uniform_bitops(b) / unit for b in widths], device=losses.device)
+    index = torch.tensor([model.candidate_bits.index(b) for b in widths], device=losses.device)
+    total = losses + lam[:, None] * cost
+    heads = controller_logits.shape[1]
+    if mode == "best":
+        target = index[total.argmin(1)]  # candidate index of each best width
+        return F.cross_entropy(controller_logits.reshape(-1, controller_logits.shape[-1]),
+                               target.repeat_interleave(heads))
+    want = -(total - total.mean(1, keepdim=True))  # [B, |S|]
+    got = controller_logits[:, :, index]  # [B, L, |S|]
+    got = got - got.mean(2, keepdim=True)
+    return F.huber_loss(got, want[:, None, :].expand_as(got), delta=1.0)
+
+
+def sandwich_widths(candidate_bits: tuple[int, ...], sampled_widths: Optional[int],
+                    generator: Optional[torch.Generator]) -> list[int]:
+    """The consistency term's widths S, widest first: every candidate (`sampled_widths` None or
+    negative), else the widest, the narrowest and `sampled_widths` random others."""
+    cands = list(candidate_bits)
+    if sampled_widths is None or sampled_widths < 0 or len(cands) <= 2 + sampled_widths:
+        return cands[::-1]
+    middle = cands[1:-1]
+    pick = torch.randperm(len(middle), generator=generator)[:sampled_widths].tolist()
+    return [cands[-1]] + sorted((middle[i] for i in pick), reverse=True) + [cands[0]]
+
+
+def _consistency(model: "DQTModel", x: Tensor, target: Tensor, cfg: LossConfig,
+                 generator: Optional[torch.Generator]) -> tuple[Tensor, tuple[dict, dict]]:
+    """Mean consistency loss over the width set S, and each width's detached per-sample
+    cross-entropy on the labels and divergence from the widest (what the imitation learns from)."""
+    teacher = None
+    losses, per_sample, drift = [], {}, {}
+    for b in sandwich_widths(model.candidate_bits, cfg.sampled_widths, generator):
+        out = model.train_forward(x, force_bits=b).logits
+        per_sample[b] = F.cross_entropy(out.detach(), target, reduction="none")
+        drift[b] = (torch.zeros_like(per_sample[b]) if teacher is None else
+                    F.kl_div(F.log_softmax(out.detach(), 1), F.log_softmax(teacher, 1), log_target=True,
+                             reduction="none").sum(1))
+        if teacher is None or not cfg.distill:
+            loss = F.cross_entropy(out, target)
+            teacher = out.detach() if teacher is None else teacher
+        else:
+            loss = F.kl_div(F.log_softmax(out, 1), F.log_softmax(teacher, 1), log_target=True, reduction="batchmean")
+        if not bool(torch.isfinite(loss)):
+            raise FloatingPointError(f"non-finite consistency loss at {b} bits: training has diverged")
+        losses.append(loss)
+    return torch.stack(losses).mean(), (per_sample, drift)
+
+
+__all__ = ["LossConfig", "LossTerms", "dqt_loss", "sandwich_widths", "IMITATION_SOURCES", "IMITATION_MODES"]
