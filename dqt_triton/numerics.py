@@ -13,10 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from .errors import AccumulatorOverflowError
+from .reference.common import INT32_MAX, MASTER_BITS, MAX_SHIFT, WIDTH_TABLE_ROWS  # noqa: F401  (defined once)
 
-MASTER_BITS = 8
-MAX_SHIFT = MASTER_BITS - 1
-INT32_MAX = 2**31 - 1
 MAX_REQUANT_SHIFT = 62
 # Bounds that keep k1*q1 + k2*q2 + k3 (and the multiply form) inside int64 with rounding added.
 MAX_OFFSET_ABS = 2**47
@@ -69,7 +67,7 @@ def shifted_weight_table(w: torch.Tensor, rule: str = "floor") -> tuple[torch.Te
     weights stay channels_last). The Triton kernels read a frozen layer's weights from this
     table instead of shifting them in their K loop; the sums undo their uint8 offset.
     """
-    rows = MAX_SHIFT + 1
+    rows = WIDTH_TABLE_ROWS
     if w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
         cout, cin, kh, kw = w.shape
         table = torch.empty((rows, cout, kh, kw, cin), dtype=torch.int8, device=w.device).permute(0, 1, 4, 2, 3)

@@ -14,8 +14,14 @@ import triton.language as tl
 # The contract's constants, defined once on the host side (absolute imports: `python -m
 # kernels.aot` imports this package as `kernels` too); WIDTH_TABLE_ROWS and `output_size` are
 # here for the launchers.
-from dqt_triton.numerics import INT32_MAX, MAX_SHIFT
-from dqt_triton.reference.common import EPILOGUE_FLOAT, EPILOGUE_REQUANT, WIDTH_TABLE_ROWS, output_size  # noqa: F401
+from dqt_triton.reference.common import (  # noqa: F401
+    EPILOGUE_FLOAT,
+    EPILOGUE_REQUANT,
+    INT32_MAX,
+    MAX_SHIFT,
+    WIDTH_TABLE_ROWS,
+    output_size,
+)
 
 # Twins for @triton.jit code: the GPU compiler lets a kernel read a module global only if it is
 # a tl.constexpr object (the interpreter does not check).

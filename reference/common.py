@@ -12,7 +12,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..numerics import MAX_SHIFT
+# The contract's numeric constants (docs/numerics.md section 1), defined here, below every
+# layer that uses them: dqt_triton.numerics and the Triton kernels import them from this module.
+MASTER_BITS = 8  # width of the master codes every narrower width is a shift of
+MAX_SHIFT = MASTER_BITS - 1  # the largest activation or weight shift
+INT32_MAX = 2**31 - 1
 
 # Epilogue selectors shared with the dispatch layer and the Triton kernels.
 EPILOGUE_RAW = 0  # int32 accumulator in master units (+ bias)
