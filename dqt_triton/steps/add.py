@@ -22,8 +22,7 @@ class AddKind(StepKind):
     constants_type = AddProgram
 
     def match(self, node: fx.Node, cap: Capture) -> bool:
-        return (node.op == "call_function" and node.target in _ADD_FUNCS) or \
-            (node.op == "call_method" and node.target in ("add", "add_"))
+        return cap.calls(node, _ADD_FUNCS, ("add", "add_"))
 
     def capture(self, node: fx.Node, cap: Capture) -> None:
         if len(node.args) != 2 or node.kwargs or not all(isinstance(a, fx.Node) for a in node.args):

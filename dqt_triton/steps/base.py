@@ -146,6 +146,12 @@ class Capture:
         self.value_of[node] = value
 
     @staticmethod
+    def calls(node: fx.Node, functions: tuple = (), methods: tuple = ()) -> bool:
+        """Is `node` a call of one of `functions` (torch.add, operator.add) or `methods` ("add")?"""
+        return (node.op == "call_function" and node.target in functions) or \
+            (node.op == "call_method" and node.target in methods)
+
+    @staticmethod
     def single_user(node: fx.Node) -> Optional[fx.Node]:
         users = list(node.users)
         return users[0] if len(users) == 1 else None

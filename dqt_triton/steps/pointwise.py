@@ -94,8 +94,7 @@ class MulKind(StepKind):
     constants_type = MulProgram
 
     def match(self, node: fx.Node, cap: Capture) -> bool:
-        return (node.op == "call_function" and node.target in _MUL_FUNCS) or \
-            (node.op == "call_method" and node.target in ("mul", "mul_"))
+        return cap.calls(node, _MUL_FUNCS, ("mul", "mul_"))
 
     def capture(self, node: fx.Node, cap: Capture) -> None:
         if len(node.args) != 2 or node.kwargs or not all(isinstance(a, fx.Node) and not cap.is_static(a)

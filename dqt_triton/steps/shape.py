@@ -79,8 +79,7 @@ class ReshapeKind(StepKind):
     kind = "reshape"
 
     def match(self, node: fx.Node, cap: Capture) -> bool:
-        return (node.op == "call_method" and node.target in ("view", "reshape")) or \
-            (node.op == "call_function" and node.target is torch.reshape)
+        return cap.calls(node, (torch.reshape,), ("view", "reshape"))
 
     def capture(self, node: fx.Node, cap: Capture) -> None:
         if not cap.examples:
@@ -107,8 +106,7 @@ class PermuteKind(StepKind):
     kind = "permute"
 
     def match(self, node: fx.Node, cap: Capture) -> bool:
-        return (node.op == "call_method" and node.target in ("transpose", "permute")) or \
-            (node.op == "call_function" and node.target in (torch.transpose, torch.permute))
+        return cap.calls(node, (torch.transpose, torch.permute), ("transpose", "permute"))
 
     def capture(self, node: fx.Node, cap: Capture) -> None:
         src_shape = cap.shape(node.args[0]) if isinstance(node.args[0], fx.Node) else None
@@ -146,8 +144,7 @@ class SplitKind(StepKind):
     kind = "split"
 
     def match(self, node: fx.Node, cap: Capture) -> bool:
-        return (node.op == "call_method" and node.target in ("chunk", "split")) or \
-            (node.op == "call_function" and node.target in (torch.chunk, torch.split))
+        return cap.calls(node, (torch.chunk, torch.split), ("chunk", "split"))
 
     def capture(self, node: fx.Node, cap: Capture) -> None:
         kind, shapes = cap.examples.get(node, (None, None))
