@@ -439,7 +439,8 @@ class Trainer:
                 loss, parts = terms.loss, {k: getattr(terms, k) for k in sums}
             else:
                 loss = F.cross_entropy(model(xb), yb)
-                parts = {"loss": loss, "task": loss, "consistency": 0.0, "budget": 0.0, "imitation": 0.0}
+                parts = {"loss": loss.detach(), "task": loss.detach(), "consistency": 0.0, "budget": 0.0,
+                         "imitation": 0.0}
             self.optimizer.zero_grad()
             # Weight by this rank's share so the summed gradients are the global batch's mean.
             (loss * (len(idx) / len(batch))).backward()

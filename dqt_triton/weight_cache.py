@@ -1,6 +1,7 @@
-"""Shifted float32 weight tables of the CPU path, kept between calls for weights that do not change.
+"""Shifted weight tables of the CPU path, kept between calls for weights that do not change.
 
-The CPU path multiplies float32 copies of the shifted int8 weights (`reference.blas.weight_table`).
+The CPU path multiplies int8 or float32 copies of the shifted weights, by its GEMM route
+(`reference.blas.weight_table`).
 Building them costs a pass over the weights per call, as much as the GEMM itself at batch 1, so
 frozen programs ask for them to be cached (``cache_weight=True`` in `dqt_triton.ops`). An entry is
 keyed by the weight tensor's identity, and it is used only while that tensor is alive and its

@@ -1,4 +1,12 @@
-"""CPU execution path: Numba shifts and epilogues around an exact float32 library GEMM.
+"""CPU execution path: Numba shifts and epilogues around an exact library GEMM, int8 or float32.
+
+Two GEMM routes give the same integers. The int8 route (`torch._int_mm`, oneDNN: int8 x int8 ->
+int32, exact) is the fast one where the CPU multiplies int8 natively (AVX-512 VNNI, AVX-VNNI,
+AMX); elsewhere it is slower than float32 by far, so the route follows the CPU (`cpu_gemm_route`;
+``DQT_CPU_GEMM=int8|float32`` forces one). A weight table is built for the route in force and the
+GEMM follows the table's dtype, so a cached table keeps working if the route changes later.
+
+The float32 route:
 
 int8 x int8 products summed over a K-chunk stay integers of magnitude <= 2^24 when the chunk is
 short enough, and every float32 integer up to 2^24 is exact, so any summation order (blocking,
@@ -19,7 +27,10 @@ reduced-precision float32 mode (bf16/tf32) turns the path off (`float32_conv_is_
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+import logging
+import os
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -28,7 +39,17 @@ from numba import njit, prange
 from .common import apply_epilogue, nested_shift, output_size
 from .matmul import shifted_weight_table
 
+log = logging.getLogger(__name__)
+
 FLOAT32_EXACT_LIMIT = 1 << 24
+INT32_EXACT_LIMIT = 1 << 31  # an int8 route chunk: |sum of products| stays below it
+CPU_GEMM_ENV = "DQT_CPU_GEMM"
+CPU_GEMM_ROUTES = ("int8", "float32")
+# int8 multiply-accumulate instructions (Linux /proc/cpuinfo flags) that make the int8 GEMM fast.
+INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+# GEMM calls per route since import: a test can tell that the route it asked for really ran.
+GEMM_CALLS = {"int8": 0, "float32": 0}
+_forced_route: Optional[str] = None
 UINT8_OFFSET = 128
 WEIGHT_ABS_MAX = 128
 MAX_COLS_BYTES = 64 << 20
@@ -53,6 +74,53 @@ def float32_conv_is_exact() -> bool:
     return float32_gemm_is_exact() and precision in ("ieee", "none")
 
 
+def cpu_int8_flags() -> list[str]:
+    """The int8 multiply-accumulate extensions this CPU reports (empty where it reports none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [flag for flag in INT8_CPU_FLAGS if flag in flags]
+
+
+@functools.lru_cache(maxsize=None)
+def _detected_route(requested: str) -> str:
+    if requested not in ("auto",) + CPU_GEMM_ROUTES:
+        raise ValueError(f"{CPU_GEMM_ENV} must be one of auto, int8, float32; got {requested!r}")
+    flags = cpu_int8_flags()
+    if requested == "auto":
+        route = "int8" if flags and hasattr(torch, "_int_mm") else "float32"
+        wrong = int8_gemm_probe() if route == "int8" else None
+        if wrong is not None:  # a library that is fast but not exact here is not used
+            route = "float32"
+            log.warning("CPU integer GEMM: the int8 library GEMM is not exact on %s here; using float32", wrong)
+        log.info("CPU integer GEMM: %s route (int8 multiply-accumulate on this CPU: %s; %s=int8|float32 forces "
+                 "one)", route, ", ".join(flags) or "none", CPU_GEMM_ENV)
+    else:
+        route = requested
+        log.info("CPU integer GEMM: %s route, forced by %s", route, CPU_GEMM_ENV)
+    return route
+
+
+def cpu_gemm_route() -> str:
+    """The route new weight tables are built for: `set_cpu_gemm_route`'s choice, else
+    ``DQT_CPU_GEMM`` (int8, float32 or auto, the default), where auto is int8 on a CPU with
+    VNNI or AMX and float32 elsewhere. The choice is logged once."""
+    if _forced_route is not None:
+        return _forced_route
+    return _detected_route(os.environ.get(CPU_GEMM_ENV, "auto").strip().lower() or "auto")
+
+
+def set_cpu_gemm_route(route: Optional[str]) -> None:
+    """Force the CPU GEMM route ("int8" or "float32") for tables built from now on; None goes
+    back to ``DQT_CPU_GEMM`` / the CPU's capability."""
+    global _forced_route
+    if route is not None and route not in CPU_GEMM_ROUTES:
+        raise ValueError(f"CPU GEMM route must be one of {CPU_GEMM_ROUTES} or None, got {route!r}")
+    _forced_route = route
+
+
 def shifted_abs_max(code_abs_max: int, min_shift: int) -> int:
     """Largest |code| after a shift of at least `min_shift` (either shift rule)."""
     return max(1, code_abs_max >> min_shift)
@@ -66,12 +134,23 @@ def _even_chunk(total: int, longest: int) -> int:
 
 
 def exact_int_gemm(a: np.ndarray, b: np.ndarray, a_abs_max: int, b_abs_max: int) -> torch.Tensor:
-    """int32 a @ b^T for integer-valued float32 arrays with bounded magnitudes.
+    """int32 a @ b^T for integer-valued arrays with bounded magnitudes: int8 arrays through the
+    int8 GEMM (batched ones, grouped convolutions, as float32), float32 ones through float32
+    GEMMs on chunks short enough to stay exact.
 
     a is [R, K] and b [N, K], or batched [G, R, K] and [G, N, K].
     """
     ta = torch.from_numpy(a)
     tb = torch.from_numpy(b).transpose(-1, -2)
+    if ta.dtype == torch.int8:
+        GEMM_CALLS["int8"] += 1
+        if ta.dim() == 2:
+            return _int8_gemm(ta, tb, _even_chunk(a.shape[-1], INT32_EXACT_LIMIT // (a_abs_max * b_abs_max) - 1))
+        # Grouped: the library has no batched int8 GEMM, and one call per group (a depthwise
+        # layer has hundreds) costs more than the batched float32 GEMM on the same codes.
+        ta, tb = ta.float(), tb.float()
+    else:
+        GEMM_CALLS["float32"] += 1
     if not float32_gemm_is_exact():
         return torch.matmul(ta.double(), tb.double()).to(torch.int32)
     step = _even_chunk(a.shape[-1], FLOAT32_EXACT_LIMIT // (a_abs_max * b_abs_max))
@@ -82,8 +161,35 @@ def exact_int_gemm(a: np.ndarray, b: np.ndarray, a_abs_max: int, b_abs_max: int)
     return acc
 
 
+def _int8_gemm(a: torch.Tensor, b: torch.Tensor, step: int) -> torch.Tensor:
+    """int32 a @ b for int8 [R, K] @ [K, N], K in chunks of `step` (int32 sums stay exact)."""
+    if a.shape[0] == 0 or b.shape[1] == 0 or a.shape[1] == 0:
+        return torch.zeros((a.shape[0], b.shape[1]), dtype=torch.int32)
+    if a.shape[1] == 1:  # torch 2.13's CPU _int_mm returns garbage for K = 1 (measured); an outer product
+        return a.to(torch.int32) * b.to(torch.int32)
+    acc = None
+    for k0 in range(0, a.shape[1], step):
+        part = torch._int_mm(a[:, k0:k0 + step], b[k0:k0 + step])
+        acc = part if acc is None else acc.add_(part)
+    return acc
+
+
+def int8_gemm_probe() -> Optional[str]:
+    """None when the int8 GEMM gives the exact integers on shapes that exercise its edge cases
+    (K = 1, odd sizes, one row, extreme codes), else a description of the first wrong one."""
+    gen = torch.Generator().manual_seed(0)
+    for m, k, n in ((1, 1, 7), (3, 2, 5), (17, 13, 23), (1, 27, 16), (64, 72, 33), (5, 300, 9)):
+        a = torch.randint(-128, 128, (m, k), generator=gen, dtype=torch.int8)
+        b = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+        a[0, 0], b[0, 0] = -128, -128
+        if not torch.equal(_int8_gemm(a, b.t(), k), (a.long() @ b.long().t()).to(torch.int32)):
+            return f"[{m}, {k}] @ [{k}, {n}]"
+    return None
+
+
 class WeightTable(NamedTuple):
-    """Shifted weight codes as float32 [N, K] plus their int64 sums over K per output channel [N] (for the offset)."""
+    """Shifted weight codes [N, K] in the GEMM route's dtype (int8 or float32) plus their int64
+    sums over K per output channel [N] (for the offset)."""
 
     values: np.ndarray
     channel_sums: np.ndarray
@@ -93,27 +199,33 @@ class WeightTable(NamedTuple):
 def weight_table(w2d: np.ndarray, shift: int, round_rule: int) -> WeightTable:
     """The int8 weights [N, K] after the nested shift `shift`, ready for `exact_int_gemm`."""
     shifted = shifted_weight_table(w2d, np.array([shift], np.int64), round_rule)[0]
-    return WeightTable(shifted.astype(np.float32), shifted.sum(axis=1, dtype=np.int64),
+    values = shifted.astype(np.int8 if cpu_gemm_route() == "int8" else np.float32)
+    return WeightTable(np.ascontiguousarray(values), shifted.sum(axis=1, dtype=np.int64),
                        shifted_abs_max(WEIGHT_ABS_MAX, shift))
 
 
-def _activation_plan(x_hi: int, min_act_shift: int) -> tuple[float, int]:
-    """(offset subtracted from shifted activations, largest |shifted activation - offset|)."""
+def _activation_plan(x_hi: int, min_act_shift: int) -> tuple[int, int]:
+    """(offset subtracted from shifted activations, largest |shifted activation - offset|).
+    Either way the values fit int8: [0, 255] - 128, [0, 127] or [-128, 127]."""
     if x_hi == 255 and min_act_shift == 0:
-        return float(UINT8_OFFSET), UINT8_OFFSET
+        return UINT8_OFFSET, UINT8_OFFSET
     x_abs_max = 255 if x_hi == 255 else 128
-    return 0.0, shifted_abs_max(x_abs_max, min_act_shift)
+    return 0, shifted_abs_max(x_abs_max, min_act_shift)
 
 
 @njit(parallel=True, cache=True)
-def _shift_rows_f32(x, rows, act_shift, round_rule, x_hi, offset):
-    out = np.empty((rows.shape[0], x.shape[1]), np.float32)
+def _shift_rows(x, rows, act_shift, round_rule, x_hi, offset, out):
+    """out[r] = the shifted codes of row rows[r] minus `offset` (out: int8 or float32)."""
     for r in prange(rows.shape[0]):
         m = rows[r]
         k = act_shift[m]
         for j in range(x.shape[1]):
             out[r, j] = nested_shift(np.int64(x[m, j]), k, round_rule, x_hi) - offset
     return out
+
+
+def _gemm_dtype(table: "WeightTable"):
+    return np.int8 if table.values.dtype == np.int8 else np.float32
 
 
 @njit(parallel=True, cache=True)
@@ -146,7 +258,8 @@ def int_matmul_blas(
             continue
         table = w_tables[slot]
         offset, x_max = _activation_plan(x_hi, int(act_shift[rows].min()))
-        xs = _shift_rows_f32(x, rows, act_shift, round_rule, x_hi, offset)
+        xs = _shift_rows(x, rows, act_shift, round_rule, x_hi, offset,
+                         np.empty((rows.shape[0], x.shape[1]), _gemm_dtype(table)))
         acc = exact_int_gemm(xs, table.values, x_max, table.abs_max).numpy()
         total = act_shift[rows] + weight_shifts[slot]
         _epilogue_rows(acc, rows, total, weight_shifts[slot], _correction(table, offset), bias, mode, multiplier,
@@ -155,18 +268,21 @@ def int_matmul_blas(
 
 
 @njit(parallel=True, cache=True)
-def _shift_samples_f32(x, samples, act_shift, round_rule, x_hi, offset, ph, pw):
-    """NHWC float32 codes of `samples` with their activation shift applied, minus `offset`,
-    padded by (ph, pw) with code 0 (which becomes -offset like every other code)."""
+def _shift_samples(x, samples, act_shift, round_rule, x_hi, offset, ph, pw, out):
+    """out[s]: the NHWC codes of samples[s] with their activation shift applied, minus `offset`,
+    padded by (ph, pw) with code 0 (which becomes -offset like every other code); `out` is
+    [S, H + 2 ph, W + 2 pw, C], int8 or float32."""
     _, H, W, C = x.shape
-    out = np.full((samples.shape[0], H + 2 * ph, W + 2 * pw, C), -offset, np.float32)
-    for s in prange(samples.shape[0]):
+    if ph or pw:
+        out[:] = -offset
+    for row in prange(samples.shape[0] * H):  # rows, not samples: batch 1 uses every thread too
+        s = row // H
+        i = row % H
         b = samples[s]
         k = act_shift[b]
-        for i in range(H):
-            for j in range(W):
-                for c in range(C):
-                    out[s, ph + i, pw + j, c] = nested_shift(np.int64(x[b, i, j, c]), k, round_rule, x_hi) - offset
+        for j in range(W):
+            for c in range(C):
+                out[s, ph + i, pw + j, c] = nested_shift(np.int64(x[b, i, j, c]), k, round_rule, x_hi) - offset
     return out
 
 
@@ -187,14 +303,14 @@ def exact_int_conv(xs: np.ndarray, table: "WeightTable", w_shape, x_abs_max: int
 
 
 @njit(parallel=True, cache=True)
-def _im2col_f32(x, samples, act_shift, round_rule, x_hi, offset, KH, KW, sh, sw, ph, pw, dh, dw, groups, OH, OW):
+def _im2col(x, samples, act_shift, round_rule, x_hi, offset, KH, KW, sh, sw, ph, pw, dh, dw, groups, OH, OW,
+            shifted, cols):
     """cols[(s, oh, ow), g, (kh, kw, c)] with each sample's activation shift applied, minus
-    `offset` (padding is code 0, so it becomes -offset like every other code)."""
+    `offset` (padding is code 0, so it becomes -offset like every other code); `shifted` is
+    scratch of x's shape for the samples, both int8 or both float32."""
     _, H, W, C = x.shape
     Cg = C // groups
-    Kg = KH * KW * Cg
-    shifted = _shift_samples_f32(x, samples, act_shift, round_rule, x_hi, offset, 0, 0)
-    cols = np.empty((samples.shape[0] * OH * OW, groups, Kg), np.float32)
+    _shift_samples(x, samples, act_shift, round_rule, x_hi, offset, 0, 0, shifted)
     for row in prange(samples.shape[0] * OH):
         s = row // OH
         oh = row % OH
@@ -211,6 +327,34 @@ def _im2col_f32(x, samples, act_shift, round_rule, x_hi, offset, KH, KW, sh, sw,
                         for g in range(groups):
                             cols[r, g, base:base + Cg] = shifted[s, ih, iw, g * Cg:(g + 1) * Cg]
     return cols
+
+
+@njit(parallel=True, cache=True)
+def _depthwise_acc(x, samples, act_shift, round_rule, x_hi, w, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, acc):
+    """acc[(s, oh, ow), c] = the int32 sum over the window of shifted x[c] * w[c] for a
+    depthwise convolution (one input channel per output channel): no im2col, no library call,
+    exact in int64 and stored as int32 (|acc| stays inside int32 by the accumulator rule)."""
+    _, H, W, C = x.shape
+    for row in prange(samples.shape[0] * OH):
+        s = row // OH
+        oh = row % OH
+        b = samples[s]
+        k = act_shift[b]
+        for ow in range(OW):
+            r = (s * OH + oh) * OW + ow
+            for c in range(C):
+                total = np.int64(0)
+                for i in range(KH):
+                    ih = oh * sh - ph + i * dh
+                    if ih < 0 or ih >= H:
+                        continue
+                    for j in range(KW):
+                        iw = ow * sw - pw + j * dw
+                        if iw < 0 or iw >= W:
+                            continue
+                        total += nested_shift(np.int64(x[b, ih, iw, c]), k, round_rule, x_hi) * np.int64(w[c, i * KW + j])
+                acc[r, c] = total
+    return acc
 
 
 def int_conv2d_blas(
@@ -230,7 +374,11 @@ def int_conv2d_blas(
     # 2-core EPYC, the library convolution took 0.3-0.6x im2col's time from 8x8 outputs up
     # (batch 64) and up to 1.2x at 4x4 or at one sample.
     direct = groups == 1 and KH * KW > 1 and OH * OW >= LIBRARY_CONV_MIN_MAP and \
-        B * OH * OW >= LIBRARY_CONV_MIN_PIXELS and float32_conv_is_exact()
+        B * OH * OW >= LIBRARY_CONV_MIN_PIXELS and float32_conv_is_exact() and \
+        all(t.values.dtype == np.float32 for t in w_tables)  # the int8 route has no library convolution
+    depthwise = groups == C == Cout and Cg == 1
+    # A 1x1 convolution with stride 1 and no padding reads the shifted input as its GEMM matrix.
+    pointwise = groups == 1 and KH == KW == 1 and stride_h == stride_w == 1 and pad_h == pad_w == 0
     per_sample = (H + 2 * pad_h) * (W + 2 * pad_w) * C * 4 + OH * OW * Cout * 8 if direct else OH * OW * groups * Kg * 4
     samples_per_tile = max(1, MAX_COLS_BYTES // max(1, per_sample))
     for slot in range(weight_shifts.shape[0]):
@@ -242,13 +390,24 @@ def int_conv2d_blas(
             pix = np.arange(OH * OW)
             dest = (tile[:, None] * (OH * OW) + pix[None, :]).reshape(-1)
             total = np.repeat(act_shift[tile] + weight_shifts[slot], OH * OW)
-            if direct:
-                xs = _shift_samples_f32(x, tile, act_shift, round_rule, x_hi, offset, pad_h, pad_w)
+            dtype = _gemm_dtype(table)
+            if depthwise:
+                offset = 0  # no GEMM: the codes are multiplied as they are, so no offset to correct
+                acc = _depthwise_acc(x, tile, act_shift, round_rule, x_hi, table.values, KH, KW, stride_h, stride_w,
+                                     pad_h, pad_w, dil_h, dil_w, OH, OW, np.empty((tile.size * OH * OW, C), np.int32))
+            elif pointwise:
+                xs = _shift_samples(x, tile, act_shift, round_rule, x_hi, offset, 0, 0,
+                                    np.empty((tile.size, H, W, C), dtype))
+                acc = exact_int_gemm(xs.reshape(-1, C), table.values, x_max, table.abs_max).numpy()
+            elif direct:
+                xs = _shift_samples(x, tile, act_shift, round_rule, x_hi, offset, pad_h, pad_w,
+                                    np.empty((tile.size, H + 2 * pad_h, W + 2 * pad_w, C), dtype))
                 acc = exact_int_conv(xs, table, w_shape, x_max, (stride_h, stride_w), (dil_h, dil_w))
             else:
-                cols = _im2col_f32(
+                cols = _im2col(
                     x, tile, act_shift, round_rule, x_hi, offset, KH, KW,
                     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, OH, OW,
+                    np.empty((tile.size, H, W, C), dtype), np.empty((tile.size * OH * OW, groups, Kg), dtype),
                 )
                 if groups == 1:
                     acc = exact_int_gemm(cols[:, 0], table.values, x_max, table.abs_max).numpy()

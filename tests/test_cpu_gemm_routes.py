@@ -1,0 +1,67 @@
+"""How the CPU path picks its GEMM route, and the int8 route's own edge cases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dqt_triton.reference import blas
+
+
+def test_the_route_follows_the_request_and_the_cpu():
+    assert blas._detected_route("int8") == "int8" and blas._detected_route("float32") == "float32"
+    with pytest.raises(ValueError, match="DQT_CPU_GEMM must be one of auto, int8, float32; got 'fast'"):
+        blas._detected_route("fast")
+    exact = blas.int8_gemm_probe() is None
+    assert blas._detected_route("auto") == ("int8" if blas.cpu_int8_flags() and exact else "float32")
+    with pytest.raises(ValueError, match="CPU GEMM route must be one of"):
+        blas.set_cpu_gemm_route("int4")
+
+
+def test_the_environment_variable_forces_a_route(monkeypatch):
+    monkeypatch.setattr(blas, "_forced_route", None)
+    monkeypatch.setenv(blas.CPU_GEMM_ENV, "float32")
+    assert blas.cpu_gemm_route() == "float32"
+    monkeypatch.setenv(blas.CPU_GEMM_ENV, "INT8 ")
+    assert blas.cpu_gemm_route() == "int8"
+
+
+@pytest.mark.parametrize("m, k, n", [(1, 1, 7), (64, 1, 3), (3, 2, 5), (1, 27, 16), (33, 4608, 17)])
+def test_int8_gemm_is_exact_at_the_edges(m, k, n):
+    """K = 1 (where torch's CPU _int_mm is wrong), tiny and long reductions, extreme codes."""
+    gen = torch.Generator().manual_seed(m * 1000 + k)
+    a = torch.randint(-128, 128, (m, k), generator=gen, dtype=torch.int8)
+    b = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+    a[:, 0], b[:, 0] = -128, -128
+    got = blas.exact_int_gemm(a.numpy(), b.numpy(), 128, 128)
+    assert torch.equal(got, (a.long() @ b.long().t()).to(torch.int32))
+    assert blas.int8_gemm_probe() is None
+
+
+@pytest.mark.parametrize("route", blas.CPU_GEMM_ROUTES)
+@pytest.mark.parametrize("geometry", [
+    dict(kernel=3, stride=2, padding=1, groups=16),  # depthwise: the direct kernel, no GEMM
+    dict(kernel=1, stride=1, padding=0, groups=1),  # pointwise: the shifted input is the GEMM matrix
+    dict(kernel=3, stride=1, padding=1, groups=1),  # im2col
+    dict(kernel=3, stride=1, padding=1, groups=4),  # grouped: batched GEMM
+])
+@pytest.mark.parametrize("x_dtype", [torch.uint8, torch.int8])
+def test_each_conv_form_equals_the_oracle_on_both_routes(route, geometry, x_dtype, monkeypatch):
+    """Per-sample activation shifts (0 included: the uint8 offset), extreme codes, both rules."""
+    import dqt_triton as dq
+    from tests import oracle
+
+    monkeypatch.setattr(blas, "_forced_route", route)
+    gen = torch.Generator().manual_seed(7)
+    lo, hi = (0, 256) if x_dtype == torch.uint8 else (-128, 128)
+    x = torch.randint(lo, hi, (3, 16, 9, 9), generator=gen).to(x_dtype)
+    x[0] = hi - 1
+    k, g = geometry["kernel"], geometry["groups"]
+    w = torch.randint(-128, 128, (16, 16 // g, k, k), generator=gen).to(torch.int8)
+    w[0] = -128
+    shifts = torch.tensor([0, 3, 6])
+    for rule in ("floor", "round"):
+        got = dq.int_conv2d(x, w, stride=geometry["stride"], padding=geometry["padding"], groups=g, act_shift=shifts,
+                            weight_shift=2, shift_rule=rule, backend="cpu")
+        want = oracle.conv_acc(x, w, shifts, torch.full((3,), 2), rule, geometry["stride"], geometry["padding"], 1, g)
+        assert torch.equal(got.long(), want), (route, geometry, rule)
