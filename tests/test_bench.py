@@ -257,3 +257,19 @@ def test_gpu_command_wraps_the_pinned_runs_in_the_sanitizer_and_kills_a_hung_gro
     status_file = Path(f"/proc/{output.split()[0]}/status")
     time.sleep(0.5)  # the grandchild went with the group: gone, or a zombie until its new parent reaps it
     assert not status_file.exists() or "\tZ" in status_file.read_text().split("State:")[1].splitlines()[0]
+
+
+def test_cpu_bench_writes_every_row_with_the_routes_compared(tmp_path, monkeypatch):
+    """bench.cpu on a small input: every implementation timed, the DQT programs' logits equal on
+    the int8 and float32 GEMM routes, the CPU's int8 flags in the file."""
+    from bench import cpu
+
+    monkeypatch.setattr(cpu, "SECONDS_PER_CASE", 0.01)
+    cpu.main(["--nets", "resnet18", "--sizes", "32", "--batches", "2", "--no-compile", "--out", str(tmp_path)])
+    saved = json.loads(next(tmp_path.glob("cpu-*.json")).read_text())
+    impls = {r["impl"] for r in saved["rows"]}
+    assert {"DQT static 8-bit, int8 GEMM route", "DQT static 4-bit, int8 GEMM route", "DQT dynamic, int8 GEMM route",
+            "DQT static 8-bit, float32 GEMM route", "float32 eager", "torch.ao int8 (x86)"} <= impls
+    assert all(r["routes_equal"] for r in saved["rows"] if r["impl"].startswith("DQT"))
+    assert "int8_flags" in saved and saved["command"].startswith("python -m bench.cpu")
+    assert "| resnet18 | 3x32x32 | 2 |" in next(tmp_path.glob("cpu-*.md")).read_text()
