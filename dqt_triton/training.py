@@ -437,6 +437,7 @@ class Trainer:
                 terms = model.dqt_loss(xb, yb, self.loss_config, target_bitops=unit, imitation_data=held,
                                        generator=generator)
                 loss, parts = terms.loss, {k: getattr(terms, k) for k in sums}
+                parts["loss"] = loss.detach()  # the other terms come detached
             else:
                 loss = F.cross_entropy(model(xb), yb)
                 parts = {"loss": loss.detach(), "task": loss.detach(), "consistency": 0.0, "budget": 0.0,
