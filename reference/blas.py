@@ -330,16 +330,15 @@ def _im2col(x, samples, act_shift, round_rule, x_hi, offset, KH, KW, sh, sw, ph,
 
 
 @njit(parallel=True, cache=True)
-def _depthwise_acc(x, samples, act_shift, round_rule, x_hi, w, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, acc):
-    """acc[(s, oh, ow), c] = the int32 sum over the window of shifted x[c] * w[c] for a
-    depthwise convolution (one input channel per output channel): no im2col, no library call,
-    exact in int64 and stored as int32 (|acc| stays inside int32 by the accumulator rule)."""
-    _, H, W, C = x.shape
-    for row in prange(samples.shape[0] * OH):
+def _depthwise_acc(xs, w, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, acc):
+    """acc[(s, oh, ow), c] = the int32 sum over the window of xs[s, ., ., c] * w[c] for a
+    depthwise convolution (one input channel per output channel) of shifted NHWC codes `xs`:
+    no im2col, no library call, exact in int64 and stored as int32 (|acc| stays inside int32
+    by the accumulator rule)."""
+    _, H, W, C = xs.shape
+    for row in prange(xs.shape[0] * OH):
         s = row // OH
         oh = row % OH
-        b = samples[s]
-        k = act_shift[b]
         for ow in range(OW):
             r = (s * OH + oh) * OW + ow
             for c in range(C):
@@ -352,7 +351,7 @@ def _depthwise_acc(x, samples, act_shift, round_rule, x_hi, w, KH, KW, sh, sw, p
                         iw = ow * sw - pw + j * dw
                         if iw < 0 or iw >= W:
                             continue
-                        total += nested_shift(np.int64(x[b, ih, iw, c]), k, round_rule, x_hi) * np.int64(w[c, i * KW + j])
+                        total += np.int64(xs[s, ih, iw, c]) * np.int64(w[c, i * KW + j])
                 acc[r, c] = total
     return acc
 
@@ -393,8 +392,9 @@ def int_conv2d_blas(
             dtype = _gemm_dtype(table)
             if depthwise:
                 offset = 0  # no GEMM: the codes are multiplied as they are, so no offset to correct
-                acc = _depthwise_acc(x, tile, act_shift, round_rule, x_hi, table.values, KH, KW, stride_h, stride_w,
-                                     pad_h, pad_w, dil_h, dil_w, OH, OW, np.empty((tile.size * OH * OW, C), np.int32))
+                xs = _shift_samples(x, tile, act_shift, round_rule, x_hi, 0, 0, 0, np.empty((tile.size, H, W, C), np.int16))
+                acc = _depthwise_acc(xs, table.values, KH, KW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, OH, OW,
+                                     np.empty((tile.size * OH * OW, C), np.int32))
             elif pointwise:
                 xs = _shift_samples(x, tile, act_shift, round_rule, x_hi, offset, 0, 0,
                                     np.empty((tile.size, H, W, C), dtype))
