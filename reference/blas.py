@@ -330,15 +330,16 @@ def _im2col(x, samples, act_shift, round_rule, x_hi, offset, KH, KW, sh, sw, ph,
 
 
 @njit(parallel=True, cache=True)
-def _depthwise_acc(xs, w, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, acc):
-    """acc[(s, oh, ow), c] = the int32 sum over the window of xs[s, ., ., c] * w[c] for a
-    depthwise convolution (one input channel per output channel) of shifted NHWC codes `xs`:
+def _depthwise_acc(xs, samples, w, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, acc):
+    """acc[(s, oh, ow), c] = the int32 sum over the window of xs[samples[s], ., ., c] * w[c] for
+    a depthwise convolution (one input channel per output channel) of shifted NHWC codes `xs`:
     no im2col, no library call, exact in int64 and stored as int32 (|acc| stays inside int32
     by the accumulator rule)."""
     _, H, W, C = xs.shape
-    for row in prange(xs.shape[0] * OH):
+    for row in prange(samples.shape[0] * OH):
         s = row // OH
         oh = row % OH
+        b = samples[s]
         for ow in range(OW):
             r = (s * OH + oh) * OW + ow
             for c in range(C):
@@ -351,7 +352,7 @@ def _depthwise_acc(xs, w, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, acc):
                         iw = ow * sw - pw + j * dw
                         if iw < 0 or iw >= W:
                             continue
-                        total += np.int64(xs[s, ih, iw, c]) * np.int64(w[c, i * KW + j])
+                        total += np.int64(xs[b, ih, iw, c]) * np.int64(w[c, i * KW + j])
                 acc[r, c] = total
     return acc
 
@@ -392,9 +393,13 @@ def int_conv2d_blas(
             dtype = _gemm_dtype(table)
             if depthwise:
                 offset = 0  # no GEMM: the codes are multiplied as they are, so no offset to correct
-                xs = _shift_samples(x, tile, act_shift, round_rule, x_hi, 0, 0, 0, np.empty((tile.size, H, W, C), np.int16))
-                acc = _depthwise_acc(xs, table.values, KH, KW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, OH, OW,
-                                     np.empty((tile.size * OH * OW, C), np.int32))
+                xs, rows = x, tile  # at shift 0 the codes are their own shifted values
+                if act_shift[tile].any():  # else shift each code once, not once per window tap
+                    xs = _shift_samples(x, tile, act_shift, round_rule, x_hi, 0, 0, 0,
+                                        np.empty((tile.size, H, W, C), np.int16))
+                    rows = np.arange(tile.size)
+                acc = _depthwise_acc(xs, rows, table.values, KH, KW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                                     OH, OW, np.empty((tile.size * OH * OW, C), np.int32))
             elif pointwise:
                 xs = _shift_samples(x, tile, act_shift, round_rule, x_hi, offset, 0, 0,
                                     np.empty((tile.size, H, W, C), dtype))
