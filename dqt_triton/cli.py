@@ -104,9 +104,10 @@ def add_config_options(parser: argparse.ArgumentParser, cls) -> None:
     negative_flag, choices, metavar). Every option defaults to None, so that an unset one takes
     the dataset's recipe (`training.recipe_default`); the help shows the field's default."""
     own = cls.__dict__.get("__annotations__", {})  # the class's own options first, then the inherited
+    options = set(config_option_names(cls))
     for f in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):
         meta = f.metadata
-        if f.name not in config_option_names(cls):
+        if f.name not in options:
             continue
         default = f.default
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default

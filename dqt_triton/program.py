@@ -17,7 +17,7 @@ import torch
 
 from .errors import CheckpointError
 from .steps import KINDS, Step
-from .steps.constants import Constants, LayerProgram
+from .steps.constants import AddProgram, Constants, LayerProgram
 
 Tensor = torch.Tensor
 

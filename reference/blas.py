@@ -241,7 +241,7 @@ def _epilogue_rows(acc, dest, total_shift, w_shift, correction, bias, mode, mult
             apply_epilogue(v, w_shift, n, bias, mode, multiplier, rshift, scale, relu, lo, hi, out, m)
 
 
-def _correction(table: WeightTable, offset: float) -> np.ndarray:
+def _correction(table: WeightTable, offset: int) -> np.ndarray:
     return table.channel_sums * np.int64(offset)
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .base import Build, Capture, CodeValue, Step, StepKind
+from .base import Build, Capture, CodeValue, Step, StepKind, TrainPass
 
 _RELU_FUNCS = (F.relu, torch.relu)
 

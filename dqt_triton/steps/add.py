@@ -10,7 +10,7 @@ from torch import fx
 from .. import numerics, ops
 from ..nn import ActQuantizer
 from .activation import is_relu
-from .base import Build, Capture, CodeValue, Parts, Step, StepKind, requantize
+from .base import Build, Capture, CodeValue, Parts, Step, StepKind, TrainPass, requantize
 from .constants import AddProgram
 
 _ADD_FUNCS = (operator.add, operator.iadd, torch.add)

@@ -11,7 +11,7 @@ from torch import fx, nn
 from .. import numerics
 from ..nn import ActQuantizer, IntegerConstants
 from .activation import is_relu
-from .base import Build, Capture, CodeValue, Parts, Step, StepKind, requantize
+from .base import Build, Capture, CodeValue, Parts, Step, StepKind, TrainPass, requantize
 from .constants import ConvGeometry, LayerProgram
 from .layer import layer_program, run_layer
 

@@ -7,7 +7,7 @@ from torch import fx
 
 from .. import numerics, ops
 from ..nn import ActQuantizer
-from .base import Build, Capture, CodeValue, Parts, Step, StepKind, requantize
+from .base import Build, Capture, CodeValue, Parts, Step, StepKind, TrainPass, requantize
 from .constants import DTYPES, ConcatProgram, DequantProgram
 
 Tensor = torch.Tensor

@@ -11,7 +11,7 @@ from torch import fx, nn
 
 from .. import numerics, ops
 from ..nn import ActQuantizer
-from .base import Build, Capture, CodeValue, Parts, Step, StepKind, requantize
+from .base import Build, Capture, CodeValue, Parts, Step, StepKind, TrainPass, requantize
 from .constants import DTYPES, LutProgram, MulProgram
 
 Tensor = torch.Tensor

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .. import ops
-from .base import Capture, CodeValue, Step, StepKind
+from .base import Capture, CodeValue, Step, StepKind, TrainPass
 from .shape import FlattenKind
 
 Tensor = torch.Tensor

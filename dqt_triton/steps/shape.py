@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from .base import Capture, CodeValue, Step, StepKind
+from .base import Capture, CodeValue, Step, StepKind, TrainPass
 
 
 def _is_flatten_view(node: fx.Node) -> bool:
