@@ -195,7 +195,6 @@ def _matmul_dispatch(x, w, a_shift, w_shift, per_layer_w_shift: bool, ep: Epilog
                      cache_weight: bool, shifted: Optional[tuple] = None) -> torch.Tensor:
     """Run a validated matmul on backend `name`; a_shift, w_shift are int32 [M] on x's device.
     `shifted` (Triton only): w's pre-shifted (table, column sums), which the kernel reads instead of w."""
-    M, N = x.shape[0], w.shape[0]
     if name == "triton":
         # A per-layer shift goes to the kernels as one entry, so they skip bucketing rows by shift.
         w_arg, colsum = shifted if shifted is not None else (w, None)
@@ -203,18 +202,25 @@ def _matmul_dispatch(x, w, a_shift, w_shift, per_layer_w_shift: bool, ep: Epilog
             x, w_arg, a_shift, w_shift[:1].contiguous() if per_layer_w_shift else w_shift, *_triton_epilogue_args(ep),
             bool(round_rule), ep.mode, ep.relu, ep.lo, ep.hi, ep.out_dtype, colsum,
         )
-    out = np.empty((M, N), NUMPY_OUT[ep.out_dtype])
+    act_np, slot_np, distinct = _np_shifts(a_shift, w_shift)
+    tables = None if name == "reference" else \
+        (lambda shifts: _cpu_weight_tables(w, w, shifts, round_rule, cache_weight))
+    return _matmul_host(x, w, act_np, slot_np, distinct, _np_epilogue(ep), ep.out_dtype, round_rule, tables)
+
+
+def _matmul_host(x, w, act_np, slot_np, distinct, np_ep: tuple, out_dtype, round_rule: int, tables) -> torch.Tensor:
+    """A matmul on the host: the Numba reference when `tables` is None, else the CPU path with
+    `tables(distinct)` (its weight tables at those shifts); shifts as numpy (`_np_shifts`)."""
+    M, N = x.shape[0], w.shape[0]
+    out = np.empty((M, N), NUMPY_OUT[out_dtype])
     if M == 0:
         return torch.from_numpy(out)
     x_hi = 127 if x.dtype == torch.int8 else 255
-    act_np, slot_np, distinct = _np_shifts(a_shift, w_shift)
-    if name == "reference":
-        weights = w.contiguous().numpy()
-        kernel = ref.int_matmul_kernel
+    if tables is None:
+        weights, kernel = w.contiguous().numpy(), ref.int_matmul_kernel
     else:
-        weights = _cpu_weight_tables(w, w, distinct, round_rule, cache_weight)
-        kernel = ref.int_matmul_blas
-    kernel(x.contiguous().numpy(), weights, act_np, slot_np, distinct, round_rule, x_hi, *_np_epilogue(ep), out)
+        weights, kernel = tables(distinct), ref.int_matmul_blas
+    kernel(x.contiguous().numpy(), weights, act_np, slot_np, distinct, round_rule, x_hi, *np_ep, out)
     return torch.from_numpy(out)
 
 
@@ -270,9 +276,6 @@ def _conv_dispatch(x, w, geometry: Geometry, out_hw: tuple, a_shift, w_shift, pe
                    shifted: Optional[tuple] = None) -> torch.Tensor:
     """Run a validated conv2d on backend `name`; a_shift, w_shift are int32 [B] on x's device;
     `shifted` as in `_matmul_dispatch`."""
-    B = x.shape[0]
-    Cout = w.shape[0]
-    OH, OW = out_hw
     if name == "triton":
         # Weights as [Cout, KH, KW, C/g] in memory: the kernel's channel loads are contiguous.
         w_arg, colsum = shifted if shifted is not None else (w.contiguous(memory_format=torch.channels_last), None)
@@ -280,19 +283,34 @@ def _conv_dispatch(x, w, geometry: Geometry, out_hw: tuple, a_shift, w_shift, pe
             x, w_arg, list(geometry), a_shift, w_shift[:1].contiguous() if per_layer_w_shift else w_shift,
             *_triton_epilogue_args(ep), bool(round_rule), ep.mode, ep.relu, ep.lo, ep.hi, ep.out_dtype, colsum,
         )
-    out = np.empty((B * OH * OW, Cout), NUMPY_OUT[ep.out_dtype])
+    act_np, slot_np, distinct = _np_shifts(a_shift, w_shift)
+    tables = None if name == "reference" else \
+        (lambda shifts: _cpu_weight_tables(_nhwc_rows(w), w, shifts, round_rule, cache_weight))
+    return _conv_host(x, w, geometry, out_hw, act_np, slot_np, distinct, _np_epilogue(ep), ep.out_dtype, round_rule,
+                      tables)
+
+
+def _nhwc_rows(w: torch.Tensor) -> torch.Tensor:
+    """Conv weights [Cout, C/g, KH, KW] as the CPU path's [Cout, KH*KW*C/g] rows."""
+    return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
+
+
+def _conv_host(x, w, geometry: Geometry, out_hw: tuple, act_np, slot_np, distinct, np_ep: tuple, out_dtype,
+               round_rule: int, tables) -> torch.Tensor:
+    """A conv2d on the host, as `_matmul_host`; the result is [B, Cout, OH, OW] channels_last."""
+    B, Cout = x.shape[0], w.shape[0]
+    OH, OW = out_hw
+    out = np.empty((B * OH * OW, Cout), NUMPY_OUT[out_dtype])
     if B > 0:
         x_nhwc = x.permute(0, 2, 3, 1).contiguous().numpy()
         x_hi = 127 if x.dtype == torch.int8 else 255
-        act_np, slot_np, distinct = _np_shifts(a_shift, w_shift)
         w_nhwc = w.permute(0, 2, 3, 1)
-        if name == "reference":
+        if tables is None:
             ref.int_conv2d_kernel(x_nhwc, w_nhwc.contiguous().numpy(), *geometry, act_np, slot_np, distinct,
-                                  round_rule, x_hi, *_np_epilogue(ep), out)
+                                  round_rule, x_hi, *np_ep, out)
         else:
-            tables = _cpu_weight_tables(w_nhwc.reshape(Cout, -1), w, distinct, round_rule, cache_weight)
-            ref.int_conv2d_blas(x_nhwc, tuple(w_nhwc.shape), tables, *geometry, act_np, slot_np, distinct,
-                                round_rule, x_hi, *_np_epilogue(ep), out)
+            ref.int_conv2d_blas(x_nhwc, tuple(w_nhwc.shape), tables(distinct), *geometry, act_np, slot_np, distinct,
+                                round_rule, x_hi, *np_ep, out)
     return torch.from_numpy(out).view(B, OH, OW, Cout).permute(0, 3, 1, 2)
 
 
@@ -319,6 +337,26 @@ class PreparedLayer:
     # Triton path: the weights at every shift with their column sums, built on first use on
     # the layer's device (8x the int8 weight bytes), so the kernels' K loop skips the shift.
     _shifted: dict = field(default_factory=dict, compare=False, repr=False)
+    # CPU path: the numpy epilogue tables and the weight tables per shift, built on first use.
+    _host: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def host_epilogue(self) -> tuple:
+        """The epilogue constants as the Numba kernels take them (`_np_epilogue`), cached."""
+        if "epilogue" not in self._host:
+            self._host["epilogue"] = _np_epilogue(self.epilogue)
+        return self._host["epilogue"]
+
+    def host_weight_tables(self, shifts: np.ndarray) -> list:
+        """The CPU path's weight table (`reference.blas.weight_table`) at each shift, cached
+        per shift for the layer's life: a prepared layer's weights do not change."""
+        tables = []
+        for k in shifts:
+            key = ("table", int(k))
+            if key not in self._host:
+                rows = self.weight if self.geometry is None else _nhwc_rows(self.weight)
+                self._host[key] = ref.weight_table(rows.contiguous().numpy(), int(k), self.round_rule)
+            tables.append(self._host[key])
+        return tables
 
     def shifted_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(``[8, *weight.shape]`` int8 pre-shifted weights, ``[8, N]`` int32 sums), cached."""
@@ -390,22 +428,46 @@ def run_prepared(layer: PreparedLayer, x: torch.Tensor, act_shift: ShiftArg, wei
         raise ValueError(f"{op}: x is on {x.device}, the prepared layer on {w.device}")
     name = resolve_backend(backend, x.device, op)
     rows = x.shape[0]
-    a_shift = _trusted_shift(act_shift, rows, "act_shift", op, x.device)
-    w_shift = _trusted_shift(weight_shift, rows, "weight_shift", op, x.device)
-    if name != "triton" and rows:
-        # On the host anyway: a bad shift must not index past the Numba kernels' tables.
-        for t, label in ((a_shift, "act_shift"), (w_shift, "weight_shift")):
-            values = t.numpy()
-            if values.min() < 0 or values.max() > MAX_SHIFT:
-                raise ValueError(f"{op}: {label} values must lie in [0, {MAX_SHIFT}]")
     if layer.geometry is None:
         if x.dim() != 2 or x.shape[1] != w.shape[1]:
             raise ValueError(f"{op}: x must be [M, {w.shape[1]}], got {tuple(x.shape)}")
+    else:
+        groups = layer.geometry[-1]
+        if x.dim() != 4 or x.shape[1] != w.shape[1] * groups:
+            raise ValueError(f"{op}: x must be [B, {w.shape[1] * groups}, H, W], got {tuple(x.shape)}")
+    if name != "triton":
+        # On the host anyway: shifts are checked here (a bad one must not index past the Numba
+        # kernels' tables), and per-layer ints never become tensors.
+        act_np = _host_shift(act_shift, rows, "act_shift", op)
+        w_np = _host_shift(weight_shift, rows, "weight_shift", op)
+        if is_int(weight_shift):
+            slot_np, distinct = np.zeros(rows, np.int64), w_np[:1]
+        else:
+            distinct, slot_np = np.unique(w_np, return_inverse=True)
+            slot_np = slot_np.astype(np.int64)
+        tables = None if name == "reference" else layer.host_weight_tables
+        if layer.geometry is None:
+            return _matmul_host(x, w, act_np, slot_np, distinct, layer.host_epilogue(), layer.epilogue.out_dtype,
+                                layer.round_rule, tables)
+        return _conv_host(x, w, layer.geometry, _conv_output_hw(op, x, w, layer.geometry), act_np, slot_np, distinct,
+                          layer.host_epilogue(), layer.epilogue.out_dtype, layer.round_rule, tables)
+    a_shift = _trusted_shift(act_shift, rows, "act_shift", op, x.device)
+    w_shift = _trusted_shift(weight_shift, rows, "weight_shift", op, x.device)
+    if layer.geometry is None:
         return _matmul_dispatch(x, w, a_shift, w_shift, is_int(weight_shift), layer.epilogue, layer.round_rule, name,
-                                True, layer.shifted_weights() if name == "triton" else None)
-    groups = layer.geometry[-1]
-    if x.dim() != 4 or x.shape[1] != w.shape[1] * groups:
-        raise ValueError(f"{op}: x must be [B, {w.shape[1] * groups}, H, W], got {tuple(x.shape)}")
+                                True, layer.shifted_weights())
     out_hw = _conv_output_hw(op, x, w, layer.geometry)
     return _conv_dispatch(x, w, layer.geometry, out_hw, a_shift, w_shift, is_int(weight_shift), layer.epilogue,
-                          layer.round_rule, name, True, layer.shifted_weights() if name == "triton" else None)
+                          layer.round_rule, name, True, layer.shifted_weights())
+
+
+def _host_shift(value: ShiftArg, rows: int, name: str, op: str) -> np.ndarray:
+    """int64 [rows] shifts on the host from a per-layer int or a per-sample tensor, range-checked."""
+    if is_int(value):
+        if not 0 <= value <= MAX_SHIFT:
+            raise ValueError(f"{op}: {name}={value} is outside the shift range [0, {MAX_SHIFT}]")
+        return np.full(rows, int(value), np.int64)
+    values = _trusted_shift(value, rows, name, op, torch.device("cpu")).numpy().astype(np.int64)
+    if rows and (values.min() < 0 or values.max() > MAX_SHIFT):
+        raise ValueError(f"{op}: {name} values must lie in [0, {MAX_SHIFT}]")
+    return values

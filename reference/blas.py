@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from . import onednn_conv
 from .common import apply_epilogue, nested_shift, output_size
 from .matmul import shifted_weight_table
 
@@ -48,11 +49,20 @@ CPU_GEMM_ROUTES = ("int8", "float32")
 # int8 multiply-accumulate instructions (Linux /proc/cpuinfo flags) that make the int8 GEMM fast.
 INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 # GEMM calls per route since import: a test can tell that the route it asked for really ran.
-GEMM_CALLS = {"int8": 0, "float32": 0}
+# "int8 conv" counts oneDNN int8 convolutions (the int8 route's convolutions, `onednn_conv`).
+GEMM_CALLS = {"int8": 0, "float32": 0, "int8 conv": 0}
 _forced_route: Optional[str] = None
+# The int8 route convolves with oneDNN's int8 convolution where it is exact here (None: ask
+# `onednn_conv.conv_probe` once); False sends its convolutions through im2col and the int8 GEMM.
+_library_conv: Optional[bool] = None
+NO_LIMIT = 1 << 62  # `_epilogue_rows`' limit where the accumulators are exact whatever they are
 UINT8_OFFSET = 128
 WEIGHT_ABS_MAX = 128
 MAX_COLS_BYTES = 64 << 20
+# oneDNN convolutions run on tiles of samples whose float32 output is about this size, so the
+# epilogue reads it from cache (measured on a 2-core Xeon: 4 MB tiles took MobileNetV2 at 3x224,
+# batch 16, from ~190 to ~135-170 ms against one call per layer; 1 MB tiles cost more calls).
+LIBRARY_CONV_TILE_BYTES = 4 << 20
 # Below these output sizes im2col is as fast as the library convolution (int_conv2d_blas).
 LIBRARY_CONV_MIN_MAP = 64  # output pixels per sample
 LIBRARY_CONV_MIN_PIXELS = 4096  # output pixels per call
@@ -189,11 +199,13 @@ def int8_gemm_probe() -> Optional[str]:
 
 class WeightTable(NamedTuple):
     """Shifted weight codes [N, K] in the GEMM route's dtype (int8 or float32) plus their int64
-    sums over K per output channel [N] (for the offset)."""
+    sums over K per output channel [N] (for the offset), and the codes packed for oneDNN's
+    convolution per geometry (`onednn_conv.packed`, filled at a convolution's first call)."""
 
     values: np.ndarray
     channel_sums: np.ndarray
     abs_max: int
+    packed: dict
 
 
 def weight_table(w2d: np.ndarray, shift: int, round_rule: int) -> WeightTable:
@@ -201,7 +213,23 @@ def weight_table(w2d: np.ndarray, shift: int, round_rule: int) -> WeightTable:
     shifted = shifted_weight_table(w2d, np.array([shift], np.int64), round_rule)[0]
     values = shifted.astype(np.int8 if cpu_gemm_route() == "int8" else np.float32)
     return WeightTable(np.ascontiguousarray(values), shifted.sum(axis=1, dtype=np.int64),
-                       shifted_abs_max(WEIGHT_ABS_MAX, shift))
+                       shifted_abs_max(WEIGHT_ABS_MAX, shift), {})
+
+
+def library_conv_enabled() -> bool:
+    """True when the int8 route's convolutions run on oneDNN's int8 convolution: it is in this
+    torch build and exact on this CPU (`onednn_conv.conv_probe`, logged once), unless turned off."""
+    if _library_conv is not None:
+        return _library_conv
+    return _probed_library_conv()
+
+
+@functools.lru_cache(maxsize=None)
+def _probed_library_conv() -> bool:
+    wrong = onednn_conv.conv_probe()
+    if wrong is not None:
+        log.info("CPU int8 route: convolutions by im2col and the int8 GEMM (oneDNN's int8 convolution: %s)", wrong)
+    return wrong is None
 
 
 def _activation_plan(x_hi: int, min_act_shift: int) -> tuple[int, int]:
@@ -230,15 +258,21 @@ def _gemm_dtype(table: "WeightTable"):
 
 @njit(parallel=True, cache=True)
 def _epilogue_rows(acc, dest, total_shift, w_shift, correction, bias, mode, multiplier, rshift, scale, relu, lo, hi,
-                   out):
+                   out, limit):
     """out[dest[r]] from GEMM rows acc[r] that all use weight shift `w_shift` (its row of each
-    [T, N] epilogue table when T == 8)."""
+    [T, N] epilogue table when T == 8). Returns how many accumulators have |acc| >= `limit`
+    (float32 ones from `onednn_conv` are exact only below 2^24)."""
+    beyond = 0
     for r in prange(acc.shape[0]):
         m = dest[r]
         t = total_shift[r]
         for n in range(acc.shape[1]):
-            v = (np.int64(acc[r, n]) + correction[n]) << t
+            a = np.int64(acc[r, n])
+            if abs(a) >= limit:
+                beyond += 1
+            v = (a + correction[n]) << t
             apply_epilogue(v, w_shift, n, bias, mode, multiplier, rshift, scale, relu, lo, hi, out, m)
+    return beyond
 
 
 def _correction(table: WeightTable, offset: int) -> np.ndarray:
@@ -263,7 +297,7 @@ def int_matmul_blas(
         acc = exact_int_gemm(xs, table.values, x_max, table.abs_max).numpy()
         total = act_shift[rows] + weight_shifts[slot]
         _epilogue_rows(acc, rows, total, weight_shifts[slot], _correction(table, offset), bias, mode, multiplier,
-                       rshift, scale, relu, lo, hi, out)
+                       rshift, scale, relu, lo, hi, out, NO_LIMIT)
     return out
 
 
@@ -357,69 +391,113 @@ def _depthwise_acc(xs, samples, w, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, acc):
     return acc
 
 
+def _library_conv_acc(x, tile, w_shape, table, geometry, act_shift, round_rule, x_hi):
+    """(float32 accumulators [(s, oh, ow), Cout] of the samples `tile` by oneDNN's int8
+    convolution, the largest |shifted activation|)."""
+    B, H, W, C = x.shape
+    stride, padding, dilation, groups = geometry
+    zero_point = 0 if x_hi == 255 else onednn_conv.SIGNED_ZERO_POINT
+    run = tile[-1] - tile[0] + 1 == tile.size  # consecutive samples: a view of x holds them
+    if zero_point or act_shift[tile].any() or not run:
+        x = _shift_samples(x, tile, act_shift, round_rule, x_hi, -zero_point, 0, 0, np.empty((tile.size, H, W, C), np.uint8))
+    else:  # uint8 codes at shift 0 are their own shifted values
+        x = x[tile[0]:tile[0] + tile.size]
+    codes = torch.from_numpy(x).permute(0, 3, 1, 2)
+    conv = onednn_conv.packed(table.packed, table.values, w_shape, stride, padding, dilation, groups, zero_point,
+                              codes.shape)
+    GEMM_CALLS["int8 conv"] += 1
+    acc = conv(codes).reshape(-1, w_shape[0]).numpy()
+    return acc, shifted_abs_max(255 if x_hi == 255 else 128, int(act_shift[tile].min()))
+
+
+def _gemm_conv_acc(x, tile, w_shape, table, geometry, out_hw, act_shift, round_rule, x_hi):
+    """(int32 accumulators [(s, oh, ow), Cout] of the samples `tile` with `offset` subtracted
+    from every shifted activation, offset) by the GEMM route of `table`."""
+    B, H, W, C = x.shape
+    Cout, KH, KW, Cg = w_shape
+    (stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w), groups = geometry
+    OH, OW = out_hw
+    Kg = KH * KW * Cg
+    offset, x_max = _activation_plan(x_hi, int(act_shift[tile].min()))
+    dtype = _gemm_dtype(table)
+    if groups == C == Cout and Cg == 1:  # depthwise: a direct Numba kernel, no GEMM, no offset
+        xs, rows = x, tile  # at shift 0 the codes are their own shifted values
+        if act_shift[tile].any():  # else shift each code once, not once per window tap
+            xs = _shift_samples(x, tile, act_shift, round_rule, x_hi, 0, 0, 0, np.empty((tile.size, H, W, C), np.int16))
+            rows = np.arange(tile.size)
+        return _depthwise_acc(xs, rows, table.values, KH, KW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                              OH, OW, np.empty((tile.size * OH * OW, C), np.int32)), 0
+    if groups == 1 and KH == KW == 1 and stride_h == stride_w == 1 and pad_h == pad_w == 0:
+        # A 1x1 convolution with stride 1 and no padding reads the shifted input as its GEMM matrix.
+        xs = _shift_samples(x, tile, act_shift, round_rule, x_hi, offset, 0, 0, np.empty((tile.size, H, W, C), dtype))
+        return exact_int_gemm(xs.reshape(-1, C), table.values, x_max, table.abs_max).numpy(), offset
+    if _float32_library_conv(x.shape, w_shape, geometry, out_hw, table):
+        xs = _shift_samples(x, tile, act_shift, round_rule, x_hi, offset, pad_h, pad_w,
+                            np.empty((tile.size, H + 2 * pad_h, W + 2 * pad_w, C), dtype))
+        return exact_int_conv(xs, table, w_shape, x_max, (stride_h, stride_w), (dil_h, dil_w)), offset
+    cols = _im2col(x, tile, act_shift, round_rule, x_hi, offset, KH, KW, stride_h, stride_w, pad_h, pad_w,
+                   dil_h, dil_w, groups, OH, OW,
+                   np.empty((tile.size, H, W, C), dtype), np.empty((tile.size * OH * OW, groups, Kg), dtype))
+    if groups == 1:
+        return exact_int_gemm(cols[:, 0], table.values, x_max, table.abs_max).numpy(), offset
+    per_group = np.ascontiguousarray(cols.transpose(1, 0, 2))
+    acc = exact_int_gemm(per_group, table.values.reshape(groups, Cout // groups, Kg), x_max, table.abs_max)
+    return acc.permute(1, 0, 2).reshape(cols.shape[0], Cout).numpy(), offset
+
+
+def _float32_library_conv(x_shape, w_shape, geometry, out_hw, table) -> bool:
+    """True where torch's float32 convolution beats im2col on the float32 route: ungrouped,
+    not 1x1, outputs large enough (measured on a 2-core EPYC: the library convolution took
+    0.3-0.6x im2col's time from 8x8 outputs up at batch 64, and up to 1.2x at 4x4 or one sample)."""
+    (_, KH, KW, _), groups = w_shape, geometry[3]
+    pixels = out_hw[0] * out_hw[1]
+    return groups == 1 and KH * KW > 1 and pixels >= LIBRARY_CONV_MIN_MAP and \
+        x_shape[0] * pixels >= LIBRARY_CONV_MIN_PIXELS and float32_conv_is_exact() and table.values.dtype == np.float32
+
+
 def int_conv2d_blas(
     x, w_shape, w_tables, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups,
     act_shift, weight_slot, weight_shifts, round_rule, x_hi,
     bias, mode, multiplier, rshift, scale, relu, lo, hi, out,
 ):
-    """`int_conv2d_kernel`'s result via im2col and exact float32 GEMMs. `w_shape` is the NHWC
-    weight shape (Cout, KH, KW, C/groups); `w_tables[s]` the `weight_table` of its [Cout, KH*KW*C/g]
-    view at `weight_shifts[s]`."""
+    """`int_conv2d_kernel`'s result on the CPU path. `w_shape` is the NHWC weight shape
+    (Cout, KH, KW, C/groups); `w_tables[s]` the `weight_table` of its [Cout, KH*KW*C/g] view at
+    `weight_shifts[s]`. On the int8 route oneDNN's int8 convolution computes the accumulators
+    (tiles where one reaches 2^24 are computed again by the GEMM); otherwise im2col (or the
+    shifted input itself, or torch's float32 convolution) and exact GEMMs, and a direct kernel
+    for depthwise convolutions."""
     B, H, W, C = x.shape
     Cout, KH, KW, Cg = w_shape
     OH, OW = output_size(H, KH, stride_h, pad_h, dil_h), output_size(W, KW, stride_w, pad_w, dil_w)
-    Kg = KH * KW * Cg
-    Cout_g = Cout // groups
-    # A 1x1 conv is a GEMM already, and on small outputs im2col costs little: measured on a
-    # 2-core EPYC, the library convolution took 0.3-0.6x im2col's time from 8x8 outputs up
-    # (batch 64) and up to 1.2x at 4x4 or at one sample.
-    direct = groups == 1 and KH * KW > 1 and OH * OW >= LIBRARY_CONV_MIN_MAP and \
-        B * OH * OW >= LIBRARY_CONV_MIN_PIXELS and float32_conv_is_exact() and \
-        all(t.values.dtype == np.float32 for t in w_tables)  # the int8 route has no library convolution
-    depthwise = groups == C == Cout and Cg == 1
-    # A 1x1 convolution with stride 1 and no padding reads the shifted input as its GEMM matrix.
-    pointwise = groups == 1 and KH == KW == 1 and stride_h == stride_w == 1 and pad_h == pad_w == 0
-    per_sample = (H + 2 * pad_h) * (W + 2 * pad_w) * C * 4 + OH * OW * Cout * 8 if direct else OH * OW * groups * Kg * 4
-    samples_per_tile = max(1, MAX_COLS_BYTES // max(1, per_sample))
+    geometry = ((stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w), groups)
+    library = all(t.values.dtype == np.int8 for t in w_tables) and library_conv_enabled()
+    # Tiles of samples bound the scratch: im2col columns, or the padded input and the float32
+    # output of a library convolution.
+    direct = library or _float32_library_conv(x.shape, w_shape, geometry, (OH, OW), w_tables[0])
+    if library:  # a tile's float32 accumulators stay in cache until the epilogue reads them
+        samples_per_tile = max(1, LIBRARY_CONV_TILE_BYTES // (OH * OW * Cout * 4))
+    else:
+        per_sample = (H + 2 * pad_h) * (W + 2 * pad_w) * C * 4 + OH * OW * Cout * 8 if direct else \
+            OH * OW * groups * KH * KW * Cg * 4
+        samples_per_tile = max(1, MAX_COLS_BYTES // max(1, per_sample))
+    no_correction = np.zeros(Cout, np.int64)
     for slot in range(weight_shifts.shape[0]):
         samples = np.flatnonzero(weight_slot == slot)
         table = w_tables[slot]
         for s0 in range(0, samples.size, samples_per_tile):
             tile = samples[s0:s0 + samples_per_tile]
-            offset, x_max = _activation_plan(x_hi, int(act_shift[tile].min()))
-            pix = np.arange(OH * OW)
-            dest = (tile[:, None] * (OH * OW) + pix[None, :]).reshape(-1)
+            dest = (tile[:, None] * (OH * OW) + np.arange(OH * OW)[None, :]).reshape(-1)
             total = np.repeat(act_shift[tile] + weight_shifts[slot], OH * OW)
-            dtype = _gemm_dtype(table)
-            if depthwise:
-                offset = 0  # no GEMM: the codes are multiplied as they are, so no offset to correct
-                xs, rows = x, tile  # at shift 0 the codes are their own shifted values
-                if act_shift[tile].any():  # else shift each code once, not once per window tap
-                    xs = _shift_samples(x, tile, act_shift, round_rule, x_hi, 0, 0, 0,
-                                        np.empty((tile.size, H, W, C), np.int16))
-                    rows = np.arange(tile.size)
-                acc = _depthwise_acc(xs, rows, table.values, KH, KW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-                                     OH, OW, np.empty((tile.size * OH * OW, C), np.int32))
-            elif pointwise:
-                xs = _shift_samples(x, tile, act_shift, round_rule, x_hi, offset, 0, 0,
-                                    np.empty((tile.size, H, W, C), dtype))
-                acc = exact_int_gemm(xs.reshape(-1, C), table.values, x_max, table.abs_max).numpy()
-            elif direct:
-                xs = _shift_samples(x, tile, act_shift, round_rule, x_hi, offset, pad_h, pad_w,
-                                    np.empty((tile.size, H + 2 * pad_h, W + 2 * pad_w, C), dtype))
-                acc = exact_int_conv(xs, table, w_shape, x_max, (stride_h, stride_w), (dil_h, dil_w))
-            else:
-                cols = _im2col(
-                    x, tile, act_shift, round_rule, x_hi, offset, KH, KW,
-                    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, OH, OW,
-                    np.empty((tile.size, H, W, C), dtype), np.empty((tile.size * OH * OW, groups, Kg), dtype),
-                )
-                if groups == 1:
-                    acc = exact_int_gemm(cols[:, 0], table.values, x_max, table.abs_max).numpy()
-                else:
-                    per_group = np.ascontiguousarray(cols.transpose(1, 0, 2))
-                    acc = exact_int_gemm(per_group, table.values.reshape(groups, Cout_g, Kg), x_max, table.abs_max)
-                    acc = acc.permute(1, 0, 2).reshape(cols.shape[0], Cout).numpy()
-            _epilogue_rows(acc, dest, total, weight_shifts[slot], _correction(table, offset), bias, mode,
-                           multiplier, rshift, scale, relu, lo, hi, out)
+            epilogue = (dest, total, weight_shifts[slot])
+            if library:
+                acc, x_max = _library_conv_acc(x, tile, w_shape, table, geometry, act_shift, round_rule, x_hi)
+                exact = onednn_conv.within_exact_limit(KH * KW * Cg, x_max, table.abs_max)
+                limit = NO_LIMIT if exact else onednn_conv.FLOAT32_EXACT_LIMIT
+                if not _epilogue_rows(acc, *epilogue, no_correction, bias, mode, multiplier, rshift, scale, relu, lo,
+                                      hi, out, limit):
+                    continue
+                log.debug("int8 convolution: an accumulator reached 2^24; the tile runs again on the GEMM")
+            acc, offset = _gemm_conv_acc(x, tile, w_shape, table, geometry, (OH, OW), act_shift, round_rule, x_hi)
+            _epilogue_rows(acc, *epilogue, _correction(table, offset), bias, mode, multiplier, rshift, scale, relu,
+                           lo, hi, out, NO_LIMIT)
     return out

@@ -8,27 +8,28 @@ from numba import njit, prange
 
 @njit(parallel=True, cache=True)
 def int_max_pool2d_kernel(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
-    """Max over each window; padded positions are ignored (they act as minus infinity)."""
+    """Max over each window; padded positions are ignored (they act as minus infinity). The
+    channel loop is innermost, so one window tap is a vector max over contiguous NHWC codes."""
     B, H, W, C = x.shape
     _, OH, OW, _ = out.shape
     for row in prange(B * OH):
         b = row // OH
         oh = row % OH
+        best = np.empty(C, np.int64)
         for ow in range(OW):
-            for c in range(C):
-                best = np.int64(-(1 << 40))
-                for i in range(kh):
-                    ih = oh * sh - ph + i * dh
-                    if ih < 0 or ih >= H:
+            best[:] = -(1 << 40)
+            for i in range(kh):
+                ih = oh * sh - ph + i * dh
+                if ih < 0 or ih >= H:
+                    continue
+                for j in range(kw):
+                    iw = ow * sw - pw + j * dw
+                    if iw < 0 or iw >= W:
                         continue
-                    for j in range(kw):
-                        iw = ow * sw - pw + j * dw
-                        if iw < 0 or iw >= W:
-                            continue
-                        v = np.int64(x[b, ih, iw, c])
-                        if v > best:
-                            best = v
-                out[b, oh, ow, c] = best
+                    for c in range(C):
+                        best[c] = max(best[c], np.int64(x[b, ih, iw, c]))
+            for c in range(C):
+                out[b, oh, ow, c] = best[c]
     return out
 
 

@@ -38,7 +38,7 @@ def test_int8_gemm_is_exact_at_the_edges(m, k, n):
     assert blas.int8_gemm_probe() is None
 
 
-@pytest.mark.parametrize("route", blas.CPU_GEMM_ROUTES)
+@pytest.mark.parametrize("route", ["int8", "int8-im2col", "float32"])
 @pytest.mark.parametrize("geometry", [
     dict(kernel=3, stride=2, padding=1, groups=16),  # depthwise: the direct kernel, no GEMM
     dict(kernel=1, stride=1, padding=0, groups=1),  # pointwise: the shifted input is the GEMM matrix
@@ -51,7 +51,10 @@ def test_each_conv_form_equals_the_oracle_on_both_routes(route, geometry, x_dtyp
     import dqt_triton as dq
     from tests import oracle
 
-    monkeypatch.setattr(blas, "_forced_route", route)
+    if route == "int8" and not blas.library_conv_enabled():
+        pytest.skip("oneDNN's int8 convolution is not exact on this CPU (onednn_conv.conv_probe)")
+    monkeypatch.setattr(blas, "_forced_route", route.split("-")[0])
+    monkeypatch.setattr(blas, "_library_conv", route == "int8")
     gen = torch.Generator().manual_seed(7)
     lo, hi = (0, 256) if x_dtype == torch.uint8 else (-128, 128)
     x = torch.randint(lo, hi, (3, 16, 9, 9), generator=gen).to(x_dtype)
@@ -65,3 +68,35 @@ def test_each_conv_form_equals_the_oracle_on_both_routes(route, geometry, x_dtyp
                             weight_shift=2, shift_rule=rule, backend="cpu")
         want = oracle.conv_acc(x, w, shifts, torch.full((3,), 2), rule, geometry["stride"], geometry["padding"], 1, g)
         assert torch.equal(got.long(), want), (route, geometry, rule)
+
+
+@pytest.mark.parametrize("x_dtype", [torch.uint8, torch.int8])
+def test_a_library_convolution_past_float32s_exact_range_runs_again_on_the_gemm(x_dtype, monkeypatch):
+    """oneDNN's float32 output is exact below 2^24 only: a tile with a larger accumulator
+    (here 512 channels x 9 taps x 255 x -128) is computed again on the int8 GEMM, exactly; a
+    tile within the range is not."""
+    import dqt_triton as dq
+    from tests import oracle
+
+    if not blas.library_conv_enabled():
+        pytest.skip("oneDNN's int8 convolution is not exact on this CPU (onednn_conv.conv_probe)")
+    monkeypatch.setattr(blas, "_forced_route", "int8")
+    gen = torch.Generator().manual_seed(3)
+    extreme = 255 if x_dtype == torch.uint8 else -128
+    x = torch.randint(0, 4, (2, 512, 5, 5), generator=gen).to(x_dtype)  # small codes: small accumulators
+    w = torch.randint(-128, 128, (4, 512, 3, 3), generator=gen).to(torch.int8)
+    x[1], w[2] = extreme, -128  # sample 1, channel 2: |acc| = 4608 * 255 * 128 (or 4608 * 128 * 128) > 2^24
+    for shifts, reruns in (([0, 0], 1), ([5, 0], 1), ([0, 5], 0)):
+        before = dict(blas.GEMM_CALLS)
+        got = dq.int_conv2d(x, w, padding=1, act_shift=torch.tensor(shifts), weight_shift=0, backend="cpu")
+        want = oracle.conv_acc(x, w, torch.tensor(shifts), torch.zeros(2, dtype=torch.long), "floor", 1, 1, 1, 1)
+        assert want.abs().max() >= (1 << 24) or reruns == 0
+        assert torch.equal(got.long(), want), shifts
+        assert blas.GEMM_CALLS["int8 conv"] - before["int8 conv"] == 1
+        assert blas.GEMM_CALLS["int8"] - before["int8"] == reruns, shifts
+
+
+def test_the_library_convolution_probe_passes_where_the_route_uses_it():
+    from dqt_triton.reference import onednn_conv
+
+    assert blas.library_conv_enabled() == (onednn_conv.conv_probe() is None)
