@@ -257,21 +257,26 @@ def _gemm_dtype(table: "WeightTable"):
 
 
 @njit(parallel=True, cache=True)
-def _epilogue_rows(acc, dest, total_shift, w_shift, correction, bias, mode, multiplier, rshift, scale, relu, lo, hi,
-                   out, limit):
-    """out[dest[r]] from GEMM rows acc[r] that all use weight shift `w_shift` (its row of each
-    [T, N] epilogue table when T == 8). Returns how many accumulators have |acc| >= `limit`
+def _epilogue_rows(acc, dest, total_shift, pixels, w_shift, correction, bias, mode, multiplier, rshift, scale, relu,
+                   lo, hi, out, limit):
+    """out rows from GEMM rows acc[r] that all use weight shift `w_shift` (its row of each
+    [T, N] epilogue table when T == 8). Rows come in groups of `pixels` (an image's output
+    pixels; 1 for a matmul): row r is out row dest[g] * pixels + r % pixels, shifted by
+    total_shift[g], with g = r // pixels. Returns how many rows have an |acc| >= `limit`
     (float32 ones from `onednn_conv` are exact only below 2^24)."""
     beyond = 0
     for r in prange(acc.shape[0]):
-        m = dest[r]
-        t = total_shift[r]
+        g = r // pixels
+        m = dest[g] * pixels + r % pixels
+        t = total_shift[g]
+        over = False
         for n in range(acc.shape[1]):
             a = np.int64(acc[r, n])
-            if abs(a) >= limit:
-                beyond += 1
+            over |= (a >= limit) | (a <= -limit)
             v = (a + correction[n]) << t
             apply_epilogue(v, w_shift, n, bias, mode, multiplier, rshift, scale, relu, lo, hi, out, m)
+        if over:
+            beyond += 1
     return beyond
 
 
@@ -296,7 +301,7 @@ def int_matmul_blas(
                          np.empty((rows.shape[0], x.shape[1]), _gemm_dtype(table)))
         acc = exact_int_gemm(xs, table.values, x_max, table.abs_max).numpy()
         total = act_shift[rows] + weight_shifts[slot]
-        _epilogue_rows(acc, rows, total, weight_shifts[slot], _correction(table, offset), bias, mode, multiplier,
+        _epilogue_rows(acc, rows, total, 1, weight_shifts[slot], _correction(table, offset), bias, mode, multiplier,
                        rshift, scale, relu, lo, hi, out, NO_LIMIT)
     return out
 
@@ -486,9 +491,7 @@ def int_conv2d_blas(
         table = w_tables[slot]
         for s0 in range(0, samples.size, samples_per_tile):
             tile = samples[s0:s0 + samples_per_tile]
-            dest = (tile[:, None] * (OH * OW) + np.arange(OH * OW)[None, :]).reshape(-1)
-            total = np.repeat(act_shift[tile] + weight_shifts[slot], OH * OW)
-            epilogue = (dest, total, weight_shifts[slot])
+            epilogue = (tile, act_shift[tile] + weight_shifts[slot], OH * OW, weight_shifts[slot])
             if library:
                 acc, x_max = _library_conv_acc(x, tile, w_shape, table, geometry, act_shift, round_rule, x_hi)
                 exact = onednn_conv.within_exact_limit(KH * KW * Cg, x_max, table.abs_max)

@@ -273,3 +273,22 @@ def test_cpu_bench_writes_every_row_with_the_routes_compared(tmp_path, monkeypat
     assert all(r["routes_equal"] for r in saved["rows"] if r["impl"].startswith("DQT"))
     assert "int8_flags" in saved and saved["command"].startswith("python -m bench.cpu")
     assert "| resnet18 | 3x32x32 | 2 |" in next(tmp_path.glob("cpu-*.md")).read_text()
+
+
+def test_cpu_profile_splits_the_time_by_step_and_by_kernel(tmp_path, monkeypatch):
+    """bench.cpu_profile on a small input: the steps of ResNet-18 by kind and layer shape, the
+    kernels that ran on this machine's route, shares that add up to the measured calls."""
+    from bench import cpu_profile
+    from dqt_triton.reference import blas
+
+    monkeypatch.setattr(cpu_profile, "REPEATS", 2)
+    cpu_profile.main(["--nets", "resnet18", "--sizes", "32", "--batches", "2", "--modes", "static 8-bit",
+                      "--out", str(tmp_path)])
+    saved = json.loads(next(tmp_path.glob("cpu-profile-*.json")).read_text())
+    (r,) = saved["results"]
+    assert {"7x7 conv", "3x3 conv", "1x1 conv", "maxpool", "add", "linear", "between steps"} <= set(r["steps"])
+    assert sum(r["steps"].values()) == pytest.approx(r["total_ms"])
+    assert sum(r["kernels"].values()) == pytest.approx(r["kernels_total_ms"])
+    conv = "oneDNN int8 convolution" if blas.cpu_gemm_route() == "int8" and blas.library_conv_enabled() else "im2col"
+    assert r["kernels"].get(conv, 0) > 0 and r["kernels"]["epilogue (requantize)"] > 0
+    assert "## resnet18 3x32x32, batch 2, DQT static 8-bit" in next(tmp_path.glob("cpu-profile-*.md")).read_text()
