@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 FLOAT32_EXACT_LIMIT = 1 << 24
 SIGNED_ZERO_POINT = 128  # int8 codes c enter as c + 128 (uint8) with this zero point
-PACKED_SHAPES = 4  # packed copies kept per weight table (a full tile and a last one, two batch sizes)
+PACKED_SHAPES = 4  # packed copies kept per weight table (one sample or more, two input sizes)
 
 
 def available() -> bool:
@@ -63,8 +63,14 @@ def packed(cache: dict, values: np.ndarray, w_shape, stride, padding, dilation, 
            zero_point: int, x_shape) -> PackedConv:
     """The `PackedConv` of weight codes `values` [Cout, KH*KW*C/g] (NHWC order, `w_shape` =
     (Cout, KH, KW, C/g)) for inputs of `x_shape` [B, C, H, W], kept in `cache` (a weight
-    table's) per geometry, zero point and input shape, the last `PACKED_SHAPES` shapes."""
-    key = (tuple(stride), tuple(padding), tuple(dilation), int(groups), int(zero_point), tuple(x_shape))
+    table's) per geometry, zero point and input class, the last `PACKED_SHAPES` classes.
+
+    The class is (one sample or more, C, H, W): oneDNN chose one weight layout for every batch
+    from 2 to 32 on the shapes we measured (1x1, 3x3, depthwise, the 7x7 stem), and another for
+    one sample on some 1x1 convolutions; packing per exact batch would repack at every call in
+    dynamic mode, where a width's group of samples changes size from batch to batch."""
+    key = (tuple(stride), tuple(padding), tuple(dilation), int(groups), int(zero_point), x_shape[0] == 1,
+           tuple(x_shape[1:]))
     conv = cache.pop(key, None)
     if conv is None:
         w = torch.from_numpy(values).view(*w_shape).permute(0, 3, 1, 2).contiguous()

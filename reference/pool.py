@@ -35,7 +35,8 @@ def int_max_pool2d_kernel(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
 
 @njit(parallel=True, cache=True)
 def int_avg_pool2d_kernel(x, kh, kw, sh, sw, ph, pw, out):
-    """floor((window_sum + count // 2) / count) with count = kh * kw (zero padding counted)."""
+    """floor((window_sum + count // 2) / count) with count = kh * kw (zero padding counted).
+    Channels innermost: each window tap adds a contiguous run of NHWC codes."""
     B, H, W, C = x.shape
     _, OH, OW, _ = out.shape
     count = np.int64(kh * kw)
@@ -43,41 +44,51 @@ def int_avg_pool2d_kernel(x, kh, kw, sh, sw, ph, pw, out):
     for row in prange(B * OH):
         b = row // OH
         oh = row % OH
+        total = np.empty(C, np.int64)
         for ow in range(OW):
-            for c in range(C):
-                total = np.int64(0)
-                for i in range(kh):
-                    ih = oh * sh - ph + i
-                    if ih < 0 or ih >= H:
+            total[:] = 0
+            for i in range(kh):
+                ih = oh * sh - ph + i
+                if ih < 0 or ih >= H:
+                    continue
+                for j in range(kw):
+                    iw = ow * sw - pw + j
+                    if iw < 0 or iw >= W:
                         continue
-                    for j in range(kw):
-                        iw = ow * sw - pw + j
-                        if iw < 0 or iw >= W:
-                            continue
-                        total += np.int64(x[b, ih, iw, c])
-                out[b, oh, ow, c] = (total + half) // count
+                    for c in range(C):
+                        total[c] += np.int64(x[b, ih, iw, c])
+            for c in range(C):
+                out[b, oh, ow, c] = (total[c] + half) // count
     return out
 
 
 @njit(parallel=True, cache=True)
 def int_adaptive_avg_pool2d_kernel(x, out):
     """torch's adaptive windows rows [floor(o*H/OH), ceil((o+1)*H/OH)) (columns alike);
-    floor((window_sum + count // 2) / count) with count the window's size."""
+    floor((window_sum + count // 2) / count) with count the window's size. Parallel over
+    (sample, output row, input row of its window) would race; a global pool (1x1 output) has
+    one output row per sample, so the work is split over samples and channel blocks."""
     B, H, W, C = x.shape
     _, OH, OW, _ = out.shape
-    for row in prange(B * OH):
-        b = row // OH
-        oh = row % OH
+    CB = 64  # channels per task: a global pool at batch 1 still uses every thread
+    blocks = (C + CB - 1) // CB
+    for task in prange(B * OH * blocks):
+        b = task // (OH * blocks)
+        oh = (task // blocks) % OH
+        c0 = (task % blocks) * CB
+        c1 = min(C, c0 + CB)
         h0 = (oh * H) // OH
         h1 = ((oh + 1) * H + OH - 1) // OH
+        total = np.empty(c1 - c0, np.int64)
         for ow in range(OW):
             w0 = (ow * W) // OW
             w1 = ((ow + 1) * W + OW - 1) // OW
             count = np.int64((h1 - h0) * (w1 - w0))
-            for c in range(C):
-                total = np.int64(0)
-                for ih in range(h0, h1):
-                    for iw in range(w0, w1):
-                        total += np.int64(x[b, ih, iw, c])
-                out[b, oh, ow, c] = (total + count // 2) // count
+            total[:] = 0
+            for ih in range(h0, h1):
+                for iw in range(w0, w1):
+                    for c in range(c0, c1):
+                        total[c - c0] += np.int64(x[b, ih, iw, c])
+            for c in range(c0, c1):
+                out[b, oh, ow, c] = (total[c - c0] + count // 2) // count
     return out
