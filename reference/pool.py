@@ -79,7 +79,8 @@ def int_adaptive_avg_pool2d_kernel(x, out):
         c1 = min(C, c0 + CB)
         h0 = (oh * H) // OH
         h1 = ((oh + 1) * H + OH - 1) // OH
-        total = np.empty(c1 - c0, np.int64)
+        width = c1 - c0
+        total = np.empty(width, np.int64)
         for ow in range(OW):
             w0 = (ow * W) // OW
             w1 = ((ow + 1) * W + OW - 1) // OW
@@ -87,8 +88,9 @@ def int_adaptive_avg_pool2d_kernel(x, out):
             total[:] = 0
             for ih in range(h0, h1):
                 for iw in range(w0, w1):
-                    for c in range(c0, c1):
-                        total[c - c0] += np.int64(x[b, ih, iw, c])
-            for c in range(c0, c1):
-                out[b, oh, ow, c] = (total[c - c0] + count // 2) // count
+                    codes = x[b, ih, iw, c0:c1]
+                    for c in range(width):
+                        total[c] += np.int64(codes[c])
+            for c in range(width):
+                out[b, oh, ow, c0 + c] = (total[c] + count // 2) // count
     return out
