@@ -8,7 +8,9 @@ keyed by the weight tensor's identity, and it is used only while that tensor is 
 storage pointer, shape, strides and version counter are unchanged, so in-place torch updates
 (optimizer steps, ``load_state_dict``, ``copy_``) invalidate it. Writes that torch cannot see (through
 ``.data``, or into a numpy array sharing the memory) are not detected: do not ask for caching on
-such tensors, or call `clear()` after them.
+such tensors, or call `clear()` after them. The byte bound counts a table's codes and sums, not
+the oneDNN packings of its convolutions (`reference.onednn_conv.packed`, about one more copy of
+the codes per input class, at most `PACKED_SHAPES`).
 """
 
 from __future__ import annotations

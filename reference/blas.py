@@ -6,6 +6,10 @@ AMX); elsewhere it is slower than float32 by far, so the route follows the CPU (
 ``DQT_CPU_GEMM=int8|float32`` forces one). A weight table is built for the route in force and the
 GEMM follows the table's dtype, so a cached table keeps working if the route changes later.
 
+The int8 route's convolutions run on oneDNN's int8 convolution (`onednn_conv`: no im2col, no
+copy of uint8 codes at shift 0), whose float32 accumulators are exact below 2^24; the epilogue
+counts the ones that are not, and such a tile runs again through im2col and the int8 GEMM.
+
 The float32 route:
 
 int8 x int8 products summed over a K-chunk stay integers of magnitude <= 2^24 when the chunk is
