@@ -7,8 +7,8 @@ The programs are `bench.cpu`'s (torchvision ResNet-18 and MobileNetV2, 10 classe
 route this CPU picks. Two views of the same calls, each over `REPEATS` calls after a warm-up:
 
 - by step: wall time inside each step kind's `run`, the layers split by shape (k x k, 1x1,
-  depthwise convolutions, linear); "between steps" is the rest of the call (the runtime's loop,
-  the controller's host work, output assembly);
+  depthwise convolutions, linear); "between steps" is the rest of the same calls (the runtime's
+  loop, the controller's host work, output assembly);
 - by kernel: `cProfile`'s own time of the library calls and Numba kernels (oneDNN convolution,
   int8/float32 GEMMs, epilogues, shifts, im2col, element-wise and pooling kernels); "Python" is
   the rest: argument checks, dispatch and numpy/torch glue around them.
@@ -106,13 +106,11 @@ def profile(program, codes: torch.Tensor) -> dict:
     """{'total_ms', 'steps': {category: ms}, 'kernels': {group: ms}} per call of `program`."""
     program(codes)
     with torch.no_grad():
-        start = time.perf_counter()
-        for _ in range(REPEATS):
-            program(codes)
-        total = (time.perf_counter() - start) / REPEATS
-        with StepTimer() as timer:
+        with StepTimer() as timer:  # the total from the same calls, so the shares add up under drift
+            start = time.perf_counter()
             for _ in range(REPEATS):
                 program(codes)
+            total = (time.perf_counter() - start) / REPEATS
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(REPEATS):
