@@ -435,6 +435,8 @@ def run_prepared(layer: PreparedLayer, x: torch.Tensor, act_shift: ShiftArg, wei
         groups = layer.geometry[-1]
         if x.dim() != 4 or x.shape[1] != w.shape[1] * groups:
             raise ValueError(f"{op}: x must be [B, {w.shape[1] * groups}, H, W], got {tuple(x.shape)}")
+    if name == "cpu" and layer.geometry is not None and is_int(act_shift) and is_int(weight_shift) and rows:
+        return _static_conv_host(layer, x, act_shift, weight_shift, op)
     if name != "triton":
         # On the host anyway: shifts are checked here (a bad one must not index past the Numba
         # kernels' tables), and per-layer ints never become tensors.
@@ -459,6 +461,41 @@ def run_prepared(layer: PreparedLayer, x: torch.Tensor, act_shift: ShiftArg, wei
     out_hw = _conv_output_hw(op, x, w, layer.geometry)
     return _conv_dispatch(x, w, layer.geometry, out_hw, a_shift, w_shift, is_int(weight_shift), layer.epilogue,
                           layer.round_rule, name, True, layer.shifted_weights())
+
+
+PLANS_PER_LAYER = 8  # conv plans a prepared layer keeps (input shapes x shifts), most recent last
+
+
+def _static_conv_host(layer: PreparedLayer, x: torch.Tensor, act_shift: int, weight_shift: int,
+                      op: str) -> torch.Tensor:
+    """A prepared conv layer at per-layer shifts on the CPU path: its plan (tiles, packed
+    weights, shift arrays) is made once per input shape and kept, so a frozen program's call
+    does no per-call set-up beyond the output buffer."""
+    for value, label in ((act_shift, "act_shift"), (weight_shift, "weight_shift")):
+        if not 0 <= value <= MAX_SHIFT:
+            raise ValueError(f"{op}: {label}={value} is outside the shift range [0, {MAX_SHIFT}]")
+    key = ("plan", tuple(x.shape), x.dtype, int(act_shift), int(weight_shift), ref.blas.library_conv_enabled())
+    entry = layer._host.pop(key, None)
+    B, Cout = x.shape[0], layer.weight.shape[0]
+    x_hi = 127 if x.dtype == torch.int8 else 255
+    if entry is None:
+        act_np = np.full(B, int(act_shift), np.int64)
+        distinct = np.array([int(weight_shift)], np.int64)
+        w_shape = tuple(layer.weight.permute(0, 2, 3, 1).shape)
+        H, W = x.shape[2:]
+        plan = ref.conv_plan((B, H, W, x.shape[1]), x_hi, w_shape, layer.host_weight_tables(distinct),
+                             *layer.geometry, act_np, np.zeros(B, np.int64), distinct)
+        entry = (plan, act_np, w_shape)
+        plans = [k for k in layer._host if k[0] == "plan"]
+        if len(plans) >= PLANS_PER_LAYER:
+            del layer._host[plans[0]]
+    layer._host[key] = entry
+    plan, act_np, w_shape = entry
+    OH, OW = plan.out_hw
+    out = np.empty((B * OH * OW, Cout), NUMPY_OUT[layer.epilogue.out_dtype])
+    ref.run_conv_plan(plan, x.permute(0, 2, 3, 1).contiguous().numpy(), w_shape, *layer.geometry, act_np,
+                      layer.round_rule, x_hi, *layer.host_epilogue(), out)
+    return torch.from_numpy(out).view(B, OH, OW, Cout).permute(0, 3, 1, 2)
 
 
 def _host_shift(value: ShiftArg, rows: int, name: str, op: str) -> np.ndarray:

@@ -409,23 +409,15 @@ def _depthwise_acc(xs, samples, w, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, acc):
     return acc
 
 
-def _library_conv_acc(x, tile, w_shape, table, geometry, act_shift, round_rule, x_hi):
-    """(float32 accumulators [(s, oh, ow), Cout] of the samples `tile` by oneDNN's int8
-    convolution, the largest |shifted activation|)."""
-    B, H, W, C = x.shape
-    stride, padding, dilation, groups = geometry
-    zero_point = 0 if x_hi == 255 else onednn_conv.SIGNED_ZERO_POINT
-    run = tile[-1] - tile[0] + 1 == tile.size  # consecutive samples: a view of x holds them
-    if zero_point or act_shift[tile].any() or not run:
-        x = _shift_samples(x, tile, act_shift, round_rule, x_hi, -zero_point, 0, 0, np.empty((tile.size, H, W, C), np.uint8))
-    else:  # uint8 codes at shift 0 are their own shifted values
-        x = x[tile[0]:tile[0] + tile.size]
-    codes = torch.from_numpy(x).permute(0, 3, 1, 2)
-    conv = onednn_conv.packed(table.packed, table.values, w_shape, stride, padding, dilation, groups, zero_point,
-                              codes.shape)
+def _library_conv_acc(x, tile: "ConvTile", act_shift, round_rule, x_hi):
+    """float32 accumulators [(s, oh, ow), Cout] of a tile's samples by oneDNN's int8 convolution."""
+    if tile.view is not None:  # uint8 codes at shift 0 are their own shifted values
+        x = x[tile.view]
+    else:
+        x = _shift_samples(x, tile.samples, act_shift, round_rule, x_hi, -tile.conv.zero_point, 0, 0,
+                           np.empty((tile.samples.size,) + x.shape[1:], np.uint8))
     GEMM_CALLS["int8 conv"] += 1
-    acc = conv(codes).reshape(-1, w_shape[0]).numpy()
-    return acc, shifted_abs_max(255 if x_hi == 255 else 128, int(act_shift[tile].min()))
+    return tile.conv(torch.from_numpy(x).permute(0, 3, 1, 2)).reshape(-1, tile.table.values.shape[0]).numpy()
 
 
 def _gemm_conv_acc(x, tile, w_shape, table, geometry, out_hw, act_shift, round_rule, x_hi):
@@ -473,6 +465,84 @@ def _float32_library_conv(x_shape, w_shape, geometry, out_hw, table) -> bool:
         x_shape[0] * pixels >= LIBRARY_CONV_MIN_PIXELS and float32_conv_is_exact() and table.values.dtype == np.float32
 
 
+class ConvTile(NamedTuple):
+    """Samples of one convolution call that share a weight shift, and how to compute them."""
+
+    samples: np.ndarray  # indices into the batch
+    view: Optional[slice]  # library tiles of consecutive uint8 samples at shift 0: read x[view] as it is
+    table: WeightTable
+    w_shift: int
+    total_shift: np.ndarray  # per sample: activation + weight shift
+    conv: Optional[onednn_conv.PackedConv]  # oneDNN's convolution, or None for the GEMM route
+    limit: int  # accumulators at or beyond it are recomputed on the GEMM (float32 ones: 2^24)
+
+
+class ConvPlan(NamedTuple):
+    """How `run_conv_plan` computes one convolution: its output size and its tiles. A plan
+    depends only on shapes and shifts, so a layer run at fixed shifts can keep it."""
+
+    out_hw: tuple[int, int]
+    tiles: list[ConvTile]
+    no_correction: np.ndarray  # int64 zeros [Cout]: library tiles need no offset correction
+
+
+def conv_plan(x_shape, x_hi, w_shape, w_tables, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups,
+              act_shift, weight_slot, weight_shifts) -> ConvPlan:
+    """The tiles of `int_conv2d_blas` (arguments as there, `x_shape` for x)."""
+    B, H, W, C = x_shape
+    Cout, KH, KW, Cg = w_shape
+    OH, OW = output_size(H, KH, stride_h, pad_h, dil_h), output_size(W, KW, stride_w, pad_w, dil_w)
+    geometry = ((stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w), groups)
+    library = all(t.values.dtype == np.int8 for t in w_tables) and library_conv_enabled()
+    # Tiles of samples bound the scratch: im2col columns, or the padded input and the float32
+    # output of a library convolution.
+    if library:  # a tile's float32 accumulators stay in cache until the epilogue reads them
+        samples_per_tile = max(1, LIBRARY_CONV_TILE_BYTES // (OH * OW * Cout * 4))
+    else:
+        direct = _float32_library_conv(x_shape, w_shape, geometry, (OH, OW), w_tables[0])
+        per_sample = (H + 2 * pad_h) * (W + 2 * pad_w) * C * 4 + OH * OW * Cout * 8 if direct else \
+            OH * OW * groups * KH * KW * Cg * 4
+        samples_per_tile = max(1, MAX_COLS_BYTES // max(1, per_sample))
+    zero_point = 0 if x_hi == 255 else onednn_conv.SIGNED_ZERO_POINT
+    tiles = []
+    for slot in range(weight_shifts.shape[0]):
+        samples = np.flatnonzero(weight_slot == slot)
+        table = w_tables[slot]
+        w_shift = int(weight_shifts[slot])
+        for s0 in range(0, samples.size, samples_per_tile):
+            tile = samples[s0:s0 + samples_per_tile]
+            conv, view, limit = None, None, NO_LIMIT
+            if library:
+                conv = onednn_conv.packed(table.packed, table.values, w_shape, *geometry, zero_point,
+                                          (tile.size, C, H, W))
+                if not zero_point and not act_shift[tile].any() and tile[-1] - tile[0] + 1 == tile.size:
+                    view = slice(int(tile[0]), int(tile[0]) + tile.size)
+                x_max = shifted_abs_max(255 if x_hi == 255 else 128, int(act_shift[tile].min()))
+                if not onednn_conv.within_exact_limit(KH * KW * Cg, x_max, table.abs_max):
+                    limit = onednn_conv.FLOAT32_EXACT_LIMIT
+            tiles.append(ConvTile(tile, view, table, w_shift, act_shift[tile] + w_shift, conv, limit))
+    return ConvPlan((OH, OW), tiles, np.zeros(Cout, np.int64))
+
+
+def run_conv_plan(plan: ConvPlan, x, w_shape, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups,
+                  act_shift, round_rule, x_hi, bias, mode, multiplier, rshift, scale, relu, lo, hi, out):
+    """`int_conv2d_blas` by a plan from `conv_plan` for the same shapes and shifts."""
+    geometry = ((stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w), groups)
+    pixels = plan.out_hw[0] * plan.out_hw[1]
+    constants = (bias, mode, multiplier, rshift, scale, relu, lo, hi, out)
+    for tile in plan.tiles:
+        rows = (tile.samples, tile.total_shift, pixels, tile.w_shift)
+        if tile.conv is not None:
+            acc = _library_conv_acc(x, tile, act_shift, round_rule, x_hi)
+            if not _epilogue_rows(acc, *rows, plan.no_correction, *constants, tile.limit):
+                continue
+            log.debug("int8 convolution: an accumulator reached 2^24; the tile runs again on the GEMM")
+        acc, offset = _gemm_conv_acc(x, tile.samples, w_shape, tile.table, geometry, plan.out_hw, act_shift,
+                                     round_rule, x_hi)
+        _epilogue_rows(acc, *rows, _correction(tile.table, offset), *constants, NO_LIMIT)
+    return out
+
+
 def int_conv2d_blas(
     x, w_shape, w_tables, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups,
     act_shift, weight_slot, weight_shifts, round_rule, x_hi,
@@ -484,36 +554,7 @@ def int_conv2d_blas(
     (tiles where one reaches 2^24 are computed again by the GEMM); otherwise im2col (or the
     shifted input itself, or torch's float32 convolution) and exact GEMMs, and a direct kernel
     for depthwise convolutions."""
-    B, H, W, C = x.shape
-    Cout, KH, KW, Cg = w_shape
-    OH, OW = output_size(H, KH, stride_h, pad_h, dil_h), output_size(W, KW, stride_w, pad_w, dil_w)
-    geometry = ((stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w), groups)
-    library = all(t.values.dtype == np.int8 for t in w_tables) and library_conv_enabled()
-    # Tiles of samples bound the scratch: im2col columns, or the padded input and the float32
-    # output of a library convolution.
-    direct = library or _float32_library_conv(x.shape, w_shape, geometry, (OH, OW), w_tables[0])
-    if library:  # a tile's float32 accumulators stay in cache until the epilogue reads them
-        samples_per_tile = max(1, LIBRARY_CONV_TILE_BYTES // (OH * OW * Cout * 4))
-    else:
-        per_sample = (H + 2 * pad_h) * (W + 2 * pad_w) * C * 4 + OH * OW * Cout * 8 if direct else \
-            OH * OW * groups * KH * KW * Cg * 4
-        samples_per_tile = max(1, MAX_COLS_BYTES // max(1, per_sample))
-    no_correction = np.zeros(Cout, np.int64)
-    for slot in range(weight_shifts.shape[0]):
-        samples = np.flatnonzero(weight_slot == slot)
-        table = w_tables[slot]
-        for s0 in range(0, samples.size, samples_per_tile):
-            tile = samples[s0:s0 + samples_per_tile]
-            epilogue = (tile, act_shift[tile] + weight_shifts[slot], OH * OW, weight_shifts[slot])
-            if library:
-                acc, x_max = _library_conv_acc(x, tile, w_shape, table, geometry, act_shift, round_rule, x_hi)
-                exact = onednn_conv.within_exact_limit(KH * KW * Cg, x_max, table.abs_max)
-                limit = NO_LIMIT if exact else onednn_conv.FLOAT32_EXACT_LIMIT
-                if not _epilogue_rows(acc, *epilogue, no_correction, bias, mode, multiplier, rshift, scale, relu, lo,
-                                      hi, out, limit):
-                    continue
-                log.debug("int8 convolution: an accumulator reached 2^24; the tile runs again on the GEMM")
-            acc, offset = _gemm_conv_acc(x, tile, w_shape, table, geometry, (OH, OW), act_shift, round_rule, x_hi)
-            _epilogue_rows(acc, *epilogue, _correction(table, offset), bias, mode, multiplier, rshift, scale, relu,
-                           lo, hi, out, NO_LIMIT)
-    return out
+    geometry = (stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups)
+    plan = conv_plan(x.shape, x_hi, w_shape, w_tables, *geometry, act_shift, weight_slot, weight_shifts)
+    return run_conv_plan(plan, x, w_shape, *geometry, act_shift, round_rule, x_hi, bias, mode, multiplier, rshift,
+                         scale, relu, lo, hi, out)
