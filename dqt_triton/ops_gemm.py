@@ -435,8 +435,9 @@ def run_prepared(layer: PreparedLayer, x: torch.Tensor, act_shift: ShiftArg, wei
         groups = layer.geometry[-1]
         if x.dim() != 4 or x.shape[1] != w.shape[1] * groups:
             raise ValueError(f"{op}: x must be [B, {w.shape[1] * groups}, H, W], got {tuple(x.shape)}")
-    if name == "cpu" and layer.geometry is not None and is_int(act_shift) and is_int(weight_shift) and rows:
-        return _static_conv_host(layer, x, act_shift, weight_shift, op)
+    if name == "cpu" and layer.geometry is not None and rows and (
+            (is_int(act_shift) and is_int(weight_shift)) or rows <= PLAN_ROWS):
+        return _planned_conv_host(layer, x, act_shift, weight_shift, op)
     if name != "triton":
         # On the host anyway: shifts are checked here (a bad one must not index past the Numba
         # kernels' tables), and per-layer ints never become tensors.
@@ -463,28 +464,38 @@ def run_prepared(layer: PreparedLayer, x: torch.Tensor, act_shift: ShiftArg, wei
                           layer.round_rule, name, True, layer.shifted_weights())
 
 
-PLANS_PER_LAYER = 8  # conv plans a prepared layer keeps (input shapes x shifts), most recent last
+PLANS_PER_LAYER = 16  # conv plans a prepared layer keeps (input shapes x shifts), most recent last
+PLAN_ROWS = 4  # per-sample shifts of up to this many samples are a plan's key too (a controller at batch 1)
 
 
-def _static_conv_host(layer: PreparedLayer, x: torch.Tensor, act_shift: int, weight_shift: int,
-                      op: str) -> torch.Tensor:
-    """A prepared conv layer at per-layer shifts on the CPU path: its plan (tiles, packed
-    weights, shift arrays) is made once per input shape and kept, so a frozen program's call
-    does no per-call set-up beyond the output buffer."""
-    for value, label in ((act_shift, "act_shift"), (weight_shift, "weight_shift")):
-        if not 0 <= value <= MAX_SHIFT:
-            raise ValueError(f"{op}: {label}={value} is outside the shift range [0, {MAX_SHIFT}]")
-    key = ("plan", tuple(x.shape), x.dtype, int(act_shift), int(weight_shift), ref.blas.library_conv_enabled())
-    entry = layer._host.pop(key, None)
+def _planned_conv_host(layer: PreparedLayer, x: torch.Tensor, act_shift: ShiftArg, weight_shift: ShiftArg,
+                       op: str) -> torch.Tensor:
+    """A prepared conv layer on the CPU path by a kept plan (`reference.conv_plan`: tiles,
+    packed weights, shift arrays), made once per input shape and shifts: per-layer shifts, or
+    per-sample ones for a few samples (dynamic mode at batch 1 meets at most 8 x 8 of them), so
+    a frozen program's call does no per-call set-up beyond the output buffer."""
     B, Cout = x.shape[0], layer.weight.shape[0]
+    if is_int(act_shift) and is_int(weight_shift):
+        for value, label in ((act_shift, "act_shift"), (weight_shift, "weight_shift")):
+            if not 0 <= value <= MAX_SHIFT:
+                raise ValueError(f"{op}: {label}={value} is outside the shift range [0, {MAX_SHIFT}]")
+        shifts = (int(act_shift), int(weight_shift))
+        act_np = w_np = None
+    else:
+        act_np = _host_shift(act_shift, B, "act_shift", op)
+        w_np = _host_shift(weight_shift, B, "weight_shift", op)
+        shifts = (act_np.tobytes(), w_np.tobytes())
+    key = ("plan", tuple(x.shape), x.dtype, shifts, ref.blas.library_conv_enabled())
+    entry = layer._host.pop(key, None)
     x_hi = 127 if x.dtype == torch.int8 else 255
     if entry is None:
-        act_np = np.full(B, int(act_shift), np.int64)
-        distinct = np.array([int(weight_shift)], np.int64)
+        if act_np is None:
+            act_np, w_np = np.full(B, shifts[0], np.int64), np.full(B, shifts[1], np.int64)
+        distinct, slot_np = np.unique(w_np, return_inverse=True)
         w_shape = tuple(layer.weight.permute(0, 2, 3, 1).shape)
         H, W = x.shape[2:]
         plan = ref.conv_plan((B, H, W, x.shape[1]), x_hi, w_shape, layer.host_weight_tables(distinct),
-                             *layer.geometry, act_np, np.zeros(B, np.int64), distinct)
+                             *layer.geometry, act_np, slot_np.astype(np.int64), distinct)
         entry = (plan, act_np, w_shape)
         plans = [k for k in layer._host if k[0] == "plan"]
         if len(plans) >= PLANS_PER_LAYER:

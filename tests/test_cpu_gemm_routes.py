@@ -100,3 +100,33 @@ def test_the_library_convolution_probe_passes_where_the_route_uses_it():
     from dqt_triton.reference import onednn_conv
 
     assert blas.library_conv_enabled() == (onednn_conv.conv_probe() is None)
+
+
+def test_prepared_layers_keep_one_plan_per_shape_and_shifts(monkeypatch):
+    """A prepared conv on the CPU path keeps its plan per input shape and shifts (per-layer
+    ints, or per-sample tensors of up to PLAN_ROWS samples); every call equals the uncached
+    op bit for bit, and the plans kept stay bounded."""
+    import dqt_triton as dq
+    from dqt_triton import ops_gemm
+
+    monkeypatch.setattr(ops_gemm, "PLANS_PER_LAYER", 5)  # fewer than the calls' 11 keys: the oldest go
+    gen = torch.Generator().manual_seed(11)
+    w = torch.randint(-128, 128, (8, 6, 3, 3), generator=gen, dtype=torch.int8)
+    bias = torch.randint(-500, 500, (8,), generator=gen, dtype=torch.int32)
+    epilogue = dict(bias=bias, multiplier=torch.full((8,), 3 << 20), shift=26, relu=True)
+    layer = dq.ops.prepare_layer(w, x_dtype=torch.uint8, conv=dict(padding=1), **epilogue)
+    calls = [(1, 0, 0), (1, 3, 3), (2, 0, 0), (3, torch.tensor([0, 2, 5]), torch.tensor([1, 1, 4]))]
+    calls += [(1, torch.tensor([k]), torch.tensor([k])) for k in range(7)]
+    for batch, a, k in calls + calls:  # the second round runs on kept plans
+        x = torch.randint(0, 256, (batch, 6, 7, 7), generator=gen, dtype=torch.uint8)
+        got = dq.ops.run_prepared(layer, x, a, k, backend="cpu")
+        want = dq.int_conv2d(x, w, padding=1, act_shift=a, weight_shift=k, backend="reference", **epilogue)
+        assert torch.equal(got, want), (batch, a, k)
+    assert sum(key[0] == "plan" for key in layer._host) == 5
+    big = torch.zeros(ops_gemm.PLAN_ROWS + 1, 6, 7, 7, dtype=torch.uint8)
+    dq.ops.run_prepared(layer, big, torch.zeros(ops_gemm.PLAN_ROWS + 1, dtype=torch.int32), 0, backend="cpu")
+    assert sum(key[0] == "plan" for key in layer._host) == 5  # more samples than PLAN_ROWS: no plan kept
+    with pytest.raises(ValueError, match="act_shift=9 is outside the shift range"):
+        dq.ops.run_prepared(layer, big[:1], 9, 0, backend="cpu")
+    with pytest.raises(ValueError, match="weight_shift values must lie in"):
+        dq.ops.run_prepared(layer, big[:1], 0, torch.tensor([8]), backend="cpu")
