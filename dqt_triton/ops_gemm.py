@@ -476,10 +476,7 @@ def _planned_conv_host(layer: PreparedLayer, x: torch.Tensor, act_shift: ShiftAr
     a frozen program's call does no per-call set-up beyond the output buffer."""
     B, Cout = x.shape[0], layer.weight.shape[0]
     if is_int(act_shift) and is_int(weight_shift):
-        for value, label in ((act_shift, "act_shift"), (weight_shift, "weight_shift")):
-            if not 0 <= value <= MAX_SHIFT:
-                raise ValueError(f"{op}: {label}={value} is outside the shift range [0, {MAX_SHIFT}]")
-        shifts = (int(act_shift), int(weight_shift))
+        shifts = (_int_shift(act_shift, "act_shift", op), _int_shift(weight_shift, "weight_shift", op))
         act_np = w_np = None
     else:
         act_np = _host_shift(act_shift, B, "act_shift", op)
@@ -509,12 +506,17 @@ def _planned_conv_host(layer: PreparedLayer, x: torch.Tensor, act_shift: ShiftAr
     return torch.from_numpy(out).view(B, OH, OW, Cout).permute(0, 3, 1, 2)
 
 
+def _int_shift(value: int, name: str, op: str) -> int:
+    """A per-layer shift, range-checked."""
+    if not 0 <= value <= MAX_SHIFT:
+        raise ValueError(f"{op}: {name}={value} is outside the shift range [0, {MAX_SHIFT}]")
+    return int(value)
+
+
 def _host_shift(value: ShiftArg, rows: int, name: str, op: str) -> np.ndarray:
     """int64 [rows] shifts on the host from a per-layer int or a per-sample tensor, range-checked."""
     if is_int(value):
-        if not 0 <= value <= MAX_SHIFT:
-            raise ValueError(f"{op}: {name}={value} is outside the shift range [0, {MAX_SHIFT}]")
-        return np.full(rows, int(value), np.int64)
+        return np.full(rows, _int_shift(value, name, op), np.int64)
     values = _trusted_shift(value, rows, name, op, torch.device("cpu")).numpy().astype(np.int64)
     if rows and (values.min() < 0 or values.max() > MAX_SHIFT):
         raise ValueError(f"{op}: {name} values must lie in [0, {MAX_SHIFT}]")
