@@ -494,9 +494,9 @@ def _planned_conv_host(layer: PreparedLayer, x: torch.Tensor, act_shift: ShiftAr
         plan = ref.conv_plan((B, H, W, x.shape[1]), x_hi, w_shape, layer.host_weight_tables(distinct),
                              *layer.geometry, act_np, slot_np.astype(np.int64), distinct)
         entry = (plan, act_np, w_shape)
-        plans = [k for k in layer._host if k[0] == "plan"]
+        plans = [k for k in list(layer._host) if k[0] == "plan"]
         if len(plans) >= PLANS_PER_LAYER:
-            del layer._host[plans[0]]
+            layer._host.pop(plans[0], None)  # another thread may have dropped it already
     layer._host[key] = entry
     plan, act_np, w_shape = entry
     OH, OW = plan.out_hw

@@ -75,8 +75,8 @@ def packed(cache: dict, values: np.ndarray, w_shape, stride, padding, dilation, 
     if conv is None:
         w = torch.from_numpy(values).view(*w_shape).permute(0, 3, 1, 2).contiguous()
         conv = PackedConv(w, stride, padding, dilation, groups, zero_point, x_shape)
-        while len(cache) >= PACKED_SHAPES:
-            cache.pop(next(iter(cache)))
+        for old in list(cache)[:max(0, len(cache) - PACKED_SHAPES + 1)]:
+            cache.pop(old, None)  # oldest first; another thread may have dropped it already
     cache[key] = conv  # most recent last
     return conv
 
