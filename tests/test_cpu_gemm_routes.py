@@ -130,3 +130,25 @@ def test_prepared_layers_keep_one_plan_per_shape_and_shifts(monkeypatch):
         dq.ops.run_prepared(layer, big[:1], 9, 0, backend="cpu")
     with pytest.raises(ValueError, match="weight_shift values must lie in"):
         dq.ops.run_prepared(layer, big[:1], 0, torch.tensor([8]), backend="cpu")
+
+
+def test_onednn_packings_are_kept_per_input_class_and_bounded():
+    """One packing per (one sample or more, C, H, W): batches 2 and 5 share one; the oldest
+    classes go beyond PACKED_SHAPES; a kept packing still convolves exactly."""
+    from dqt_triton.reference import onednn_conv
+
+    if not onednn_conv.available():
+        pytest.skip("no oneDNN int8 convolution in this torch build")
+    w = torch.randint(-128, 128, (4, 3, 3, 3), generator=torch.Generator().manual_seed(5), dtype=torch.int8)
+    values = w.permute(0, 2, 3, 1).reshape(4, -1).contiguous().numpy()
+    cache: dict = {}
+    geometry = ((1, 1), (1, 1), (1, 1), 1, 0)
+    first = onednn_conv.packed(cache, values, (4, 3, 3, 3), *geometry, (2, 3, 8, 8))
+    assert onednn_conv.packed(cache, values, (4, 3, 3, 3), *geometry, (5, 3, 8, 8)) is first
+    for size in (9, 10, 11, 12, 13):
+        onednn_conv.packed(cache, values, (4, 3, 3, 3), *geometry, (1, 3, size, size))
+    assert len(cache) == onednn_conv.PACKED_SHAPES and all(key[-1][-1] != 8 for key in cache)
+    x = torch.randint(0, 256, (1, 3, 13, 13), dtype=torch.uint8)
+    conv = onednn_conv.packed(cache, values, (4, 3, 3, 3), *geometry, tuple(x.shape))
+    want = torch.nn.functional.conv2d(x.double(), w.double(), padding=1)
+    assert torch.equal(conv(x).permute(0, 3, 1, 2).double(), want)
