@@ -493,7 +493,8 @@ def conv_plan(x_shape, x_hi, w_shape, w_tables, stride_h, stride_w, pad_h, pad_w
     Cout, KH, KW, Cg = w_shape
     OH, OW = output_size(H, KH, stride_h, pad_h, dil_h), output_size(W, KW, stride_w, pad_w, dil_w)
     geometry = ((stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w), groups)
-    library = all(t.values.dtype == np.int8 for t in w_tables) and library_conv_enabled()
+    library = all(t.values.dtype == np.int8 for t in w_tables) and library_conv_enabled() and \
+        onednn_conv.supported(stride_h, stride_w, dil_h, dil_w)
     # Tiles of samples bound the scratch: im2col columns, or the padded input and the float32
     # output of a library convolution.
     if library:  # a tile's float32 accumulators stay in cache until the epilogue reads them

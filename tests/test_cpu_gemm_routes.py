@@ -152,3 +152,24 @@ def test_onednn_packings_are_kept_per_input_class_and_bounded():
     conv = onednn_conv.packed(cache, values, (4, 3, 3, 3), *geometry, tuple(x.shape))
     want = torch.nn.functional.conv2d(x.double(), w.double(), padding=1)
     assert torch.equal(conv(x).permute(0, 3, 1, 2).double(), want)
+
+
+@pytest.mark.parametrize("geometry", [dict(stride=(1, 2)), dict(dilation=2, padding=1), dict(dilation=(2, 1))])
+def test_unequal_strides_and_dilation_stay_off_onednn(geometry, monkeypatch):
+    """oneDNN's int8 convolution gave wrong accumulators for strides (1, 2) and crashed on
+    dilation 2 (onednn_conv.supported): such convolutions run on im2col and the int8 GEMM,
+    exactly, with no oneDNN call."""
+    import dqt_triton as dq
+    from tests import oracle
+
+    monkeypatch.setattr(blas, "_forced_route", "int8")
+    gen = torch.Generator().manual_seed(21)
+    x = torch.randint(0, 256, (2, 8, 16, 9), generator=gen).to(torch.uint8)
+    w = torch.randint(-128, 128, (4, 8, 7, 3), generator=gen).to(torch.int8)
+    before = dict(blas.GEMM_CALLS)
+    got = dq.int_conv2d(x, w, act_shift=0, weight_shift=0, backend="cpu", **geometry)
+    stride, padding, dilation = geometry.get("stride", 1), geometry.get("padding", 0), geometry.get("dilation", 1)
+    want = oracle.conv_acc(x, w, torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long), "floor",
+                           stride, padding, dilation, 1)
+    assert torch.equal(got.long(), want)
+    assert blas.GEMM_CALLS["int8 conv"] == before["int8 conv"] and blas.GEMM_CALLS["int8"] > before["int8"]
