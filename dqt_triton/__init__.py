@@ -20,7 +20,20 @@ from .model import DQTModel
 from .objective import LossConfig
 from .runtime import FrozenDQTModel
 from .nn import ActQuantizer, DQTConv2d, DQTLinear
-from .ops import int_adaptive_avg_pool2d, int_add, int_avg_pool2d, int_lut, int_conv2d, int_matmul, int_max_pool2d, int_mul
+from .ops import (
+    int_adaptive_avg_pool2d,
+    int_add,
+    int_avg_pool2d,
+    int_bmm,
+    int_conv2d,
+    int_embedding,
+    int_layernorm,
+    int_lut,
+    int_matmul,
+    int_max_pool2d,
+    int_mul,
+    int_softmax,
+)
 
 __version__ = "0.1.0"
 
@@ -45,6 +58,10 @@ __all__ = [
     "int_adaptive_avg_pool2d",
     "int_avg_pool2d",
     "int_lut",
+    "int_bmm",
+    "int_embedding",
+    "int_layernorm",
+    "int_softmax",
     "int_conv2d",
     "int_matmul",
     "int_max_pool2d",

@@ -13,7 +13,16 @@ from dataclasses import dataclass
 import torch
 
 from .errors import AccumulatorOverflowError
-from .reference.common import INT32_MAX, MASTER_BITS, MAX_SHIFT, WIDTH_TABLE_ROWS  # noqa: F401  (defined once)
+from .reference.common import (  # noqa: F401  (defined once)
+    INT32_MAX,
+    LN_MAX_CHANNELS,
+    LN_NORM_BITS,
+    MASTER_BITS,
+    MAX_SHIFT,
+    SOFTMAX_ONE,
+    SOFTMAX_OUT,
+    WIDTH_TABLE_ROWS,
+)
 
 MAX_REQUANT_SHIFT = 62
 # Bounds that keep k1*q1 + k2*q2 + k3 (and the multiply form) inside int64 with rounding added.
@@ -215,3 +224,55 @@ def lut_table(function: str, in_scale: float, in_signed: bool, out_scale: float,
     lo, hi = code_range(MASTER_BITS, out_signed)
     out = torch.floor(real / out_scale + 0.5).clamp(lo, hi)
     return out.to(torch.int8 if out_signed else torch.uint8)
+
+
+SOFTMAX_STEP = 1.0 / SOFTMAX_OUT  # the real value of one softmax output code (docs/numerics.md 10.2)
+LN_MAX_SHIFT = 50
+LN_MAX_EPS_UNITS = 2**61
+
+
+def softmax_table(in_scale: float) -> torch.Tensor:
+    """The softmax exp table of score codes with step `in_scale` (docs/numerics.md 10.2):
+    E[d] = floor(2^15 exp(-d * in_scale) + 1/2), d = 0..255, int32, in float64 on the CPU."""
+    if not (math.isfinite(in_scale) and in_scale > 0):
+        raise ValueError(f"softmax_table: in_scale must be finite and positive, got {in_scale}")
+    d = torch.arange(256, dtype=torch.float64)
+    return torch.floor(SOFTMAX_ONE * torch.exp(-d * float(in_scale)) + 0.5).to(torch.int32)
+
+
+@dataclass(frozen=True)
+class LayerNormConstants:
+    """Integer constants of a LayerNorm (docs/numerics.md 10.3)."""
+
+    mult: torch.Tensor  # A [C] int32
+    offset: torch.Tensor  # B [C] int64
+    shift: int  # S
+    eps_units: int  # E_ps
+
+
+def layernorm_constants(gamma: torch.Tensor | None, beta: torch.Tensor | None, channels: int, in_scale: float,
+                        out_scale: float, eps: float) -> LayerNormConstants:
+    """A[c] = round(gamma_c / D_y 2^S), B[c] = round(beta_c / D_y 2^(S+12)), S = min(50, 30 - e)
+    with max|gamma| / D_y < 2^e, E_ps = round(eps C^2 2^16 / D_x^2) capped at 2^61 (ties to even,
+    float64 on the CPU). gamma / beta None: torch's defaults (1, 0)."""
+    for name, step in (("in_scale", in_scale), ("out_scale", out_scale)):
+        if not (math.isfinite(step) and step > 0):
+            raise ValueError(f"layernorm_constants: {name} must be finite and positive, got {step}")
+    g = torch.ones(channels, dtype=torch.float64) if gamma is None else gamma.detach().double().cpu().reshape(-1)
+    b = torch.zeros(channels, dtype=torch.float64) if beta is None else beta.detach().double().cpu().reshape(-1)
+    if g.numel() != channels or b.numel() != channels:
+        raise ValueError(f"layernorm_constants: gamma and beta need {channels} entries")
+    if not bool(torch.isfinite(g).all() and torch.isfinite(b).all()):
+        raise ValueError("layernorm_constants: gamma or beta is not finite (training diverged?)")
+    ratio = g / out_scale
+    largest = float(ratio.abs().max())
+    shift = LN_MAX_SHIFT if largest == 0.0 else min(LN_MAX_SHIFT, 30 - math.frexp(largest)[1])
+    if shift < 0:
+        raise ValueError(f"layernorm_constants: gamma / out_scale = {largest:g} is too large (>= 2^30)")
+    mult = torch.round(ratio * 2.0**shift)
+    offset = torch.round(b / out_scale * 2.0**(shift + LN_NORM_BITS))
+    if float(offset.abs().max()) > MAX_OFFSET_ABS:
+        raise ValueError(f"layernorm_constants: beta / out_scale = {float((b / out_scale).abs().max()):g} is too large "
+                         f"for the int64 offset (|B| <= 2^47)")
+    eps_units = min(LN_MAX_EPS_UNITS, round(eps * channels * channels * 2.0**16 / in_scale**2))
+    return LayerNormConstants(mult.to(torch.int32), offset.to(torch.int64), int(shift), int(eps_units))

@@ -9,6 +9,7 @@ lives here: the Numba kernels are in `dqt_triton.reference`, the Triton ones in
   `PreparedLayer`);
 - `ops_elementwise`: `int_add`, `int_mul`, `int_lut`;
 - `ops_pool`: `int_max_pool2d`, `int_avg_pool2d`, `int_adaptive_avg_pool2d`;
+- `ops_transformer`: `int_bmm` (two activations), `int_softmax`, `int_layernorm`, `int_embedding`;
 - `ops_common`: the checks they share, the `Epilogue` plan and the epilogue keywords of the
   layer ops (`EpilogueOptions`).
 """
@@ -19,6 +20,7 @@ from .ops_common import CODE_DTYPES, Epilogue, EpilogueOptions, IntPair, ShiftAr
 from .ops_elementwise import int_add, int_lut, int_mul
 from .ops_gemm import PreparedLayer, int_conv2d, int_matmul, prepare_layer, run_prepared
 from .ops_pool import int_adaptive_avg_pool2d, int_avg_pool2d, int_max_pool2d
+from .ops_transformer import int_bmm, int_embedding, int_layernorm, int_softmax
 from .reference.common import WIDTH_TABLE_ROWS
 
 __all__ = [
@@ -32,6 +34,10 @@ __all__ = [
     "int_adaptive_avg_pool2d",
     "int_add",
     "int_avg_pool2d",
+    "int_bmm",
+    "int_embedding",
+    "int_layernorm",
+    "int_softmax",
     "int_conv2d",
     "int_lut",
     "int_matmul",

@@ -18,6 +18,15 @@ MASTER_BITS = 8  # width of the master codes every narrower width is a shift of
 MAX_SHIFT = MASTER_BITS - 1  # the largest activation or weight shift
 INT32_MAX = 2**31 - 1
 
+# Fixed points of the transformer ops (section 10): the softmax exp table's value of exp(0) and
+# its output code of probability 1 (step 1/255); the LayerNorm's 2^LN_STD_BITS units of the
+# standard deviation and 2^LN_NORM_BITS units of the normalised value, and its widest row.
+SOFTMAX_ONE = 1 << 15
+SOFTMAX_OUT = 255
+LN_STD_BITS = 8
+LN_NORM_BITS = 12
+LN_MAX_CHANNELS = 1 << 14
+
 # Epilogue selectors shared with the dispatch layer and the Triton kernels.
 EPILOGUE_RAW = 0  # int32 accumulator in master units (+ bias)
 EPILOGUE_REQUANT = 1  # dyadic requantization to 8-bit codes

@@ -127,3 +127,58 @@ def adaptive_avg_pool(x, output_size):
     count = (rows[:, None] * cols[None, :]).long()
     total = (F.adaptive_avg_pool2d(x.double(), output_size) * count).round().long()
     return torch.div(total + count // 2, count, rounding_mode="floor").to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- transformer ops (section 10)
+
+
+def bmm(a, b, ka, kb, b_token_axis, rule, multiplier=None, rshift=None, out_dtype=None):
+    """a [G, M, K] @ b [G, K, N] in master units (int64), then the raw sum or the requantization."""
+    a_top = 127 if a.dtype == torch.int8 else 255
+    b_top = 127 if b.dtype == torch.int8 else 255
+    ka = ka.long()[:, :, None]
+    kb = kb.long()[:, None, :] if b_token_axis == -1 else kb.long()[:, :, None]
+    A = shift(a, ka.expand(a.shape), rule, a_top) * 2**ka
+    B = shift(b, kb.expand(b.shape), rule, b_top) * 2**kb
+    v = (A[:, :, :, None] * B[:, None, :, :]).sum(2)
+    if multiplier is None:
+        return v.to(torch.int32)
+    lo, hi = (-128, 127) if out_dtype == torch.int8 else (0, 255)
+    return round_shift(v * multiplier, torch.full_like(v, rshift)).clamp(lo, hi).to(out_dtype)
+
+
+def softmax(x, table, causal):
+    """Row by row in Python ints (section 10.2)."""
+    G, M, N = x.shape
+    out = torch.zeros(G, M, N, dtype=torch.uint8)
+    for g in range(G):
+        for m in range(M):
+            kept = range(m + N - M + 1) if causal else range(N)
+            row = [int(x[g, m, n]) for n in kept]
+            top = max(row)
+            e = [int(table[top - v]) for v in row]
+            s = sum(e)
+            for n, en in zip(kept, e):
+                out[g, m, n] = (510 * en + s) // (2 * s)
+    return out
+
+
+def layernorm(x, mult, offset, shift_, eps_units, out_dtype):
+    """Row by row in Python ints with math.isqrt (section 10.3)."""
+    import math
+
+    R, C = x.shape
+    lo, hi = (-128, 127) if out_dtype == torch.int8 else (0, 255)
+    out = torch.zeros(R, C, dtype=out_dtype)
+    for r in range(R):
+        row = [int(v) for v in x[r]]
+        total = sum(row)
+        d = [C * v - total for v in row]
+        q = sum(t * t for t in d) * 2**16 // C + eps_units
+        root = math.isqrt(q)
+        for c in range(C):
+            n = (2 * d[c] * 2**20 + root) // (2 * root) if root else 0
+            v = int(mult[c]) * n + int(offset[c])
+            s = shift_ + 12
+            out[r, c] = min(max((v + (1 << (s - 1))) >> s, lo), hi)
+    return out
