@@ -38,6 +38,16 @@ class _ShapeRecorder(fx.Interpreter):
         return result
 
 
+def _input_dtype(gm: fx.GraphModule) -> torch.dtype:
+    """Token ids (long) for a model whose input feeds an nn.Embedding, else float."""
+    modules = dict(gm.named_modules())
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            if any(u.op == "call_module" and isinstance(modules[u.target], nn.Embedding) for u in node.users):
+                return torch.long
+    return torch.float32
+
+
 def _examples(gm: fx.GraphModule, input_shape: Sequence[int]) -> dict[fx.Node, Any]:
     """Per-node example results of the float model on a batch of 2 (eval mode, no gradients):
     the shapes that shape-moving steps (view, transpose, chunk) record."""
@@ -46,7 +56,7 @@ def _examples(gm: fx.GraphModule, input_shape: Sequence[int]) -> dict[fx.Node, A
     gm.eval()
     try:
         with torch.no_grad():
-            recorder.run(torch.zeros(2, *input_shape))
+            recorder.run(torch.zeros(2, *input_shape, dtype=_input_dtype(gm)))
     except Exception as exc:
         raise ValueError(f"the float model does not accept input_shape {tuple(input_shape)}: {exc}") from exc
     finally:
@@ -94,6 +104,9 @@ def capture(model: nn.Module, input_shape: Optional[Sequence[int]] = None) -> li
     return cap.steps
 
 
+_SHAPE_KINDS = ("permute", "reshape", "flatten")
+
+
 def _check_output(node: fx.Node, cap: Capture) -> None:
     """Mark the step that makes the logits: a Linear/Conv2d (its float epilogue dequantizes), or
     a dequantizing step appended after any other final value."""
@@ -106,7 +119,10 @@ def _check_output(node: fx.Node, cap: Capture) -> None:
         raise UnsupportedLayerError("the model has no Linear or Conv2d layer before its output")
     if final != len(steps):
         raise UnsupportedLayerError("the model output must be its last operation")
-    if steps[final - 1].kind == "layer" and "clamp_max" not in steps[final - 1].geometry:
-        steps[final - 1].geometry["final"] = True
+    last = final
+    while steps[last - 1].kind in _SHAPE_KINDS and steps[last - 1].inputs[0] == last - 1:
+        last -= 1  # logits moved by a transpose or reshape ([B, T, V] -> [B, V, T]): they move as floats
+    if steps[last - 1].kind == "layer" and "clamp_max" not in steps[last - 1].geometry:
+        steps[last - 1].geometry["final"] = True
     else:
         steps.append(Step("dequant", [final], "logits", geometry={"final": True}))

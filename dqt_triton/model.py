@@ -225,17 +225,17 @@ class DQTModel(nn.Module):
             if dynamic and choice is None and len(values) > source:
                 choice = self._choose(values[source], fixed, budget_codes)
                 tp.gates, tp.widths = choice.gates, choice.widths
-            out = KINDS[step.kind].train(step, [values[i] for i in step.inputs], tp)
-            if step.geometry.get("final"):
-                bits = torch.tensor([fixed[n] for n in self.layer_names], device=x.device)
-                bits = bits.expand(x.shape[0], -1, -1).clone()
-                if choice is not None:
-                    idx = torch.tensor([self.layer_names.index(n) for n in self.governed], device=x.device)
-                    bits[:, idx] = choice.widths.unsqueeze(-1).expand(-1, -1, 2)
-                bitops = self.bitops_per_sample(bits).detach()
-                return TrainOutput(out.q, bits, bitops, *((choice.soft_bitops, choice.logits) if choice else ()))
-            values.append(out)
-        raise UnsupportedLayerError("the model has no final layer")  # capture() guarantees one
+            values.append(KINDS[step.kind].train(step, [values[i] for i in step.inputs], tp))
+        if not any(step.geometry.get("final") for step in self.steps):
+            raise UnsupportedLayerError("the model has no final layer")  # capture() guarantees one
+        bits = torch.tensor([fixed[n] for n in self.layer_names], device=x.device)
+        bits = bits.expand(x.shape[0], -1, -1).clone()
+        if choice is not None:
+            idx = torch.tensor([self.layer_names.index(n) for n in self.governed], device=x.device)
+            bits[:, idx] = choice.widths.unsqueeze(-1).expand(-1, -1, 2)
+        bitops = self.bitops_per_sample(bits).detach()
+        # the final layer's float logits, moved by any transpose or reshape after it
+        return TrainOutput(values[-1].q, bits, bitops, *((choice.soft_bitops, choice.logits) if choice else ()))
 
     def _choose(self, source: CodeValue, fixed: dict, budget_codes: Optional[Tensor]):
         q = source.q

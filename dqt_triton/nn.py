@@ -265,7 +265,8 @@ class DQTLinear(_DQTLayer):
         return cls(linear.weight, linear.bias, bn, relu, per_channel, bn_per_width)
 
     def macs_per_sample(self, out_shape) -> int:
-        return self.weight.numel()
+        """One sample's MACs: the weights once per token ([T, N] outputs) or once ([N])."""
+        return self.weight.numel() * math.prod(int(s) for s in out_shape[:-1])
 
 
 class DQTConv2d(_DQTLayer):

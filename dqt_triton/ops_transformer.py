@@ -152,11 +152,12 @@ def _bmm_cpu(a, b, ka, kb, b_on_n, rule, mode, mult, rshift, lo, hi, dtype) -> t
     v = torch.bmm(a_eff, b_eff).long()
     if mode == 0:
         return v.to(torch.int32)
-    return _round_shift(v * mult, rshift).clamp_(lo, hi).to(dtype)
+    return round_shift_codes(v * mult, rshift).clamp_(lo, hi).to(dtype)
 
 
-def _round_shift(v: torch.Tensor, s) -> torch.Tensor:
-    """round_shift of int64 values (section 3.5): (v + 2^(s-1)) >> s, identity at s = 0."""
+def round_shift_codes(v: torch.Tensor, s) -> torch.Tensor:
+    """round_shift of int64 values (section 3.5): (v + 2^(s-1)) >> s, identity at s = 0 (an int s
+    or a tensor of them; torch on any device: the cpu backend and the training path share it)."""
     if isinstance(s, int):
         return v if s == 0 else (v + (1 << (s - 1))) >> s
     half = torch.where(s > 0, torch.ones_like(s) << (s - 1).clamp_min(0), torch.zeros_like(s))
@@ -198,20 +199,21 @@ def int_softmax(x: torch.Tensor, table: torch.Tensor, *, causal: bool = False,
         ref.int_softmax_kernel(x3.contiguous().numpy(), table.contiguous().numpy(), causal, out_np)
         out = torch.from_numpy(out_np)
     else:
-        out = _softmax_cpu(x3, table, causal)
+        out = softmax_codes(x3.long(), table, causal).to(torch.uint8)
     return out.reshape(x.shape)
 
 
-def _softmax_cpu(x: torch.Tensor, table: torch.Tensor, causal: bool) -> torch.Tensor:
-    M, N = x.shape[-2:]
-    v = x.long()
-    keep = torch.ones(M, N, dtype=torch.bool)
+def softmax_codes(v: torch.Tensor, table: torch.Tensor, causal: bool) -> torch.Tensor:
+    """int64 softmax codes of int64 score codes v [..., M, N] (section 10.2; torch on any device:
+    the cpu backend and the training path share it)."""
+    M, N = v.shape[-2:]
+    keep = torch.ones(M, N, dtype=torch.bool, device=v.device)
     if causal:
-        keep = torch.arange(N)[None, :] <= torch.arange(M)[:, None] + (N - M)
+        keep = torch.arange(N, device=v.device)[None, :] <= torch.arange(M, device=v.device)[:, None] + (N - M)
     top = v.masked_fill(~keep, -(1 << 20)).amax(-1, keepdim=True)
-    e = table.long()[(top - v).clamp(0, 255)].masked_fill_(~keep, 0)
+    e = table.to(v.device).long()[(top - v).clamp(0, 255)].masked_fill_(~keep, 0)
     total = e.sum(-1, keepdim=True)
-    return ((2 * SOFTMAX_OUT * e + total) // (2 * total)).to(torch.uint8)
+    return (2 * SOFTMAX_OUT * e + total) // (2 * total)
 
 
 def int_layernorm(x: torch.Tensor, mult: torch.Tensor, offset: torch.Tensor, *, shift: int, eps_units: int,
@@ -273,7 +275,7 @@ def layernorm_codes(x: torch.Tensor, mult: torch.Tensor, offset: torch.Tensor, s
     safe = root.clamp_min(1)
     n = torch.div(2 * (d << (LN_STD_BITS + LN_NORM_BITS)) + safe, 2 * safe, rounding_mode="floor")
     n = torch.where(root > 0, n, torch.zeros_like(n))
-    return _round_shift(mult.long() * n + offset, shift + LN_NORM_BITS)
+    return round_shift_codes(mult.long() * n + offset, shift + LN_NORM_BITS)
 
 
 def int_embedding(ids: torch.Tensor, table: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:

@@ -15,10 +15,23 @@ from .layer import LayerKind
 from .pointwise import LutKind, MulKind
 from .pool import AvgPoolKind, MaxPoolKind
 from .shape import FlattenKind, NoOpKind, PermuteKind, ReshapeKind, SliceKind, SplitKind
+from .transformer import (
+    AttentionKind,
+    EmbeddingKind,
+    ExpandKind,
+    LayerNormKind,
+    MatmulKind,
+    ParamKind,
+    ScaleKind,
+    SoftmaxKind,
+    TokenMeanKind,
+)
 
-CAPTURE_ORDER: list[StepKind] = [LayerKind(), NoOpKind(), ReluKind(), MaxPoolKind(), AvgPoolKind(), FlattenKind(),
-                                 ReshapeKind(), PermuteKind(), SplitKind(), SliceKind(), AddKind(), CatKind(),
-                                 LutKind(), MulKind(), AffineKind()]
+CAPTURE_ORDER: list[StepKind] = [LayerKind(), NoOpKind(), ReluKind(), MaxPoolKind(), TokenMeanKind(), AvgPoolKind(),
+                                 FlattenKind(), ReshapeKind(), PermuteKind(), SplitKind(), SliceKind(), AddKind(),
+                                 CatKind(), LutKind(), ScaleKind(), MulKind(), AffineKind(), MatmulKind(),
+                                 SoftmaxKind(), AttentionKind(), LayerNormKind(), EmbeddingKind(), ParamKind(),
+                                 ExpandKind()]
 # Kinds that leave no step of their own ("noop" aliases, "split" only records its pieces).
 KINDS: dict[str, StepKind] = {k.kind: k for k in CAPTURE_ORDER + [DequantKind()] if k.kind not in ("noop", "split")}
 

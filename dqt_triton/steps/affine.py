@@ -14,6 +14,7 @@ from .activation import is_relu
 from .base import Build, Capture, CodeValue, Parts, Step, StepKind, TrainPass, requantize
 from .constants import ConvGeometry, LayerProgram
 from .layer import layer_program, run_layer
+from .transformer import extra_module
 
 Tensor = torch.Tensor
 # The largest |bias| in accumulator units the constants allow: far inside int32 next to a
@@ -90,6 +91,9 @@ class AffineKind(StepKind):
 
 def extra_from_spec(spec: dict) -> nn.Module:
     """Rebuild a step's extra module (a checkpoint's `extra_specs` entry)."""
+    module = extra_module(spec)
+    if module is not None:
+        return module
     if spec.get("type") != "batchnorm2d":
         raise ValueError(f"unknown extra module type {spec.get('type')!r}")
     return nn.BatchNorm2d(spec["channels"], eps=spec["eps"], momentum=spec["momentum"], affine=spec["affine"])

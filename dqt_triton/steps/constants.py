@@ -115,3 +115,59 @@ class DequantProgram(Constants):
     """The real value of one output code (the logits of a network ending in pooling)."""
 
     scale: float
+
+
+@dataclass
+class ProductProgram(Constants):
+    """`int_bmm` of two values (docs/numerics.md 10.1): requantization (multiplier, shift) of
+    D_a D_b c / D_y, and which axis of the right operand holds its tokens."""
+
+    multiplier: int
+    shift: int
+    out_dtype: str
+    b_token_axis: int
+
+
+@dataclass
+class SoftmaxProgram(Constants):
+    """`int_softmax`'s exp table (10.2) of the score step."""
+
+    table: Tensor
+    causal: bool
+
+
+@dataclass
+class LayerNormProgram(Constants):
+    """`int_layernorm`'s folded constants (10.3)."""
+
+    mult: Tensor
+    offset: Tensor
+    shift: int
+    eps_units: int
+    out_dtype: str
+
+
+@dataclass
+class AttentionProgram(Constants):
+    """F.scaled_dot_product_attention as products and softmax: scores, their softmax, the
+    weighted sum of the values."""
+
+    scores: ProductProgram
+    softmax: SoftmaxProgram
+    output: ProductProgram
+
+    def to_dict(self) -> dict:
+        return {"scores": self.scores.to_dict(), "softmax": self.softmax.to_dict(), "output": self.output.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AttentionProgram":
+        return cls(ProductProgram.from_dict(d["scores"]), SoftmaxProgram.from_dict(d["softmax"]),
+                   ProductProgram.from_dict(d["output"]))
+
+
+@dataclass
+class TableProgram(Constants):
+    """int8 codes of a learned table: token embeddings [V, D] (`int_embedding`), or a constant
+    such as position embeddings, broadcast over the batch."""
+
+    codes: Tensor

@@ -47,8 +47,23 @@ def prepared_layer(p: LayerProgram, x: Tensor, rule: str, cache: dict, key: str)
     return layer
 
 
+def token_rows(shift, batch: int, tokens: int):
+    """A shift per sample ([B] tensor) as one per row of a Linear on token sequences ([B * T]);
+    ints, and shifts already given per token ([B, T]), flattened as they are."""
+    if not isinstance(shift, torch.Tensor):
+        return shift
+    return shift.reshape(-1) if shift.dim() == 2 else shift.repeat_interleave(tokens)
+
+
 def run_layer(p: LayerProgram, x: Tensor, act_shift, weight_shift, rule: str, cache: dict, key: str) -> Tensor:
-    """The integer layer on codes x at the given shifts (prepared once per device, see `prepared_layer`)."""
+    """The integer layer on codes x at the given shifts (prepared once per device, see `prepared_layer`).
+    A Linear on token sequences [B, T, K] runs on the B * T rows, each token with its sample's shifts."""
+    if p.conv is None and x.dim() == 3:
+        B, T, K = x.shape
+        rows = x.reshape(B * T, K)
+        out = ops.run_prepared(prepared_layer(p, rows, rule, cache, key), rows, token_rows(act_shift, B, T),
+                               token_rows(weight_shift, B, T))
+        return out.reshape(B, T, -1)
     return ops.run_prepared(prepared_layer(p, x, rule, cache, key), x, act_shift, weight_shift)
 
 
@@ -103,11 +118,18 @@ class LayerKind(StepKind):
         q, scale, signed = ins[0]
         name = step.name
         layer = tp.parts.layers[name]
+        tokens = q.shape[1] if q.dim() == 3 and layer.conv is None else 0
+        if tokens:  # a Linear on token sequences: its rows are the B * T tokens
+            batch = q.shape[0]
+            q = q.reshape(batch * tokens, q.shape[2])
         if name in tp.governed:
             i = tp.governed[name]
             k = numerics.MASTER_BITS - tp.widths[:, i]
+            gates = tp.gates[:, i, :]
+            if tokens:
+                k, gates = token_rows(k, batch, tokens), gates.repeat_interleave(tokens, 0)
             where = f"layer {name} at the controller's widths"
-            y = layer.forward_codes(q, scale, signed, k, k, tp.shift_rule, tp.gates[:, i, :],
+            y = layer.forward_codes(q, scale, signed, k, k, tp.shift_rule, gates,
                                     tp.candidate_bits, where=f"layer {name}",
                                     gate_gradients=tp.gate_gradients)
         else:
@@ -118,6 +140,8 @@ class LayerKind(StepKind):
         if not bool(torch.isfinite(y).all()):
             raise FloatingPointError(f"non-finite values (NaN/inf) in the output of {where}: training has "
                                      "diverged; lower the learning rate or clip gradients")
+        if tokens:
+            y = y.reshape(batch, tokens, -1)
         if step.geometry.get("final"):
             return CodeValue(y, None, True)  # the logits, already real-valued
         if "clamp_max" in step.geometry:

@@ -79,7 +79,7 @@ class ReshapeKind(StepKind):
     kind = "reshape"
 
     def match(self, node: fx.Node, cap: Capture) -> bool:
-        return cap.calls(node, (torch.reshape,), ("view", "reshape"))
+        return cap.calls(node, (torch.reshape, torch.flatten), ("view", "reshape", "flatten"))
 
     def capture(self, node: fx.Node, cap: Capture) -> None:
         if not cap.examples:
