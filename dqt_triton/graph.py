@@ -33,6 +33,8 @@ class _ShapeRecorder(fx.Interpreter):
             self.examples[n] = ("tensor", tuple(result.shape))
         elif isinstance(result, (tuple, list)) and result and all(isinstance(r, torch.Tensor) for r in result):
             self.examples[n] = ("tensors", [tuple(r.shape) for r in result])
+        elif isinstance(result, (tuple, list)) and any(isinstance(r, torch.Tensor) for r in result):
+            self.examples[n] = ("mixed", None)  # (output, None) of nn.MultiheadAttention: tensors, not sizes
         else:
             self.examples[n] = ("static", result)
         return result
@@ -91,7 +93,7 @@ def capture(model: nn.Module, input_shape: Optional[Sequence[int]] = None) -> li
         else:
             kind = next((k for k in CAPTURE_ORDER if k.match(node, cap)), None)
             if kind is None:
-                cap.reject(node)
+                cap.reject(node, _why_unsupported(node, cap))
             else:
                 kind.capture(node, cap)
     if cap.unsupported:
@@ -105,6 +107,21 @@ def capture(model: nn.Module, input_shape: Optional[Sequence[int]] = None) -> li
 
 
 _SHAPE_KINDS = ("permute", "reshape", "flatten")
+
+
+def _why_unsupported(node: fx.Node, cap: Capture) -> str:
+    """What a user can do about a common operation the integer model lacks ("" if nothing to add)."""
+    module = cap.module(node)
+    if isinstance(module, nn.MultiheadAttention):
+        return ("its packed in-projection and fused attention are one module the integer model cannot split; "
+                "write attention with nn.Linear and F.scaled_dot_product_attention (dqt_triton.transformers.Block)")
+    name = getattr(node.target, "__name__", str(node.target))
+    if name == "getitem":
+        return ("indexing a tensor (such as the class token x[:, 0], or one output of a module returning a tuple) "
+                "is unsupported; pool tokens with x.mean(1)")
+    if name in ("masked_fill", "masked_fill_", "where"):
+        return "masks are supported as F.scaled_dot_product_attention(..., is_causal=True)"
+    return ""
 
 
 def _check_output(node: fx.Node, cap: Capture) -> None:

@@ -226,7 +226,9 @@ def lut_table(function: str, in_scale: float, in_signed: bool, out_scale: float,
     return out.to(torch.int8 if out_signed else torch.uint8)
 
 
-SOFTMAX_STEP = 1.0 / SOFTMAX_OUT  # the real value of one softmax output code (docs/numerics.md 10.2)
+# The real value of one softmax output code (docs/numerics.md 10.2), 1/255 rounded to float32 as every
+# step is: the training path holds it in a float32 tensor, and the program must use the same value.
+SOFTMAX_STEP = float(torch.tensor(1.0 / SOFTMAX_OUT, dtype=torch.float32))
 LN_MAX_SHIFT = 50
 LN_MAX_EPS_UNITS = 2**61
 

@@ -33,10 +33,11 @@ from .data import DATASETS, Dataset, load_dataset
 from .errors import BackendUnavailableError, CheckpointError
 from .model import DQTModel
 from .objective import LossConfig
+from .transformers import TinyViT
 
 log = logging.getLogger(__name__)
 
-MODELS = ("resnet18", "resnet50", "cnn", "cnn1d", "mlp")
+MODELS = ("resnet18", "resnet50", "cnn", "cnn1d", "mlp", "vit")
 # What `dqt train --data DATA` uses unless told otherwise (TrainConfig's defaults elsewhere).
 # MNIST-1D: the 1-D CNN needs longer schedules than digits (60 epochs: 2-3 minutes on 2 cores).
 DATA_RECIPES = {"madelon": {"model": "mlp"}, "mnist1d": {"model": "cnn1d", "warmup_epochs": 30, "epochs": 30}}
@@ -58,7 +59,7 @@ class TrainConfig(LossConfig, ConvertConfig):
     data_dir: Optional[str] = option(None, "folder holding cifar-10-batches-py/ (torchvision format)")
     model: str = option("resnet18", "architecture", choices=MODELS)
     width: int = option(8, "base channel count (ResNet: 64 is the paper's)")
-    depth: int = option(2, "hidden layers of --model mlp")
+    depth: int = option(2, "hidden layers of --model mlp, blocks of --model vit")
     budget_bits: float = option(4.0, "deployment budget: dynamic BitOPs at most those of uniform BUDGET-bit "
                                 "(calibrated)", flag="--budget")
     imitation_holdout: float = option(0.1, "'holdout' source: share of the training set kept from the network to "
@@ -129,6 +130,9 @@ def float_network(cfg: TrainConfig, ds: Dataset) -> torch.nn.Module:
         return models.cnn1d(channels, ds.num_classes, 4 * cfg.width, size)
     if cfg.model == "mlp":
         return models.mlp(int(torch.tensor(ds.input_shape).prod()), 4 * cfg.width, ds.num_classes, cfg.depth)
+    if cfg.model == "vit":  # patches of 2 x 2 pixels, or 4 samples of a 1-D signal
+        shape = tuple(ds.input_shape[1:])
+        return TinyViT(channels, shape, (1, 4) if shape[0] == 1 else 2, 4 * cfg.width, cfg.depth, 2, ds.num_classes)
     raise ValueError(f"unknown model {cfg.model!r}; choose {', '.join(MODELS)}")
 
 

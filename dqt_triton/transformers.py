@@ -43,16 +43,18 @@ class Block(nn.Module):
 
 
 class TinyViT(nn.Module):
-    """Images [C, H, W] cut into `patch` x `patch` tokens (a strided Conv2d), learned position
-    embeddings, `depth` blocks, a final LayerNorm, the mean over tokens and a linear classifier.
-    For digits (1 x 8 x 8, patch 2): 16 tokens."""
+    """Images [C, H, W] cut into `patch` tokens (a strided Conv2d), learned position embeddings,
+    `depth` blocks, a final LayerNorm, the mean over tokens and a linear classifier. Digits
+    (1 x 8 x 8, patch 2): 16 tokens; MNIST-1D signals (1 x 1 x 40, patch (1, 4)): 10 tokens."""
 
-    def __init__(self, in_channels: int = 1, image_size: int = 8, patch: int = 2, dim: int = 32, depth: int = 2,
-                 heads: int = 2, num_classes: int = 10) -> None:
+    def __init__(self, in_channels: int = 1, image_size: int | tuple = 8, patch: int | tuple = 2, dim: int = 32,
+                 depth: int = 2, heads: int = 2, num_classes: int = 10) -> None:
         super().__init__()
-        self.dim = dim
-        self.patches = nn.Conv2d(in_channels, dim, patch, stride=patch)
-        self.pos = nn.Parameter(torch.randn(1, (image_size // patch) ** 2, dim) * 0.02)
+        (h, w), (ph, pw) = nn.modules.utils._pair(image_size), nn.modules.utils._pair(patch)
+        if h % ph or w % pw:
+            raise ValueError(f"image size {(h, w)} must be a multiple of the patch {(ph, pw)}")
+        self.patches = nn.Conv2d(in_channels, dim, (ph, pw), stride=(ph, pw))
+        self.pos = nn.Parameter(torch.randn(1, (h // ph) * (w // pw), dim) * 0.02)
         self.blocks = nn.Sequential(*[Block(dim, heads) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)

@@ -22,8 +22,8 @@ ZOO = ("resnet18", "resnet50", "mobilenet_v2", "vgg11_bn", "squeezenet1_1", "shu
        "efficientnet_b0", "densenet121")
 
 
-def torchvision_builders() -> dict[str, Callable[..., nn.Module]]:
-    """{name: builder} for the models in ZOO; ImportError if torchvision is not installed."""
+def torchvision_builders(names: tuple = ZOO) -> dict[str, Callable[..., nn.Module]]:
+    """{name: builder} for the models `names` (default ZOO); ImportError if torchvision is not installed."""
     spec = importlib.util.find_spec("torchvision")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("torchvision is not installed (pip install -e '.[test]' installs it)")
@@ -34,7 +34,7 @@ def torchvision_builders() -> dict[str, Callable[..., nn.Module]]:
     sys.modules["torchvision"] = package
     try:
         models = importlib.import_module("torchvision.models")
-        return {name: getattr(models, name) for name in ZOO}
+        return {name: getattr(models, name) for name in names}
     finally:
         for key in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
             del sys.modules[key]

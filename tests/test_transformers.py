@@ -1,0 +1,155 @@
+"""Transformers through DQT: capture, training with dqt_loss, eval == frozen == reloaded at
+static widths and per-sample dynamic widths, the new steps' training paths returning the
+integer program's codes, and precise errors for what does not convert."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dqt_triton as dq
+from dqt_triton.compile import compile_program
+from dqt_triton.runtime import ProgramRunner
+from dqt_triton.steps import KINDS, CodeValue, TrainPass
+from dqt_triton.transformers import CharTransformer, TinyViT
+
+NEW_KINDS = ("matmul", "scale", "softmax", "attention", "layernorm", "embedding", "param", "tokenmean")
+
+
+def vit() -> TinyViT:
+    return TinyViT(dim=16, depth=1, heads=2)
+
+
+def char_lm() -> CharTransformer:
+    return CharTransformer(vocab=40, context=8, dim=12, depth=1, heads=2)
+
+
+def batch(name: str, gen: torch.Generator):
+    """Four inputs that differ per sample (brightness for images) and their targets."""
+    if name == "vit":
+        x = (torch.rand(4, 1, 8, 8, generator=gen) * torch.tensor([40.0, 100.0, 180.0, 255.0]).view(4, 1, 1, 1))
+        return x.to(torch.uint8), torch.randint(0, 10, (4,), generator=gen)
+    seq = torch.randint(0, 40, (4, 9), generator=gen).to(torch.uint8)
+    return seq[:, :8], seq[:, 1:].long()
+
+
+def trained(name: str, mode: str, steps: int = 4):
+    """Convert, train `steps` dqt_loss steps, and leave in eval at `mode` ("8", "4", "2", "dynamic")."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    float_model, shape = (vit(), (1, 8, 8)) if name == "vit" else (char_lm(), (8,))
+    model = dq.DQTModel.from_float(float_model, shape, candidate_bits=(2, 4, 8), dynamic=mode == "dynamic",
+                                   input_scale=1.0 if name == "lm" else 1.0 / 255)
+    x, y = batch(name, gen)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        out = model.dqt_loss(x, y, alpha=1.0)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    model.eval()
+    if mode != "dynamic":
+        model.set_bits(int(mode))
+    return model, x
+
+
+def test_capture_records_the_transformer_steps():
+    kinds = {name: {s.kind for s in dq.DQTModel.from_float(m, shape, input_scale=1.0).steps}
+             for name, m, shape in (("vit", vit(), (1, 8, 8)), ("lm", char_lm(), (8,)))}
+    assert {"matmul", "scale", "softmax", "layernorm", "param", "tokenmean", "lut", "add"} <= kinds["vit"]
+    assert {"attention", "layernorm", "embedding", "param", "add", "permute"} <= kinds["lm"]
+
+
+@pytest.mark.parametrize("mode", ["8", "4", "2", "dynamic"])
+@pytest.mark.parametrize("name", ["vit", "lm"])
+def test_eval_equals_frozen_and_reloaded(name, mode, tmp_path):
+    model, x = trained(name, mode)
+    logits = model(x)
+    assert not torch.equal(logits[0], logits[1]), "samples must differ for the comparison to mean anything"
+    assert torch.equal(model.freeze()(x), logits)
+    model.save(tmp_path / "m.pt")
+    assert torch.equal(dq.DQTModel.load(tmp_path / "m.pt").eval()(x), logits)
+    with dq.use_backend("reference"):
+        assert torch.equal(model.freeze()(x), logits)
+    if mode == "dynamic":
+        assert model.last_bits is not None and len(torch.unique(model.last_bits)) >= 1
+
+
+@pytest.mark.parametrize("name", ["vit", "lm"])
+def test_training_paths_of_the_new_steps_return_the_program_codes(name):
+    """Each new step's training forward, fed the integer program's input codes and steps, returns
+    exactly the codes its integer run computes (docs/numerics.md section 10)."""
+    model, x = trained(name, "4")
+    program = compile_program(model)
+    _, values = ProgramRunner(program, model.arch.macs).values(x)
+    scales, signed = [float(model.input_step)], model.arch.value_signed
+    for step in model.steps:  # each value's step, as compile_program derives them
+        _, out_scale = KINDS[step.kind].constants(step, [scales[i] for i in step.inputs],
+                                                  [signed[i] for i in step.inputs], model.parts)
+        scales.append(out_scale)
+    tp = TrainPass(model.parts, model.shift_rule, model.candidate_bits, "all", model.fixed_bits(), {})
+    checked = set()
+    with torch.no_grad():
+        for i, step in enumerate(model.steps):
+            if step.kind not in NEW_KINDS:
+                continue
+            ins = [CodeValue(values[j].float(), torch.tensor(scales[j], dtype=torch.float32), signed[j])
+                   for j in step.inputs]
+            out = KINDS[step.kind].train(step, ins, tp)
+            want = values[i + 1]
+            assert torch.equal(out.q, want.float()), f"{step.kind} {step.name}"
+            assert float(out.scale) == scales[i + 1], f"{step.kind} {step.name} step"
+            checked.add(step.kind)
+    expected = {"matmul", "scale", "softmax", "layernorm", "param", "tokenmean"} if name == "vit" else \
+        {"attention", "layernorm", "embedding", "param"}
+    assert checked == expected
+
+
+def test_a_language_model_trains_on_sequence_targets():
+    """Per-token targets [B, T] against logits [B, vocab, T]: the loss falls on a repeated batch."""
+    model, x = trained("lm", "8", steps=0)
+    gen = torch.Generator().manual_seed(0)
+    _, y = batch("lm", gen)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(25):
+        out = model.dqt_loss(x, y, alpha=1.0)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(float(out.loss))
+    assert losses[-1] < 0.7 * losses[0]
+
+
+class _Masked(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(4, 4)
+        self.register_buffer("mask", torch.tril(torch.ones(3, 3)))
+
+    def forward(self, x):
+        h = self.q(x)
+        scores = (h @ h.transpose(-2, -1)).masked_fill(self.mask == 0, float("-inf"))
+        return self.q(F.softmax(scores, dim=1) @ h)
+
+
+def test_unsupported_transformer_operations_are_named_with_what_to_do():
+    with pytest.raises(dq.UnsupportedLayerError) as err:
+        dq.DQTModel.from_float(_Masked(), (3, 4))
+    text = str(err.value)
+    assert "masked_fill" in text and "is_causal=True" in text
+    assert "only softmax over the last axis" in text
+
+
+def test_torchvision_vit_b_16_names_what_it_lacks():
+    zoo = pytest.importorskip("tests.zoo")
+    model = zoo.torchvision_builders(("vit_b_16",))["vit_b_16"]()
+    with pytest.raises(dq.UnsupportedLayerError) as err:
+        dq.DQTModel.from_float(model, (3, 224, 224))
+    text = str(err.value)
+    assert "MultiheadAttention x12" in text and "F.scaled_dot_product_attention" in text
+    assert "class token x[:, 0]" in text
