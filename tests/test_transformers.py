@@ -86,10 +86,11 @@ def test_training_paths_of_the_new_steps_return_the_program_codes(name):
     program = compile_program(model)
     _, values = ProgramRunner(program, model.arch.macs).values(x)
     scales, signed = [float(model.input_step)], model.arch.value_signed
-    for step in model.steps:  # each value's step, as compile_program derives them
-        _, out_scale = KINDS[step.kind].constants(step, [scales[i] for i in step.inputs],
-                                                  [signed[i] for i in step.inputs], model.parts)
-        scales.append(out_scale)
+    with torch.no_grad():
+        for step in model.steps:  # each value's step, as compile_program derives them
+            _, out_scale = KINDS[step.kind].constants(step, [scales[i] for i in step.inputs],
+                                                      [signed[i] for i in step.inputs], model.parts)
+            scales.append(out_scale)
     tp = TrainPass(model.parts, model.shift_rule, model.candidate_bits, "all", model.fixed_bits(), {})
     checked = set()
     with torch.no_grad():

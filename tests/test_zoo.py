@@ -126,3 +126,41 @@ def test_zoo_first_step_gradients_are_finite(builders, name, rule):
         a, b, alpha=0.5, beta=2.0, target_bitops=m.uniform_bitops(4), generator=gen,
         gate_gradients="local").loss)  # the `dqt train` recipe's: two candidate passes per layer, not three
     assert not bad, f"{name} ({rule}): non-finite gradients of the dynamic DQT objective in {bad[:3]}"
+
+
+@pytest.mark.parametrize("rule", ["floor", "round"])
+@pytest.mark.parametrize("name", ["tinyvit", "char_transformer"])
+def test_transformer_zoo_trains_and_eval_equals_freeze(name, rule):
+    """The package's transformers (attention, softmax, LayerNorm, embeddings, GELU tables) in the
+    zoo's check: dynamic conversion, two dqt_loss steps with finite values, eval == freeze at
+    static 8, 4, 2 bits and dynamic, on logits that differ between samples."""
+    from dqt_triton.transformers import CharTransformer, TinyViT
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    if name == "tinyvit":
+        net, shape, scale = TinyViT(dim=16, depth=2, heads=2), (1, 8, 8), 1 / 255
+        x = (torch.rand(4, 1, 8, 8, generator=gen) * torch.tensor([60.0, 120.0, 190.0, 255.0]).view(4, 1, 1, 1))
+        x, y = x.to(torch.uint8), torch.randint(0, 10, (4,), generator=gen)
+    else:
+        net, shape, scale = CharTransformer(vocab=40, context=8, dim=12, depth=2, heads=2), (8,), 1.0
+        seq = torch.randint(0, 40, (4, 9), generator=gen).to(torch.uint8)
+        x, y = seq[:, :8], seq[:, 1:].long()
+    model = dq.DQTModel.from_float(net, shape, candidate_bits=(2, 4, 8), dynamic=True, shift_rule=rule,
+                                   input_scale=scale)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(2):
+        loss = model.dqt_loss(x, y, alpha=1.0).loss
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    for bits in (8, 4, 2, None):
+        model.set_dynamic(bits is None)
+        if bits is not None:
+            model.set_bits(bits)
+        logits = model(x)
+        assert not torch.equal(logits[0], logits[1])
+        assert torch.equal(model.freeze()(x), logits), (name, rule, bits)
