@@ -13,10 +13,13 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     AVAILABLE = False
     IMPORT_ERROR: str | None = str(exc)
 else:
-    from .library import int_adaptive_avg_pool2d, int_conv2d, int_elementwise, int_lut, int_matmul, int_pool2d
+    from .library import (
+        int_adaptive_avg_pool2d, int_bmm, int_conv2d, int_elementwise, int_embedding, int_layernorm, int_lut,
+        int_matmul, int_pool2d, int_softmax,
+    )
 
     AVAILABLE = True
     IMPORT_ERROR = None
 
 __all__ = ["AVAILABLE", "IMPORT_ERROR", "int_matmul", "int_conv2d", "int_elementwise", "int_pool2d",
-           "int_adaptive_avg_pool2d", "int_lut"]
+           "int_adaptive_avg_pool2d", "int_lut", "int_bmm", "int_softmax", "int_layernorm", "int_embedding"]

@@ -11,7 +11,9 @@ tests/kernels/test_bounds.py and an aligned matmul and conv, each with flag sets
 every flag each value (per-sample or per-layer weight shifts, uint8 or int8 codes, floor or
 round, each epilogue with [N] constants or [8, N] tables, pre-shifted weight tables as a frozen
 program runs or weights shifted in the K loop as the ops called directly run), the fixed shapes
-of tests/kernels/test_gemm.py, and the element-wise, pooling and lookup calls of the tests.
+of tests/kernels/test_gemm.py, the element-wise, pooling and lookup calls of the tests, and the
+transformer ops (`int_bmm`, `int_softmax`, `int_layernorm`, `int_embedding`) on the odd and
+aligned shapes that tests/kernels/test_bounds.py also runs, with every flag value.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ KERNEL_HOMES = {
     "int_matmul_kernel": "gemm", "int_conv2d_kernel": "gemm",
     "shift_activations_kernel": "elementwise", "int_add_kernel": "elementwise", "int_mul_kernel": "elementwise",
     "int_lut_kernel": "elementwise", "int_pool2d_kernel": "pool", "int_adaptive_avg_pool2d_kernel": "pool",
+    "int_bmm_kernel": "transformer", "int_softmax_kernel": "transformer", "int_layernorm_kernel": "transformer",
+    "int_embedding_kernel": "transformer",
 }
 
 
@@ -230,6 +234,19 @@ BOUNDS_MATMULS = ((64, 45, 37), (1, 13, 23), (17, 13, 23), (150, 40, 70), (33, 3
 BOUNDS_CONVS = ((2, 16, 9, 9, 24, 3, 2, 1, 1, 1, False), (3, 24, 7, 6, 24, 3, 1, 1, 1, 24, False),
                 (1, 3, 11, 9, 16, 7, 2, 3, 1, 1, True), (2, 64, 5, 5, 40, 1, 1, 0, 1, 1, False),
                 (2, 12, 9, 9, 18, 3, 1, 2, 2, 3, True))
+# The transformer ops' shapes, odd and aligned (test_bounds runs them too), with every flag value
+# among them. int_bmm: (a code, b code, G, M, K, N, b tokens on N, round rule, output: "i32" raw
+# or "u8"/"i8" requantized); softmax: (code, G, M, N, causal); LayerNorm: (code, R, C, output,
+# torch's eps 0.01, else 0: eps_units past int32 at C = 768, 0 gives zero-variance rows r = 0);
+# embedding: (id code, L, V, D).
+TRANSFORMER_BMMS = (("u8", "u8", 2, 37, 70, 67, True, False, "i32"), ("i8", "i8", 2, 37, 70, 67, False, True, "i8"),
+                    ("u8", "i8", 2, 128, 64, 128, True, True, "u8"), ("i8", "u8", 3, 128, 256, 64, False, False, "i32"),
+                    ("u8", "u8", 4, 1, 13, 200, False, True, "u8"), ("i8", "u8", 1, 5, 1, 1, True, False, "i8"))
+TRANSFORMER_SOFTMAXES = (("i8", 2, 5, 300, False), ("u8", 2, 5, 300, True), ("i8", 4, 128, 128, True),
+                         ("u8", 1, 1, 2000, False), ("u8", 3, 1, 1, False))
+TRANSFORMER_LAYERNORMS = (("i8", 3, 300, "i8", False), ("u8", 4, 768, "u8", True), ("i8", 2, 16384, "u8", False),
+                          ("u8", 1, 7, "i8", True), ("i8", 5, 1, "i8", False))
+TRANSFORMER_EMBEDDINGS = (("u8", 21, 40, 6), ("i8", 16, 100, 768), ("u8", 3, 2, 1))
 
 
 
@@ -300,9 +317,17 @@ def _other_test_cases() -> list:
     return cases + [OpCase("test_elementwise", op, params) for op, params in ops]
 
 
+def _transformer_cases() -> list:
+    """The transformer ops on the shapes of `TRANSFORMER_*` (tests/kernels/test_bounds.py)."""
+    cases = [OpCase("transformer", "bmm", params) for params in TRANSFORMER_BMMS]
+    cases += [OpCase("transformer", "softmax", params) for params in TRANSFORMER_SOFTMAXES]
+    cases += [OpCase("transformer", "layernorm", params) for params in TRANSFORMER_LAYERNORMS]
+    return cases + [OpCase("transformer", "embedding", params) for params in TRANSFORMER_EMBEDDINGS]
+
+
 def launch_cases() -> list:
     """Every launch case (see the module docstring), in a fixed order."""
-    return _gpu_test_cases() + _bench_cases() + _flag_sweep_cases() + _other_test_cases()
+    return _gpu_test_cases() + _bench_cases() + _flag_sweep_cases() + _other_test_cases() + _transformer_cases()
 
 
 def _epilogue_kwargs(n: int, flags: Flags) -> dict:
@@ -422,8 +447,42 @@ def run_op_case(case: OpCase) -> None:
     elif case.op == "lut":
         code, table_code = case.params
         dq.int_lut(codes(code, "nchw", (2, 5, 9, 7)), torch.zeros(256, dtype=dtypes[table_code]), backend="triton")
+    elif case.op in ("bmm", "softmax", "layernorm", "embedding"):
+        run_transformer_case(case, lambda code, shape: torch.zeros(shape, dtype=dtypes[code]), "triton")
     else:
         raise ValueError(f"unknown op case {case.op!r}")
+
+
+def run_transformer_case(case: OpCase, codes: Callable, backend: str):
+    """The transformer op of an OpCase on the inputs `codes(code, shape)` gives ("u8"/"i8"), with
+    per-token shifts 0..7 and fixed constants; returns its result (tests/kernels/test_bounds.py
+    calls it with random codes on both backends)."""
+    import torch
+
+    import dqt_triton as dq
+    from dqt_triton import numerics
+
+    dtypes = {"u8": torch.uint8, "i8": torch.int8}
+    if case.op == "bmm":
+        a_code, b_code, G, M, K, N, on_n, round_rule, out = case.params
+        kwargs = {} if out == "i32" else {"multiplier": 1_234_567, "shift": 24, "out_dtype": dtypes[out]}
+        b_shift = torch.arange(G * (N if on_n else K)).reshape(G, -1) % 8
+        return dq.int_bmm(codes(a_code, (G, M, K)), codes(b_code, (G, K, N)),
+                          a_shift=torch.arange(G * M).reshape(G, M) % 8, b_shift=b_shift,
+                          b_token_axis=-1 if on_n else -2, shift_rule="round" if round_rule else "floor",
+                          backend=backend, **kwargs)
+    if case.op == "softmax":
+        code, G, M, N, causal = case.params
+        return dq.int_softmax(codes(code, (G, M, N)), numerics.softmax_table(0.05), causal=causal, backend=backend)
+    if case.op == "layernorm":
+        code, R, C, out, with_eps = case.params
+        c = numerics.layernorm_constants(torch.linspace(-2.0, 3.0, C), torch.linspace(1.0, -1.0, C), C, 0.05, 0.03,
+                                         1e-2 if with_eps else 0.0)
+        return dq.int_layernorm(codes(code, (R, C)), c.mult, c.offset, shift=c.shift, eps_units=c.eps_units,
+                                out_dtype=dtypes[out], backend=backend)
+    code, L, V, D = case.params
+    ids = torch.arange(L, dtype=torch.int64).mul_(7).remainder_(V).to(dtypes[code])
+    return dq.int_embedding(ids, codes("i8", (V, D)), backend=backend)
 
 
 def record(cases=None) -> list[Launch]:

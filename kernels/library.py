@@ -15,6 +15,7 @@ from .common import output_size
 from .elementwise import launch_elementwise, launch_lut
 from .gemm import epilogue_table_strides, launch_int_conv2d, launch_int_matmul
 from .pool import launch_adaptive_avg_pool2d, launch_pool2d
+from .transformer import launch_int_bmm, launch_int_embedding, launch_int_layernorm, launch_int_softmax
 
 Tensor = torch.Tensor
 
@@ -114,3 +115,53 @@ def int_adaptive_avg_pool2d(x: Tensor, output_size: list[int]) -> Tensor:
 def _(x, output_size):
     return torch.empty((x.shape[0], x.shape[1], *output_size), dtype=x.dtype, device=x.device,
                        memory_format=torch.channels_last)
+
+
+@torch.library.custom_op("dqt_triton::int_bmm", mutates_args=())
+def int_bmm(
+    a: Tensor, b: Tensor, a_shift: Tensor, b_shift: Tensor, b_on_n: bool, round_rule: bool, mode: int,
+    multiplier: int, rshift: int, lo: int, hi: int, out_dtype: torch.dtype,
+) -> Tensor:
+    """Product of two code tensors a [G, M, K] . b [G, K, N] with per-token shifts; arguments as
+    in `transformer.launch_int_bmm`."""
+    return launch_int_bmm(a, b, a_shift, b_shift, b_on_n, round_rule, mode, multiplier, rshift, lo, hi, out_dtype)
+
+
+@int_bmm.register_fake
+def _(a, b, a_shift, b_shift, b_on_n, round_rule, mode, multiplier, rshift, lo, hi, out_dtype):
+    return a.new_empty((a.shape[0], a.shape[1], b.shape[2]), dtype=out_dtype)
+
+
+@torch.library.custom_op("dqt_triton::int_softmax", mutates_args=())
+def int_softmax(x: Tensor, table: Tensor, causal: bool) -> Tensor:
+    """Softmax over the last axis of codes x [G, M, N] with the exp table [256]: uint8 codes."""
+    return launch_int_softmax(x, table, causal)
+
+
+@int_softmax.register_fake
+def _(x, table, causal):
+    return x.new_empty(x.shape, dtype=torch.uint8)
+
+
+@torch.library.custom_op("dqt_triton::int_layernorm", mutates_args=())
+def int_layernorm(
+    x: Tensor, mult: Tensor, offset: Tensor, shift: int, eps_units: int, lo: int, hi: int, out_dtype: torch.dtype
+) -> Tensor:
+    """LayerNorm over the last axis of codes x [R, C]; arguments as in `transformer.launch_int_layernorm`."""
+    return launch_int_layernorm(x, mult, offset, shift, eps_units, lo, hi, out_dtype)
+
+
+@int_layernorm.register_fake
+def _(x, mult, offset, shift, eps_units, lo, hi, out_dtype):
+    return x.new_empty(x.shape, dtype=out_dtype)
+
+
+@torch.library.custom_op("dqt_triton::int_embedding", mutates_args=())
+def int_embedding(ids: Tensor, table: Tensor) -> Tensor:
+    """table[ids]: int8 rows of table [V, D] for 1-D token ids."""
+    return launch_int_embedding(ids, table)
+
+
+@int_embedding.register_fake
+def _(ids, table):
+    return table.new_empty((ids.shape[0], table.shape[1]))

@@ -154,3 +154,18 @@ def test_torchvision_vit_b_16_names_what_it_lacks():
     text = str(err.value)
     assert "MultiheadAttention x12" in text and "F.scaled_dot_product_attention" in text
     assert "class token x[:, 0]" in text
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("name,mode", [("vit", "4"), ("lm", "dynamic")])
+def test_triton_backend_gives_the_same_integers(name, mode):
+    """The frozen transformer on the Triton backend (the interpreter on CPU, a GPU when present)
+    == the CPU eval, on 2 samples: every new kernel inside a whole model."""
+    from tests.kernels.device import DEVICE
+
+    model, x = trained(name, mode, steps=1)
+    x = x[:2]
+    logits = model(x)
+    with dq.use_backend("triton"):
+        got = model.freeze()(x.to(DEVICE))
+    assert torch.equal(got.cpu(), logits)

@@ -77,9 +77,34 @@ def _assert_clean_and_covering(rows: list[dict], totals: dict, archs=(90, 80)) -
                 assert r["unguarded_scalar_loads"] == (aot.BUCKET_ENTRIES if r["flags"]["BUCKETED"] else 1), r["label"]
         assert all(r["unguarded_per_lane"] == 0 and r["register_a_wgmma"] == 0 for r in mine)
         assert all(r["spill_bytes"] == 0 for r in mine)
+        _assert_transformer_kernels_covered(mine)
     # wgmma really is what the 64- and 128-row tiles get on Hopper (the checks compare with the rule).
     assert any(r["int8_mma"] == "wgmma s8" for r in rows if r["arch"] == 90)
     assert all(r["int8_mma"] == "mma.sync s8" for r in rows if r["arch"] == 80 and r["kernel"] in aot.GEMM_KERNELS)
+
+
+def _assert_transformer_kernels_covered(rows: list[dict]) -> None:
+    """The transformer kernels of one target: every flag value and output type compiled; int_bmm
+    on mma.sync s8 (its 32-row tile keeps wgmma, whose left operand would come from registers,
+    away); no unguarded scalar load (they read nothing but per-lane tiles)."""
+    def of(kernel):
+        return [r for r in rows if r["kernel"] == kernel]
+
+    bmm = of("int_bmm_kernel")
+    for flag in ("ROUND", "A_UNSIGNED", "B_UNSIGNED", "B_ON_N", "REQUANT"):
+        assert {r["flags"][flag] for r in bmm} == {False, True}, flag
+    assert {(r["flags"]["REQUANT"], r["pointers"]["out_ptr"][0]) for r in bmm} == {
+        (False, "*i32"), (True, "*u8"), (True, "*i8")}
+    assert {r["int8_mma"] for r in bmm} == {"mma.sync s8"}
+    assert {r["ints"]["K"] for r in bmm} >= {"D", "i32", "1"} and {r["ints"]["M"] for r in bmm} >= {"D", "i32", "1"}
+    assert {r["flags"]["CAUSAL"] for r in of("int_softmax_kernel")} == {False, True}
+    layernorm = of("int_layernorm_kernel")
+    assert {r["pointers"]["out_ptr"][0] for r in layernorm} == {"*u8", "*i8"}
+    assert {r["ints"]["eps_units"] for r in layernorm} == {"i32", "i64"}
+    assert {r["ints"]["C"] for r in layernorm} >= {"D", "i32", "1"}
+    assert of("int_embedding_kernel")
+    for kernel in ("int_bmm_kernel", "int_softmax_kernel", "int_layernorm_kernel", "int_embedding_kernel"):
+        assert all(r["unguarded_scalar_loads"] == 0 for r in of(kernel)), kernel
 
 
 @needs_cuda_backend

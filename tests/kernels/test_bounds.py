@@ -8,6 +8,9 @@ otherwise never runs); the element-wise, pooling and lookup kernels run at the G
 size. A positive control injects a one-sample overrun of the weight-shift buckets and demands
 that the checker catch it in every tile.
 
+The transformer kernels (`int_bmm`, softmax, LayerNorm, embedding) run the shapes `aot` compiles,
+at the GPU's row and element blocks, with a positive control of their own.
+
 CI runs every tile on every shape with one flag set each (rotated over the tiles); the `slow`
 grid runs eight flag sets per tile and shape, which between them give every flag each value
 with every tile.
@@ -21,7 +24,8 @@ import pytest
 import torch
 
 import dqt_triton as dq
-from dqt_triton.kernels import aot, common, gemm
+from dqt_triton.kernels import aot, common, gemm, transformer
+from dqt_triton.kernels.aot_cases import run_transformer_case
 from dqt_triton.kernels.configs import gpu_conv_configs, gpu_matmul_configs
 from tests.kernels.bounds import (
     autotuned_with_two_launches, checked_launches, guarded, guards_intact, pinned, tile_label,
@@ -236,6 +240,61 @@ def test_elementwise_pool_and_lut_kernels_stay_in_bounds_at_the_gpu_block(monkey
     assert all(guards_intact(t) for t in (a, b, s, table))
 
 
+# ----------------------------------------------------------------------------- transformer kernels
+
+TRANSFORMER_CASES = [case for case in aot.launch_cases() if case.source == "transformer"]
+
+
+@pytest.mark.parametrize("case", TRANSFORMER_CASES, ids=[case.label.removeprefix("transformer: ")
+                                                         for case in TRANSFORMER_CASES])
+def test_transformer_kernels_stay_in_bounds_at_the_gpu_block(case, monkeypatch):
+    """The odd and aligned shapes the AOT compile records (kernels/aot_cases.py TRANSFORMER_*),
+    on random extreme codes in guard-banded buffers, with the GPU's 1,024-column row block
+    (softmax rows of 2,000 and LayerNorm rows of 16,384 take several steps) and element block."""
+    monkeypatch.setattr(common, "INTERPRETER_BLOCK", common.GPU_BLOCK)
+    gen = torch.Generator().manual_seed(len(case.label))
+    inputs: list = []
+
+    def random_codes(code: str, shape: tuple) -> torch.Tensor:
+        inputs.append(guarded(codes(gen, shape, {"u8": torch.uint8, "i8": torch.int8}[code], extreme=True)))
+        return inputs[-1]
+
+    with checked_launches() as checker:
+        got = run_transformer_case(case, random_codes, "triton")
+    assert not checker.violations and checker.accesses > 0, checker.violations
+    assert checker.launches == [f"int_{case.op}_kernel"]
+    assert all(guards_intact(t) for t in inputs)
+    replay = iter(inputs)
+    want = run_transformer_case(case, lambda code, shape: next(replay), "reference")
+    assert torch.equal(got, want)
+
+
+def test_checker_catches_an_embedding_id_past_the_table():
+    """Positive control for the transformer kernels: an id equal to V (the op refuses it, the
+    launcher does not look) reads one row past the table."""
+    table = guarded(torch.arange(12, dtype=torch.int8).reshape(4, 3))
+    ids = torch.tensor([0, 3, 4, 1], dtype=torch.uint8)
+    with checked_launches() as checker, pytest.raises(Exception, match="OutOfBounds"):
+        transformer.launch_int_embedding(ids, table)
+    assert checker.violations and "table_ptr" in checker.violations[0], checker.violations
+
+
+def test_checker_catches_a_bmm_row_past_its_operands():
+    """Positive control: int_bmm_kernel launched with one row more than a and its shifts hold
+    (group 0's extra row is group 1's first; group 1's lies past both tensors)."""
+    gen = torch.Generator().manual_seed(6)
+    a, b = guarded(codes(gen, (2, 5, 40), torch.int8, True)), codes(gen, (2, 40, 7), torch.uint8, True)
+    a_shift, b_shift = torch.zeros((2, 5), dtype=torch.int32), torch.zeros((2, 7), dtype=torch.int32)
+    out = torch.empty((2, 6, 7), dtype=torch.int32)
+    with checked_launches() as checker, pytest.raises(Exception, match="OutOfBounds"):
+        transformer.int_bmm_kernel[(2,)](
+            a, b, out, a_shift, b_shift, 6, 7, 40, *a.stride(), *b.stride(), *out.stride(), 5, 7, 0, 0, 0, 0,
+            ROUND=False, A_UNSIGNED=False, B_UNSIGNED=True, B_ON_N=True, REQUANT=False,
+            BLOCK_M=transformer.BMM_BLOCK_M, BLOCK_N=transformer.BMM_BLOCK_N, BLOCK_K=transformer.BMM_BLOCK_K)
+    assert checker.violations and "program (1, 0, 0)" in checker.violations[0], checker.violations
+    assert "a_shift_ptr" in checker.violations[0]
+
+
 # ----------------------------------------------------------------------------- int32 and grid limits
 
 
@@ -286,6 +345,30 @@ def test_conv_offsets_past_two_to_the_31_bytes_are_int64(far):
     assert not checker.violations
     want = dq.int_conv2d(x, w, padding=1, weight_shift=kw, backend="reference")
     assert torch.equal(out.permute(0, 3, 1, 2), want)
+
+
+@pytest.mark.parametrize("far", ["a", "b"])
+def test_bmm_offsets_past_two_to_the_31_bytes_are_int64(far):
+    """a's groups 2^30 bytes apart (group 2 starts at 2^31; an int32 group offset wraps and is
+    caught), or b's rows 2^25 - 1 apart (row 69 lies 2.3e9 bytes in: the K step's base is int64,
+    the offsets inside one step int32). The interpreter's loop index is a Python int, so only the
+    compiled kernel could wrap an int32 step base: the b case checks the addressing, not that cast."""
+    gen = torch.Generator().manual_seed(3)
+    G, M, K, N = (3, 5, 40, 6) if far == "a" else (1, 5, 70, 6)
+    a, b = codes(gen, (G, M, K), torch.uint8, extreme=True), codes(gen, (G, K, N), torch.int8, extreme=True)
+    a_in = _far(a, (2**30, K, 1)) if far == "a" else a
+    b_in = _far(b, (K * (2**25 - 1), 2**25 - 1, 1)) if far == "b" else b
+    ka = torch.randint(0, 8, (G, M), generator=gen, dtype=torch.int32)
+    kb = torch.randint(0, 8, (G, K), generator=gen, dtype=torch.int32)
+    with checked_launches() as checker:
+        got = transformer.launch_int_bmm(a_in, b_in, ka, kb, False, True, 0, 0, 0, 0, 0, torch.int32)
+    assert not checker.violations and checker.launches == ["int_bmm_kernel"]
+    assert torch.equal(got, dq.int_bmm(a, b, a_shift=ka, b_shift=kb, shift_rule="round", backend="reference"))
+    meta = {"device": torch.device("meta")}  # one step more (2^25 bytes a row) is refused before any launch
+    wide = torch.empty_strided((G, K, N), (0, 2**25, 1), dtype=torch.int8, **meta)
+    with pytest.raises(ValueError, match="int_bmm kernel: b_step = 2147483648 exceeds"):
+        transformer.launch_int_bmm(a.to(**meta), wide, ka.to(**meta), kb.to(**meta), False, True, 0, 0, 0, 0, 0,
+                                   torch.int32)
 
 
 def test_launchers_refuse_sizes_past_their_int32_indexing():
