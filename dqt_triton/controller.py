@@ -19,7 +19,7 @@ from .steps.layer import layer_program
 from .steps.pool import avg_pool_codes
 
 Tensor = torch.Tensor
-GRANULARITIES = ("layer", "sample")
+GRANULARITIES = ("layer", "sample", "token")
 BUDGET_LEVELS = 256  # budget codes 0 (largest price, fewest bits) .. 255 (most negative price, most bits)
 PRICE_LIMIT = 10.0  # |price| (loss per uniform-4 BitOPs) at the two ends of the code range
 PRICE_CURVE = 12.0  # sinh spacing: log-spaced over ~5 decades on each side of zero
@@ -40,15 +40,18 @@ def budget_price(code):
     return PRICE_LIMIT * math.sinh(PRICE_CURVE * t) / math.sinh(PRICE_CURVE)
 
 
-def feature_pool(shape: Sequence[int]) -> Optional[tuple[int, int]]:
-    """The average-pooling window that brings [C, H, W] features to at most 4x4 (None for vectors)."""
-    if len(shape) == 3:
+def feature_pool(shape: Sequence[int], per_token: bool = False) -> Optional[tuple[int, int]]:
+    """The average-pooling window that brings [C, H, W] features to at most 4x4 (None for vectors
+    and for token features)."""
+    if len(shape) == 3 and not per_token:
         return max(shape[1] // 4, 1), max(shape[2] // 4, 1)
     return None
 
 
-def feature_count(shape: Sequence[int]) -> int:
-    """Inputs of the controller's first layer for features of `shape`."""
+def feature_count(shape: Sequence[int], per_token: bool = False) -> int:
+    """Inputs of the controller's first layer for features of `shape` (one token's [T, D]: D)."""
+    if per_token:
+        return int(shape[-1])
     pool = feature_pool(shape)
     if pool is not None:
         return shape[0] * (shape[1] // pool[0]) * (shape[2] // pool[1])
@@ -58,9 +61,9 @@ def feature_count(shape: Sequence[int]) -> int:
 class Gates(NamedTuple):
     """One controller decision on the training path."""
 
-    logits: Tensor  # [B, heads, candidates], net of the price
-    gates: Tensor  # [B, governed, candidates] hard one-hot (straight-through in training)
-    widths: Tensor  # [B, governed] chosen bits
+    logits: Tensor  # [B, heads, candidates] ([B, T, heads, candidates] per token), net of the price
+    gates: Tensor  # [B, (T,) governed, candidates] hard one-hot (straight-through in training)
+    widths: Tensor  # [B, (T,) governed] chosen bits
     soft_bitops: Tensor  # [B] BitOPs with gradients to the gates (the budget term's)
 
 
@@ -68,7 +71,9 @@ class Controller(nn.Module):
     """Early features -> logits over the candidate widths per head, minus a price for bits.
 
     One head per governed layer ("layer" granularity) or one head whose width every governed
-    layer takes ("sample" granularity, `num_layers` = 1).
+    layer takes ("sample" granularity, `num_layers` = 1). With `per_token` ("token" granularity)
+    the controller reads each token's features [D] of a token sequence [B, T, D] and chooses every
+    governed layer's width for each token (the rows of a Linear are tokens).
 
     DQNet-style, the controller reads the codes of the first layer's output (or the network
     input when the first layer is governed too), average-pooled to at most 4x4 (integer
@@ -81,12 +86,16 @@ class Controller(nn.Module):
     """
 
     def __init__(self, feature_shape: Sequence[int], num_layers: int, num_choices: int, hidden: int,
-                 candidate_bits: Sequence[int] = ()) -> None:
+                 candidate_bits: Sequence[int] = (), per_token: bool = False) -> None:
         super().__init__()
         self.feature_shape = tuple(int(s) for s in feature_shape)
         self.num_layers, self.num_choices, self.hidden = num_layers, num_choices, hidden
-        self.pool = feature_pool(self.feature_shape)
-        fc1 = nn.Linear(feature_count(self.feature_shape), hidden)
+        self.per_token = bool(per_token)
+        if self.per_token and len(self.feature_shape) != 2:
+            raise ValueError(f"a per-token controller reads token sequences [T, D], got features {self.feature_shape}")
+        self.tokens = self.feature_shape[0] if self.per_token else 1
+        self.pool = feature_pool(self.feature_shape, self.per_token)
+        fc1 = nn.Linear(feature_count(self.feature_shape, self.per_token), hidden)
         # Default init: the shared weight scale (clip) of fc2 is set from these weights, and a
         # small init would cap the logits' range for good.
         fc2 = nn.Linear(hidden, num_layers * num_choices)
@@ -101,11 +110,15 @@ class Controller(nn.Module):
         self.log_kappa = nn.Parameter(torch.zeros(num_layers))
 
     def macs(self) -> int:
-        return self.fc1.weight.numel() + self.fc2.weight.numel()
+        """One sample's MACs (once per token with per-token widths)."""
+        return (self.fc1.weight.numel() + self.fc2.weight.numel()) * self.tokens
 
     def spec(self) -> dict:
-        return {"feature_shape": list(self.feature_shape), "num_layers": self.num_layers,
+        spec = {"feature_shape": list(self.feature_shape), "num_layers": self.num_layers,
                 "num_choices": self.num_choices, "hidden": self.hidden}
+        if self.per_token:
+            spec["per_token"] = True
+        return spec
 
     def price_offsets(self, price: Tensor) -> Tensor:
         """[B, layers, choices] amounts subtracted from the logits for per-sample prices [B]."""
@@ -116,10 +129,14 @@ class Controller(nn.Module):
         q = q_feat
         if self.pool is not None:
             q = avg_pool_codes(q, self.pool, self.pool, (0, 0))
-        h = self.fc1.forward_codes(q.flatten(1), feat_scale, feat_signed, 0, 0, "floor")
+        rows = q.reshape(-1, q.shape[-1]) if self.per_token else q.flatten(1)  # a row per token, or per sample
+        h = self.fc1.forward_codes(rows, feat_scale, feat_signed, 0, 0, "floor")
         qh = self.hidden_quant(h)
         logits = self.fc2.forward_codes(qh, self.hidden_quant.scale(), False, 0, 0, "floor")
-        return logits.view(-1, self.num_layers, self.num_choices) - self.price_offsets(price)
+        offsets = self.price_offsets(price)
+        if self.per_token:
+            return logits.view(q.shape[0], q.shape[1], self.num_layers, self.num_choices) - offsets.unsqueeze(1)
+        return logits.view(-1, self.num_layers, self.num_choices) - offsets
 
     def choose(self, q_feat: Tensor, feat_scale: Tensor, feat_signed: bool, budget_codes: Tensor, tau: float,
                candidate_bits: Sequence[int], governed_macs: Tensor, fixed_bitops: float) -> Gates:
@@ -130,13 +147,15 @@ class Controller(nn.Module):
         if not bool(torch.isfinite(logits).all()):
             raise FloatingPointError("the controller produced non-finite logits (NaN/inf): training has diverged; "
                                      "lower the learning rate or clip gradients (TrainConfig.clip)")
-        gates = gumbel_hard(logits, tau, training=self.training)  # [B, heads, J]
+        gates = gumbel_hard(logits, tau, training=self.training)  # [B, (T,) heads, J]
         governed = governed_macs.shape[0]
-        if gates.shape[1] != governed:  # one head ("sample" granularity) sets every governed layer
-            gates = gates.expand(-1, governed, -1)
+        if gates.shape[-2] != governed:  # one head ("sample" granularity) sets every governed layer
+            gates = gates.expand(*gates.shape[:-2], governed, -1)
         table = torch.tensor(candidate_bits, dtype=torch.float32, device=q_feat.device)
         widths = (gates.detach() * table).sum(-1).round().long()
-        soft = ((gates * table**2).sum(-1) * governed_macs).sum(1) + fixed_bitops + self.macs() * 64
+        # per token, each token carries 1/T of a layer's MACs
+        cost = (gates * table**2).sum(-1) * (governed_macs / self.tokens)
+        soft = cost.flatten(1).sum(1) + fixed_bitops + self.macs() * 64
         return Gates(logits, gates, widths, soft)
 
     @torch.no_grad()
@@ -153,7 +172,8 @@ class Controller(nn.Module):
                              f"{logit_unit}); training diverged?")
         return ControllerProgram(list(self.pool) if self.pool else None,
                                  layer_program(self.fc1.integer_constants(feat_scale, feat_signed, h_scale), None),
-                                 layer_program(fc2, None), offsets.to(torch.int64), self.num_layers, self.num_choices)
+                                 layer_program(fc2, None), offsets.to(torch.int64), self.num_layers, self.num_choices,
+                                 self.per_token)
 
     @classmethod
     def from_spec(cls, spec: dict, candidate_bits: Sequence[int], governed: int) -> "Controller":
@@ -161,7 +181,8 @@ class Controller(nn.Module):
         if spec["num_layers"] not in (1, governed):
             raise ValueError(f"the controller has {spec['num_layers']} heads for {governed} governed layers "
                              "(expected 1 or one per layer)")
-        return cls(spec["feature_shape"], spec["num_layers"], spec["num_choices"], spec["hidden"], candidate_bits)
+        return cls(spec["feature_shape"], spec["num_layers"], spec["num_choices"], spec["hidden"], candidate_bits,
+                   spec.get("per_token", False))
 
 
 __all__ = ["Controller", "Gates", "budget_price", "BUDGET_LEVELS", "GRANULARITIES", "feature_pool", "feature_count"]

@@ -49,8 +49,9 @@ class ConvertConfig:
                                       "governs them too)")
     bn_per_width: bool = option(True, "one batch norm per width (switchable), folded per width",
                                 negative_flag=("--shared-bn", "one batch norm shared by every width"))
-    controller_granularity: str = option("layer", "controller picks a width per governed layer ('layer') "
-                                         "or one per sample ('sample')", flag="--controller", choices=GRANULARITIES)
+    controller_granularity: str = option("layer", "controller picks a width per governed layer ('layer'), "
+                                         "one per sample ('sample'), or one per governed layer for each token "
+                                         "of a transformer ('token')", flag="--controller", choices=GRANULARITIES)
     controller_hidden: Optional[int] = option(None, "hidden units of the controller (default: about 1% of "
                                               "the parameters)", cli=False)
 
@@ -160,17 +161,20 @@ def convert(model: nn.Module, input_shape: Sequence[int], config: ConvertConfig,
     first_step = next(i for i, s in enumerate(captured) if s.kind == "layer")
     source = first_step + 1 if edge_bits is not None and len(names) > 1 else 0
     feature_shape = captured[first_step].fused["out_shape"] if source else input_shape
+    per_token = config.controller_granularity == "token"
+    if per_token and (dynamic or config.controller_hidden is not None):
+        source, feature_shape = _token_source(captured, governed)
     controller = None
     if dynamic or config.controller_hidden is not None:
         if not governed:
             raise ValueError(f"the model has {len(names)} layers and edge_bits={edge_bits} fixes the first and "
                              "last: no layer is left for the controller; pass edge_bits=None")
         backbone_params = sum(p.numel() for p in build.layers.parameters())
-        features = feature_count(feature_shape)
+        features = feature_count(feature_shape, per_token)
         hidden = config.controller_hidden or max(
             8, round(0.01 * backbone_params / (features + len(governed) * len(cands))))
         heads = 1 if config.controller_granularity == "sample" else len(governed)
-        controller = Controller(feature_shape, heads, len(cands), hidden, cands)
+        controller = Controller(feature_shape, heads, len(cands), hidden, cands, per_token)
     arch = Architecture(
         input_shape=list(input_shape), input_scale=float(input_scale), input_dtype="int8" if input_signed else "uint8",
         candidate_bits=list(cands), shift_rule=config.shift_rule, dynamic=bool(dynamic), macs=build.macs,
@@ -183,6 +187,19 @@ def convert(model: nn.Module, input_shape: Sequence[int], config: ConvertConfig,
 
 
 
+
+
+def _token_source(captured: list[Step], governed: list[str]) -> tuple[int, tuple]:
+    """A per-token controller's source: the value the first governed layer reads, a token
+    sequence [T, D] per sample, with every governed layer reading T tokens."""
+    steps = {s.name: (i, s) for i, s in enumerate(captured) if s.kind == "layer"}
+    shapes = {n: tuple(steps[n][1].fused["in_shape"]) for n in governed}
+    tokens = {s[0] for s in shapes.values() if len(s) == 2}
+    if not governed or any(len(s) != 2 for s in shapes.values()) or len(tokens) != 1:
+        raise ValueError("controller_granularity='token' needs every governed layer to be a Linear on token "
+                         f"sequences [B, T, D] of one length T; the governed layers read {shapes}")
+    first = steps[governed[0]][1]
+    return first.inputs[0], shapes[governed[0]]
 
 
 def parse_bits(bits, names: list[str], governed: list[str], edge_bits: Optional[int],

@@ -29,7 +29,7 @@ from .convert import Architecture, ConvertConfig, config_of, convert, parse_bits
 from .errors import CheckpointError, UnsupportedLayerError
 from .objective import LossConfig, LossTerms, dqt_loss
 from .program import IntegerProgram, clone_program
-from .runtime import FrozenDQTModel, ProgramRunner, bitops_from_bits, check_input
+from .runtime import FrozenDQTModel, ProgramRunner, bitops_from_bits, check_input, chosen_bits
 from .steps import KINDS, CodeValue, Parts, Step, TrainPass
 
 log = logging.getLogger(__name__)
@@ -228,11 +228,11 @@ class DQTModel(nn.Module):
             values.append(KINDS[step.kind].train(step, [values[i] for i in step.inputs], tp))
         if not any(step.geometry.get("final") for step in self.steps):
             raise UnsupportedLayerError("the model has no final layer")  # capture() guarantees one
-        bits = torch.tensor([fixed[n] for n in self.layer_names], device=x.device)
-        bits = bits.expand(x.shape[0], -1, -1).clone()
-        if choice is not None:
-            idx = torch.tensor([self.layer_names.index(n) for n in self.governed], device=x.device)
-            bits[:, idx] = choice.widths.unsqueeze(-1).expand(-1, -1, 2)
+        idx = torch.tensor([self.layer_names.index(n) for n in self.governed], device=x.device, dtype=torch.long)
+        bits = chosen_bits(torch.tensor([fixed[n] for n in self.layer_names], device=x.device),
+                           None if choice is None else choice.widths, idx)
+        if choice is None:
+            bits = bits.expand(x.shape[0], -1, -1).clone()
         bitops = self.bitops_per_sample(bits).detach()
         # the final layer's float logits, moved by any transpose or reshape after it
         return TrainOutput(values[-1].q, bits, bitops, *((choice.soft_bitops, choice.logits) if choice else ()))

@@ -148,7 +148,14 @@ def _imitation_loss(model: "DQTModel", controller_logits: Tensor, per_width: dic
     against each sample's cheapest width (argmin).
     """
     widths = sorted(per_width)
-    losses = torch.stack([per_width[b] for b in widths], dim=1)  # [B, |S|]
+    losses = torch.stack([per_width[b] for b in widths], dim=-1)  # [B, |S|], [B, T, |S|] for per-token targets
+    if controller_logits.dim() == 4:  # a width per token: each token is a row (it imitates its own cost,
+        tokens = controller_logits.shape[1]  # or its sample's when the task has one target per sample)
+        controller_logits = controller_logits.flatten(0, 1)
+        losses = losses.flatten(0, 1) if losses.dim() == 3 else losses.repeat_interleave(tokens, 0)
+        lam = lam.repeat_interleave(tokens)
+    elif losses.dim() == 3:  # per-token targets, one width per sample: the sample's mean cost
+        losses = losses.mean(1)
     cost = torch.tensor([model.uniform_bitops(b) / unit for b in widths], device=losses.device)
     index = torch.tensor([model.candidate_bits.index(b) for b in widths], device=losses.device)
     total = losses + lam[:, None] * cost

@@ -190,7 +190,7 @@ def int_softmax(x: torch.Tensor, table: torch.Tensor, *, causal: bool = False,
         raise ValueError(f"{op}: {N} columns exceed {SOFTMAX_MAX_COLUMNS} (the int32 row sum)")
     if causal and M > N:
         raise ValueError(f"{op}: a causal softmax needs M <= N (row m keeps columns n <= m + N - M), got {M} x {N}")
-    x3 = x.reshape(-1, M, N)
+    x3 = x.reshape(math.prod(x.shape[:-2]), M, N)  # explicit: -1 cannot be inferred for empty inputs
     name = resolve_backend(backend, device, op)
     if name == "triton":
         out = triton_kernels().int_softmax(x3.contiguous(), table.contiguous(), causal)
@@ -207,6 +207,8 @@ def softmax_codes(v: torch.Tensor, table: torch.Tensor, causal: bool) -> torch.T
     """int64 softmax codes of int64 score codes v [..., M, N] (section 10.2; torch on any device:
     the cpu backend and the training path share it)."""
     M, N = v.shape[-2:]
+    if v.numel() == 0:
+        return torch.zeros_like(v)
     keep = torch.ones(M, N, dtype=torch.bool, device=v.device)
     if causal:
         keep = torch.arange(N, device=v.device)[None, :] <= torch.arange(M, device=v.device)[:, None] + (N - M)

@@ -33,15 +33,19 @@ class ControllerProgram:
     price_offsets: Tensor  # int64 [heads, candidates]
     num_layers: int
     num_choices: int
+    per_token: bool = False  # runs on each token's features [D] of [B, T, D]: widths [B, T, heads]
 
     def to_dict(self) -> dict:
-        return {"pool": self.pool, "fc1": self.fc1.to_dict(), "fc2": self.fc2.to_dict(),
-                "price_offsets": self.price_offsets, "num_layers": self.num_layers, "num_choices": self.num_choices}
+        d = {"pool": self.pool, "fc1": self.fc1.to_dict(), "fc2": self.fc2.to_dict(),
+             "price_offsets": self.price_offsets, "num_layers": self.num_layers, "num_choices": self.num_choices}
+        if self.per_token:
+            d["per_token"] = True
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ControllerProgram":
         return cls(d["pool"], LayerProgram.from_dict(d["fc1"]), LayerProgram.from_dict(d["fc2"]), d["price_offsets"],
-                   d["num_layers"], d["num_choices"])
+                   d["num_layers"], d["num_choices"], d.get("per_token", False))
 
 
 @dataclass

@@ -45,10 +45,24 @@ def check_input(input_shape, input_dtype: str, input_scale: float, x: object) ->
 
 def bitops_from_bits(bits: Tensor, macs: Union[list[int], Tensor], controller_macs: int = 0) -> Tensor:
     """BitOPs per sample: sum over layers of MACs x weight bits x activation bits, for chosen
-    bits [B, layers, (w, a)], plus the controller's MACs at 8 x 8 bits. `macs` may be a float64
-    tensor already on the bits' device."""
+    bits [B, layers, (w, a)], or [B, T, layers, (w, a)] per token (each token 1/T of a layer's
+    MACs), plus the controller's MACs at 8 x 8 bits. `macs` may be a float64 tensor already on
+    the bits' device."""
     macs_t = macs if isinstance(macs, Tensor) else torch.tensor(macs, dtype=torch.float64, device=bits.device)
-    return (bits[..., 0].double() * bits[..., 1].double() * macs_t).sum(dim=1) + controller_macs * 64
+    products = bits[..., 0].double() * bits[..., 1].double() * macs_t
+    if bits.dim() == 4:
+        products = products / bits.shape[1]
+    return products.flatten(1).sum(dim=1) + controller_macs * 64
+
+
+def chosen_bits(fixed: Tensor, widths: Optional[Tensor], governed_index: Tensor) -> Tensor:
+    """(w, a) bits of every layer: the fixed ones [layers, 2] with the governed layers at the
+    controller's widths ([B, governed] per sample or [B, T, governed] per token). Without widths: [1, layers, 2]."""
+    if widths is None:
+        return fixed.unsqueeze(0)
+    bits = fixed.expand(*widths.shape[:-1], -1, -1).clone()
+    bits[..., governed_index, :] = widths.unsqueeze(-1).expand(*widths.shape, 2)
+    return bits
 
 
 def run_controller(p: ControllerProgram, x: Tensor, cache: Optional[dict] = None) -> Tensor:
@@ -58,9 +72,10 @@ def run_controller(p: ControllerProgram, x: Tensor, cache: Optional[dict] = None
     q = x
     if p.pool is not None:
         q = ops.int_avg_pool2d(q, tuple(p.pool))
-    q = q.flatten(1)
+    q = q.reshape(-1, q.shape[-1]) if p.per_token else q.flatten(1)  # a row per token, or per sample
     h = run_layer(p.fc1, q, 0, 0, "floor", cache, "controller.fc1")
-    logits = run_layer(p.fc2, h, 0, 0, "floor", cache, "controller.fc2").view(-1, p.num_layers, p.num_choices)
+    logits = run_layer(p.fc2, h, 0, 0, "floor", cache, "controller.fc2")
+    logits = logits.view(*x.shape[:2] if p.per_token else (-1,), p.num_layers, p.num_choices)
     offsets = device_constant(cache, "controller.price_offsets", lambda: p.price_offsets.to(x.device))
     return (logits.to(torch.int64) - offsets).argmax(dim=-1)
 
@@ -85,9 +100,9 @@ class RunPass:
                 candidates = device_constant(self.cache, "candidate_bits",
                                              lambda: torch.tensor(p.candidate_bits, device=self.x.device))
                 self.widths = candidates[choice]
-                if self.widths.shape[1] != len(self.governed):  # one head for every governed layer
-                    self.widths = self.widths.expand(-1, len(self.governed))
-            k = numerics.MASTER_BITS - self.widths[:, self.governed[name]]
+                if self.widths.shape[-1] != len(self.governed):  # one head for every governed layer
+                    self.widths = self.widths.expand(*self.widths.shape[:-1], len(self.governed))
+            k = numerics.MASTER_BITS - self.widths[..., self.governed[name]]  # [B], or [B, T] per token
             return k, k
         wb, ab = self.program.static_bits[name]
         return numerics.MASTER_BITS - ab, numerics.MASTER_BITS - wb
@@ -129,11 +144,11 @@ def run_program_values(program: IntegerProgram, x: Tensor, cache: Optional[dict]
         values.append(kind.run(step, [values[i] for i in step.inputs], program.constants(step), run))
     fixed = program.static_bits
     fixed_bits = device_constant(cache, "fixed_bits", lambda: torch.tensor([fixed[n] for n in names], device=x.device))
-    chosen = fixed_bits.expand(x.shape[0], -1, -1).clone()
-    if run.widths is not None:
-        idx = device_constant(cache, "governed_index", lambda: torch.tensor([names.index(n) for n in program.governed],
-                                                                            device=x.device))
-        chosen[:, idx] = run.widths.unsqueeze(-1).expand(-1, -1, 2)
+    idx = device_constant(cache, "governed_index", lambda: torch.tensor([names.index(n) for n in program.governed],
+                                                                        device=x.device, dtype=torch.long))
+    chosen = chosen_bits(fixed_bits, run.widths, idx)
+    if run.widths is None:
+        chosen = chosen.expand(x.shape[0], -1, -1).clone()
     return values[-1], chosen, values
 
 

@@ -160,7 +160,7 @@ def evaluate(model: DQTModel, x: torch.Tensor, y: torch.Tensor, batch_size: int 
             bits.append(model.last_bits[..., 0].cpu())
     right, cost = torch.cat(correct).float(), torch.cat(bitops).double()
     governed = [model.layer_names.index(n) for n in model.governed] or list(range(len(model.layer_names)))
-    chosen = torch.cat(bits)[:, governed]
+    chosen = torch.cat(bits)[..., governed]  # [N, governed], or [N, T, governed] with widths per token
     histogram = {int(b): float((chosen == b).float().mean()) for b in model.candidate_bits}
     return {**policy.cost_statistics(right, cost), "mean_bits": float(chosen.float().mean()), "histogram": histogram}
 

@@ -182,6 +182,13 @@ def test_bad_inputs_are_named():
         numerics.layernorm_constants(torch.full((2,), 1e12), None, 2, 0.1, 0.1, 1e-5)
 
 
+@pytest.mark.parametrize("shape", [(0,), (2, 0, 3), (2, 3, 0), (0, 3, 3)])
+def test_empty_inputs_give_empty_outputs(shape):
+    x = torch.zeros(shape, dtype=torch.int8)
+    for backend in CPU_BACKENDS:
+        assert int_softmax(x, numerics.softmax_table(0.1), backend=backend).shape == shape
+
+
 def test_softmax_table_is_the_rounded_exponential():
     table = numerics.softmax_table(0.1)
     want = [math.floor(2**15 * math.exp(-d * 0.1) + 0.5) for d in range(256)]

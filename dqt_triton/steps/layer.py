@@ -124,10 +124,11 @@ class LayerKind(StepKind):
             q = q.reshape(batch * tokens, q.shape[2])
         if name in tp.governed:
             i = tp.governed[name]
-            k = numerics.MASTER_BITS - tp.widths[:, i]
-            gates = tp.gates[:, i, :]
+            k = numerics.MASTER_BITS - tp.widths[..., i]  # [B], or [B, T] with a width per token
+            gates = tp.gates[..., i, :]
             if tokens:
-                k, gates = token_rows(k, batch, tokens), gates.repeat_interleave(tokens, 0)
+                k = token_rows(k, batch, tokens)
+                gates = gates.reshape(-1, gates.shape[-1]) if gates.dim() == 3 else gates.repeat_interleave(tokens, 0)
             where = f"layer {name} at the controller's widths"
             y = layer.forward_codes(q, scale, signed, k, k, tp.shift_rule, gates,
                                     tp.candidate_bits, where=f"layer {name}",
