@@ -2,7 +2,8 @@
 
 Conventions (docs and tables use these):
 - BitOPs of a conv/linear layer for one sample = MACs x weight bits x activation bits; the model
-  total sums its conv/linear layers; residual adds, pooling and requantization are not counted.
+  total sums its conv/linear layers, plus products of two activations (attention) at 8 x 8 bits;
+  residual adds, pooling, softmax, LayerNorm and requantization are not counted.
   In dynamic mode the controller is added at 8 x 8 bits.
 - Transition cost of switching every layer's width: each weight element and each element of
   every layer's input activation (one sample) changes precision once. DQT derives the new code
@@ -37,7 +38,7 @@ def static_bitops(model: DQTModel, bits) -> float:
         pairs = [(b, b) if isinstance(b, int) else tuple(b) for b in bits]
     if len(pairs) != len(stats):
         raise ValueError(f"need one width per layer ({len(stats)}), got {len(pairs)}")
-    return float(sum(s["macs"] * w * a for s, (w, a) in zip(stats, pairs)))
+    return float(sum(s["macs"] * w * a for s, (w, a) in zip(stats, pairs)) + 64 * model.arch.product_macs)
 
 
 def bitops_table(model: DQTModel, uniform: Sequence[int] = (8, 6, 4, 2), mixed: Optional[Sequence] = None,

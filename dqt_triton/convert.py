@@ -100,14 +100,16 @@ class Architecture:
     governed: list[str]
     controller_source: int  # value index the controller reads
     extra_specs: dict[str, dict] = field(default_factory=dict)
+    product_macs: int = 0  # one sample's MACs of products of two activations (attention), at 8 x 8 bits
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Architecture":
+        optional = {"extra_specs": {}, "product_macs": 0}  # absent from files written before them
         names = [f.name for f in dataclasses.fields(cls)]
-        return cls(**{n: d[n] for n in names if n != "extra_specs"}, extra_specs=d.get("extra_specs", {}))
+        return cls(**{n: d[n] for n in names if n not in optional}, **{n: d.get(n, v) for n, v in optional.items()})
 
     def rebuild(self) -> tuple[Parts, Optional[Controller]]:
         """Untrained modules of this architecture (a checkpoint's state dict fills them)."""
@@ -181,7 +183,8 @@ def convert(model: nn.Module, input_shape: Sequence[int], config: ConvertConfig,
         elements=build.elements, controller=controller.spec() if controller is not None else None,
         layer_specs={n: layer_spec(layer) for n, layer in build.layers.items()},
         quantizer_signed={n: q.signed for n, q in build.quantizers.items()}, value_signed=build.signed,
-        edge_bits=edge_bits, governed=governed, controller_source=source, extra_specs=build.extra_specs)
+        edge_bits=edge_bits, governed=governed, controller_source=source, extra_specs=build.extra_specs,
+        product_macs=sum(int(s.geometry.get("macs", 0)) for s in captured if s.kind in ("matmul", "attention")))
     parts = Parts(build.layers, build.quantizers, build.extras)
     return Converted([s.bare() for s in captured], parts, controller, arch)
 

@@ -172,17 +172,22 @@ class DQTModel(nn.Module):
         """The governed layers that hold a batch norm per width (``bn_per_width``)."""
         return [self.layers[n] for n in self.governed if getattr(self.layers[n], "width_bns", None) is not None]
 
-    def bitops_per_sample(self, bits: Tensor) -> Tensor:
-        """BitOPs per sample from chosen bits [B, layers, 2] (+ the controller at 8x8 bits)."""
+    def fixed_macs(self) -> int:
+        """One sample's MACs that always run at 8 x 8 bits: products of two activations
+        (attention) and, in dynamic mode, the controller."""
         controller_macs = self.controller.macs() if self.dynamic and self.controller is not None else 0
-        return bitops_from_bits(bits, [self.arch.macs[n] for n in self.layer_names], controller_macs)
+        return controller_macs + self.arch.product_macs
+
+    def bitops_per_sample(self, bits: Tensor) -> Tensor:
+        """BitOPs per sample from chosen bits [B, (T,) layers, 2] (+ `fixed_macs` at 8x8 bits)."""
+        return bitops_from_bits(bits, [self.arch.macs[n] for n in self.layer_names], self.fixed_macs())
 
     def uniform_bitops(self, bits: int) -> float:
         """BitOPs of one sample with the governed layers at `bits` and the edges at `edge_bits`
         (`set_bits(bits)`): the unit of budgets and of the "vs uniform 4" columns."""
         edge = self.edge_bits
         return float(sum(m * (bits * bits if n in self.governed or edge is None else edge * edge)
-                         for n, m in self.arch.macs.items()))
+                         for n, m in self.arch.macs.items()) + 64 * self.arch.product_macs)
 
     def fixed_bits(self, force_bits: Optional[int] = None) -> dict:
         """(w, a) widths of every layer not chosen by the controller: the static widths, or with
@@ -301,15 +306,13 @@ class DQTModel(nn.Module):
         key = (self.dynamic, self.budget_code, tuple(self.static_bits.items()),
                tuple((id(t), t._version, t.device) for t in itertools.chain(self.parameters(), self.buffers())))
         if self._compiled is None or self._compiled[0] != key:
-            controller_macs = self.controller.macs() if self.dynamic and self.controller is not None else 0
-            self._compiled = (key, ProgramRunner(compile_program(self), self.arch.macs, controller_macs))
+            self._compiled = (key, ProgramRunner(compile_program(self), self.arch.macs, self.fixed_macs()))
         return self._compiled[1]
 
     def freeze(self) -> FrozenDQTModel:
         """A snapshot of the integer-only model in its current mode (static widths or dynamic),
         on the model's device: a model trained on a GPU freezes into a GPU-resident program."""
-        return FrozenDQTModel(clone_program(self.integer_program()), dict(self.arch.macs),
-                              self.controller.macs() if self.dynamic else 0)
+        return FrozenDQTModel(clone_program(self.integer_program()), dict(self.arch.macs), self.fixed_macs())
 
     # ------------------------------------------------------------------ save / load
 

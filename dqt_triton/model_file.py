@@ -81,7 +81,8 @@ def save_frozen(path: PathLike, program: IntegerProgram, macs: dict, controller_
 
 
 def load_frozen(path: PathLike, mode: Optional[str] = None) -> tuple[IntegerProgram, dict, int]:
-    """(program, MACs per layer, controller MACs) of a frozen file, or of the frozen `mode`
+    """(program, MACs per layer, MACs at 8 x 8 bits outside the layers: the controller's and
+    attention's products) of a frozen file, or of the frozen `mode`
     ("static" or "dynamic"; default: the mode it was saved in) of a DQTModel file."""
     payload = read(path, "cpu")
     try:
@@ -89,10 +90,12 @@ def load_frozen(path: PathLike, mode: Optional[str] = None) -> tuple[IntegerProg
             return IntegerProgram.from_dict(payload["frozen"]), payload["macs"], payload["controller_macs"]
         chosen = mode or ("dynamic" if payload["dynamic"] else "static")
         program = payload["programs"][chosen]
-        ctrl_macs = 0
-        if chosen == "dynamic" and payload["config"]["controller"] is not None:
-            ctrl_macs = sum(program["controller"][k]["weight"].numel() for k in ("fc1", "fc2"))
-        return IntegerProgram.from_dict(program), payload["config"]["macs"], ctrl_macs
+        config = payload["config"]
+        fixed_macs = config.get("product_macs", 0)  # attention's products, at 8 x 8 bits
+        if chosen == "dynamic" and config["controller"] is not None:
+            tokens = config["controller"]["feature_shape"][0] if config["controller"].get("per_token") else 1
+            fixed_macs += tokens * sum(program["controller"][k]["weight"].numel() for k in ("fc1", "fc2"))
+        return IntegerProgram.from_dict(program), config["macs"], fixed_macs
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{os.fspath(path)} has no frozen program {mode!r}: {exc}") from exc
 

@@ -84,16 +84,20 @@ def test_eval_equals_frozen_and_reloaded(name, mode, tmp_path):
 @pytest.mark.parametrize("name", ["vit", "lm"])
 def test_widths_per_token_are_priced_per_token(name):
     """BitOPs with a width per token: each token carries 1/T of a layer's MACs at its own width,
-    the edges at 8 bits, the controller once per token at 8 x 8; the integer eval reports the
+    the edges at 8 bits, the controller once per token and attention's products at 8 x 8 (their
+    MACs counted at capture); the integer eval reports the
     same BitOPs as the training path, and tokens of one sample get different widths."""
     model, x = trained(name, "token")
     model(x)
     bits, bitops = model.last_bits, model.last_bitops
     T = bits.shape[1]
     macs = torch.tensor([model.arch.macs[n] for n in model.layer_names], dtype=torch.float64)
-    want = (bits[..., 0].double() * bits[..., 1].double() * macs / T).sum((1, 2)) + model.controller.macs() * 64
+    fixed = model.controller.macs() + model.arch.product_macs  # the controller and attention's products at 8 x 8
+    want = (bits[..., 0].double() * bits[..., 1].double() * macs / T).sum((1, 2)) + fixed * 64
     assert torch.equal(bitops, want)
     assert model.controller.macs() == T * (model.controller.fc1.weight.numel() + model.controller.fc2.weight.numel())
+    heads, head_dim = 2, (16 if name == "vit" else 12) // 2
+    assert model.arch.product_macs == heads * T * T * 2 * head_dim  # one block: q k^T and p v
     governed = [model.layer_names.index(n) for n in model.governed]
     assert any(len(torch.unique(bits[b, :, g, 0])) > 1 for b in range(bits.shape[0]) for g in governed)
     with torch.no_grad():

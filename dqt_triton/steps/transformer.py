@@ -103,9 +103,10 @@ class MatmulKind(StepKind):
                              "(and the model's input shape)")
             return
         inputs = [cap.source(node, a) for a in node.args]
-        if None not in inputs:
+        if None not in inputs:  # one sample's MACs: every leading axis but the batch, M, K, N
+            macs = math.prod(shapes[0][1:]) * shapes[1][-1]
             cap.emit(Step(self.kind, inputs, f"matmul{len(cap.steps)}",
-                          geometry={"b_token_axis": _token_axis_of(node.args[1])}), node)
+                          geometry={"b_token_axis": _token_axis_of(node.args[1]), "macs": macs}), node)
 
     def build(self, step: Step, b: Build) -> bool:
         signed = any(b.signed[i] for i in step.inputs)
@@ -255,8 +256,11 @@ class AttentionKind(StepKind):
         scale = 1.0 / math.sqrt(shapes[0][-1]) if scale is None else float(scale)
         inputs = [cap.source(node, args[n]) for n in names[:3]]
         if None not in inputs:  # dropout_p is ignored: training does not drop (as nn.Dropout, NoOpKind)
+            (*heads, T, d), S, dv = shapes[0][1:], shapes[1][-2], shapes[2][-1]
+            macs = math.prod(heads) * T * S * (d + dv)  # one sample's q k^T and p v
             cap.emit(Step(self.kind, inputs, f"attn{len(cap.steps)}",
-                          geometry={"causal": bool(args.get("is_causal", False)), "scale": scale}), node)
+                          geometry={"causal": bool(args.get("is_causal", False)), "scale": scale, "macs": macs}),
+                     node)
 
     def build(self, step: Step, b: Build) -> bool:
         b.quantizers[step.name + "_scores"] = ActQuantizer(signed=True)
