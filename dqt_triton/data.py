@@ -1,5 +1,6 @@
 """The datasets `dqt train` knows, as master codes: digits (embedded), MADELON and MNIST-1D
-(generated offline), CIFAR-10 (a local copy)."""
+(generated offline), CIFAR-10 (a local copy), and the character corpus of Python's own help
+text (pydoc, shipped with CPython)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Optional
 import torch
 
 CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-DATASETS = ("digits", "madelon", "mnist1d", "cifar10")
+DATASETS = ("digits", "madelon", "mnist1d", "cifar10", "pydoc")
+PYDOC_CONTEXT = 32  # characters per sequence of the pydoc corpus
 
 
 @dataclass
@@ -40,6 +42,8 @@ def load_dataset(name: str, data_dir: Optional[str] = None, seed: int = 0, limit
         ds = _make_madelon()
     elif name == "mnist1d":
         ds = _make_mnist1d()
+    elif name == "pydoc":
+        ds = _load_pydoc()
     else:
         raise ValueError(f"unknown dataset {name!r}; choose {', '.join(DATASETS)}")
     if limit:
@@ -59,6 +63,30 @@ def _load_digits() -> Dataset:
     split = int(0.8 * len(y))
     train, test = order[:split], order[split:]
     return Dataset(x[train], y[train], x[test], y[test], (1, 8, 8), 10)
+
+
+def pydoc_ids(text: str) -> torch.Tensor:
+    """Character ids of the pydoc corpus: newline 0, printable ASCII 32..126 as 1..95; the few
+    other characters (typographic quotes and dashes, 575 of 465,048) are dropped."""
+    ids = [0 if ch == "\n" else ord(ch) - 31 for ch in text if ch == "\n" or 32 <= ord(ch) < 127]
+    return torch.tensor(ids, dtype=torch.uint8)
+
+
+def _load_pydoc() -> Dataset:
+    """Python's help topics (`pydoc_data.topics`, part of every CPython: 79 topics, 465 KB of
+    English prose and code, no download), as next-character prediction: non-overlapping windows
+    of PYDOC_CONTEXT characters (uint8 ids [T], vocabulary 96) with the following characters as
+    targets [T]; every 10th window is the test split (13,063 / 1,451 windows)."""
+    from pydoc_data.topics import topics
+
+    ids = pydoc_ids("\n".join(topics[k] for k in sorted(topics)))
+    windows = (len(ids) - 1) // PYDOC_CONTEXT
+    starts = torch.arange(windows) * PYDOC_CONTEXT
+    span = starts[:, None] + torch.arange(PYDOC_CONTEXT + 1)[None, :]
+    seq = ids[span]
+    x, y = seq[:, :-1].contiguous(), seq[:, 1:].long()
+    test = torch.arange(windows) % 10 == 9
+    return Dataset(x[~test], y[~test], x[test], y[test], (PYDOC_CONTEXT,), 96, 1.0, False)
 
 
 def _make_mnist1d() -> Dataset:

@@ -266,12 +266,13 @@ class DQTModel(nn.Module):
     @torch.no_grad()
     def agreement(self, x: Tensor, batch_size: int = 256) -> float:
         """Top-1 agreement between `simulated_forward` and the integer-only eval on inputs x."""
-        same = 0
+        same, total = 0, 0
         with self.kept_mode():
             self.eval()
             for chunk in x.split(batch_size):
-                same += int((self.simulated_forward(chunk).argmax(1) == self(chunk).argmax(1)).sum())
-        return same / max(len(x), 1)
+                agree = self.simulated_forward(chunk).argmax(1) == self(chunk).argmax(1)  # [B] or per token [B, T]
+                same, total = same + int(agree.sum()), total + agree.numel()
+        return same / max(total, 1)
 
     def dqt_loss(self, x: Tensor, target: Tensor, config: Optional[LossConfig] = None, *,
                  target_bitops: Optional[float] = None, imitation_data: Optional[tuple[Tensor, Tensor]] = None,

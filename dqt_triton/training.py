@@ -33,14 +33,15 @@ from .data import DATASETS, Dataset, load_dataset
 from .errors import BackendUnavailableError, CheckpointError
 from .model import DQTModel
 from .objective import LossConfig
-from .transformers import TinyViT
+from .transformers import CharTransformer, TinyViT
 
 log = logging.getLogger(__name__)
 
-MODELS = ("resnet18", "resnet50", "cnn", "cnn1d", "mlp", "vit")
+MODELS = ("resnet18", "resnet50", "cnn", "cnn1d", "mlp", "vit", "charlm")
 # What `dqt train --data DATA` uses unless told otherwise (TrainConfig's defaults elsewhere).
 # MNIST-1D: the 1-D CNN needs longer schedules than digits (60 epochs: 2-3 minutes on 2 cores).
-DATA_RECIPES = {"madelon": {"model": "mlp"}, "mnist1d": {"model": "cnn1d", "warmup_epochs": 30, "epochs": 30}}
+DATA_RECIPES = {"madelon": {"model": "mlp"}, "mnist1d": {"model": "cnn1d", "warmup_epochs": 30, "epochs": 30},
+                "pydoc": {"model": "charlm"}}
 
 
 def recipe_default(data: str, name: str):
@@ -59,7 +60,7 @@ class TrainConfig(LossConfig, ConvertConfig):
     data_dir: Optional[str] = option(None, "folder holding cifar-10-batches-py/ (torchvision format)")
     model: str = option("resnet18", "architecture", choices=MODELS)
     width: int = option(8, "base channel count (ResNet: 64 is the paper's)")
-    depth: int = option(2, "hidden layers of --model mlp, blocks of --model vit")
+    depth: int = option(2, "hidden layers of --model mlp, blocks of --model vit and charlm")
     budget_bits: float = option(4.0, "deployment budget: dynamic BitOPs at most those of uniform BUDGET-bit "
                                 "(calibrated)", flag="--budget")
     imitation_holdout: float = option(0.1, "'holdout' source: share of the training set kept from the network to "
@@ -133,6 +134,8 @@ def float_network(cfg: TrainConfig, ds: Dataset) -> torch.nn.Module:
     if cfg.model == "vit":  # patches of 2 x 2 pixels, or 4 samples of a 1-D signal
         shape = tuple(ds.input_shape[1:])
         return TinyViT(channels, shape, (1, 4) if shape[0] == 1 else 2, 4 * cfg.width, cfg.depth, 2, ds.num_classes)
+    if cfg.model == "charlm":  # token ids [T] -> next-token logits [vocab, T]
+        return CharTransformer(ds.num_classes, ds.input_shape[0], 4 * cfg.width, cfg.depth, 2)
     raise ValueError(f"unknown model {cfg.model!r}; choose {', '.join(MODELS)}")
 
 
@@ -151,18 +154,23 @@ def evaluate(model: DQTModel, x: torch.Tensor, y: torch.Tensor, batch_size: int 
     and dear_half_accuracy split the inputs at the median BitOPs (ties broken by order).
     """
     model.eval()
-    correct, bitops, bits = [], [], []
+    correct, bitops, bits, losses = [], [], [], []
     with torch.no_grad():
         for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
             logits = model(xb)
-            correct.append(logits.argmax(1).cpu() == yb)
+            hit = (logits.argmax(1).cpu() == yb).float()
+            correct.append(hit.flatten(1).mean(1) if hit.dim() > 1 else hit)  # a sequence: its tokens' share
+            if yb.dim() > 1:  # next-token targets: each sequence's mean cross-entropy per token
+                losses.append(F.cross_entropy(logits.cpu(), yb, reduction="none").flatten(1).mean(1))
             bitops.append(model.last_bitops.cpu())
             bits.append(model.last_bits[..., 0].cpu())
-    right, cost = torch.cat(correct).float(), torch.cat(bitops).double()
+    right, cost = torch.cat(correct), torch.cat(bitops).double()
     governed = [model.layer_names.index(n) for n in model.governed] or list(range(len(model.layer_names)))
     chosen = torch.cat(bits)[..., governed]  # [N, governed], or [N, T, governed] with widths per token
     histogram = {int(b): float((chosen == b).float().mean()) for b in model.candidate_bits}
-    return {**policy.cost_statistics(right, cost), "mean_bits": float(chosen.float().mean()), "histogram": histogram}
+    extra = {"perplexity": float(torch.exp(torch.cat(losses).mean()))} if losses else {}
+    return {**policy.cost_statistics(right, cost), "mean_bits": float(chosen.float().mean()), "histogram": histogram,
+            **extra}
 
 
 def results_table(model: DQTModel, ds: Dataset) -> dict:
@@ -197,10 +205,14 @@ def results_table(model: DQTModel, ds: Dataset) -> dict:
 
 
 def format_table(results: dict) -> str:
-    lines = [f"{'mode':<14} {'accuracy':>9} {'BitOPs/sample':>15} {'vs uniform 4':>12}  chosen-width histogram"]
+    perplexity = all("perplexity" in r for r in results["rows"])  # next-token targets: accuracy per token
+    lines = [f"{'mode':<14} {'accuracy':>9}" + (f" {'perplexity':>10}" if perplexity else "") +
+             f" {'BitOPs/sample':>15} {'vs uniform 4':>12}  chosen-width histogram"]
     for r in results["rows"]:
         hist = " ".join(f"{b}:{p:.2f}" for b, p in r["histogram"].items() if p > 0)
-        lines.append(f"{r['mode']:<14} {r['accuracy']:>9.4f} {r['bitops']:>15,.0f} {r['bitops_vs_uniform4']:>12.2f}  {hist}")
+        ppl = f" {r['perplexity']:>10.3f}" if perplexity else ""
+        lines.append(f"{r['mode']:<14} {r['accuracy']:>9.4f}{ppl} {r['bitops']:>15,.0f} "
+                     f"{r['bitops_vs_uniform4']:>12.2f}  {hist}")
     if results.get("edge_bits"):
         lines.append(f"(first and last layers at {results['edge_bits']} bits in every row; the histogram counts "
                      "the governed layers)")
@@ -268,7 +280,10 @@ def calibrate(model: DQTModel, cfg: TrainConfig, x_cal: torch.Tensor, y_cal: tor
         code = model.calibrate_budget(x_cal, model.uniform_bitops(cfg.budget_bits))
         log.info("budget code %d meets %.2f-bit uniform BitOPs on %d calibration samples", code, cfg.budget_bits,
                  len(y_cal))
-    if not cfg.static_bits:
+    if not cfg.static_bits and y_cal.dim() > 1:
+        log.info("width policies (cascades, escalation) decide per input from its top-1 margin; next-token targets "
+                 "have one per token, so none is calibrated")
+    elif not cfg.static_bits:
         model.policies = policy.calibrate_policies(model, x_cal, y_cal, cfg.policy_budgets, cfg.budget_bits).to_dict()
         log.info("width policies calibrated on %d samples", len(y_cal))
 

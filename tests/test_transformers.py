@@ -196,3 +196,27 @@ def test_triton_backend_gives_the_same_integers(name, mode):
     with dq.use_backend("triton"):
         got = model.freeze()(x.to(DEVICE))
     assert torch.equal(got.cpu(), logits)
+
+
+def test_the_pydoc_corpus_is_next_character_windows():
+    """--data pydoc: Python's help topics as windows of ids with the next characters as targets."""
+    from dqt_triton.data import PYDOC_CONTEXT, load_dataset, pydoc_ids
+
+    ds = load_dataset("pydoc")
+    assert ds.x_train.dtype == torch.uint8 and ds.input_shape == (PYDOC_CONTEXT,) and ds.num_classes == 96
+    assert ds.x_train.shape[1] == ds.y_train.shape[1] == PYDOC_CONTEXT
+    assert torch.equal(ds.x_train[:, 1:].long(), ds.y_train[:, :-1])  # targets are the inputs moved by one
+    assert len(ds.y_test) * 9 <= len(ds.y_train) <= len(ds.y_test) * 9 + 9
+    assert int(ds.x_train.max()) < 96 and pydoc_ids("a\nb").tolist() == [ord("a") - 31, 0, ord("b") - 31]
+
+
+def test_evaluate_reports_token_accuracy_and_perplexity_for_sequences():
+    from dqt_triton.training import evaluate
+
+    model, x = trained("lm", "8", steps=2)
+    gen = torch.Generator().manual_seed(0)
+    _, y = batch("lm", gen)
+    out = evaluate(model, x, y)
+    logits = model(x)
+    assert out["accuracy"] == pytest.approx(float((logits.argmax(1) == y).float().mean()))
+    assert out["perplexity"] == pytest.approx(float(torch.exp(F.cross_entropy(logits, y))), rel=1e-5)
