@@ -171,6 +171,17 @@ class Build:
     extra_specs: dict = field(default_factory=dict)  # how to rebuild them on load
 
 
+def on_device(t: Tensor, like: Tensor, ctx, key: str) -> Tensor:
+    """A program constant on `like`'s device, copied once per device (kept in the runtime's cache;
+    not `setdefault`, whose argument would copy at every call)."""
+    if t.device == like.device:
+        return t
+    placed = ctx.cache.get(key)
+    if placed is None:
+        placed = ctx.cache[key] = t.to(like.device)
+    return placed
+
+
 def requantize(y: Tensor, name: str, tp: TrainPass) -> CodeValue:
     """Real values y as codes of the step's own learned quantizer (LSQ gradients, created by
     its `build` under the step's name): how every requantizing step ends its training path."""

@@ -11,7 +11,7 @@ from torch import fx, nn
 
 from .. import numerics, ops
 from ..nn import ActQuantizer
-from .base import Build, Capture, CodeValue, Parts, Step, StepKind, TrainPass, requantize
+from .base import Build, Capture, CodeValue, Parts, Step, StepKind, TrainPass, on_device, requantize
 from .constants import DTYPES, LutProgram, MulProgram
 
 Tensor = torch.Tensor
@@ -76,10 +76,7 @@ class LutKind(StepKind):
         return LutProgram(table), out_scale
 
     def run(self, step: Step, ins: list[Tensor], consts: dict, ctx) -> Tensor:
-        table = consts.table
-        if table.device != ins[0].device:  # placed once per device, as the layers are
-            table = ctx.cache.setdefault(f"{step.name}.table", table.to(ins[0].device))
-        return ops.int_lut(ins[0], table)
+        return ops.int_lut(ins[0], on_device(consts.table, ins[0], ctx, f"{step.name}.table"))
 
 
 _MUL_FUNCS = (operator.mul, operator.imul, torch.mul)

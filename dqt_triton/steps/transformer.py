@@ -21,7 +21,7 @@ from .. import numerics, ops
 from ..nn import ActQuantizer
 from ..ops_transformer import layernorm_codes, round_shift_codes, softmax_codes
 from ..quant import lsq_codes, lsq_grad_factor, scale_grad
-from .base import Build, Capture, CodeValue, Parts, Step, StepKind, TrainPass
+from .base import Build, Capture, CodeValue, Parts, Step, StepKind, TrainPass, on_device
 from .constants import (
     DTYPES,
     AttentionProgram,
@@ -224,9 +224,7 @@ class SoftmaxKind(StepKind):
         return SoftmaxProgram(numerics.softmax_table(in_scales[0]), step.geometry["causal"]), numerics.SOFTMAX_STEP
 
     def run(self, step: Step, ins: list[Tensor], consts: SoftmaxProgram, ctx) -> Tensor:
-        table = consts.table
-        if table.device != ins[0].device:
-            table = ctx.cache.setdefault(f"{step.name}.table", table.to(ins[0].device))
+        table = on_device(consts.table, ins[0], ctx, f"{step.name}.table")
         return ops.int_softmax(ins[0], table, causal=consts.causal)
 
 
@@ -285,9 +283,7 @@ class AttentionKind(StepKind):
     def run(self, step: Step, ins: list[Tensor], consts: AttentionProgram, ctx) -> Tensor:
         q, k, v = ins
         scores = run_product(q, k.transpose(-2, -1), consts.scores)
-        table = consts.softmax.table
-        if table.device != q.device:
-            table = ctx.cache.setdefault(f"{step.name}.table", table.to(q.device))
+        table = on_device(consts.softmax.table, q, ctx, f"{step.name}.table")
         p = ops.int_softmax(scores, table, causal=consts.softmax.causal)
         return run_product(p, v, consts.output)
 
@@ -351,10 +347,8 @@ class LayerNormKind(StepKind):
 
     def run(self, step: Step, ins: list[Tensor], consts: LayerNormProgram, ctx) -> Tensor:
         x = ins[0]
-        mult, offset = consts.mult, consts.offset
-        if mult.device != x.device:
-            mult = ctx.cache.setdefault(f"{step.name}.mult", mult.to(x.device))
-            offset = ctx.cache.setdefault(f"{step.name}.offset", offset.to(x.device))
+        mult, offset = on_device(consts.mult, x, ctx, f"{step.name}.mult"), on_device(consts.offset, x, ctx,
+                                                                                      f"{step.name}.offset")
         return ops.int_layernorm(x, mult, offset, shift=consts.shift, eps_units=consts.eps_units,
                                  out_dtype=DTYPES[consts.out_dtype])
 
@@ -423,10 +417,7 @@ class EmbeddingKind(StepKind):
         return _table_constants(parts, step.name)
 
     def run(self, step: Step, ins: list[Tensor], consts: TableProgram, ctx) -> Tensor:
-        codes = consts.codes
-        if codes.device != ins[0].device:
-            codes = ctx.cache.setdefault(f"{step.name}.codes", codes.to(ins[0].device))
-        return ops.int_embedding(ins[0], codes)
+        return ops.int_embedding(ins[0], on_device(consts.codes, ins[0], ctx, f"{step.name}.codes"))
 
 
 class ParamKind(StepKind):
@@ -465,9 +456,7 @@ class ParamKind(StepKind):
         return _table_constants(parts, step.name)
 
     def run(self, step: Step, ins: list[Tensor], consts: TableProgram, ctx) -> Tensor:
-        codes = consts.codes
-        if codes.device != ins[0].device:
-            codes = ctx.cache.setdefault(f"{step.name}.codes", codes.to(ins[0].device))
+        codes = on_device(consts.codes, ins[0], ctx, f"{step.name}.codes")
         return codes.expand(ins[0].shape[0], *codes.shape)
 
 
