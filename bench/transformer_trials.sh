@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# The ViT-on-digits trials of docs/transformers-2026-12-02.md: for each seed, one DQT checkpoint
+# The transformer trials of docs/transformers-2026-12-02.md: for each seed, one DQT checkpoint
 # with a width per token (every static width and the controller from it), and the same
-# architecture trained alone at each static width 4..8. Two runs at a time, one thread each.
-# Usage: bench/transformer_trials.sh OUT_DIR [SEEDS...]
+# architecture trained alone at static widths. Two runs at a time, one thread each.
+# Usage: bench/transformer_trials.sh vit|lm OUT_DIR [SEEDS...]
+#   vit: TinyViT on digits, 35 epochs, alone at 8..4 bits
+#   lm:  CharTransformer on the pydoc corpus (3,000 training windows), 8 epochs, alone at 8 and 4 bits
 set -euo pipefail
-out=${1:?out dir}; shift
+task=${1:?vit or lm}; out=${2:?out dir}; shift 2
 seeds=${*:-0 1 2}
-common=(--model vit --data digits --warmup-epochs 20 --epochs 15)
+if [ "$task" = vit ]; then
+  common=(--model vit --data digits --warmup-epochs 20 --epochs 15); widths="8 7 6 5 4"
+else
+  common=(--data pydoc --limit 3000 --warmup-epochs 4 --epochs 4); widths="8 4"
+fi
 jobs=()
 for seed in $seeds; do
   jobs+=("dqt train ${common[*]} --controller token --seed $seed --out $out/token-s$seed")
-  for bits in 8 7 6 5 4; do
+  for bits in $widths; do
     jobs+=("dqt train ${common[*]} --static-bits $bits --seed $seed --out $out/static$bits-s$seed")
   done
 done

@@ -1,0 +1,83 @@
+"""Summarise bench/transformer_trials.sh: mean and standard deviation over seeds of each width of
+the one DQT checkpoint, of the same architecture trained alone at that width, and of the
+per-token controller, with BitOPs relative to uniform 4 bits, and the per-token width histogram.
+
+Usage: python -m bench.transformer_summary TRIALS_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def _rows(path: Path) -> dict:
+    return {r["mode"]: r for r in json.loads(path.read_text())["rows"]}
+
+
+def summarise(trials: Path) -> str:
+    seeds = sorted(int(p.name.split("-s")[1]) for p in trials.glob("token-s*") if (p / "results.json").exists())
+    if not seeds:
+        raise SystemExit(f"no finished token-s* runs under {trials}")
+    token = {s: _rows(trials / f"token-s{s}" / "results.json") for s in seeds}
+    metric = "perplexity" if "perplexity" in token[seeds[0]]["static 8-bit"] else "accuracy"
+    unit = 1.0 if metric == "perplexity" else 100.0
+
+    def stat(values: list) -> str:
+        if not values:
+            return "n/a"
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{unit * statistics.mean(values):.{2 if unit == 1 else 1}f} ± {unit * spread:.{2 if unit == 1 else 1}f}"
+
+    lines = [f"seeds {seeds}; {metric}{' %' if unit == 100 else ''} (mean ± standard deviation over seeds)", "",
+             "| width | one checkpoint | trained alone | difference | BitOPs vs uniform 4 |", "|---|---:|---:|---:|---:|"]
+    for bits in (8, 7, 6, 5, 4, 3, 2):
+        mode = f"static {bits}-bit"
+        ours = [token[s][mode][metric] for s in seeds]
+        alone = [_rows(p)[mode][metric] for s in seeds
+                 if (p := trials / f"static{bits}-s{s}" / "results.json").exists()]
+        diff = stat([a - b for a, b in zip(ours, alone)]) if len(alone) == len(ours) else "n/a"
+        lines.append(f"| {bits} | {stat(ours)} | {stat(alone)} | {diff} | "
+                     f"{token[seeds[0]][mode]['bitops_vs_uniform4']:.2f} |")
+    ctrl = [token[s]["controller"] for s in seeds]
+    lines += ["", f"controller (a width per governed layer and token): {metric} {stat([c[metric] for c in ctrl])} at "
+              f"{statistics.mean(c['bitops_vs_uniform4'] for c in ctrl):.2f}x uniform-4 BitOPs; static 4 of the same "
+              f"checkpoints {stat([token[s]['static 4-bit'][metric] for s in seeds])}; controller - static 4: "
+              f"{stat([token[s]['controller'][metric] - token[s]['static 4-bit'][metric] for s in seeds])}",
+              "per-token width histogram (governed layers x tokens, mean over seeds): " +
+              " ".join(f"{b}:{statistics.mean(c['histogram'][str(b)] for c in ctrl):.2f}" for b in (2, 3, 4, 5, 6, 7, 8))]
+    return "\n".join(lines)
+
+
+def token_widths(model_path: Path) -> str:
+    """Which tokens get bits: the controller's mean width per patch position on the digits test
+    split (a 4 x 4 grid of 2 x 2 patches), and for blank patches (no ink) against the others."""
+    import torch
+
+    from dqt_triton import DQTModel
+    from dqt_triton.data import load_dataset
+
+    ds = load_dataset("digits")
+    model = DQTModel.load(model_path).eval()
+    model.set_dynamic(True)
+    with torch.no_grad():
+        model(ds.x_test)
+    governed = [model.layer_names.index(n) for n in model.governed]
+    widths = model.last_bits[..., governed, 0].float().mean(-1)  # [N, T]: each token's mean over governed layers
+    patches = ds.x_test[:, 0].unfold(1, 2, 2).unfold(2, 2, 2).reshape(len(ds.x_test), 16, 4)
+    blank = patches.amax(-1) == 0
+    grid = widths.mean(0).view(4, 4)
+    rows = [" ".join(f"{v:.2f}" for v in row.tolist()) for row in grid]
+    return ("mean width per patch (4 x 4 grid of the 8 x 8 digit):\n  " + "\n  ".join(rows) +
+            f"\nblank patches ({float(blank.float().mean()):.0%} of tokens): {float(widths[blank].mean()):.2f} bits; "
+            f"patches with ink: {float(widths[~blank].mean()):.2f} bits")
+
+
+if __name__ == "__main__":
+    print(summarise(Path(sys.argv[1])))
+    model = Path(sys.argv[1]) / "token-s0" / "model.pt"
+    if json.loads((model.parent / "results.json").read_text())["config"]["data"] == "digits":
+        print()
+        print(token_widths(model))
