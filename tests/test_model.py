@@ -367,8 +367,8 @@ def test_unsupported_operation_is_named():
 
     with pytest.raises(dq.UnsupportedLayerError, match="softplus"):
         dq.DQTModel.from_float(WithSoftplus(), (4,))
-    with pytest.raises(dq.UnsupportedLayerError, match="LayerNorm"):
-        dq.DQTModel.from_float(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2)), (4,))
+    with pytest.raises(dq.UnsupportedLayerError, match="GroupNorm"):
+        dq.DQTModel.from_float(nn.Sequential(nn.Linear(4, 4), nn.GroupNorm(2, 4), nn.Linear(4, 2)), (4,))
     with pytest.raises(dq.UnsupportedLayerError, match="no Linear or Conv2d"):
         dq.DQTModel.from_float(nn.Sequential(nn.ReLU(), nn.Flatten()), (4,))
 
@@ -377,7 +377,7 @@ def test_every_unsupported_operation_is_listed_at_once():
     class ThreeUnsupported(nn.Module):
         def __init__(self):
             super().__init__()
-            self.fc1, self.norm, self.fc2 = nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2)
+            self.fc1, self.norm, self.fc2 = nn.Linear(4, 4), nn.GroupNorm(2, 4), nn.Linear(4, 2)
 
         def forward(self, x):
             h = torch.cumsum(self.norm(self.fc1(x)), dim=1)  # the cumsum's input is already unsupported
@@ -386,8 +386,8 @@ def test_every_unsupported_operation_is_listed_at_once():
     with pytest.raises(dq.UnsupportedLayerError) as err:
         dq.DQTModel.from_float(ThreeUnsupported(), (4,))
     message = str(err.value)
-    assert "3 unsupported operation(s) in the model (LayerNorm x1, cumsum x1, pow x1)" in message, message
-    for op in ("LayerNorm", "cumsum", "pow"):
+    assert "3 unsupported operation(s) in the model (GroupNorm x1, cumsum x1, pow x1)" in message, message
+    for op in ("GroupNorm", "cumsum", "pow"):
         assert op in message, message
     assert "cannot represent" not in message, message  # downstream of a rejected op is not re-reported
 
