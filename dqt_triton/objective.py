@@ -182,6 +182,13 @@ def sandwich_widths(candidate_bits: tuple[int, ...], sampled_widths: Optional[in
     return [cands[-1]] + sorted((middle[i] for i in pick), reverse=True) + [cands[0]]
 
 
+def _divergence(out: Tensor, teacher: Tensor) -> Tensor:
+    """KL(teacher || out) over the classes (axis 1) at each position: [B] for logits [B, C], [B, T]
+    for next-token logits [B, C, T], so that its mean is per prediction as cross-entropy's is
+    (`batchmean` would sum a sequence's T positions)."""
+    return F.kl_div(F.log_softmax(out, 1), F.log_softmax(teacher, 1), log_target=True, reduction="none").sum(1)
+
+
 def _consistency(model: "DQTModel", x: Tensor, target: Tensor, cfg: LossConfig,
                  generator: Optional[torch.Generator]) -> tuple[Tensor, tuple[dict, dict]]:
     """Mean consistency loss over the width set S, and each width's detached per-sample
@@ -191,14 +198,14 @@ def _consistency(model: "DQTModel", x: Tensor, target: Tensor, cfg: LossConfig,
     for b in sandwich_widths(model.candidate_bits, cfg.sampled_widths, generator):
         out = model.train_forward(x, force_bits=b).logits
         per_sample[b] = F.cross_entropy(out.detach(), target, reduction="none")
-        drift[b] = (torch.zeros_like(per_sample[b]) if teacher is None else
-                    F.kl_div(F.log_softmax(out.detach(), 1), F.log_softmax(teacher, 1), log_target=True,
-                             reduction="none").sum(1))
+        drift[b] = torch.zeros_like(per_sample[b]) if teacher is None else _divergence(out.detach(), teacher)
         if teacher is None or not cfg.distill:
             loss = F.cross_entropy(out, target)
             teacher = out.detach() if teacher is None else teacher
-        else:
+        elif out.dim() == 2:  # batchmean: the sum over the batch in one reduction, as before sequences
             loss = F.kl_div(F.log_softmax(out, 1), F.log_softmax(teacher, 1), log_target=True, reduction="batchmean")
+        else:
+            loss = _divergence(out, teacher).mean()  # per prediction: a sequence's T positions are averaged
         if not bool(torch.isfinite(loss)):
             raise FloatingPointError(f"non-finite consistency loss at {b} bits: training has diverged")
         losses.append(loss)

@@ -220,3 +220,18 @@ def test_evaluate_reports_token_accuracy_and_perplexity_for_sequences():
     logits = model(x)
     assert out["accuracy"] == pytest.approx(float((logits.argmax(1) == y).float().mean()))
     assert out["perplexity"] == pytest.approx(float(torch.exp(F.cross_entropy(logits, y))), rel=1e-5)
+
+
+def test_the_consistency_term_of_a_sequence_is_per_prediction():
+    """Distillation to the widest width averages KL over the tokens of a sequence, as the task's
+    cross-entropy does, instead of summing them (which made it T times the task term)."""
+    from dqt_triton.objective import _divergence
+
+    gen = torch.Generator().manual_seed(0)
+    out, teacher = torch.randn(3, 5, 7, generator=gen), torch.randn(3, 5, 7, generator=gen)
+    per_token = torch.stack([F.kl_div(F.log_softmax(out[..., t], 1), F.log_softmax(teacher[..., t], 1),
+                                      log_target=True, reduction="batchmean") for t in range(7)])
+    assert torch.allclose(_divergence(out, teacher).mean(), per_token.mean())  # float training-path values
+    flat = F.kl_div(F.log_softmax(out[..., 0], 1), F.log_softmax(teacher[..., 0], 1), log_target=True,
+                    reduction="batchmean")
+    assert torch.allclose(_divergence(out[..., 0], teacher[..., 0]).mean(), flat)
