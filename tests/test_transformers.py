@@ -14,6 +14,7 @@ from dqt_triton.compile import compile_program
 from dqt_triton.runtime import ProgramRunner
 from dqt_triton.steps import KINDS, CodeValue, TrainPass
 from dqt_triton.transformers import CharTransformer, TinyViT
+from tests.test_steps import assert_triton_gives_the_same_integers
 
 NEW_KINDS = ("matmul", "scale", "softmax", "attention", "layernorm", "embedding", "param", "tokenmean")
 
@@ -188,14 +189,7 @@ def test_torchvision_vit_b_16_names_what_it_lacks():
 def test_triton_backend_gives_the_same_integers(name, mode):
     """The frozen transformer on the Triton backend (the interpreter on CPU, a GPU when present)
     == the CPU eval, on 2 samples: every new kernel inside a whole model."""
-    from tests.kernels.device import DEVICE
-
-    model, x = trained(name, mode, steps=1)
-    x = x[:2]
-    logits = model(x)
-    with dq.use_backend("triton"):
-        got = model.freeze()(x.to(DEVICE))
-    assert torch.equal(got.cpu(), logits)
+    assert_triton_gives_the_same_integers(*trained(name, mode, steps=1))
 
 
 def test_the_pydoc_corpus_is_next_character_windows():
