@@ -173,8 +173,7 @@ class DQTModel(nn.Module):
         return [self.layers[n] for n in self.governed if getattr(self.layers[n], "width_bns", None) is not None]
 
     def fixed_macs(self) -> int:
-        """One sample's MACs that always run at 8 x 8 bits: products of two activations
-        (attention) and, in dynamic mode, the controller."""
+        """One sample's MACs always at 8 x 8 bits: attention's products and, dynamic, the controller."""
         controller_macs = self.controller.macs() if self.dynamic and self.controller is not None else 0
         return controller_macs + self.arch.product_macs
 
@@ -235,9 +234,7 @@ class DQTModel(nn.Module):
             raise UnsupportedLayerError("the model has no final layer")  # capture() guarantees one
         idx = torch.tensor([self.layer_names.index(n) for n in self.governed], device=x.device, dtype=torch.long)
         bits = chosen_bits(torch.tensor([fixed[n] for n in self.layer_names], device=x.device),
-                           None if choice is None else choice.widths, idx)
-        if choice is None:
-            bits = bits.expand(x.shape[0], -1, -1).clone()
+                           None if choice is None else choice.widths, idx, x.shape[0])
         bitops = self.bitops_per_sample(bits).detach()
         # the final layer's float logits, moved by any transpose or reshape after it
         return TrainOutput(values[-1].q, bits, bitops, *((choice.soft_bitops, choice.logits) if choice else ()))

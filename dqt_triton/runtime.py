@@ -55,11 +55,12 @@ def bitops_from_bits(bits: Tensor, macs: Union[list[int], Tensor], controller_ma
     return products.flatten(1).sum(dim=1) + controller_macs * 64
 
 
-def chosen_bits(fixed: Tensor, widths: Optional[Tensor], governed_index: Tensor) -> Tensor:
+def chosen_bits(fixed: Tensor, widths: Optional[Tensor], governed_index: Tensor, batch: int) -> Tensor:
     """(w, a) bits of every layer: the fixed ones [layers, 2] with the governed layers at the
-    controller's widths ([B, governed] per sample or [B, T, governed] per token). Without widths: [1, layers, 2]."""
+    controller's widths ([B, governed] per sample or [B, T, governed] per token); without widths,
+    the fixed ones for each of `batch` samples."""
     if widths is None:
-        return fixed.unsqueeze(0)
+        return fixed.expand(batch, -1, -1).clone()
     bits = fixed.expand(*widths.shape[:-1], -1, -1).clone()
     bits[..., governed_index, :] = widths.unsqueeze(-1).expand(*widths.shape, 2)
     return bits
@@ -146,9 +147,7 @@ def run_program_values(program: IntegerProgram, x: Tensor, cache: Optional[dict]
     fixed_bits = device_constant(cache, "fixed_bits", lambda: torch.tensor([fixed[n] for n in names], device=x.device))
     idx = device_constant(cache, "governed_index", lambda: torch.tensor([names.index(n) for n in program.governed],
                                                                         device=x.device, dtype=torch.long))
-    chosen = chosen_bits(fixed_bits, run.widths, idx)
-    if run.widths is None:
-        chosen = chosen.expand(x.shape[0], -1, -1).clone()
+    chosen = chosen_bits(fixed_bits, run.widths, idx, x.shape[0])
     return values[-1], chosen, values
 
 

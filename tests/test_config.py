@@ -50,7 +50,7 @@ def test_every_option_is_on_the_command_line_with_its_default_unset():
     (dict(shift_rule="ceil"), "shift_rule must be one of"),
     (dict(candidate_bits=(2, 2)), "distinct integers"),
     (dict(edge_bits=9), "edge_bits must be None or an int"),
-    (dict(controller_granularity="token"), "controller_granularity must be one of"),
+    (dict(controller_granularity="pixel"), "controller_granularity must be one of"),
     (dict(consistency_share=0.0), "consistency_share must be in"),
     (dict(imitation_source="oracle"), "imitation_source must be one of"),
     (dict(gate_gradients="some"), "gate_gradients must be one of"),
