@@ -83,10 +83,15 @@ class TrainConfig(LossConfig, ConvertConfig):
     device: str = option("cpu", "cpu, cuda or auto", choices=("cpu", "cuda", "auto"))
     limit: int = option(0, "train on the first N images only (0: all; for quick checks)")
     static_bits: int = option(0, "> 0: a non-nested static baseline trained at this width only (no DQT phase)")
+    static_schedule: str = option("constant", "learning rates of a --static-bits baseline: constant (--lr "
+                                  "throughout) or phased (the DQT run's: --lr for --warmup-epochs, then --dqt-lr)",
+                                  choices=("constant", "phased"))
 
     def __post_init__(self) -> None:
         ConvertConfig.__post_init__(self)
         LossConfig.__post_init__(self)
+        if self.static_schedule not in ("constant", "phased"):
+            raise ValueError(f"static_schedule must be 'constant' or 'phased', got {self.static_schedule!r}")
         if not 0.0 <= self.imitation_holdout < 1.0:
             raise ValueError(f"imitation_holdout must be in [0, 1), got {self.imitation_holdout}")
         if not 0.0 <= self.calibration_holdout < 1.0 or self.imitation_holdout + self.calibration_holdout >= 1.0:
@@ -310,8 +315,12 @@ class Trainer:
     def total_epochs(self) -> int:
         return self.cfg.warmup_epochs + self.cfg.epochs
 
+    def _phase_change(self) -> bool:
+        """Whether the learning rate drops to `dqt_lr` after the warm-up (a constant static baseline keeps `lr`)."""
+        return not self.cfg.static_bits or self.cfg.static_schedule == "phased"
+
     def _optimizer_for(self, epoch: int) -> torch.optim.Optimizer:
-        lr = self.cfg.lr if epoch < self.cfg.warmup_epochs or self.cfg.static_bits else self.cfg.dqt_lr
+        lr = self.cfg.dqt_lr if epoch >= self.cfg.warmup_epochs and self._phase_change() else self.cfg.lr
         return torch.optim.Adam(self.model.parameters(), lr=lr)
 
     def state(self) -> dict:
@@ -386,7 +395,7 @@ class Trainer:
         try:
             for epoch in epochs:
                 dqt_phase = epoch >= cfg.warmup_epochs and not cfg.static_bits
-                if epoch == cfg.warmup_epochs and not cfg.static_bits:
+                if epoch == cfg.warmup_epochs and self._phase_change():
                     self.optimizer = self._optimizer_for(epoch)
                 if cfg.static_bits:
                     model.set_bits(cfg.static_bits)

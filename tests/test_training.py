@@ -210,6 +210,37 @@ def test_training_ends_by_recalibrating_each_widths_norms_and_saves_them(tmp_pat
     assert len(calls) == 2
 
 
+def test_a_phased_static_baseline_follows_the_dqt_runs_learning_rates(tmp_path, monkeypatch):
+    """static_schedule: a constant baseline trains at lr throughout (what runs did before the
+    option); a phased one drops to dqt_lr after the warm-up epochs, as the DQT run does, and a
+    resumed phased run picks up the dropped rate."""
+    seen = []
+    epoch = Trainer._train_epoch
+
+    def recorded(self, *args):
+        seen.append(self.optimizer.param_groups[0]["lr"])
+        return epoch(self, *args)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", recorded)
+    rates = dict(lr=3e-3, dqt_lr=5e-4, warmup_epochs=1, epochs=2, norm_recalibration=0)
+    for name, overrides, expected in (("dqt", {}, [3e-3, 5e-4, 5e-4]),
+                                      ("constant", {"static_bits": 4}, [3e-3] * 3),
+                                      ("phased", {"static_bits": 4, "static_schedule": "phased"},
+                                       [3e-3, 5e-4, 5e-4])):
+        seen.clear()
+        Trainer(_config(**rates, **overrides), tmp_path / name).train()
+        assert seen == expected, name
+    seen.clear()
+    resumed = Trainer(_config(**{**rates, "epochs": 3}, static_bits=4, static_schedule="phased"), tmp_path / "phased")
+    with pytest.raises(ValueError, match="options differ"):
+        resumed.resume()  # epochs differ; the same options resume at the dropped rate
+    resumed = Trainer(_config(**rates, static_bits=4, static_schedule="phased"), tmp_path / "phased")
+    resumed.resume()
+    assert resumed.optimizer.param_groups[0]["lr"] == 5e-4
+    with pytest.raises(ValueError, match="static_schedule must be 'constant' or 'phased', got 'cosine'"):
+        _config(static_bits=4, static_schedule="cosine")
+
+
 def test_mnist1d_is_generated_offline_and_leaves_the_global_random_state_alone(monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("MNIST-1D must be generated offline, not downloaded")
