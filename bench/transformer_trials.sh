@@ -5,14 +5,14 @@
 # phased: --lr for the warm-up's epochs, then --dqt-lr). Two runs at a time, one thread each.
 # Usage: bench/transformer_trials.sh vit|lm OUT_DIR [SEEDS...]
 #   vit: TinyViT on digits, 50 epochs (20 + 30), alone at 8..4 bits
-#   lm:  CharTransformer on the pydoc corpus (3,000 training windows), 8 epochs, alone at 8 and 4 bits
+#   lm:  CharTransformer on the pydoc corpus (6,000 training windows), 16 epochs (10 + 6), alone at 8 and 4 bits
 set -euo pipefail
 task=${1:?vit or lm}; out=${2:?out dir}; shift 2
 seeds=${*:-0 1 2}
 if [ "$task" = vit ]; then
   common=(--model vit --data digits --warmup-epochs 20 --epochs 30); widths="8 7 6 5 4"
 else
-  common=(--data pydoc --limit 3000 --warmup-epochs 4 --epochs 4); widths="8 4"
+  common=(--data pydoc --limit 6000 --warmup-epochs 10 --epochs 6); widths="8 4"
 fi
 jobs=()
 for seed in $seeds; do
