@@ -9,7 +9,9 @@ lives here: the Numba kernels are in `dqt_triton.reference`, the Triton ones in
   `PreparedLayer`);
 - `ops_elementwise`: `int_add`, `int_mul`, `int_lut`;
 - `ops_pool`: `int_max_pool2d`, `int_avg_pool2d`, `int_adaptive_avg_pool2d`;
-- `ops_transformer`: `int_bmm` (two activations), `int_softmax`, `int_layernorm`, `int_embedding`;
+- `ops_transformer`: `int_bmm` (two activations), `int_softmax`, `int_layernorm`, `int_embedding`,
+  and the forms an integer program calls with constants it has checked once (`run_softmax`,
+  `run_layernorm`; `check_softmax_table`, `check_layernorm_constants`);
 - `ops_common`: the checks they share, the `Epilogue` plan and the epilogue keywords of the
   layer ops (`EpilogueOptions`).
 """
@@ -20,7 +22,16 @@ from .ops_common import CODE_DTYPES, Epilogue, EpilogueOptions, IntPair, ShiftAr
 from .ops_elementwise import int_add, int_lut, int_mul
 from .ops_gemm import PreparedLayer, int_conv2d, int_matmul, prepare_layer, run_prepared
 from .ops_pool import int_adaptive_avg_pool2d, int_avg_pool2d, int_max_pool2d
-from .ops_transformer import int_bmm, int_embedding, int_layernorm, int_softmax
+from .ops_transformer import (
+    check_layernorm_constants,
+    check_softmax_table,
+    int_bmm,
+    int_embedding,
+    int_layernorm,
+    int_softmax,
+    run_layernorm,
+    run_softmax,
+)
 from .reference.common import WIDTH_TABLE_ROWS
 
 __all__ = [
@@ -31,6 +42,8 @@ __all__ = [
     "IntPair",
     "PreparedLayer",
     "ShiftArg",
+    "check_layernorm_constants",
+    "check_softmax_table",
     "int_adaptive_avg_pool2d",
     "int_add",
     "int_avg_pool2d",
@@ -44,5 +57,7 @@ __all__ = [
     "int_max_pool2d",
     "int_mul",
     "prepare_layer",
+    "run_layernorm",
     "run_prepared",
+    "run_softmax",
 ]

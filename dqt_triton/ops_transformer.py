@@ -164,11 +164,31 @@ def round_shift_codes(v: torch.Tensor, s) -> torch.Tensor:
     return (v + half) >> s
 
 
+def check_softmax_table(table: torch.Tensor, op: str = "int_softmax") -> None:
+    """The values of an exp table (read on the host): `int_softmax` checks them on every call, an
+    integer program once, when it places the table on its device."""
+    table = require_tensor(table, "table", op)
+    if table.dtype != torch.int32 or table.shape != (256,):
+        raise ValueError(f"{op}: table must be int32 with 256 entries, got {table.dtype} {tuple(table.shape)}")
+    lo_t, hi_t = int(table.min()), int(table.max())
+    if lo_t < 0 or hi_t > SOFTMAX_ONE or int(table[0]) < 1:
+        raise ValueError(f"{op}: table entries must lie in [0, {SOFTMAX_ONE}] with table[0] >= 1, got min {lo_t} "
+                         f"max {hi_t} and table[0] = {int(table[0])}")
+
+
 def int_softmax(x: torch.Tensor, table: torch.Tensor, *, causal: bool = False,
                 backend: Optional[str] = None) -> torch.Tensor:
     """Softmax over the last axis of score codes (docs/numerics.md 10.2): uint8 codes of step
     1/255 from the int32 exp table ``table[256]`` (`numerics.softmax_table`). ``causal`` keeps
     column n of row m of each ``[M, N]`` matrix only if ``n <= m + N - M``."""
+    check_softmax_table(table)
+    return run_softmax(x, table, causal=causal, backend=backend)
+
+
+def run_softmax(x: torch.Tensor, table: torch.Tensor, *, causal: bool = False,
+                backend: Optional[str] = None) -> torch.Tensor:
+    """`int_softmax` with a table whose values `check_softmax_table` has passed: shapes and dtypes
+    are checked, no tensor value is read on the host (no GPU synchronisation per call)."""
     op = "int_softmax"
     x = require_codes(x, "x", op)
     table = require_tensor(table, "table", op)
@@ -177,10 +197,6 @@ def int_softmax(x: torch.Tensor, table: torch.Tensor, *, causal: bool = False,
     device = same_device(op, x=x, table=table)
     if not isinstance(causal, bool):
         raise TypeError(f"{op}: causal must be a bool, got {type(causal).__name__}")
-    lo_t, hi_t = int(table.min()), int(table.max())
-    if lo_t < 0 or hi_t > SOFTMAX_ONE or int(table[0]) < 1:
-        raise ValueError(f"{op}: table entries must lie in [0, {SOFTMAX_ONE}] with table[0] >= 1, got min {lo_t} "
-                         f"max {hi_t} and table[0] = {int(table[0])}")
     if x.dim() < 1 or (causal and x.dim() < 2):
         raise ValueError(f"{op}: x must have a last axis{' and a row axis (causal)' if causal else ''}, "
                          f"got shape {tuple(x.shape)}")
@@ -218,11 +234,27 @@ def softmax_codes(v: torch.Tensor, table: torch.Tensor, causal: bool) -> torch.T
     return (2 * SOFTMAX_OUT * e + total) // (2 * total)
 
 
+def check_layernorm_constants(mult: torch.Tensor, offset: torch.Tensor, op: str = "int_layernorm") -> None:
+    """The values of LayerNorm's folded constants (read on the host): `int_layernorm` checks them
+    on every call, an integer program once, when it places them on its device."""
+    mult, offset = require_tensor(mult, "mult", op), require_tensor(offset, "offset", op)
+    if mult.numel() and offset.numel() and (int(mult.abs().max()) > 2**30 or int(offset.abs().max()) > MAX_OFFSET_ABS):
+        raise ValueError(f"{op}: |mult| must be <= 2^30 and |offset| <= 2^47")
+
+
 def int_layernorm(x: torch.Tensor, mult: torch.Tensor, offset: torch.Tensor, *, shift: int, eps_units: int,
                   out_dtype: torch.dtype = torch.int8, backend: Optional[str] = None) -> torch.Tensor:
     """LayerNorm over the last axis of codes (docs/numerics.md 10.3) with the folded affine map
     ``mult`` (int32 ``[C]``), ``offset`` (int64 ``[C]``), ``shift`` and ``eps_units`` from
     `numerics.layernorm_constants`; output codes of ``out_dtype``."""
+    check_layernorm_constants(mult, offset)
+    return run_layernorm(x, mult, offset, shift=shift, eps_units=eps_units, out_dtype=out_dtype, backend=backend)
+
+
+def run_layernorm(x: torch.Tensor, mult: torch.Tensor, offset: torch.Tensor, *, shift: int, eps_units: int,
+                  out_dtype: torch.dtype = torch.int8, backend: Optional[str] = None) -> torch.Tensor:
+    """`int_layernorm` with constants whose values `check_layernorm_constants` has passed: shapes,
+    dtypes and the int arguments are checked, no tensor value is read on the host."""
     op = "int_layernorm"
     x = require_codes(x, "x", op)
     mult = require_tensor(mult, "mult", op)
@@ -235,8 +267,6 @@ def int_layernorm(x: torch.Tensor, mult: torch.Tensor, offset: torch.Tensor, *, 
         raise ValueError(f"{op}: mult must be int32 [{C}], got {mult.dtype} {tuple(mult.shape)}")
     if offset.dtype != torch.int64 or tuple(offset.shape) != (C,):
         raise ValueError(f"{op}: offset must be int64 [{C}], got {offset.dtype} {tuple(offset.shape)}")
-    if int(mult.abs().max()) > 2**30 or int(offset.abs().max()) > MAX_OFFSET_ABS:
-        raise ValueError(f"{op}: |mult| must be <= 2^30 and |offset| <= 2^47")
     if not is_int(shift) or not 0 <= shift <= MAX_REQUANT_SHIFT - LN_NORM_BITS:
         raise ValueError(f"{op}: shift must be an int in [0, {MAX_REQUANT_SHIFT - LN_NORM_BITS}], got {shift!r}")
     if not is_int(eps_units) or not 0 <= eps_units <= LN_MAX_EPS_UNITS:
@@ -288,7 +318,8 @@ def int_embedding(ids: torch.Tensor, table: torch.Tensor, *, backend: Optional[s
     table = require_codes(table, "table", op, dtypes=(torch.int8,), ndim=2)
     device = same_device(op, ids=ids, table=table)
     V, D = table.shape
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= V):
+    # One host read, and none when the table has a row for every code of the id dtype.
+    if ids.numel() and not (ids.dtype == torch.uint8 and V >= 256) and bool((ids < 0).any() | (ids >= V).any()):
         raise ValueError(f"{op}: token ids must lie in [0, {V}) (the table has {V} rows), got min {int(ids.min())} "
                          f"max {int(ids.max())}")
     flat = ids.contiguous().reshape(-1)

@@ -229,3 +229,41 @@ def test_the_consistency_term_of_a_sequence_is_per_prediction():
     flat = F.kl_div(F.log_softmax(out[..., 0], 1), F.log_softmax(teacher[..., 0], 1), log_target=True,
                     reduction="batchmean")
     assert torch.allclose(_divergence(out[..., 0], teacher[..., 0]).mean(), flat)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("name,mode", [("vit", "token"), ("lm", "token")])
+def test_triton_path_of_a_frozen_transformer_reads_only_the_token_ids_on_the_host(name, mode, monkeypatch):
+    """After the warm-up call (which checks each softmax table and LayerNorm constant once and
+    places it on the device), a frozen transformer's forward on the Triton backend reads no
+    tensor value on the host, except the one check that every token id has a row in a table
+    smaller than the id range (the language model's 40 of 256): data, checked once per forward."""
+    from tests.kernels.device import DEVICE
+    from tests.test_model import _count_host_reads
+
+    model, x = trained(name, mode, steps=1)
+    frozen = model.freeze()
+    x = x[:2].to(DEVICE)
+    with dq.use_backend("triton"):
+        want = frozen(x)
+        counts = _count_host_reads(monkeypatch)
+        got = frozen(x)
+        monkeypatch.undo()
+    assert dict(counts) == ({} if name == "vit" else {"__bool__": 1})
+    assert torch.equal(got, want) and torch.equal(got.cpu(), model(x.cpu()))
+    if name == "lm":  # the check that costs the read
+        with dq.use_backend("triton"), pytest.raises(ValueError, match=r"token ids must lie in \[0, 40\)"):
+            frozen(torch.full_like(x, 40))
+
+
+def test_a_program_checks_its_softmax_and_layernorm_constants_before_first_use():
+    """The values the program's ops no longer read per call are checked when the runtime first
+    places them: a corrupted table or LayerNorm multiplier in a frozen program is a clear error
+    at the first call, not a wrong result."""
+    model, x = trained("vit", "4", steps=1)
+    for field, value, message in (("table", 0, "table\\[0\\] = 0"), ("mult", 2**30 + 1, "mult\\| must be <= 2\\^30")):
+        frozen = model.freeze()
+        target = next(getattr(c, field) for c in frozen.program.ops.values() if hasattr(c, field))
+        target[0] = value
+        with pytest.raises(ValueError, match=message):
+            frozen(x[:2])

@@ -66,6 +66,17 @@ def train_product(a: CodeValue, b: CodeValue, factor: float, quant: ActQuantizer
     return CodeValue(_exact(q_lsq, q_int), quant.scale(), quant.signed)
 
 
+def checked_constants(ctx, key: str, like: Tensor, check, *consts: Tensor) -> tuple[Tensor, ...]:
+    """Program constants on `like`'s device, their values checked by `check` once, before they are
+    first placed (kept in the runtime's cache): per call the ops then read nothing on the host."""
+    key = f"{key}@{like.device}"
+    placed = ctx.cache.get(key)
+    if placed is None:
+        check(*consts)
+        placed = ctx.cache[key] = tuple(t.to(like.device) for t in consts)
+    return placed
+
+
 def run_product(a: Tensor, b: Tensor, p: ProductProgram) -> Tensor:
     return ops.int_bmm(a, b, b_token_axis=p.b_token_axis, multiplier=p.multiplier, shift=p.shift,
                        out_dtype=DTYPES[p.out_dtype])
@@ -224,8 +235,8 @@ class SoftmaxKind(StepKind):
         return SoftmaxProgram(numerics.softmax_table(in_scales[0]), step.geometry["causal"]), numerics.SOFTMAX_STEP
 
     def run(self, step: Step, ins: list[Tensor], consts: SoftmaxProgram, ctx) -> Tensor:
-        table = on_device(consts.table, ins[0], ctx, f"{step.name}.table")
-        return ops.int_softmax(ins[0], table, causal=consts.causal)
+        table, = checked_constants(ctx, f"{step.name}.table", ins[0], ops.check_softmax_table, consts.table)
+        return ops.run_softmax(ins[0], table, causal=consts.causal)
 
 
 class AttentionKind(StepKind):
@@ -283,8 +294,8 @@ class AttentionKind(StepKind):
     def run(self, step: Step, ins: list[Tensor], consts: AttentionProgram, ctx) -> Tensor:
         q, k, v = ins
         scores = run_product(q, k.transpose(-2, -1), consts.scores)
-        table = on_device(consts.softmax.table, q, ctx, f"{step.name}.table")
-        p = ops.int_softmax(scores, table, causal=consts.softmax.causal)
+        table, = checked_constants(ctx, f"{step.name}.table", q, ops.check_softmax_table, consts.softmax.table)
+        p = ops.run_softmax(scores, table, causal=consts.softmax.causal)
         return run_product(p, v, consts.output)
 
 
@@ -347,9 +358,9 @@ class LayerNormKind(StepKind):
 
     def run(self, step: Step, ins: list[Tensor], consts: LayerNormProgram, ctx) -> Tensor:
         x = ins[0]
-        mult, offset = on_device(consts.mult, x, ctx, f"{step.name}.mult"), on_device(consts.offset, x, ctx,
-                                                                                      f"{step.name}.offset")
-        return ops.int_layernorm(x, mult, offset, shift=consts.shift, eps_units=consts.eps_units,
+        mult, offset = checked_constants(ctx, f"{step.name}.norm", x, ops.check_layernorm_constants, consts.mult,
+                                         consts.offset)
+        return ops.run_layernorm(x, mult, offset, shift=consts.shift, eps_units=consts.eps_units,
                                  out_dtype=DTYPES[consts.out_dtype])
 
 
