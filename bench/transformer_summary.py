@@ -1,6 +1,8 @@
 """Summarise bench/transformer_trials.sh: mean and standard deviation over seeds of each width of
 the one DQT checkpoint, of the same architecture trained alone at that width, and of the
-per-token controller, with BitOPs relative to uniform 4 bits, and the per-token width histogram.
+per-token controller, with BitOPs relative to uniform 4 bits, the per-token width histogram, and
+whether the controller's choice of tokens matters (its widths shuffled among each sample's
+tokens, `shuffled_widths`).
 
 Usage: python -m bench.transformer_summary TRIALS_DIR
 """
@@ -51,6 +53,51 @@ def summarise(trials: Path) -> str:
     return "\n".join(lines)
 
 
+def shuffled_widths(model_path: Path, seeds: int = 5) -> tuple[float, list[float], str]:
+    """The per-token controller's test metric on the training path at eval statistics
+    (`simulated_forward`) against the same widths shuffled among each sample's tokens, layer by
+    layer (the same widths and BitOPs per sample, other tokens get them): if the controller knew
+    which tokens need bits, shuffling would cost accuracy. Returns (controller, [shuffled per
+    draw], metric name)."""
+    import torch
+    import torch.nn.functional as F
+
+    from dqt_triton import DQTModel
+    from dqt_triton.controller import Gates
+    from dqt_triton.data import load_dataset
+
+    config = json.loads((model_path.parent / "results.json").read_text())["config"]
+    ds = load_dataset(config["data"], None, config["seed"], 0)
+    model = DQTModel.load(model_path).eval()
+    model.set_dynamic(True)
+    choose, shuffle = model._choose, {"generator": None}
+
+    def shuffled(source, fixed, budget_codes):
+        g = choose(source, fixed, budget_codes)
+        if shuffle["generator"] is None:
+            return g
+        B, T, L, J = g.gates.shape
+        order = torch.rand(B, T, L, generator=shuffle["generator"]).argsort(1)  # a permutation of T per sample and layer
+        return Gates(g.logits, g.gates.gather(1, order[..., None].expand(B, T, L, J)), g.widths.gather(1, order),
+                     g.soft_bitops)
+
+    model._choose = shuffled
+
+    def metric() -> float:
+        with torch.no_grad():
+            out = torch.cat([model.simulated_forward(x) for x in ds.x_test.split(256)])
+        if ds.y_test.dim() > 1:
+            return float(torch.exp(F.cross_entropy(out, ds.y_test)))
+        return float((out.argmax(1) == ds.y_test).float().mean())
+
+    ctrl = metric()
+    draws = []
+    for i in range(seeds):
+        shuffle["generator"] = torch.Generator().manual_seed(i)
+        draws.append(metric())
+    return ctrl, draws, "perplexity" if ds.y_test.dim() > 1 else "accuracy"
+
+
 def token_widths(model_path: Path) -> str:
     """Which tokens get bits: the controller's mean width per patch position on the digits test
     split (a 4 x 4 grid of 2 x 2 patches), and for blank patches (no ink) against the others."""
@@ -75,8 +122,22 @@ def token_widths(model_path: Path) -> str:
             f"patches with ink: {float(widths[~blank].mean()):.2f} bits")
 
 
+def shuffle_table(trials: Path) -> str:
+    """`shuffled_widths` for every seed's checkpoint."""
+    lines = ["controller against its widths shuffled among each sample's tokens (training path at eval statistics, "
+             "5 shuffles per seed):"]
+    for path in sorted(trials.glob("token-s*/model.pt")):
+        ctrl, draws, metric = shuffled_widths(path)
+        unit = 1.0 if metric == "perplexity" else 100.0
+        lines.append(f"  {path.parent.name}: controller {unit * ctrl:.2f}, shuffled {unit * statistics.mean(draws):.2f} "
+                     f"(range {unit * min(draws):.2f}-{unit * max(draws):.2f}) {metric}")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     print(summarise(Path(sys.argv[1])))
+    print()
+    print(shuffle_table(Path(sys.argv[1])))
     model = Path(sys.argv[1]) / "token-s0" / "model.pt"
     if json.loads((model.parent / "results.json").read_text())["config"]["data"] == "digits":
         print()

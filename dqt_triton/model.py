@@ -77,8 +77,7 @@ class DQTModel(nn.Module):
         self.budget_code = BUDGET_LEVELS // 2
         self.static_bits = {n: (8, 8) for n in self.layer_names}
         self.dynamic = bool(arch.dynamic) and controller is not None
-        self.last_bits: Optional[Tensor] = None
-        self.last_bitops: Optional[Tensor] = None
+        self.last_bits = self.last_bitops = None  # Optional[Tensor]: the last forward's [B, layers, 2] and [B]
         self.policies: Optional[dict] = None  # calibrated width policies (`policy.PolicyTable.to_dict()`)
         self._compiled: Optional[tuple[tuple, ProgramRunner]] = None  # (what the program depends on, its runner)
 
@@ -209,12 +208,13 @@ class DQTModel(nn.Module):
         return logits
 
     def train_forward(self, x: Tensor, force_bits: Optional[int] = None, budget_codes: Optional[Tensor] = None,
-                      gate_gradients: str = "all") -> TrainOutput:
+                      gate_gradients: str = "all", record: Optional[dict] = None) -> TrainOutput:
         """The training path: integer layers with straight-through gradients, float batch norm.
 
         force_bits: every governed layer at that width (the consistency term's paths).
         budget_codes: per-sample budget codes for the controller (default: `budget_code`).
         gate_gradients: how the task loss reaches the controller's gates (`quant.GATE_GRADIENTS`).
+        record: layer names -> filled with (output, its error against 8 bits on the same input) (`TrainPass`).
         """
         check_input(self.arch.input_shape, self.arch.input_dtype, self.arch.input_scale, x)
         if x.shape[0] == 0:  # eval returns empty logits, as torch layers do; a training step has no batch statistics
@@ -222,7 +222,7 @@ class DQTModel(nn.Module):
         fixed = self.fixed_bits(force_bits)
         dynamic = self.dynamic and force_bits is None
         tp = TrainPass(self.parts, self.shift_rule, self.candidate_bits, gate_gradients, fixed,
-                       {n: i for i, n in enumerate(self.governed)} if dynamic else {})
+                       {n: i for i, n in enumerate(self.governed)} if dynamic else {}, record=record)
         source, choice = self.arch.controller_source, None
         values = [CodeValue(x.to(torch.float32), self.input_step, self.arch.input_dtype == "int8")]
         for step in self.steps:

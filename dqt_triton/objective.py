@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 Tensor = torch.Tensor
 IMITATION_SOURCES = ("holdout", "sandwich", "teacher")
 IMITATION_MODES = ("expected", "best")
+TOKEN_COSTS = ("gradient", "position")
 
 
 @dataclass
@@ -45,6 +46,10 @@ class LossConfig:
     sampled_widths: int = option(1, "random middle widths per step besides the widest and narrowest; -1 = all")
     consistency_share: float = option(0.5, "share of each batch the consistency widths see, at least two samples "
                                       "(1.0: all of it, dearer)")
+    token_costs: str = option("gradient", "a per-token controller's imitation target: each sample's loss at a width "
+                              "shared among its tokens and governed layers in proportion to |dL/dy|^2 |y_b - y_8|^2 "
+                              "('gradient'), or each token's own position's loss, its sample's with one target per "
+                              "sample ('position')", choices=TOKEN_COSTS)
     gate_gradients: str = option("local", "task-loss gradients to the controller's gates: 'all' (one pass per "
                                  "width), 'local' (the chosen width and its neighbours) or 'none'",
                                  choices=GATE_GRADIENTS)
@@ -58,6 +63,8 @@ class LossConfig:
             raise ValueError(f"imitation_samples must be at least 1, got {self.imitation_samples}")
         if not 0.0 < self.consistency_share <= 1.0:
             raise ValueError(f"consistency_share must be in (0, 1], got {self.consistency_share}")
+        if self.token_costs not in TOKEN_COSTS:
+            raise ValueError(f"token_costs must be one of {TOKEN_COSTS}, got {self.token_costs!r}")
         if self.gate_gradients not in GATE_GRADIENTS:
             raise ValueError(f"gate_gradients must be one of {GATE_GRADIENTS}, got {self.gate_gradients!r}")
 
@@ -90,6 +97,10 @@ def _dqt_loss(model: "DQTModel", x: Tensor, target: Tensor, cfg: LossConfig, tar
     if priced and cfg.imitation > 0 and cfg.imitation_source != "holdout" and cfg.alpha <= 0:
         raise ValueError(f"imitation_source={cfg.imitation_source!r} learns from the consistency term's widths: "
                          "it needs alpha > 0 (or imitation_source='holdout')")
+    token_costs = priced and cfg.imitation > 0 and model.controller.per_token and cfg.token_costs != "position"
+    if token_costs and cfg.imitation_source == "holdout":
+        raise ValueError(f"token_costs={cfg.token_costs!r} shares the sandwich's losses among tokens: it needs "
+                         "imitation_source 'sandwich' or 'teacher' (or token_costs='position')")
     budget_codes = torch.randint(0, BUDGET_LEVELS, (x.shape[0],), generator=generator).to(x.device) if priced else None
     out = model.train_forward(x, budget_codes=budget_codes, gate_gradients=cfg.gate_gradients)
     task = F.cross_entropy(out.logits, target)
@@ -100,13 +111,16 @@ def _dqt_loss(model: "DQTModel", x: Tensor, target: Tensor, cfg: LossConfig, tar
     # at least two samples where the batch has them: the sandwich's batch norms need two
     n = max(round(cfg.consistency_share * x.shape[0]), min(2, x.shape[0]))
     if cfg.alpha > 0:
-        consistency, sandwich_losses = _consistency(model, x[:n], target[:n], cfg, generator)
+        consistency, sandwich_losses, sensitivity = _consistency(model, x[:n], target[:n], cfg, generator,
+                                                                 model.governed if token_costs else None)
     if budget_codes is not None and out.soft_bitops is not None:
         lam = budget_price(budget_codes).to(out.soft_bitops.device)
         budget = (lam * out.soft_bitops / target_bitops).mean()
         if cfg.imitation > 0 and out.controller_logits is not None:
             if cfg.imitation_source in ("sandwich", "teacher"):
                 per_width = sandwich_losses[0 if cfg.imitation_source == "sandwich" else 1]
+                if sensitivity is not None:
+                    per_width = _shared_costs(per_width, sensitivity)
                 logits_i, lam_i = out.controller_logits[:n], lam[:n]
             else:
                 if imitation_data is not None:
@@ -146,28 +160,56 @@ def _imitation_loss(model: "DQTModel", controller_logits: Tensor, per_width: dic
     expected cost, and where the controller cannot tell inputs apart it settles on the width
     best on average instead of betting on the likeliest best one. "best": cross-entropy
     against each sample's cheapest width (argmin).
+
+    Costs per token and governed layer ([B, T, L] per width, `_shared_costs`) are priced per
+    layer: lambda * L * (that layer's MACs) * b^2 / unit, the same T * L scale as the costs.
     """
     widths = sorted(per_width)
-    losses = torch.stack([per_width[b] for b in widths], dim=-1)  # [B, |S|], [B, T, |S|] for per-token targets
-    if controller_logits.dim() == 4:  # a width per token: each token is a row (it imitates its own cost,
-        tokens = controller_logits.shape[1]  # or its sample's when the task has one target per sample)
-        controller_logits = controller_logits.flatten(0, 1)
-        losses = losses.flatten(0, 1) if losses.dim() == 3 else losses.repeat_interleave(tokens, 0)
-        lam = lam.repeat_interleave(tokens)
-    elif losses.dim() == 3:  # per-token targets, one width per sample: the sample's mean cost
-        losses = losses.mean(1)
-    cost = torch.tensor([model.uniform_bitops(b) / unit for b in widths], device=losses.device)
+    losses = torch.stack([per_width[b] for b in widths], dim=-1)  # [B, (T, (L,)) |S|]
     index = torch.tensor([model.candidate_bits.index(b) for b in widths], device=losses.device)
-    total = losses + lam[:, None] * cost
+    squares = torch.tensor([float(b * b) for b in widths], device=losses.device)
+    if losses.dim() == 4:  # a cost per token and governed layer
+        tokens = controller_logits.shape[1]
+        controller_logits = controller_logits.flatten(0, 1)
+        macs = torch.tensor([float(model.arch.macs[n]) for n in model.governed], device=losses.device)
+        price = len(model.governed) * macs[:, None] * squares / unit  # [L, |S|]
+        total = losses.flatten(0, 1) + lam.repeat_interleave(tokens)[:, None, None] * price
+    else:
+        if controller_logits.dim() == 4:  # a width per token: each token is a row (it imitates its own cost,
+            tokens = controller_logits.shape[1]  # or its sample's when the task has one target per sample)
+            controller_logits = controller_logits.flatten(0, 1)
+            losses = losses.flatten(0, 1) if losses.dim() == 3 else losses.repeat_interleave(tokens, 0)
+            lam = lam.repeat_interleave(tokens)
+        elif losses.dim() == 3:  # per-token targets, one width per sample: the sample's mean cost
+            losses = losses.mean(1)
+        cost = torch.tensor([model.uniform_bitops(b) / unit for b in widths], device=losses.device)
+        total = (losses + lam[:, None] * cost)[:, None, :]  # [rows, 1, |S|]: every head the same
     heads = controller_logits.shape[1]
     if mode == "best":
-        target = index[total.argmin(1)]  # candidate index of each best width
-        return F.cross_entropy(controller_logits.reshape(-1, controller_logits.shape[-1]),
-                               target.repeat_interleave(heads))
-    want = -(total - total.mean(1, keepdim=True))  # [B, |S|]
-    got = controller_logits[:, :, index]  # [B, L, |S|]
+        target = index[total.argmin(-1)].expand(-1, heads)  # candidate index of each best width
+        return F.cross_entropy(controller_logits.reshape(-1, controller_logits.shape[-1]), target.reshape(-1))
+    want = -(total - total.mean(-1, keepdim=True))
+    got = controller_logits[:, :, index]  # [rows, heads, |S|]
     got = got - got.mean(2, keepdim=True)
-    return F.huber_loss(got, want[:, None, :].expand_as(got), delta=1.0)
+    return F.huber_loss(got, want.expand_as(got), delta=1.0)
+
+
+def _shared_costs(per_width: dict, sensitivity: dict) -> dict:
+    """Each sample's loss above the widest width's (mean per prediction for sequences), shared
+    among its tokens and governed layers in proportion to their sensitivity |dL/dy|^2 |y_b - y_8|^2
+    (a Fisher estimate of the loss one token's error at one layer adds; through attention it counts
+    the later positions a token's keys and values reach), times T * L so that a token-layer's
+    mean cost is its sample's: {width: [B, T, L]}."""
+    widest = max(per_width)
+    costs = {}
+    for b, loss in per_width.items():
+        excess = loss - per_width[widest]
+        if excess.dim() == 2:
+            excess = excess.mean(1)
+        s = sensitivity[b]
+        share = s / s.sum((1, 2), keepdim=True).clamp_min(torch.finfo(s.dtype).tiny)
+        costs[b] = share * excess.view(-1, 1, 1) * (s.shape[1] * s.shape[2])
+    return costs
 
 
 def sandwich_widths(candidate_bits: tuple[int, ...], sampled_widths: Optional[int],
@@ -189,19 +231,22 @@ def _divergence(out: Tensor, teacher: Tensor) -> Tensor:
     return F.kl_div(F.log_softmax(out, 1), F.log_softmax(teacher, 1), log_target=True, reduction="none").sum(1)
 
 
-def _consistency(model: "DQTModel", x: Tensor, target: Tensor, cfg: LossConfig,
-                 generator: Optional[torch.Generator]) -> tuple[Tensor, tuple[dict, dict]]:
+def _consistency(model: "DQTModel", x: Tensor, target: Tensor, cfg: LossConfig, generator: Optional[torch.Generator],
+                 record: Optional[list[str]] = None) -> tuple[Tensor, tuple[dict, dict], Optional[dict]]:
     """Mean consistency loss over the width set S, and each width's detached per-sample
-    cross-entropy on the labels and divergence from the widest (what the imitation learns from)."""
-    teacher = None
-    losses, per_sample, drift = [], {}, {}
+    cross-entropy on the labels and divergence from the widest (what the imitation learns from).
+    With `record` (governed token layers), also each width's sensitivity per sample, token and
+    layer, |dL/dy|^2 |y_b - y_8|^2 with the gradient of the widest path's loss: [B, T, L]."""
+    teacher, first = None, None
+    losses, per_sample, drift, recorded = [], {}, {}, {}
     for b in sandwich_widths(model.candidate_bits, cfg.sampled_widths, generator):
-        out = model.train_forward(x, force_bits=b).logits
+        recorded[b] = dict.fromkeys(record) if record else None
+        out = model.train_forward(x, force_bits=b, record=recorded[b]).logits
         per_sample[b] = F.cross_entropy(out.detach(), target, reduction="none")
         drift[b] = torch.zeros_like(per_sample[b]) if teacher is None else _divergence(out.detach(), teacher)
         if teacher is None or not cfg.distill:
             loss = F.cross_entropy(out, target)
-            teacher = out.detach() if teacher is None else teacher
+            teacher, first = (out.detach(), (b, out)) if teacher is None else (teacher, first)
         elif out.dim() == 2:  # batchmean: the sum over the batch in one reduction, as before sequences
             loss = F.kl_div(F.log_softmax(out, 1), F.log_softmax(teacher, 1), log_target=True, reduction="batchmean")
         else:
@@ -209,7 +254,19 @@ def _consistency(model: "DQTModel", x: Tensor, target: Tensor, cfg: LossConfig,
         if not bool(torch.isfinite(loss)):
             raise FloatingPointError(f"non-finite consistency loss at {b} bits: training has diverged")
         losses.append(loss)
-    return torch.stack(losses).mean(), (per_sample, drift)
+    sensitivity = None
+    if record:
+        widest, out = first
+        outputs = [recorded[widest][n][0] for n in record]
+        if any(y.dim() != 3 for y in outputs):
+            raise ValueError("gradient token costs need governed layers on token sequences [B, T, D]")
+        # per-sample gradients: a sample's outputs reach only its own loss
+        grads = torch.autograd.grad(F.cross_entropy(out, target, reduction="sum"), outputs, retain_graph=True)
+        g2 = torch.stack([g.pow(2).sum(-1) for g in grads], -1)
+        sensitivity = {b: g2 * torch.stack([rec[n][1].pow(2).sum(-1) for n in record], -1)
+                       for b, rec in recorded.items()}
+    return torch.stack(losses).mean(), (per_sample, drift), sensitivity
 
 
-__all__ = ["LossConfig", "LossTerms", "dqt_loss", "sandwich_widths", "IMITATION_SOURCES", "IMITATION_MODES"]
+__all__ = ["LossConfig", "LossTerms", "dqt_loss", "sandwich_widths", "IMITATION_SOURCES", "IMITATION_MODES",
+           "TOKEN_COSTS"]

@@ -117,7 +117,7 @@ class TrainConfig(LossConfig, ConvertConfig):
 
 # What runs did before an option existed, where today's default differs from it.
 BEFORE_THE_OPTION = {"imitation_source": "holdout", "consistency_share": 1.0, "gate_gradients": "all",
-                     "norm_recalibration": 0, "calibration_holdout": 0.0}
+                     "norm_recalibration": 0, "calibration_holdout": 0.0, "token_costs": "position"}
 LEGACY_NAMES = {"controller": "controller_granularity"}  # saved name -> today's
 # Run-time budgets (uniform-b BitOPs) at which `dqt train` calibrates and reports every width policy.
 POLICY_BUDGETS = TrainConfig.policy_budgets

@@ -4,6 +4,8 @@ integer program's codes, and precise errors for what does not convert."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -267,3 +269,56 @@ def test_a_program_checks_its_softmax_and_layernorm_constants_before_first_use()
         target[0] = value
         with pytest.raises(ValueError, match=message):
             frozen(x[:2])
+
+
+def test_the_training_path_records_each_layers_output_and_the_error_its_width_adds():
+    """train_forward(record=...): each named layer's output [B, T, N] and its difference from the
+    same input at 8 bits, which is zero at 8 bits and not at 2."""
+    model, x = trained("lm", "token", steps=1)
+    model.train()
+    name = model.governed[0]
+    for bits in (8, 2):
+        record = {name: None}
+        model.train_forward(x, force_bits=bits, record=record)
+        y, error = record[name]
+        assert y.shape[:2] == x.shape and error.shape == y.shape and not error.requires_grad
+        assert bool((error == 0).all()) == (bits == 8)
+
+
+def test_shared_token_costs_split_each_samples_excess_loss_by_sensitivity():
+    """_shared_costs: a sample's loss above the widest width's (the mean over positions for a
+    sequence) split among its tokens and layers in proportion to the sensitivity, scaled by T * L;
+    no excess at the widest width."""
+    from dqt_triton.objective import _shared_costs
+
+    per_width = {8: torch.tensor([[1.0, 1.0], [2.0, 2.0]]), 2: torch.tensor([[3.0, 2.0], [2.0, 2.0]])}
+    sensitivity = {8: torch.zeros(2, 2, 3), 2: torch.zeros(2, 2, 3)}
+    sensitivity[2][0, 1, 2] = 3.0
+    sensitivity[2][0, 0, 0] = 1.0
+    sensitivity[2][1] = 5.0
+    costs = _shared_costs(per_width, sensitivity)
+    assert torch.equal(costs[8], torch.zeros(2, 2, 3))
+    # sample 0: excess (2 + 1) / 2 = 1.5, shared 1 : 3 over two token-layers, times T * L = 6
+    assert costs[2][0, 0, 0] == 1.5 * 0.25 * 6 and costs[2][0, 1, 2] == 1.5 * 0.75 * 6
+    assert float(costs[2][0].sum()) == 1.5 * 6 and torch.equal(costs[2][1], torch.zeros(2, 3))  # no excess
+
+
+@pytest.mark.parametrize("name", ["vit", "lm"])
+def test_gradient_token_costs_train_the_controller_per_token_and_layer(name):
+    """dqt_loss with a per-token controller: 'gradient' costs (the default) and 'position' costs
+    give different imitation terms from the same state; the held-out source is refused."""
+    model, x = trained(name, "token", steps=1)
+    model.train()
+    _, y = batch(name, torch.Generator().manual_seed(0))
+    terms = {}
+    for costs in ("gradient", "position"):
+        torch.manual_seed(3)  # the same Gumbel noise, on a copy (a training pass moves the quantizers' ranges)
+        terms[costs] = copy.deepcopy(model).dqt_loss(x, y, target_bitops=model.uniform_bitops(4), token_costs=costs,
+                                      generator=torch.Generator().manual_seed(1))
+        assert torch.isfinite(terms[costs].loss) and float(terms[costs].imitation) > 0
+    assert float(terms["gradient"].imitation) != float(terms["position"].imitation)
+    assert float(terms["gradient"].task) == float(terms["position"].task)
+    with pytest.raises(ValueError, match="token_costs='gradient' .* imitation_source"):
+        model.dqt_loss(x, y, target_bitops=model.uniform_bitops(4), imitation_source="holdout")
+    with pytest.raises(ValueError, match="token_costs must be one of"):
+        model.dqt_loss(x, y, target_bitops=model.uniform_bitops(4), token_costs="even")

@@ -80,6 +80,9 @@ class TrainPass:
     governed: dict[str, int]  # governed layer -> its column in `gates` / `widths` (empty: static pass)
     gates: Optional[Tensor] = None  # [B, governed, candidates], once the controller has run
     widths: Optional[Tensor] = None  # [B, governed] chosen bits
+    # Layers to record (name -> None, filled by LayerKind.train): (output y, y minus the output of
+    # the same input at 8 bits, detached), [B, T, N] for token rows; what the objective's token costs read.
+    record: Optional[dict] = None
 
 
 class Capture:

@@ -141,8 +141,17 @@ class LayerKind(StepKind):
         if not bool(torch.isfinite(y).all()):
             raise FloatingPointError(f"non-finite values (NaN/inf) in the output of {where}: training has "
                                      "diverged; lower the learning rate or clip gradients")
+        error = None
+        if tp.record is not None and name in tp.record:
+            if layer.bn is not None or layer.width_bns is not None:  # a second call would move its statistics
+                raise ValueError(f"layer {name} has a batch norm: gradient token costs need governed layers "
+                                 "without one (use token_costs='position')")
+            with torch.no_grad():  # the error this layer's widths add to its output, on the same input
+                error = y - layer.forward_codes(q, scale, signed, 0, 0, tp.shift_rule, where=f"layer {name}")
         if tokens:
             y = y.reshape(batch, tokens, -1)
+        if error is not None:
+            tp.record[name] = (y, error.view(y.shape))
         if step.geometry.get("final"):
             return CodeValue(y, None, True)  # the logits, already real-valued
         if "clamp_max" in step.geometry:
