@@ -4,7 +4,8 @@ per-token controller, with BitOPs relative to uniform 4 bits, the per-token widt
 whether the controller's choice of tokens matters (its widths shuffled among each sample's
 tokens, `shuffled_widths`).
 
-Usage: python -m bench.transformer_summary TRIALS_DIR
+Usage: python -m bench.transformer_summary TRIALS_DIR [--json ROWS.json]
+(--json writes every run's rows and the options that differ between runs)
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def summarise(trials: Path) -> str:
 
     lines = [f"seeds {seeds}; {metric}{' %' if unit == 100 else ''} (mean ± standard deviation over seeds)", "",
              "| width | one checkpoint | trained alone | difference | BitOPs vs uniform 4 |", "|---|---:|---:|---:|---:|"]
-    for bits in (8, 7, 6, 5, 4, 3, 2):
+    for bits in (b for b in (8, 7, 6, 5, 4, 3, 2) if f"static {b}-bit" in token[seeds[0]]):
         mode = f"static {bits}-bit"
         ours = [token[s][mode][metric] for s in seeds]
         alone = [_rows(p)[mode][metric] for s in seeds
@@ -49,7 +50,7 @@ def summarise(trials: Path) -> str:
               f"checkpoints {stat([token[s]['static 4-bit'][metric] for s in seeds])}; controller - static 4: "
               f"{stat([token[s]['controller'][metric] - token[s]['static 4-bit'][metric] for s in seeds])}",
               "per-token width histogram (governed layers x tokens, mean over seeds): " +
-              " ".join(f"{b}:{statistics.mean(c['histogram'][str(b)] for c in ctrl):.2f}" for b in (2, 3, 4, 5, 6, 7, 8))]
+              " ".join(f"{b}:{statistics.mean(c['histogram'].get(str(b), 0.0) for c in ctrl):.2f}" for b in (2, 3, 4, 5, 6, 7, 8))]
     return "\n".join(lines)
 
 
@@ -122,6 +123,19 @@ def token_widths(model_path: Path) -> str:
             f"patches with ink: {float(widths[~blank].mean()):.2f} bits")
 
 
+def collect(trials: Path) -> dict:
+    """Every run's result rows by mode (metric, BitOPs, histogram) with its imitation options."""
+    keep = ("accuracy", "perplexity", "bitops", "bitops_vs_uniform4", "histogram")
+    runs = {}
+    for path in sorted(trials.glob("*/results.json")):
+        saved = json.loads(path.read_text())
+        runs[path.parent.name] = {
+            "options": {k: saved["config"].get(k) for k in ("candidate_bits", "token_costs", "warmup_epochs", "epochs",
+                                                            "static_schedule", "limit")},
+            **{r["mode"]: {k: r[k] for k in keep if k in r} for r in saved["rows"]}}
+    return runs
+
+
 def shuffle_table(trials: Path) -> str:
     """`shuffled_widths` for every seed's checkpoint."""
     lines = ["controller against its widths shuffled among each sample's tokens (training path at eval statistics, "
@@ -135,6 +149,8 @@ def shuffle_table(trials: Path) -> str:
 
 
 if __name__ == "__main__":
+    if "--json" in sys.argv:
+        Path(sys.argv[sys.argv.index("--json") + 1]).write_text(json.dumps(collect(Path(sys.argv[1])), indent=1) + "\n")
     print(summarise(Path(sys.argv[1])))
     print()
     print(shuffle_table(Path(sys.argv[1])))

@@ -292,3 +292,22 @@ def test_cpu_profile_splits_the_time_by_step_and_by_kernel(tmp_path, monkeypatch
     conv = "oneDNN int8 convolution" if blas.cpu_gemm_route() == "int8" and blas.library_conv_enabled() else "im2col"
     assert r["kernels"].get(conv, 0) > 0 and r["kernels"]["epilogue (requantize)"] > 0
     assert "## resnet18 3x32x32, batch 2, DQT static 8-bit" in next(tmp_path.glob("cpu-profile-*.md")).read_text()
+
+
+def test_transformer_summary_reads_a_trials_directory(tmp_path):
+    """bench.transformer_summary on two tiny ViT runs (one DQT checkpoint with widths per token,
+    one model alone at 4 bits): the table pairs them, the shuffle check and the rows file run."""
+    from bench import transformer_summary
+    from dqt_triton.cli import main
+
+    quick = ["train", "--model", "vit", "--limit", "96", "--warmup-epochs", "1", "--epochs", "1", "--bits", "4", "8",
+             "--norm-recalibration", "0", "--policy-budgets", "4", "--seed", "0"]
+    assert main([*quick, "--controller", "token", "--out", str(tmp_path / "token-s0")]) == 0
+    assert main([*quick, "--static-bits", "4", "--out", str(tmp_path / "static4-s0")]) == 0
+    table = transformer_summary.summarise(tmp_path)
+    assert "| 4 |" in table and "controller (a width per governed layer and token)" in table
+    ctrl, draws, metric = transformer_summary.shuffled_widths(tmp_path / "token-s0" / "model.pt", seeds=2)
+    assert metric == "accuracy" and len(draws) == 2 and 0.0 <= ctrl <= 1.0
+    rows = transformer_summary.collect(tmp_path)
+    assert rows["token-s0"]["options"]["token_costs"] == "gradient" and "controller" in rows["token-s0"]
+    assert set(rows["static4-s0"]) == {"options", "static 4-bit"}
