@@ -42,6 +42,9 @@ def summarise(trials: Path) -> str:
         alone = [_rows(p)[mode][metric] for s in seeds
                  if (p := trials / f"static{bits}-s{s}" / "results.json").exists()]
         diff = stat([a - b for a, b in zip(ours, alone)]) if len(alone) == len(ours) else "n/a"
+        if metric == "perplexity" and len(alone) == len(ours):  # and relative to the model alone
+            rel = [100 * (a / b - 1) for a, b in zip(ours, alone)]
+            diff += f" ({statistics.mean(rel):+.1f}% ± {statistics.stdev(rel) if len(rel) > 1 else 0.0:.1f}%)"
         lines.append(f"| {bits} | {stat(ours)} | {stat(alone)} | {diff} | "
                      f"{token[seeds[0]][mode]['bitops_vs_uniform4']:.2f} |")
     ctrl = [token[s]["controller"] for s in seeds]
@@ -54,12 +57,13 @@ def summarise(trials: Path) -> str:
     return "\n".join(lines)
 
 
-def shuffled_widths(model_path: Path, seeds: int = 5) -> tuple[float, list[float], str]:
+def shuffled_widths(model_path: Path, seeds: int = 5) -> tuple[float, dict, str]:
     """The per-token controller's test metric on the training path at eval statistics
-    (`simulated_forward`) against the same widths shuffled among each sample's tokens, layer by
-    layer (the same widths and BitOPs per sample, other tokens get them): if the controller knew
-    which tokens need bits, shuffling would cost accuracy. Returns (controller, [shuffled per
-    draw], metric name)."""
+    (`simulated_forward`) against the same widths moved among each sample's tokens (the same
+    widths and BitOPs per sample): "tokens" moves each token's whole width profile (its widths at
+    every layer) to another token, which tests whether the controller knows which tokens need
+    bits; "layers" draws a new permutation per layer, which also breaks up each token's profile.
+    Returns (controller, {"tokens": [metric per draw], "layers": [...]}, metric name)."""
     import torch
     import torch.nn.functional as F
 
@@ -71,14 +75,15 @@ def shuffled_widths(model_path: Path, seeds: int = 5) -> tuple[float, list[float
     ds = load_dataset(config["data"], None, config["seed"], 0)
     model = DQTModel.load(model_path).eval()
     model.set_dynamic(True)
-    choose, shuffle = model._choose, {"generator": None}
+    choose, shuffle = model._choose, {"generator": None, "per_layer": False}
 
     def shuffled(source, fixed, budget_codes):
         g = choose(source, fixed, budget_codes)
         if shuffle["generator"] is None:
             return g
         B, T, L, J = g.gates.shape
-        order = torch.rand(B, T, L, generator=shuffle["generator"]).argsort(1)  # a permutation of T per sample and layer
+        keys = torch.rand(B, T, L if shuffle["per_layer"] else 1, generator=shuffle["generator"])
+        order = keys.argsort(1).expand(B, T, L)  # a permutation of the T tokens per sample (and layer)
         return Gates(g.logits, g.gates.gather(1, order[..., None].expand(B, T, L, J)), g.widths.gather(1, order),
                      g.soft_bitops)
 
@@ -91,11 +96,12 @@ def shuffled_widths(model_path: Path, seeds: int = 5) -> tuple[float, list[float
             return float(torch.exp(F.cross_entropy(out, ds.y_test)))
         return float((out.argmax(1) == ds.y_test).float().mean())
 
-    ctrl = metric()
-    draws = []
-    for i in range(seeds):
-        shuffle["generator"] = torch.Generator().manual_seed(i)
-        draws.append(metric())
+    ctrl, draws = metric(), {"tokens": [], "layers": []}
+    for kind in draws:
+        shuffle["per_layer"] = kind == "layers"
+        for i in range(seeds):
+            shuffle["generator"] = torch.Generator().manual_seed(i)
+            draws[kind].append(metric())
     return ctrl, draws, "perplexity" if ds.y_test.dim() > 1 else "accuracy"
 
 
@@ -137,14 +143,18 @@ def collect(trials: Path) -> dict:
 
 
 def shuffle_table(trials: Path) -> str:
-    """`shuffled_widths` for every seed's checkpoint."""
-    lines = ["controller against its widths shuffled among each sample's tokens (training path at eval statistics, "
-             "5 shuffles per seed):"]
-    for path in sorted(trials.glob("token-s*/model.pt")):
+    """`shuffled_widths` for every checkpoint with a per-token controller under `trials`."""
+    lines = ["controller against its widths moved among each sample's tokens, whole profiles ('tokens') or per layer "
+             "('layers'); training path at eval statistics, mean (range) of 5 draws:"]
+    for results in sorted(trials.glob("*/results.json")):
+        path = results.parent / "model.pt"
+        if "controller" not in _rows(results):
+            continue  # a model trained alone
         ctrl, draws, metric = shuffled_widths(path)
         unit = 1.0 if metric == "perplexity" else 100.0
-        lines.append(f"  {path.parent.name}: controller {unit * ctrl:.2f}, shuffled {unit * statistics.mean(draws):.2f} "
-                     f"(range {unit * min(draws):.2f}-{unit * max(draws):.2f}) {metric}")
+        moved = ", ".join(f"{kind} moved {unit * statistics.mean(d):.2f} ({unit * min(d):.2f}-{unit * max(d):.2f})"
+                          for kind, d in draws.items())
+        lines.append(f"  {path.parent.name}: controller {unit * ctrl:.2f}; {moved} {metric}")
     return "\n".join(lines)
 
 

@@ -3,7 +3,8 @@
 # with a width per token (every static width and the controller from it), and the same
 # architecture trained alone at static widths for as many epochs, at the same learning rates (--static-schedule
 # phased: --lr for the warm-up's epochs, then --dqt-lr). Two runs at a time, one thread each.
-# Usage: bench/transformer_trials.sh vit|lm OUT_DIR [SEEDS...]
+# Usage: [TOKEN_ARGS="--bits 4 5 6 7 8"] bench/transformer_trials.sh vit|lm OUT_DIR [SEEDS...]
+#   TOKEN_ARGS: extra options of the DQT checkpoint's run only (the models alone do not depend on them)
 #   vit: TinyViT on digits, 50 epochs (20 + 30), alone at 8..4 bits
 #   lm:  CharTransformer on the pydoc corpus (6,000 training windows), 16 epochs (10 + 6), alone at 8 and 4 bits
 set -euo pipefail
@@ -16,7 +17,7 @@ else
 fi
 jobs=()
 for seed in $seeds; do
-  jobs+=("dqt train ${common[*]} --controller token --seed $seed --out $out/token-s$seed")
+  jobs+=("dqt train ${common[*]} --controller token ${TOKEN_ARGS:-} --seed $seed --out $out/token-s$seed")
   for bits in $widths; do
     jobs+=("dqt train ${common[*]} --static-bits $bits --static-schedule phased --seed $seed --out $out/static$bits-s$seed")
   done
