@@ -19,7 +19,7 @@ from .steps.layer import layer_program
 from .steps.pool import avg_pool_codes
 
 Tensor = torch.Tensor
-GRANULARITIES = ("layer", "sample", "token")
+GRANULARITIES = ("layer", "sample", "token", "token-shared")
 BUDGET_LEVELS = 256  # budget codes 0 (largest price, fewest bits) .. 255 (most negative price, most bits)
 PRICE_LIMIT = 10.0  # |price| (loss per uniform-4 BitOPs) at the two ends of the code range
 PRICE_CURVE = 12.0  # sinh spacing: log-spaced over ~5 decades on each side of zero
@@ -73,7 +73,8 @@ class Controller(nn.Module):
     One head per governed layer ("layer" granularity) or one head whose width every governed
     layer takes ("sample" granularity, `num_layers` = 1). With `per_token` ("token" granularity)
     the controller reads each token's features [D] of a token sequence [B, T, D] and chooses every
-    governed layer's width for each token (the rows of a Linear are tokens).
+    governed layer's width for each token (the rows of a Linear are tokens); "token-shared" has
+    one head per token, whose width every governed layer takes (a smaller controller).
 
     DQNet-style, the controller reads the codes of the first layer's output (or the network
     input when the first layer is governed too), average-pooled to at most 4x4 (integer

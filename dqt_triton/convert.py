@@ -50,8 +50,9 @@ class ConvertConfig:
     bn_per_width: bool = option(True, "one batch norm per width (switchable), folded per width",
                                 negative_flag=("--shared-bn", "one batch norm shared by every width"))
     controller_granularity: str = option("layer", "controller picks a width per governed layer ('layer'), "
-                                         "one per sample ('sample'), or one per governed layer for each token "
-                                         "of a transformer ('token')", flag="--controller", choices=GRANULARITIES)
+                                         "one per sample ('sample'), one per governed layer for each token "
+                                         "of a transformer ('token'), or one per token for every governed layer "
+                                         "('token-shared')", flag="--controller", choices=GRANULARITIES)
     controller_hidden: Optional[int] = option(None, "hidden units of the controller (default: about 1% of "
                                               "the parameters)", cli=False)
 
@@ -163,7 +164,7 @@ def convert(model: nn.Module, input_shape: Sequence[int], config: ConvertConfig,
     first_step = next(i for i, s in enumerate(captured) if s.kind == "layer")
     source = first_step + 1 if edge_bits is not None and len(names) > 1 else 0
     feature_shape = captured[first_step].fused["out_shape"] if source else input_shape
-    per_token = config.controller_granularity == "token"
+    per_token = config.controller_granularity.startswith("token")
     if per_token and (dynamic or config.controller_hidden is not None):
         source, feature_shape = _token_source(captured, governed)
     controller = None
@@ -175,7 +176,7 @@ def convert(model: nn.Module, input_shape: Sequence[int], config: ConvertConfig,
         features = feature_count(feature_shape, per_token)
         hidden = config.controller_hidden or max(
             8, round(0.01 * backbone_params / (features + len(governed) * len(cands))))
-        heads = 1 if config.controller_granularity == "sample" else len(governed)
+        heads = 1 if config.controller_granularity in ("sample", "token-shared") else len(governed)
         controller = Controller(feature_shape, heads, len(cands), hidden, cands, per_token)
     arch = Architecture(
         input_shape=list(input_shape), input_scale=float(input_scale), input_dtype="int8" if input_signed else "uint8",

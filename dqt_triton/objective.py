@@ -174,6 +174,8 @@ def _imitation_loss(model: "DQTModel", controller_logits: Tensor, per_width: dic
         macs = torch.tensor([float(model.arch.macs[n]) for n in model.governed], device=losses.device)
         price = len(model.governed) * macs[:, None] * squares / unit  # [L, |S|]
         total = losses.flatten(0, 1) + lam.repeat_interleave(tokens)[:, None, None] * price
+        if controller_logits.shape[1] == 1:  # one head per token: its width sets every layer, so its cost
+            total = total.mean(1, keepdim=True)  # is the layers' sum (on the T * L scale, their mean)
     else:
         if controller_logits.dim() == 4:  # a width per token: each token is a row (it imitates its own cost,
             tokens = controller_logits.shape[1]  # or its sample's when the task has one target per sample)

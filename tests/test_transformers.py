@@ -40,13 +40,15 @@ def batch(name: str, gen: torch.Generator):
 
 def trained(name: str, mode: str, steps: int = 4):
     """Convert, train `steps` dqt_loss steps, and leave in eval at `mode` ("8", "4", "2", "dynamic":
-    per governed layer, "token": per governed layer and token)."""
+    per governed layer, "token": per governed layer and token, "token-shared": per token for
+    every governed layer)."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     float_model, shape = (vit(), (1, 8, 8)) if name == "vit" else (char_lm(), (8,))
-    model = dq.DQTModel.from_float(float_model, shape, candidate_bits=(2, 4, 8), dynamic=mode in ("dynamic", "token"),
+    dynamic = mode in ("dynamic", "token", "token-shared")
+    model = dq.DQTModel.from_float(float_model, shape, candidate_bits=(2, 4, 8), dynamic=dynamic,
                                    input_scale=1.0 if name == "lm" else 1.0 / 255,
-                                   controller_granularity="token" if mode == "token" else "layer")
+                                   controller_granularity=mode if mode.startswith("token") else "layer")
     x, y = batch(name, gen)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
@@ -56,7 +58,7 @@ def trained(name: str, mode: str, steps: int = 4):
         out.loss.backward()
         opt.step()
     model.eval()
-    if mode not in ("dynamic", "token"):
+    if not dynamic:
         model.set_bits(int(mode))
     return model, x
 
@@ -68,7 +70,7 @@ def test_capture_records_the_transformer_steps():
     assert {"attention", "layernorm", "embedding", "param", "add", "permute"} <= kinds["lm"]
 
 
-@pytest.mark.parametrize("mode", ["8", "4", "2", "dynamic", "token"])
+@pytest.mark.parametrize("mode", ["8", "4", "2", "dynamic", "token", "token-shared"])
 @pytest.mark.parametrize("name", ["vit", "lm"])
 def test_eval_equals_frozen_and_reloaded(name, mode, tmp_path):
     model, x = trained(name, mode)
@@ -79,9 +81,11 @@ def test_eval_equals_frozen_and_reloaded(name, mode, tmp_path):
     assert torch.equal(dq.DQTModel.load(tmp_path / "m.pt").eval()(x), logits)
     with dq.use_backend("reference"):
         assert torch.equal(model.freeze()(x), logits)
-    if mode == "token":  # a width per governed layer and token
+    if mode.startswith("token"):  # a width per governed layer and token, or per token
         tokens = x.shape[1] if name == "lm" else 16
         assert model.last_bits.shape == (4, tokens, len(model.layer_names), 2)
+        governed = model.last_bits[:, :, [model.layer_names.index(n) for n in model.governed], 0]
+        assert (mode == "token-shared") == bool((governed == governed[..., :1]).all())
 
 
 @pytest.mark.parametrize("name", ["vit", "lm"])
@@ -303,11 +307,11 @@ def test_shared_token_costs_split_each_samples_excess_loss_by_sensitivity():
     assert float(costs[2][0].sum()) == 1.5 * 6 and torch.equal(costs[2][1], torch.zeros(2, 3))  # no excess
 
 
-@pytest.mark.parametrize("name", ["vit", "lm"])
-def test_gradient_token_costs_train_the_controller_per_token_and_layer(name):
+@pytest.mark.parametrize("name,mode", [("vit", "token"), ("lm", "token"), ("lm", "token-shared")])
+def test_gradient_token_costs_train_the_controller_per_token_and_layer(name, mode):
     """dqt_loss with a per-token controller: 'gradient' costs (the default) and 'position' costs
     give different imitation terms from the same state; the held-out source is refused."""
-    model, x = trained(name, "token", steps=1)
+    model, x = trained(name, mode, steps=1)
     model.train()
     _, y = batch(name, torch.Generator().manual_seed(0))
     terms = {}
