@@ -318,8 +318,13 @@ def int_embedding(ids: torch.Tensor, table: torch.Tensor, *, backend: Optional[s
     table = require_codes(table, "table", op, dtypes=(torch.int8,), ndim=2)
     device = same_device(op, ids=ids, table=table)
     V, D = table.shape
-    # One host read, and none when the table has a row for every code of the id dtype.
-    if ids.numel() and not (ids.dtype == torch.uint8 and V >= 256) and bool((ids < 0).any() | (ids >= V).any()):
+    # One host read, and none when the table has a row for every code of the id dtype. V is only
+    # compared with ids when it fits their dtype (an int8 128 would wrap to -128).
+    signed, top = ids.dtype == torch.int8, CODE_RANGE[ids.dtype][1]
+    bad = [ids < 0] if signed else []
+    if V <= top:
+        bad.append(ids >= V)
+    if ids.numel() and bad and bool(torch.stack([b.any() for b in bad]).any()):
         raise ValueError(f"{op}: token ids must lie in [0, {V}) (the table has {V} rows), got min {int(ids.min())} "
                          f"max {int(ids.max())}")
     flat = ids.contiguous().reshape(-1)
