@@ -167,9 +167,9 @@ def _imitation_loss(model: "DQTModel", controller_logits: Tensor, per_width: dic
     widths = sorted(per_width)
     losses = torch.stack([per_width[b] for b in widths], dim=-1)  # [B, (T, (L,)) |S|]
     index = torch.tensor([model.candidate_bits.index(b) for b in widths], device=losses.device)
-    squares = torch.tensor([float(b * b) for b in widths], device=losses.device)
     if losses.dim() == 4:  # a cost per token and governed layer
         tokens = controller_logits.shape[1]
+        squares = torch.tensor([float(b * b) for b in widths], device=losses.device)
         controller_logits = controller_logits.flatten(0, 1)
         macs = torch.tensor([float(model.arch.macs[n]) for n in model.governed], device=losses.device)
         price = len(model.governed) * macs[:, None] * squares / unit  # [L, |S|]
