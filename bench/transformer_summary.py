@@ -68,30 +68,26 @@ def shuffled_widths(model_path: Path, seeds: int = 5) -> tuple[float, dict, str]
     import torch.nn.functional as F
 
     from dqt_triton import DQTModel
-    from dqt_triton.controller import Gates
     from dqt_triton.data import load_dataset
 
     config = json.loads((model_path.parent / "results.json").read_text())["config"]
     ds = load_dataset(config["data"], None, config["seed"], 0)
     model = DQTModel.load(model_path).eval()
     model.set_dynamic(True)
-    choose, shuffle = model._choose, {"generator": None, "per_layer": False}
+    governed = [model.layer_names.index(n) for n in model.governed]
+    shuffle = {"generator": None, "per_layer": False}
 
-    def shuffled(source, fixed, budget_codes):
-        g = choose(source, fixed, budget_codes)
+    def moved(x):
+        widths = model.train_forward(x).bits[..., governed, 0]  # [B, T, governed]: the controller's choice
         if shuffle["generator"] is None:
-            return g
-        B, T, L, J = g.gates.shape
+            return widths
+        B, T, L = widths.shape
         keys = torch.rand(B, T, L if shuffle["per_layer"] else 1, generator=shuffle["generator"])
-        order = keys.argsort(1).expand(B, T, L)  # a permutation of the T tokens per sample (and layer)
-        return Gates(g.logits, g.gates.gather(1, order[..., None].expand(B, T, L, J)), g.widths.gather(1, order),
-                     g.soft_bitops)
-
-    model._choose = shuffled
+        return widths.gather(1, keys.argsort(1).expand(B, T, L))  # a permutation of the T tokens per sample (and layer)
 
     def metric() -> float:
-        with torch.no_grad():
-            out = torch.cat([model.simulated_forward(x) for x in ds.x_test.split(256)])
+        with torch.no_grad():  # the training path at eval statistics, as `simulated_forward`
+            out = torch.cat([model.train_forward(x, force_widths=moved(x)).logits for x in ds.x_test.split(256)])
         if ds.y_test.dim() > 1:
             return float(torch.exp(F.cross_entropy(out, ds.y_test)))
         return float((out.argmax(1) == ds.y_test).float().mean())
@@ -106,27 +102,38 @@ def shuffled_widths(model_path: Path, seeds: int = 5) -> tuple[float, dict, str]
 
 
 def token_widths(model_path: Path) -> str:
-    """Which tokens get bits: the controller's mean width per patch position on the digits test
-    split (a 4 x 4 grid of 2 x 2 patches), and for blank patches (no ink) against the others."""
+    """Which tokens get bits: the controller's mean width per token position on the test split
+    (digits: a 4 x 4 grid of 2 x 2 patches; MNIST-1D: 10 tokens of 4 samples), for the tokens
+    whose mean |input| is above their sample's median against the others, and on digits for
+    blank patches (no ink) against the others."""
     import torch
 
     from dqt_triton import DQTModel
     from dqt_triton.data import load_dataset
 
-    ds = load_dataset("digits")
+    config = json.loads((model_path.parent / "results.json").read_text())["config"]
+    ds = load_dataset(config["data"], None, config["seed"], 0)
     model = DQTModel.load(model_path).eval()
     model.set_dynamic(True)
     with torch.no_grad():
         model(ds.x_test)
     governed = [model.layer_names.index(n) for n in model.governed]
     widths = model.last_bits[..., governed, 0].float().mean(-1)  # [N, T]: each token's mean over governed layers
-    patches = ds.x_test[:, 0].unfold(1, 2, 2).unfold(2, 2, 2).reshape(len(ds.x_test), 16, 4)
-    blank = patches.amax(-1) == 0
-    grid = widths.mean(0).view(4, 4)
-    rows = [" ".join(f"{v:.2f}" for v in row.tolist()) for row in grid]
-    return ("mean width per patch (4 x 4 grid of the 8 x 8 digit):\n  " + "\n  ".join(rows) +
-            f"\nblank patches ({float(blank.float().mean()):.0%} of tokens): {float(widths[blank].mean()):.2f} bits; "
-            f"patches with ink: {float(widths[~blank].mean()):.2f} bits")
+    n, grid = len(ds.x_test), (4, 4) if config["data"] == "digits" else (1, widths.shape[1])
+    image = ds.x_test[:, 0].float()
+    ph, pw = image.shape[1] // grid[0], image.shape[2] // grid[1]
+    patches = image.unfold(1, ph, ph).unfold(2, pw, pw).reshape(n, grid[0] * grid[1], ph * pw)
+    energy = patches.abs().mean(-1)
+    strong = energy > energy.median(1, keepdim=True).values
+    rows = [" ".join(f"{v:.2f}" for v in row.tolist()) for row in widths.mean(0).view(*grid)]
+    text = (f"mean width per token position ({grid[0]} x {grid[1]}):\n  " + "\n  ".join(rows) +
+            f"\ntokens above their sample's median |input| ({float(strong.float().mean()):.0%}): "
+            f"{float(widths[strong].mean()):.2f} bits; the others: {float(widths[~strong].mean()):.2f} bits")
+    if config["data"] == "digits":
+        blank = patches.amax(-1) == 0
+        text += (f"\nblank patches ({float(blank.float().mean()):.0%} of tokens): {float(widths[blank].mean()):.2f} "
+                 f"bits; patches with ink: {float(widths[~blank].mean()):.2f} bits")
+    return text
 
 
 def collect(trials: Path) -> dict:
@@ -165,6 +172,6 @@ if __name__ == "__main__":
     print()
     print(shuffle_table(Path(sys.argv[1])))
     model = Path(sys.argv[1]) / "token-s0" / "model.pt"
-    if json.loads((model.parent / "results.json").read_text())["config"]["data"] == "digits":
+    if json.loads((model.parent / "results.json").read_text())["config"]["data"] in ("digits", "mnist1d"):
         print()
         print(token_widths(model))

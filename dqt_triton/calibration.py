@@ -1,5 +1,6 @@
 """Post-training calibration of a `DQTModel` on data: the controller's budget code, and each
-width's batch-norm statistics as deployed."""
+width's batch-norm statistics as deployed; and the check that training's view of the model
+agrees with the integer program on data."""
 
 from __future__ import annotations
 
@@ -48,6 +49,18 @@ def calibrate_budget(model: "DQTModel", x: Tensor, target_bitops: float, batch_s
                     hi = mid
     model.budget_code = lo
     return lo
+
+
+@torch.no_grad()
+def agreement(model: "DQTModel", x: Tensor, batch_size: int = 256) -> float:
+    """Top-1 agreement between `DQTModel.simulated_forward` and the integer-only eval on `x`."""
+    same, total = 0, 0
+    with model.kept_mode():
+        model.eval()
+        for chunk in x.split(batch_size):
+            agree = model.simulated_forward(chunk).argmax(1) == model(chunk).argmax(1)  # [B] or per token [B, T]
+            same, total = same + int(agree.sum()), total + agree.numel()
+    return same / max(total, 1)
 
 
 @torch.no_grad()

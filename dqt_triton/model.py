@@ -208,10 +208,13 @@ class DQTModel(nn.Module):
         return logits
 
     def train_forward(self, x: Tensor, force_bits: Optional[int] = None, budget_codes: Optional[Tensor] = None,
-                      gate_gradients: str = "all", record: Optional[dict] = None) -> TrainOutput:
+                      gate_gradients: str = "all", record: Optional[dict] = None,
+                      force_widths: Optional[Tensor] = None) -> TrainOutput:
         """The training path: integer layers with straight-through gradients, float batch norm.
 
         force_bits: every governed layer at that width (the consistency term's paths).
+        force_widths: the controller's choice replaced by these widths, [B, (T,) governed] in the
+            controller's shape (the consistency term's mixed passes).
         budget_codes: per-sample budget codes for the controller (default: `budget_code`).
         gate_gradients: how the task loss reaches the controller's gates (`quant.GATE_GRADIENTS`).
         record: layer names -> filled with (output, its error against 8 bits on the same input) (`TrainPass`).
@@ -219,6 +222,8 @@ class DQTModel(nn.Module):
         check_input(self.arch.input_shape, self.arch.input_dtype, self.arch.input_scale, x)
         if x.shape[0] == 0:  # eval returns empty logits, as torch layers do; a training step has no batch statistics
             raise ValueError("a training batch needs at least one sample, got an empty batch (eval mode accepts one)")
+        if force_widths is not None and (force_bits is not None or not self.dynamic):
+            raise ValueError("force_widths replaces the controller's choice: it needs dynamic mode and no force_bits")
         fixed = self.fixed_bits(force_bits)
         dynamic = self.dynamic and force_bits is None
         tp = TrainPass(self.parts, self.shift_rule, self.candidate_bits, gate_gradients, fixed,
@@ -227,7 +232,8 @@ class DQTModel(nn.Module):
         values = [CodeValue(x.to(torch.float32), self.input_step, self.arch.input_dtype == "int8")]
         for step in self.steps:
             if dynamic and choice is None and len(values) > source:
-                choice = self._choose(values[source], fixed, budget_codes)
+                choice = (self._choose(values[source], fixed, budget_codes) if force_widths is None
+                          else self.controller.forced(force_widths, self.candidate_bits, len(self.governed)))
                 tp.gates, tp.widths = choice.gates, choice.widths
             values.append(KINDS[step.kind].train(step, [values[i] for i in step.inputs], tp))
         if not any(step.geometry.get("final") for step in self.steps):
@@ -260,16 +266,9 @@ class DQTModel(nn.Module):
             self.train(False)
             return self.train_forward(x).logits
 
-    @torch.no_grad()
     def agreement(self, x: Tensor, batch_size: int = 256) -> float:
         """Top-1 agreement between `simulated_forward` and the integer-only eval on inputs x."""
-        same, total = 0, 0
-        with self.kept_mode():
-            self.eval()
-            for chunk in x.split(batch_size):
-                agree = self.simulated_forward(chunk).argmax(1) == self(chunk).argmax(1)  # [B] or per token [B, T]
-                same, total = same + int(agree.sum()), total + agree.numel()
-        return same / max(total, 1)
+        return calibration.agreement(self, x, batch_size)
 
     def dqt_loss(self, x: Tensor, target: Tensor, config: Optional[LossConfig] = None, *,
                  target_bitops: Optional[float] = None, imitation_data: Optional[tuple[Tensor, Tensor]] = None,

@@ -44,6 +44,9 @@ class LossConfig:
     distill: bool = option(True, "lower widths learn from the widest one's predictions",
                            negative_flag=("--no-distill", "lower widths learn from the labels"))
     sampled_widths: int = option(1, "random middle widths per step besides the widest and narrowest; -1 = all")
+    mixed_passes: int = option(0, "consistency passes besides the sandwich's, each with a random candidate width per "
+                               "controller head (and token, for per-token controllers), distilled like the others: "
+                               "the network learns the mixed widths a controller deploys (0: off)")
     consistency_share: float = option(0.5, "share of each batch the consistency widths see, at least two samples "
                                       "(1.0: all of it, dearer)")
     token_costs: str = option("gradient", "a per-token controller's imitation target: each sample's loss at a width "
@@ -61,6 +64,8 @@ class LossConfig:
             raise ValueError(f"imitation_mode must be 'expected' or 'best', got {self.imitation_mode!r}")
         if self.imitation > 0 and self.imitation_samples < 1:
             raise ValueError(f"imitation_samples must be at least 1, got {self.imitation_samples}")
+        if self.mixed_passes < 0:
+            raise ValueError(f"mixed_passes must be at least 0, got {self.mixed_passes}")
         if not 0.0 < self.consistency_share <= 1.0:
             raise ValueError(f"consistency_share must be in (0, 1], got {self.consistency_share}")
         if self.token_costs not in TOKEN_COSTS:
@@ -233,6 +238,23 @@ def _divergence(out: Tensor, teacher: Tensor) -> Tensor:
     return F.kl_div(F.log_softmax(out, 1), F.log_softmax(teacher, 1), log_target=True, reduction="none").sum(1)
 
 
+def _mixed_pass(model: "DQTModel", x: Tensor, target: Tensor, teacher: Optional[Tensor],
+                generator: Optional[torch.Generator]) -> Tensor:
+    """Divergence from the widest width's predictions (`teacher`; None: cross-entropy on the
+    labels) of one pass whose widths are drawn per controller head (and token) uniformly from
+    the candidates: mixtures like the controller's, which the uniform sandwich widths never show
+    the network (tokens at different widths meet in attention and LayerNorm)."""
+    ctrl = model.controller
+    heads = (x.shape[0], *((ctrl.tokens,) if ctrl.per_token else ()), ctrl.num_layers)
+    pick = torch.randint(0, len(model.candidate_bits), heads, generator=generator).to(x.device)
+    widths = torch.tensor(model.candidate_bits, device=x.device)[pick].expand(*heads[:-1], len(model.governed))
+    out = model.train_forward(x, gate_gradients="none", force_widths=widths).logits
+    loss = F.cross_entropy(out, target) if teacher is None else _divergence(out, teacher).mean()
+    if not bool(torch.isfinite(loss)):
+        raise FloatingPointError("non-finite consistency loss at mixed widths: training has diverged")
+    return loss
+
+
 def _consistency(model: "DQTModel", x: Tensor, target: Tensor, cfg: LossConfig, generator: Optional[torch.Generator],
                  record: Optional[list[str]] = None) -> tuple[Tensor, tuple[dict, dict], Optional[dict]]:
     """Mean consistency loss over the width set S, and each width's detached per-sample
@@ -256,6 +278,9 @@ def _consistency(model: "DQTModel", x: Tensor, target: Tensor, cfg: LossConfig, 
         if not bool(torch.isfinite(loss)):
             raise FloatingPointError(f"non-finite consistency loss at {b} bits: training has diverged")
         losses.append(loss)
+    if cfg.mixed_passes and model.dynamic and model.controller is not None:
+        teacher = teacher if cfg.distill else None
+        losses += [_mixed_pass(model, x, target, teacher, generator) for _ in range(cfg.mixed_passes)]
     sensitivity = None
     if record:
         widest, out = first

@@ -296,7 +296,8 @@ def test_cpu_profile_splits_the_time_by_step_and_by_kernel(tmp_path, monkeypatch
 
 def test_transformer_summary_reads_a_trials_directory(tmp_path):
     """bench.transformer_summary on two tiny ViT runs (one DQT checkpoint with widths per token,
-    one model alone at 4 bits): the table pairs them, the shuffle check and the rows file run."""
+    one model alone at 4 bits): the table pairs them, the shuffle check, the widths per token
+    position and the rows file run."""
     from bench import transformer_summary
     from dqt_triton.cli import main
 
@@ -308,6 +309,8 @@ def test_transformer_summary_reads_a_trials_directory(tmp_path):
     assert "| 4 |" in table and "controller (a width per governed layer and token)" in table
     ctrl, draws, metric = transformer_summary.shuffled_widths(tmp_path / "token-s0" / "model.pt", seeds=2)
     assert metric == "accuracy" and [len(d) for d in draws.values()] == [2, 2] and 0.0 <= ctrl <= 1.0
+    where = transformer_summary.token_widths(tmp_path / "token-s0" / "model.pt")
+    assert where.startswith("mean width per token position (4 x 4)") and "blank patches" in where
     rows = transformer_summary.collect(tmp_path)
     assert rows["token-s0"]["options"]["token_costs"] == "gradient" and "controller" in rows["token-s0"]
     assert set(rows["static4-s0"]) == {"options", "static 4-bit"}

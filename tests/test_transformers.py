@@ -326,3 +326,40 @@ def test_gradient_token_costs_train_the_controller_per_token_and_layer(name, mod
         model.dqt_loss(x, y, target_bitops=model.uniform_bitops(4), imitation_source="holdout")
     with pytest.raises(ValueError, match="token_costs must be one of"):
         model.dqt_loss(x, y, target_bitops=model.uniform_bitops(4), token_costs="even")
+
+
+@pytest.mark.parametrize("name,mode", [("vit", "token"), ("lm", "token-shared")])
+def test_forced_widths_replace_the_controllers_choice_and_train_mixed_passes(name, mode):
+    """train_forward(force_widths=...) runs the widths given: the controller's own choice gives its
+    logits, uniform widths give force_bits' logits, and a mixture is priced per token; dqt_loss's
+    mixed passes add to the consistency term; bad widths are refused by name."""
+    model, x = trained(name, mode, steps=1)
+    with torch.no_grad():
+        own = model.train_forward(x)
+        governed = [model.layer_names.index(n) for n in model.governed]
+        chosen = own.bits[..., governed, 0]  # [B, T, governed]
+        assert torch.equal(model.train_forward(x, force_widths=chosen).logits, own.logits)
+        four = torch.full_like(chosen, 4)
+        assert torch.equal(model.train_forward(x, force_widths=four).logits, model.train_forward(x, force_bits=4).logits)
+        mixed = torch.where(torch.arange(chosen.shape[1]).view(1, -1, 1) % 2 == 0, 2, 8).expand_as(chosen)
+        out = model.train_forward(x, force_widths=mixed)
+        assert torch.equal(out.bits[..., governed, 0], mixed)
+        assert torch.equal(out.bitops, model.bitops_per_sample(out.bits))
+        assert not torch.equal(out.logits, model.train_forward(x, force_bits=2).logits)
+    for bad, match in ((chosen[:, :1], "force_widths must have shape"), (torch.full_like(chosen, 3), "outside the candidates")):
+        with pytest.raises(ValueError, match=match):
+            model.train_forward(x, force_widths=bad)
+    with pytest.raises(ValueError, match="needs dynamic mode and no force_bits"):
+        model.train_forward(x, force_bits=4, force_widths=chosen)
+    model.train()
+    _, y = batch(name, torch.Generator().manual_seed(0))
+    terms = {}
+    for passes in (0, 2):
+        torch.manual_seed(3)
+        terms[passes] = copy.deepcopy(model).dqt_loss(x, y, target_bitops=model.uniform_bitops(4), mixed_passes=passes,
+                                                      generator=torch.Generator().manual_seed(1))
+        assert torch.isfinite(terms[passes].loss)
+    assert float(terms[0].consistency) != float(terms[2].consistency)
+    assert float(terms[0].task) == float(terms[2].task)
+    with pytest.raises(ValueError, match="mixed_passes must be at least 0"):
+        model.dqt_loss(x, y, mixed_passes=-1)
