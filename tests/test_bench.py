@@ -294,14 +294,19 @@ def test_cpu_profile_splits_the_time_by_step_and_by_kernel(tmp_path, monkeypatch
     assert "## resnet18 3x32x32, batch 2, DQT static 8-bit" in next(tmp_path.glob("cpu-profile-*.md")).read_text()
 
 
+def saved_static4_accuracy(run):
+    return {r["mode"]: r for r in json.loads((run / "results.json").read_text())["rows"]}["static 4-bit"]["accuracy"]
+
+
 def test_transformer_summary_reads_a_trials_directory(tmp_path):
     """bench.transformer_summary on two tiny ViT runs (one DQT checkpoint with widths per token,
     one model alone at 4 bits): the table pairs them, the shuffle check, the widths per token
-    position and the rows file run."""
+    position, the token probes (forcing every patch to 4 bits reproduces static 4) and the rows
+    file run."""
     from bench import transformer_summary
     from dqt_triton.cli import main
 
-    quick = ["train", "--model", "vit", "--limit", "96", "--warmup-epochs", "1", "--epochs", "1", "--bits", "4", "8",
+    quick = ["train", "--model", "vit", "--limit", "96", "--warmup-epochs", "1", "--epochs", "1", "--bits", "2", "3", "4", "8",
              "--norm-recalibration", "0", "--policy-budgets", "4", "--seed", "0"]
     assert main([*quick, "--controller", "token", "--out", str(tmp_path / "token-s0")]) == 0
     assert main([*quick, "--static-bits", "4", "--out", str(tmp_path / "static4-s0")]) == 0
@@ -311,6 +316,14 @@ def test_transformer_summary_reads_a_trials_directory(tmp_path):
     assert metric == "accuracy" and [len(d) for d in draws.values()] == [2, 2] and 0.0 <= ctrl <= 1.0
     where = transformer_summary.token_widths(tmp_path / "token-s0" / "model.pt")
     assert where.startswith("mean width per token position (4 x 4)") and "blank patches" in where
+    from bench import token_probes
+    curve = token_probes.budget_curve(tmp_path / "token-s0", below=1, above=1)
+    assert sum(r["calibrated"] for r in curve) == 1 and len(curve) >= 2
+    test_bitops = [r["test"]["bitops_vs_uniform4"] for r in curve]
+    assert test_bitops == sorted(test_bitops)  # a larger code never buys fewer bits
+    rules = {r["rule"]: r for r in token_probes.fixed_rules(tmp_path / "token-s0")}
+    assert rules["every patch 4"]["bitops_vs_uniform4"] == pytest.approx(1.0) and "blank 2, inked 5" not in rules
+    assert rules["every patch 4"]["accuracy"] == saved_static4_accuracy(tmp_path / "token-s0")
     rows = transformer_summary.collect(tmp_path)
     assert rows["token-s0"]["options"]["token_costs"] == "gradient" and "controller" in rows["token-s0"]
     assert set(rows["static4-s0"]) == {"options", "static 4-bit"}

@@ -1,0 +1,114 @@
+"""Probes of a trained checkpoint with widths per token, no retraining: how its accuracy and
+BitOPs move with the budget code (`budget_curve`), and how fixed per-token rules do on the same
+network (`fixed_rules`: digits only, blank patches against inked ones, least ink, random tokens).
+
+Usage: python -m bench.token_probes RUN_DIR [RUN_DIR ...] [--out RESULTS.md]
+(RUN_DIR: a `dqt train --controller token|token-shared` output folder on digits)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _load(run: Path):
+    from dqt_triton import DQTModel
+    from dqt_triton.data import load_dataset
+    from dqt_triton.training import TrainConfig, calibration_data
+
+    cfg = TrainConfig.from_saved(json.loads((run / "results.json").read_text())["config"])
+    ds = load_dataset(cfg.data, None, cfg.seed, cfg.limit)
+    model = DQTModel.load(run / "model.pt").eval()
+    return model, ds, calibration_data(cfg, ds)
+
+
+def budget_curve(run: Path, below: int = 3, above: int = 6) -> list[dict]:
+    """Accuracy and BitOPs / uniform 4 on the calibration split and the test split (integer eval)
+    at the budget codes around the calibrated one."""
+    import torch
+
+    model, ds, (xc, yc) = _load(run)
+    model.set_dynamic(True)
+    unit, calibrated = model.uniform_bitops(4), model.budget_code
+    rows = []
+    for code in range(max(calibrated - below, 0), calibrated + above + 1):
+        model.set_budget(code)
+        row = {"code": code, "calibrated": code == calibrated}
+        for split, (x, y) in (("calibration", (xc, yc)), ("test", (ds.x_test, ds.y_test))):
+            with torch.no_grad():
+                row[split] = {"accuracy": float((model(x).argmax(1) == y).float().mean()),
+                              "bitops_vs_uniform4": float(model.last_bitops.double().mean()) / unit}
+        rows.append(row)
+    return rows
+
+
+def fixed_rules(run: Path) -> list[dict]:
+    """Test accuracy (training path at eval statistics, which the integer eval equals) with each
+    token's width set by a rule instead of the controller, every governed layer alike: blank 2 x 2
+    patches (no ink) at one width and the others at another; the k patches with least ink at a
+    lower width; k random patches at a lower width (the rules whose widths are all candidates).
+    BitOPs / uniform 4 without the controller, which a fixed rule does not need."""
+    import torch
+
+    model, ds, _ = _load(run)
+    model.set_dynamic(True)
+    n = len(ds.x_test)
+    patches = ds.x_test[:, 0].float().unfold(1, 2, 2).unfold(2, 2, 2).reshape(n, 16, 4)
+    blank, ink_rank = patches.amax(-1) == 0, patches.sum(-1).argsort(1).argsort(1)
+    random_rank = torch.rand(n, 16, generator=torch.Generator().manual_seed(0)).argsort(1)
+    governed, unit, controller = len(model.governed), model.uniform_bitops(4), 64 * model.controller.macs()
+
+    def measure(widths) -> dict:
+        widths = widths.view(n, 16, 1).expand(n, 16, governed)
+        with torch.no_grad():
+            outs = [model.train_forward(x, force_widths=w) for x, w in zip(ds.x_test.split(120), widths.split(120))]
+        logits, bitops = torch.cat([o.logits for o in outs]), torch.cat([o.bitops for o in outs]).double()
+        return {"accuracy": float((logits.argmax(1) == ds.y_test).float().mean()),
+                "bitops_vs_uniform4": (float(bitops.mean()) - controller) / unit}
+
+    rules = [(f"every patch {b}", torch.full((n, 16), b)) for b in (4, 3)]
+    rules += [(f"blank {lo}, inked {hi}", torch.where(blank, lo, hi)) for lo, hi in ((2, 4), (3, 4), (4, 3), (2, 5))]
+    rules += [(f"{k} least-ink patches {lo}, others 4", torch.where(ink_rank < k, lo, 4)) for k, lo in ((6, 2), (6, 3))]
+    rules += [(f"{k} random patches {lo}, others 4", torch.where(random_rank < k, lo, 4)) for k, lo in ((6, 2), (6, 3))]
+    return [{"rule": name, **measure(w)} for name, w in rules if set(w.unique().tolist()) <= set(model.candidate_bits)]
+
+
+def report(runs: list[Path]) -> tuple[str, dict]:
+    """Markdown and JSON of both probes for each run."""
+    lines, data = [], {}
+    for run in runs:
+        curve, rules = budget_curve(run), fixed_rules(run)
+        data[str(run)] = {"budget_curve": curve, "fixed_rules": rules}
+        lines += [f"## {run}", "", "| budget code | calibration accuracy @ BitOPs | test accuracy @ BitOPs |",
+                  "|---:|---:|---:|"]
+        lines += [f"| {r['code']}{' (calibrated)' if r['calibrated'] else ''} | "
+                  f"{100 * r['calibration']['accuracy']:.2f} @ {r['calibration']['bitops_vs_uniform4']:.3f}x | "
+                  f"{100 * r['test']['accuracy']:.2f} @ {r['test']['bitops_vs_uniform4']:.3f}x |" for r in curve]
+        lines += ["", "| widths by rule (no controller) | test accuracy | BitOPs |", "|---|---:|---:|"]
+        lines += [f"| {r['rule']} | {100 * r['accuracy']:.2f} | {r['bitops_vs_uniform4']:.3f}x |" for r in rules]
+        lines.append("")
+    return "\n".join(lines), data
+
+
+def main(argv: list[str]) -> None:
+    out = None
+    if "--out" in argv:
+        i = argv.index("--out")
+        out, argv = Path(argv[i + 1]), argv[:i] + argv[i + 2:]
+    from bench.common import machine
+
+    text, data = report([Path(a) for a in argv])
+    info = machine()
+    head = (f"# Per-token checkpoints probed ({info['date'][:10]})\n\nMachine: {info['cpu']}, {info['threads']} threads, "
+            f"torch {info['torch']}; commit {info['commit']}; command `python -m bench.token_probes {' '.join(argv)}`\n\n")
+    if out is None:
+        print(head + text)
+        return
+    out.write_text(head + text)
+    out.with_suffix(".json").write_text(json.dumps({"machine": info, "runs": data}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
