@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from . import numerics
 from .controller import BUDGET_LEVELS
@@ -51,6 +52,11 @@ def calibrate_budget(model: "DQTModel", x: Tensor, target_bitops: float, batch_s
     return lo
 
 
+def width_norm_layers(model: "DQTModel") -> list:
+    """The governed layers that hold a batch norm per width (``bn_per_width``)."""
+    return [model.layers[n] for n in model.governed if getattr(model.layers[n], "width_bns", None) is not None]
+
+
 @torch.no_grad()
 def agreement(model: "DQTModel", x: Tensor, batch_size: int = 256) -> float:
     """Top-1 agreement between `DQTModel.simulated_forward` and the integer-only eval on `x`."""
@@ -61,6 +67,43 @@ def agreement(model: "DQTModel", x: Tensor, batch_size: int = 256) -> float:
             agree = model.simulated_forward(chunk).argmax(1) == model(chunk).argmax(1)  # [B] or per token [B, T]
             same, total = same + int(agree.sum()), total + agree.numel()
     return same / max(total, 1)
+
+
+@torch.no_grad()
+def calibrate_widths(model: "DQTModel", x: Tensor, y: Tensor, target_bitops: float,
+                     batch_size: int = 512) -> tuple[tuple[int, ...], int]:
+    """The range of widths the controller may pick (`Controller.allow`) and the budget code that
+    do best on (x, y) at mean BitOPs per sample at most `target_bitops` (integer eval, dynamic
+    mode): every run of two or more consecutive candidates, each at its `calibrate_budget` code.
+    Best is the highest accuracy, then the lowest mean cross-entropy (for next-token targets
+    [B, T], the lowest cross-entropy). Sets both on the model and returns them."""
+    if model.controller is None:
+        raise ValueError("calibrate_widths needs a model with a controller")
+    if len(x) == 0 or len(x) != len(y):
+        raise ValueError(f"calibrate_widths needs samples and one target each, got {len(x)} and {len(y)}")
+    cands, best, previous = model.candidate_bits, None, model.controller.allowed_bits
+    try:
+        with model.kept_mode():
+            model.eval()
+            model.set_dynamic(True)
+            for lo in range(len(cands) - 1):
+                for hi in range(lo + 1, len(cands)):
+                    model.controller.allow(cands[lo:hi + 1])
+                    code = calibrate_budget(model, x, target_bitops, batch_size)
+                    correct = loss = bitops = 0.0
+                    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+                        logits = model(xb)
+                        loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+                        correct += float((logits.argmax(1) == yb).sum()) if yb.dim() == 1 else 0.0
+                        bitops += float(model.last_bitops.double().sum())
+                    if bitops / len(x) <= target_bitops and (best is None or (correct, -loss) > best[0]):
+                        best = ((correct, -loss), cands[lo:hi + 1], code)
+    finally:
+        model.controller.allow(previous if best is None else best[1])
+    if best is None:
+        raise ValueError(f"no range of two or more widths meets {target_bitops:.6g} BitOPs per sample on these inputs")
+    model.budget_code = best[2]
+    return best[1], best[2]
 
 
 @torch.no_grad()
@@ -83,7 +126,7 @@ def recalibrate_norms(model: "DQTModel", x: Tensor, bits: Optional[Sequence[int]
     for b in widths:
         if b not in model.candidate_bits:
             raise ValueError(f"recalibrate_norms: {b} bits is not a candidate width {model.candidate_bits}")
-    layers = model.width_norm_layers()
+    layers = width_norm_layers(model)
     if not layers:
         raise ValueError("recalibrate_norms: no governed layer has a batch norm per width (bn_per_width)")
     with model.kept_mode(), share_weight_codes():

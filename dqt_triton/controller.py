@@ -23,6 +23,9 @@ GRANULARITIES = ("layer", "sample", "token", "token-shared")
 BUDGET_LEVELS = 256  # budget codes 0 (largest price, fewest bits) .. 255 (most negative price, most bits)
 PRICE_LIMIT = 10.0  # |price| (loss per uniform-4 BitOPs) at the two ends of the code range
 PRICE_CURVE = 12.0  # sinh spacing: log-spaced over ~5 decades on each side of zero
+# Offset (in logit units) that keeps an excluded width from ever winning: int32 logits differ by
+# less than 2^32, and int64 holds the difference.
+EXCLUDED_OFFSET = 2**40
 
 
 def budget_price(code):
@@ -109,6 +112,31 @@ class Controller(nn.Module):
         bits = torch.tensor([float(b) for b in candidate_bits] or [8.0] * num_choices)
         self.register_buffer("width_cost", (bits / 4.0) ** 2)
         self.log_kappa = nn.Parameter(torch.zeros(num_layers))
+        self.candidate_bits = tuple(int(b) for b in candidate_bits)
+        self.allowed_bits: Optional[tuple[int, ...]] = None  # the widths it may pick at deployment (None: all)
+
+    def allow(self, bits: Optional[Sequence[int]]) -> None:
+        """Let the controller pick only `bits` (a non-empty subset of the candidates; None: all of
+        them), a deployment setting (`calibration.calibrate_widths`): the others get an offset no
+        logit can beat, in the training path and the integer program alike."""
+        if bits is not None:
+            bits = tuple(sorted({int(b) for b in bits}))
+            if not bits or not set(bits) <= set(self.candidate_bits):
+                raise ValueError(f"allowed widths must be a non-empty subset of the candidates "
+                                 f"{list(self.candidate_bits)}, got {list(bits)}")
+            if bits == self.candidate_bits:
+                bits = None
+        self.allowed_bits = bits
+
+    def _excluded(self) -> Optional[Tensor]:
+        """[choices] bool, True for the widths `allow` excludes (None: none is)."""
+        if self.allowed_bits is None:
+            return None
+        return torch.tensor([b not in self.allowed_bits for b in self.candidate_bits], device=self.log_kappa.device)
+
+    def logit_unit(self) -> float:
+        """The real value of one int32 logit of the integer program."""
+        return float(self.hidden_quant.scale()) * float(self.fc2.weight_scales()[0])
 
     def macs(self) -> int:
         """One sample's MACs (once per token with per-token widths)."""
@@ -135,6 +163,9 @@ class Controller(nn.Module):
         qh = self.hidden_quant(h)
         logits = self.fc2.forward_codes(qh, self.hidden_quant.scale(), False, 0, 0, "floor")
         offsets = self.price_offsets(price)
+        excluded = self._excluded()
+        if excluded is not None:
+            offsets = offsets + excluded.to(offsets.dtype) * (EXCLUDED_OFFSET * self.logit_unit())
         if self.per_token:
             return logits.view(q.shape[0], q.shape[1], self.num_layers, self.num_choices) - offsets.unsqueeze(1)
         return logits.view(-1, self.num_layers, self.num_choices) - offsets
@@ -178,12 +209,15 @@ class Controller(nn.Module):
         h_scale = float(self.hidden_quant.scale())
         c = self.fc2.integer_constants(h_scale, False, None)
         fc2 = IntegerConstants(c.weight, c.bias, None, None, None, False, torch.int32)  # raw int32 logits
-        logit_unit = h_scale * float(self.fc2.weight_scales()[0])  # real value of one int32 logit unit
+        logit_unit = self.logit_unit()
         price_t = torch.tensor([float(price)], device=self.log_kappa.device)
         offsets = torch.round(self.price_offsets(price_t)[0].double() / logit_unit)
-        if not bool(torch.isfinite(offsets).all()) or float(offsets.abs().max()) > 2.0**62:
+        if not bool(torch.isfinite(offsets).all()) or float(offsets.abs().max()) > 2.0**61:
             raise ValueError(f"controller price offsets are not representable (price {price}, logit unit "
                              f"{logit_unit}); training diverged?")
+        excluded = self._excluded()
+        if excluded is not None:
+            offsets = offsets + excluded.double() * EXCLUDED_OFFSET
         return ControllerProgram(list(self.pool) if self.pool else None,
                                  layer_program(self.fc1.integer_constants(feat_scale, feat_signed, h_scale), None),
                                  layer_program(fc2, None), offsets.to(torch.int64), self.num_layers, self.num_choices,
@@ -199,4 +233,5 @@ class Controller(nn.Module):
                    spec.get("per_token", False))
 
 
-__all__ = ["Controller", "Gates", "budget_price", "BUDGET_LEVELS", "GRANULARITIES", "feature_pool", "feature_count"]
+__all__ = ["Controller", "Gates", "budget_price", "BUDGET_LEVELS", "EXCLUDED_OFFSET", "GRANULARITIES", "feature_pool",
+           "feature_count"]

@@ -167,10 +167,6 @@ class DQTModel(nn.Module):
         for layer in self.layers.values():
             layer.copy_width_norms(numerics.MASTER_BITS - bits)
 
-    def width_norm_layers(self) -> list[nn.Module]:
-        """The governed layers that hold a batch norm per width (``bn_per_width``)."""
-        return [self.layers[n] for n in self.governed if getattr(self.layers[n], "width_bns", None) is not None]
-
     def fixed_macs(self) -> int:
         """One sample's MACs always at 8 x 8 bits: attention's products and, dynamic, the controller."""
         controller_macs = self.controller.macs() if self.dynamic and self.controller is not None else 0
@@ -300,7 +296,8 @@ class DQTModel(nn.Module):
         return self._runner().program
 
     def _runner(self) -> ProgramRunner:
-        key = (self.dynamic, self.budget_code, tuple(self.static_bits.items()),
+        allowed = getattr(self.controller, "allowed_bits", None)
+        key = (self.dynamic, self.budget_code, allowed, tuple(self.static_bits.items()),
                tuple((id(t), t._version, t.device) for t in itertools.chain(self.parameters(), self.buffers())))
         if self._compiled is None or self._compiled[0] != key:
             self._compiled = (key, ProgramRunner(compile_program(self), self.arch.macs, self.fixed_macs()))
@@ -328,7 +325,8 @@ class DQTModel(nn.Module):
                 self.set_dynamic(True)
                 programs["dynamic"] = clone_program(self.integer_program(), "cpu")
         model_file.save_model(path, model_file.SavedModel(self.arch.to_dict(), [s.spec() for s in self.steps], state,
-                                                          programs, static, dynamic, self.budget_code, self.policies))
+                                                          programs, static, dynamic, self.budget_code, self.policies,
+                                                          getattr(self.controller, "allowed_bits", None)))
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], map_location: str = "cpu") -> "DQTModel":
@@ -344,6 +342,8 @@ class DQTModel(nn.Module):
             if saved.dynamic:
                 model.set_dynamic(True)
             model.policies = saved.policies
+            if saved.allowed_bits is not None:
+                controller.allow(saved.allowed_bits)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{os.fspath(path)} is not a valid DQTModel checkpoint: {exc}") from exc
         return model

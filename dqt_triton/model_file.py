@@ -4,7 +4,8 @@
 module is what the files hold. A DQTModel file: ``format``, ``version``, ``config`` (the
 converted architecture), ``steps``, ``state_dict``, ``programs`` (the frozen integer programs of
 the saved static widths and, with a controller, dynamic mode), ``static_bits``, ``dynamic``,
-``budget_code`` and optionally ``policies``. A FrozenDQTModel file: ``frozen`` (one program),
+``budget_code`` and optionally ``policies`` and ``allowed_bits`` (the widths a controller may
+pick at deployment; absent: all). A FrozenDQTModel file: ``frozen`` (one program),
 ``macs``, ``controller_macs``. Programs are stored as nested dicts (`IntegerProgram.to_dict`).
 """
 
@@ -50,6 +51,7 @@ class SavedModel(NamedTuple):
     dynamic: bool
     budget_code: int
     policies: Optional[dict]
+    allowed_bits: Optional[list[int]] = None
 
 
 def save_model(path: PathLike, saved: SavedModel) -> None:
@@ -60,6 +62,8 @@ def save_model(path: PathLike, saved: SavedModel) -> None:
                "budget_code": saved.budget_code}
     if saved.policies is not None:
         payload["policies"] = saved.policies
+    if saved.allowed_bits is not None:
+        payload["allowed_bits"] = [int(b) for b in saved.allowed_bits]
     write(payload, path)
 
 
@@ -69,7 +73,8 @@ def load_model(path: PathLike, map_location="cpu") -> SavedModel:
     try:
         return SavedModel(payload["config"], payload["steps"], payload["state_dict"], {},
                           {n: tuple(b) for n, b in payload["static_bits"].items()}, bool(payload["dynamic"]),
-                          payload["budget_code"], payload.get("policies"))  # policies: absent in older files
+                          payload["budget_code"], payload.get("policies"),  # both absent in older files
+                          payload.get("allowed_bits"))
     except (KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{os.fspath(path)} is not a valid DQTModel checkpoint: {exc}") from exc
 

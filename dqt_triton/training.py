@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import checkpoint, model_file, models, policy
+from . import calibration, checkpoint, model_file, models, policy
 from .convert import ConvertConfig, config_of, option
 from .data import DATASETS, Dataset, load_dataset
 from .errors import BackendUnavailableError, CheckpointError
@@ -63,6 +63,10 @@ class TrainConfig(LossConfig, ConvertConfig):
     depth: int = option(2, "hidden layers of --model mlp, blocks of --model vit and charlm")
     budget_bits: float = option(4.0, "deployment budget: dynamic BitOPs at most those of uniform BUDGET-bit "
                                 "(calibrated)", flag="--budget")
+    controller_widths: str = option("all", "widths the controller may pick at deployment: every candidate ('all'), "
+                                    "or the run of two or more consecutive candidates that, at its calibrated budget "
+                                    "code, does best on the calibration split ('calibrated')",
+                                    choices=("all", "calibrated"))
     imitation_holdout: float = option(0.1, "'holdout' source: share of the training set kept from the network to "
                                       "judge widths on")
     policy_budgets: tuple = option((2.25, 2.5, 2.75, 3.0, 3.5, 4.0, 5.0, 6.0), "budgets (uniform-b BitOPs) the "
@@ -90,6 +94,8 @@ class TrainConfig(LossConfig, ConvertConfig):
     def __post_init__(self) -> None:
         ConvertConfig.__post_init__(self)
         LossConfig.__post_init__(self)
+        if self.controller_widths not in ("all", "calibrated"):
+            raise ValueError(f"controller_widths must be 'all' or 'calibrated', got {self.controller_widths!r}")
         if self.static_schedule not in ("constant", "phased"):
             raise ValueError(f"static_schedule must be 'constant' or 'phased', got {self.static_schedule!r}")
         if not 0.0 <= self.imitation_holdout < 1.0:
@@ -201,7 +207,9 @@ def results_table(model: DQTModel, ds: Dataset) -> dict:
     agreement = None
     if model.controller is not None:
         model.set_dynamic(True)
-        rows.append({"mode": "controller", "budget_code": model.budget_code, **evaluate(model, ds.x_test, ds.y_test)})
+        allowed = model.controller.allowed_bits or model.candidate_bits
+        rows.append({"mode": "controller", "budget_code": model.budget_code, "allowed_bits": list(allowed),
+                     **evaluate(model, ds.x_test, ds.y_test)})
         agreement = model.agreement(ds.x_test)
     for r in rows:
         r["bitops_vs_uniform4"] = r["bitops"] / model.uniform_bitops(4)
@@ -224,7 +232,7 @@ def format_table(results: dict) -> str:
     for r in results["rows"]:
         if r["mode"] in ("escalation", "controller") and r.get("spread") is not None:
             where = (f"budget uniform {r['budget_bits']:g}" if r["mode"] == "escalation"
-                     else f"budget code {r['budget_code']}")
+                     else f"budget code {r['budget_code']}, widths {r.get('allowed_bits', 'all')}")
             lines.append(f"{r['mode']}, per input: BitOPs of the dearest 10% / cheapest 10% = {r['spread']:.2f}x; "
                          f"accuracy of the cheap half {r['cheap_half_accuracy']:.4f}, dear half "
                          f"{r['dear_half_accuracy']:.4f} ({where})")
@@ -280,8 +288,13 @@ def calibration_data(cfg: TrainConfig, ds: Dataset) -> tuple[torch.Tensor, torch
 
 def calibrate(model: DQTModel, cfg: TrainConfig, x_cal: torch.Tensor, y_cal: torch.Tensor) -> None:
     """After training, on the calibration data: the controller's budget code for
-    `cfg.budget_bits` and (for DQT runs) the width policies at `cfg.policy_budgets`."""
-    if model.controller is not None:
+    `cfg.budget_bits` (and with ``controller_widths="calibrated"`` the widths it may pick) and
+    (for DQT runs) the width policies at `cfg.policy_budgets`."""
+    if model.controller is not None and cfg.controller_widths == "calibrated":
+        widths, code = calibration.calibrate_widths(model, x_cal, y_cal, model.uniform_bitops(cfg.budget_bits))
+        log.info("widths %s at budget code %d do best within %.2f-bit uniform BitOPs on %d calibration samples",
+                 list(widths), code, cfg.budget_bits, len(y_cal))
+    elif model.controller is not None:
         code = model.calibrate_budget(x_cal, model.uniform_bitops(cfg.budget_bits))
         log.info("budget code %d meets %.2f-bit uniform BitOPs on %d calibration samples", code, cfg.budget_bits,
                  len(y_cal))
@@ -419,7 +432,7 @@ class Trainer:
             log.warning("interrupted: %s holds the last finished epoch (%d); resume with --resume. The "
                         "unfinished epoch's weights are in model-interrupted.pt", self.out / "train_state.pt", self.epoch)
             raise
-        recalibrate = bool(cfg.norm_recalibration and model.width_norm_layers())
+        recalibrate = bool(cfg.norm_recalibration and calibration.width_norm_layers(model))
         if recalibrate:
             # Each width's statistics as of the final weights, instead of a moving average over
             # training (and, for widths the sandwich seldom runs, over old weights). A static

@@ -363,3 +363,74 @@ def test_forced_widths_replace_the_controllers_choice_and_train_mixed_passes(nam
     assert float(terms[0].task) == float(terms[2].task)
     with pytest.raises(ValueError, match="mixed_passes must be at least 0"):
         model.dqt_loss(x, y, mixed_passes=-1)
+
+
+@pytest.mark.parametrize("name,mode", [("vit", "token"), ("lm", "token-shared")])
+def test_allowed_widths_bind_the_controller_in_eval_frozen_and_reloaded_models(name, mode, tmp_path):
+    """Controller.allow: at the budget code that puts every token at 2 bits, allowing only 4 and 8
+    puts them at 4 in eval, the frozen program and a reloaded model (bit for bit) and on the training
+    path; subsets outside the candidates are refused."""
+    model, x = trained(name, mode)
+    governed = [model.layer_names.index(n) for n in model.governed]
+    model.set_budget(0)
+    model(x)
+    assert bool((model.last_bits[..., governed, 0] == 2).all())
+    model.controller.allow((4, 8))
+    logits = model(x)
+    widths = model.last_bits[..., governed, 0]
+    assert bool((widths == 4).all())
+    assert torch.equal(model.freeze()(x), logits)
+    with torch.no_grad():  # the training path at eval statistics chooses the same widths
+        assert torch.equal(model.train_forward(x).bits, model.last_bits)
+    model.save(tmp_path / "m.pt")
+    again = dq.DQTModel.load(tmp_path / "m.pt").eval()
+    assert again.controller.allowed_bits == (4, 8) and torch.equal(again(x), logits)
+    model.controller.allow(None)  # all candidates again: the program is rebuilt
+    model(x)
+    assert bool((model.last_bits[..., governed, 0] == 2).all())
+    for bad in ((3,), (), (2, 16)):
+        with pytest.raises(ValueError, match="non-empty subset of the candidates"):
+            model.controller.allow(bad)
+
+
+@pytest.mark.parametrize("name,mode", [("vit", "token-shared"), ("lm", "token")])
+def test_calibrate_widths_picks_a_range_and_budget_within_the_target(name, mode):
+    """calibrate_widths: a run of two or more consecutive candidates and a budget code whose mean
+    BitOPs on the data are within the target, set on the model; a target below every range is
+    refused and leaves the allowed widths as they were."""
+    from dqt_triton.calibration import calibrate_widths
+
+    model, x = trained(name, mode)
+    _, y = batch(name, torch.Generator().manual_seed(0))
+    target = model.uniform_bitops(6)  # the tiny models' controllers cost more than uniform 4 leaves
+    widths, code = calibrate_widths(model, x, y, target)
+    cands = model.candidate_bits
+    assert len(widths) >= 2 and widths == cands[cands.index(widths[0]):cands.index(widths[-1]) + 1]
+    assert model.controller.allowed_bits in (widths, None) and model.budget_code == code
+    model.set_dynamic(True)
+    model(x)
+    assert float(model.last_bitops.double().mean()) <= target
+    with pytest.raises(ValueError, match="no range of two or more widths meets"):
+        calibrate_widths(model, x, y, 1.0)
+    assert model.controller.allowed_bits in (widths, None)
+
+
+def test_train_calibrates_the_controllers_widths_when_asked(tmp_path):
+    """dqt train --controller-widths calibrated: the results' controller row names a run of two or
+    more consecutive candidates, the saved model allows exactly those at the row's budget code,
+    and no excluded width appears in the row's histogram."""
+    import json
+
+    from dqt_triton.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--model", "vit", "--limit", "96", "--warmup-epochs", "1", "--epochs", "1", "--bits", "2", "3",
+                 "4", "8", "--norm-recalibration", "0", "--policy-budgets", "4", "--budget", "6", "--controller",
+                 "token-shared", "--controller-widths", "calibrated", "--out", str(out)]) == 0
+    row = next(r for r in json.loads((out / "results.json").read_text())["rows"] if r["mode"] == "controller")
+    cands = [2, 3, 4, 8]
+    widths = row["allowed_bits"]
+    assert len(widths) >= 2 and widths == cands[cands.index(widths[0]):cands.index(widths[-1]) + 1]
+    model = dq.DQTModel.load(out / "model.pt")
+    assert list(model.controller.allowed_bits or cands) == widths and model.budget_code == row["budget_code"]
+    assert all(row["histogram"].get(str(b), 0.0) == 0.0 for b in cands if b not in widths)
