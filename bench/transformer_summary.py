@@ -4,8 +4,9 @@ per-token controller, with BitOPs relative to uniform 4 bits, the per-token widt
 whether the controller's choice of tokens matters (its widths shuffled among each sample's
 tokens, `shuffled_widths`).
 
-Usage: python -m bench.transformer_summary TRIALS_DIR [--json ROWS.json]
-(--json writes every run's rows and the options that differ between runs)
+Usage: python -m bench.transformer_summary TRIALS_DIR [--json ROWS.json] [--calibrated-widths]
+(--json writes every run's rows and the options that differ between runs; --calibrated-widths
+adds each checkpoint's controller as `--controller-widths calibrated` deploys it)
 """
 
 from __future__ import annotations
@@ -136,6 +137,41 @@ def token_widths(model_path: Path) -> str:
     return text
 
 
+def calibrated_widths(trials: Path) -> str:
+    """Each token-s* checkpoint as `dqt train --controller-widths calibrated` would deploy it:
+    `calibration.calibrate_widths` on the run's own calibration split within uniform-4 BitOPs
+    (`--budget`), then the test split in integers; against static 4 of the same checkpoint."""
+    import torch
+
+    from dqt_triton import DQTModel
+    from dqt_triton.calibration import calibrate_widths
+    from dqt_triton.data import load_dataset
+    from dqt_triton.training import TrainConfig, calibration_data, evaluate
+
+    lines, diffs = ["controller with calibrated widths (`--controller-widths calibrated`), test split:"], []
+    for results in sorted(trials.glob("token-s*/results.json")):
+        saved = json.loads(results.read_text())
+        cfg = TrainConfig.from_saved(saved["config"])
+        ds = load_dataset(cfg.data, cfg.data_dir, cfg.seed, cfg.limit)
+        model = DQTModel.load(results.parent / "model.pt")
+        unit = model.uniform_bitops(4)
+        widths, code = calibrate_widths(model, *calibration_data(cfg, ds), model.uniform_bitops(cfg.budget_bits))
+        model.set_dynamic(True)
+        with torch.no_grad():
+            row = evaluate(model, ds.x_test, ds.y_test)
+        metric = "perplexity" if "perplexity" in row else "accuracy"
+        unit_m = 1.0 if metric == "perplexity" else 100.0
+        static4 = _rows(results)["static 4-bit"][metric]
+        diffs.append(unit_m * (row[metric] - static4))
+        hist = " ".join(f"{b}:{p:.2f}" for b, p in row["histogram"].items() if p > 0)
+        lines.append(f"  {results.parent.name}: widths {list(widths)}, code {code}: {metric} {unit_m * row[metric]:.2f} "
+                     f"at {row['bitops'] / unit:.3f}x uniform-4 BitOPs; static 4 {unit_m * static4:.2f}; "
+                     f"difference {diffs[-1]:+.2f}; histogram {hist}")
+    spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    lines.append(f"  controller - static 4: {statistics.mean(diffs):+.2f} ± {spread:.2f} over {len(diffs)} seeds")
+    return "\n".join(lines)
+
+
 def collect(trials: Path) -> dict:
     """Every run's result rows by mode (metric, BitOPs, histogram) with its imitation options."""
     keep = ("accuracy", "perplexity", "bitops", "bitops_vs_uniform4", "histogram")
@@ -169,6 +205,9 @@ if __name__ == "__main__":
     if "--json" in sys.argv:
         Path(sys.argv[sys.argv.index("--json") + 1]).write_text(json.dumps(collect(Path(sys.argv[1])), indent=1) + "\n")
     print(summarise(Path(sys.argv[1])))
+    if "--calibrated-widths" in sys.argv:
+        print()
+        print(calibrated_widths(Path(sys.argv[1])))
     print()
     print(shuffle_table(Path(sys.argv[1])))
     model = Path(sys.argv[1]) / "token-s0" / "model.pt"

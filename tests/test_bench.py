@@ -308,7 +308,8 @@ def test_transformer_summary_reads_a_trials_directory(tmp_path):
 
     quick = ["train", "--model", "vit", "--limit", "96", "--warmup-epochs", "1", "--epochs", "1", "--bits", "2", "3", "4", "8",
              "--norm-recalibration", "0", "--policy-budgets", "4", "--seed", "0"]
-    assert main([*quick, "--controller", "token", "--out", str(tmp_path / "token-s0")]) == 0
+    # a budget of uniform 6: the tiny model's per-token controller costs more than uniform 4 leaves
+    assert main([*quick, "--controller", "token", "--budget", "6", "--out", str(tmp_path / "token-s0")]) == 0
     assert main([*quick, "--static-bits", "4", "--out", str(tmp_path / "static4-s0")]) == 0
     table = transformer_summary.summarise(tmp_path)
     assert "| 4 |" in table and "controller (a width per governed layer and token)" in table
@@ -316,6 +317,8 @@ def test_transformer_summary_reads_a_trials_directory(tmp_path):
     assert metric == "accuracy" and [len(d) for d in draws.values()] == [2, 2] and 0.0 <= ctrl <= 1.0
     where = transformer_summary.token_widths(tmp_path / "token-s0" / "model.pt")
     assert where.startswith("mean width per token position (4 x 4)") and "blank patches" in where
+    calibrated = transformer_summary.calibrated_widths(tmp_path)
+    assert "token-s0: widths [" in calibrated and "controller - static 4:" in calibrated
     from bench import token_probes
     curve = token_probes.budget_curve(tmp_path / "token-s0", below=1, above=1)
     assert sum(r["calibrated"] for r in curve) == 1 and len(curve) >= 2
