@@ -190,17 +190,17 @@ class Controller(nn.Module):
         soft = cost.flatten(1).sum(1) + fixed_bitops + self.macs() * 64
         return Gates(logits, gates, widths, soft)
 
-    def forced(self, widths: Tensor, candidate_bits: Sequence[int], governed: int) -> Gates:
+    def forced(self, widths: Tensor, governed: int) -> Gates:
         """The choice of given widths [B, (T,) governed] instead of the controller's (no logits,
         no gradients to gates): `DQTModel.train_forward(force_widths=...)`."""
         shape = (*((self.tokens,) if self.per_token else ()), governed)
         if widths.dim() != len(shape) + 1 or tuple(widths.shape[1:]) != shape:
             raise ValueError(f"force_widths must have shape [batch, {', '.join(map(str, shape))}] (batch, "
                              f"{'tokens, ' if self.per_token else ''}governed layers), got {list(widths.shape)}")
-        table = torch.tensor(list(candidate_bits), device=widths.device)
+        table = torch.tensor(self.candidate_bits, device=widths.device)
         hit = widths.long().unsqueeze(-1) == table
         if not bool(hit.any(-1).all()):
-            raise ValueError(f"force_widths holds widths outside the candidates {list(candidate_bits)}")
+            raise ValueError(f"force_widths holds widths outside the candidates {list(self.candidate_bits)}")
         return Gates(None, hit.to(torch.float32), widths.long(), None)
 
     @torch.no_grad()

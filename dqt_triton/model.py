@@ -229,7 +229,7 @@ class DQTModel(nn.Module):
         for step in self.steps:
             if dynamic and choice is None and len(values) > source:
                 choice = (self._choose(values[source], fixed, budget_codes) if force_widths is None
-                          else self.controller.forced(force_widths, self.candidate_bits, len(self.governed)))
+                          else self.controller.forced(force_widths, len(self.governed)))
                 tp.gates, tp.widths = choice.gates, choice.widths
             values.append(KINDS[step.kind].train(step, [values[i] for i in step.inputs], tp))
         if not any(step.geometry.get("final") for step in self.steps):
