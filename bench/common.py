@@ -25,6 +25,19 @@ def timeit(fn, repeats: int) -> float:
     return times[len(times) // 2]
 
 
+def load_run(run: Path):
+    """A `dqt train --out RUN` folder's saved model (eval mode), its training config and its
+    dataset (the same split the run used; test split and calibration split as in training)."""
+    import json
+
+    from dqt_triton import DQTModel
+    from dqt_triton.data import load_dataset
+    from dqt_triton.training import TrainConfig
+
+    cfg = TrainConfig.from_saved(json.loads((run / "results.json").read_text())["config"])
+    return DQTModel.load(run / "model.pt").eval(), cfg, load_dataset(cfg.data, cfg.data_dir, cfg.seed, cfg.limit)
+
+
 def bench_device(script: str, smoke: bool) -> torch.device:
     """The GPU, or the CPU for a --smoke run under TRITON_INTERPRET=1; otherwise exits saying so."""
     if torch.cuda.is_available():

@@ -12,16 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-
-def _load(run: Path):
-    from dqt_triton import DQTModel
-    from dqt_triton.data import load_dataset
-    from dqt_triton.training import TrainConfig, calibration_data
-
-    cfg = TrainConfig.from_saved(json.loads((run / "results.json").read_text())["config"])
-    ds = load_dataset(cfg.data, None, cfg.seed, cfg.limit)
-    model = DQTModel.load(run / "model.pt").eval()
-    return model, ds, calibration_data(cfg, ds)
+from bench.common import load_run
 
 
 def budget_curve(run: Path, below: int = 3, above: int = 6) -> list[dict]:
@@ -29,7 +20,10 @@ def budget_curve(run: Path, below: int = 3, above: int = 6) -> list[dict]:
     at the budget codes around the calibrated one."""
     import torch
 
-    model, ds, (xc, yc) = _load(run)
+    from dqt_triton.training import calibration_data
+
+    model, cfg, ds = load_run(run)
+    xc, yc = calibration_data(cfg, ds)
     model.set_dynamic(True)
     unit, calibrated = model.uniform_bitops(4), model.budget_code
     rows = []
@@ -52,7 +46,7 @@ def fixed_rules(run: Path) -> list[dict]:
     BitOPs / uniform 4 without the controller, which a fixed rule does not need."""
     import torch
 
-    model, ds, _ = _load(run)
+    model, _, ds = load_run(run)
     model.set_dynamic(True)
     n = len(ds.x_test)
     patches = ds.x_test[:, 0].float().unfold(1, 2, 2).unfold(2, 2, 2).reshape(n, 16, 4)
