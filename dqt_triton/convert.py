@@ -53,8 +53,8 @@ class ConvertConfig:
                                          "one per sample ('sample'), one per governed layer for each token "
                                          "of a transformer ('token'), or one per token for every governed layer "
                                          "('token-shared')", flag="--controller", choices=GRANULARITIES)
-    controller_hidden: Optional[int] = option(None, "hidden units of the controller (default: about 1% of "
-                                              "the parameters)", cli=False)
+    controller_hidden: Optional[int] = option(None, "hidden units of the controller (unset: about 1%% of the "
+                                              "backbone's parameters in the controller)", metavar="UNITS")
 
     def __post_init__(self) -> None:
         numerics.check_shift_rule(self.shift_rule)
@@ -62,6 +62,9 @@ class ConvertConfig:
         if self.controller_granularity not in GRANULARITIES:
             raise ValueError(f"controller_granularity must be one of {GRANULARITIES}, "
                              f"got {self.controller_granularity!r}")
+        if self.controller_hidden is not None and not (isinstance(self.controller_hidden, int)
+                                                       and self.controller_hidden > 0):
+            raise ValueError(f"controller_hidden must be None or a positive int, got {self.controller_hidden!r}")
         if self.edge_bits == 0:
             self.edge_bits = None
         if self.edge_bits is not None and not (isinstance(self.edge_bits, int) and

@@ -35,13 +35,14 @@ def test_train_config_is_the_conversion_and_loss_options_plus_the_recipe():
 def test_every_option_is_on_the_command_line_with_its_default_unset():
     args = _parse([])
     names = config_option_names(TrainConfig)
-    assert set(names) == {f.name for f in dataclasses.fields(TrainConfig)} - {"controller_hidden"}
+    assert set(names) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert all(getattr(args, n) is None for n in names)  # unset: the dataset's recipe decides
     args = _parse(["--bits", "2", "4", "--shared-bn", "--no-distill", "--controller", "sample", "--edge-bits", "0",
-                   "--budget", "3", "--policy-budgets", "2.5", "3", "--gate-gradients", "all"])
+                   "--budget", "3", "--policy-budgets", "2.5", "3", "--gate-gradients", "all",
+                   "--controller-hidden", "4"])
     assert args.candidate_bits == [2, 4] and args.bn_per_width is False and args.distill is False
     assert args.controller_granularity == "sample" and args.edge_bits == 0 and args.budget_bits == 3.0
-    assert args.policy_budgets == [2.5, 3.0] and args.gate_gradients == "all"
+    assert args.policy_budgets == [2.5, 3.0] and args.gate_gradients == "all" and args.controller_hidden == 4
     with pytest.raises(SystemExit):
         _parse(["--gate-gradients", "sometimes"])
 
@@ -50,6 +51,8 @@ def test_every_option_is_on_the_command_line_with_its_default_unset():
     (dict(shift_rule="ceil"), "shift_rule must be one of"),
     (dict(candidate_bits=(2, 2)), "distinct integers"),
     (dict(edge_bits=9), "edge_bits must be None or an int"),
+    (dict(controller_hidden=0), "controller_hidden must be None or a positive int"),
+    (dict(controller_hidden=2.5), "controller_hidden must be None or a positive int"),
     (dict(controller_granularity="pixel"), "controller_granularity must be one of"),
     (dict(consistency_share=0.0), "consistency_share must be in"),
     (dict(imitation_source="oracle"), "imitation_source must be one of"),
@@ -65,6 +68,13 @@ def test_edge_bits_zero_means_every_layer_governed():
     assert ConvertConfig(edge_bits=0).edge_bits is None
     model = dq.DQTModel.from_float(models.mlp(64, 16, 10, 2), (64,), edge_bits=0)
     assert model.governed == model.layer_names
+
+
+def test_controller_hidden_sets_the_controller_size():
+    default = dq.DQTModel.from_float(models.mlp(64, 16, 10, 2), (64,), dynamic=True)
+    small = dq.DQTModel.from_float(models.mlp(64, 16, 10, 2), (64,), dynamic=True, controller_hidden=3)
+    assert small.controller.hidden == 3 != default.controller.hidden
+    assert small.controller.macs() < default.controller.macs()
 
 
 def test_from_float_and_dqt_loss_refuse_unknown_options():
