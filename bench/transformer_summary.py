@@ -16,6 +16,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from bench.common import load_run
+
 
 def _rows(path: Path) -> dict:
     return {r["mode"]: r for r in json.loads(path.read_text())["rows"]}
@@ -68,12 +70,7 @@ def shuffled_widths(model_path: Path, seeds: int = 5) -> tuple[float, dict, str]
     import torch
     import torch.nn.functional as F
 
-    from dqt_triton import DQTModel
-    from dqt_triton.data import load_dataset
-
-    config = json.loads((model_path.parent / "results.json").read_text())["config"]
-    ds = load_dataset(config["data"], None, config["seed"], 0)
-    model = DQTModel.load(model_path).eval()
+    model, _, ds = load_run(model_path.parent)
     model.set_dynamic(True)
     governed = [model.layer_names.index(n) for n in model.governed]
     shuffle = {"generator": None, "per_layer": False}
@@ -109,18 +106,13 @@ def token_widths(model_path: Path) -> str:
     blank patches (no ink) against the others."""
     import torch
 
-    from dqt_triton import DQTModel
-    from dqt_triton.data import load_dataset
-
-    config = json.loads((model_path.parent / "results.json").read_text())["config"]
-    ds = load_dataset(config["data"], None, config["seed"], 0)
-    model = DQTModel.load(model_path).eval()
+    model, cfg, ds = load_run(model_path.parent)
     model.set_dynamic(True)
     with torch.no_grad():
         model(ds.x_test)
     governed = [model.layer_names.index(n) for n in model.governed]
     widths = model.last_bits[..., governed, 0].float().mean(-1)  # [N, T]: each token's mean over governed layers
-    n, grid = len(ds.x_test), (4, 4) if config["data"] == "digits" else (1, widths.shape[1])
+    n, grid = len(ds.x_test), (4, 4) if cfg.data == "digits" else (1, widths.shape[1])
     image = ds.x_test[:, 0].float()
     ph, pw = image.shape[1] // grid[0], image.shape[2] // grid[1]
     patches = image.unfold(1, ph, ph).unfold(2, pw, pw).reshape(n, grid[0] * grid[1], ph * pw)
@@ -130,11 +122,46 @@ def token_widths(model_path: Path) -> str:
     text = (f"mean width per token position ({grid[0]} x {grid[1]}):\n  " + "\n  ".join(rows) +
             f"\ntokens above their sample's median |input| ({float(strong.float().mean()):.0%}): "
             f"{float(widths[strong].mean()):.2f} bits; the others: {float(widths[~strong].mean()):.2f} bits")
-    if config["data"] == "digits":
+    if cfg.data == "digits":
         blank = patches.amax(-1) == 0
         text += (f"\nblank patches ({float(blank.float().mean()):.0%} of tokens): {float(widths[blank].mean()):.2f} "
                  f"bits; patches with ink: {float(widths[~blank].mean()):.2f} bits")
     return text
+
+
+def character_widths(model_path: Path) -> str:
+    """Which characters get bits on the pydoc corpus: the controller's mean width (over governed
+    layers) on the test split by the character each token reads (its class, and the characters
+    of at least 1% of tokens with the fewest and the most bits), and for the tokens whose next
+    character the model predicts worse than the median token (cross-entropy) against the others."""
+    import torch
+    import torch.nn.functional as F
+
+    model, _, ds = load_run(model_path.parent)
+    model.set_dynamic(True)
+    governed = [model.layer_names.index(n) for n in model.governed]
+    widths, losses = [], []
+    with torch.no_grad():
+        for x, y in zip(ds.x_test.split(256), ds.y_test.split(256)):
+            losses.append(F.cross_entropy(model(x), y, reduction="none"))  # [B, T]
+            widths.append(model.last_bits[..., governed, 0].float().mean(-1))
+    widths, losses, chars = torch.cat(widths), torch.cat(losses), ds.x_test.long()
+    name = {0: "newline", 1: "space"}
+    text = lambda c: name.get(c, repr(chr(c + 31)))  # noqa: E731 (pydoc_ids: printable ASCII 32..126 as 1..95)
+    printable = chars + 31
+    classes = {"letters": ((printable >= 65) & (printable <= 90)) | ((printable >= 97) & (printable <= 122)),
+               "digits": (printable >= 48) & (printable <= 57), "space": chars == 1, "newline": chars == 0}
+    classes["punctuation"] = ~torch.stack(list(classes.values())).any(0)
+    parts = [f"{k} {float(m.float().mean()):.1%}: {float(widths[m].mean()):.2f}" for k, m in classes.items() if m.any()]
+    ids, counts = chars.flatten().unique(return_counts=True)
+    frequent = [(float(widths[chars == c].mean()), text(int(c))) for c, n in zip(ids, counts) if n >= 0.01 * chars.numel()]
+    frequent.sort()
+    hard = losses > losses.median()
+    return ("mean width by the character a token reads (share of tokens: bits): " + "; ".join(parts) +
+            "\nfewest bits: " + ", ".join(f"{c} {w:.2f}" for w, c in frequent[:6]) +
+            "\nmost bits: " + ", ".join(f"{c} {w:.2f}" for w, c in frequent[::-1][:6]) +
+            f"\ntokens whose next character is harder than the median token's (cross-entropy): "
+            f"{float(widths[hard].mean()):.2f} bits; the others: {float(widths[~hard].mean()):.2f} bits")
 
 
 def calibrated_widths(trials: Path) -> str:
@@ -143,17 +170,12 @@ def calibrated_widths(trials: Path) -> str:
     (`--budget`), then the test split in integers; against static 4 of the same checkpoint."""
     import torch
 
-    from dqt_triton import DQTModel
     from dqt_triton.calibration import calibrate_widths
-    from dqt_triton.data import load_dataset
-    from dqt_triton.training import TrainConfig, calibration_data, evaluate
+    from dqt_triton.training import calibration_data, evaluate
 
     lines, diffs = ["controller with calibrated widths (`--controller-widths calibrated`), test split:"], []
     for results in sorted(trials.glob("token-s*/results.json")):
-        saved = json.loads(results.read_text())
-        cfg = TrainConfig.from_saved(saved["config"])
-        ds = load_dataset(cfg.data, cfg.data_dir, cfg.seed, cfg.limit)
-        model = DQTModel.load(results.parent / "model.pt")
+        model, cfg, ds = load_run(results.parent)
         unit = model.uniform_bitops(4)
         widths, code = calibrate_widths(model, *calibration_data(cfg, ds), model.uniform_bitops(cfg.budget_bits))
         model.set_dynamic(True)
@@ -211,6 +233,6 @@ if __name__ == "__main__":
     print()
     print(shuffle_table(Path(sys.argv[1])))
     model = Path(sys.argv[1]) / "token-s0" / "model.pt"
-    if json.loads((model.parent / "results.json").read_text())["config"]["data"] in ("digits", "mnist1d"):
-        print()
-        print(token_widths(model))
+    data = json.loads((model.parent / "results.json").read_text())["config"]["data"]
+    print()
+    print(character_widths(model) if data == "pydoc" else token_widths(model))

@@ -330,3 +330,24 @@ def test_transformer_summary_reads_a_trials_directory(tmp_path):
     rows = transformer_summary.collect(tmp_path)
     assert rows["token-s0"]["options"]["token_costs"] == "gradient" and "controller" in rows["token-s0"]
     assert set(rows["static4-s0"]) == {"options", "static 4-bit"}
+
+
+def test_character_widths_reads_a_character_model_run(tmp_path):
+    """bench.transformer_summary.character_widths on a tiny pydoc run with one width per token:
+    the width by character class, the characters with fewest and most bits, and by difficulty,
+    every one a mean of candidate widths."""
+    import re
+
+    from bench import transformer_summary
+    from dqt_triton.cli import main
+
+    assert main(["train", "--data", "pydoc", "--limit", "64", "--warmup-epochs", "1", "--epochs", "1",
+                 "--bits", "3", "4", "8", "--controller", "token-shared", "--controller-hidden", "2", "--budget", "8",
+                 "--norm-recalibration", "0", "--policy-budgets", "4", "--seed", "0",
+                 "--out", str(tmp_path / "token-s0")]) == 0
+    text = transformer_summary.character_widths(tmp_path / "token-s0" / "model.pt")
+    lines = text.splitlines()
+    assert lines[0].startswith("mean width by the character") and "space" in lines[0] and "letters" in lines[0]
+    assert lines[1].startswith("fewest bits: ") and lines[2].startswith("most bits: ") and "harder than" in lines[3]
+    widths = [float(w) for w in re.findall(r"(\d+\.\d\d)(?: bits|;|,|$)", text, flags=re.M)]
+    assert len(widths) >= 6 and all(3.0 <= w <= 8.0 for w in widths)
