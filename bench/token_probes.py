@@ -1,9 +1,11 @@
 """Probes of a trained checkpoint with widths per token, no retraining: how its accuracy and
-BitOPs move with the budget code (`budget_curve`), and how fixed per-token rules do on the same
-network (`fixed_rules`: digits only, blank patches against inked ones, least ink, random tokens).
+BitOPs move with the budget code (`budget_curve`), how each governed layer alone at another width
+moves the metric (`layer_widths`: which layers could pay for others), and how fixed per-token
+rules do on the same network (`fixed_rules`: digits only, blank patches against inked ones,
+least ink, random tokens).
 
 Usage: python -m bench.token_probes RUN_DIR [RUN_DIR ...] [--out RESULTS.md]
-(RUN_DIR: a `dqt train --controller token|token-shared` output folder on digits)
+(RUN_DIR: a `dqt train --controller token|token-shared` output folder on digits, MNIST-1D or pydoc)
 """
 
 from __future__ import annotations
@@ -35,6 +37,36 @@ def budget_curve(run: Path, below: int = 3, above: int = 6) -> list[dict]:
                 row[split] = {"accuracy": float((model(x).argmax(1) == y).float().mean()),
                               "bitops_vs_uniform4": float(model.last_bitops.double().mean()) / unit}
         rows.append(row)
+    return rows
+
+
+def layer_widths(run: Path, widths: tuple = (3, 5), base: int = 4) -> list[dict]:
+    """Test metric (accuracy, or perplexity for next-token targets; training path at eval
+    statistics) and BitOPs / uniform 4 without the controller, with every governed layer at
+    `base` bits and then each one alone at each of `widths` (candidates only), for every token."""
+    import torch
+    import torch.nn.functional as F
+
+    model, _, ds = load_run(run)
+    model.set_dynamic(True)
+    governed, unit, controller = len(model.governed), model.uniform_bitops(4), 64 * model.controller.macs()
+    tokens = (model.controller.tokens,) if model.controller.per_token else ()
+
+    def measure(layer_bits: list) -> dict:
+        outs = []
+        with torch.no_grad():
+            for x in ds.x_test.split(256):
+                shape = (x.shape[0], *tokens, governed)
+                outs.append(model.train_forward(x, force_widths=torch.tensor(layer_bits).expand(shape)))
+        logits, bitops = torch.cat([o.logits for o in outs]), torch.cat([o.bitops for o in outs]).double()
+        metric = ({"perplexity": float(torch.exp(F.cross_entropy(logits, ds.y_test)))} if ds.y_test.dim() > 1
+                  else {"accuracy": float((logits.argmax(1) == ds.y_test).float().mean())})
+        return {**metric, "bitops_vs_uniform4": (float(bitops.mean()) - controller) / unit}
+
+    rows = [{"layer": "none", "bits": base, **measure([base] * governed)}]
+    for bits in (b for b in widths if b in model.candidate_bits):
+        for i, name in enumerate(model.governed):
+            rows.append({"layer": name, "bits": bits, **measure([bits if j == i else base for j in range(governed)])})
     return rows
 
 
@@ -73,15 +105,23 @@ def report(runs: list[Path]) -> tuple[str, dict]:
     """Markdown and JSON of both probes for each run."""
     lines, data = [], {}
     for run in runs:
-        curve, rules = budget_curve(run), fixed_rules(run)
-        data[str(run)] = {"budget_curve": curve, "fixed_rules": rules}
+        digits = json.loads((run / "results.json").read_text())["config"]["data"] == "digits"
+        curve, layers, rules = budget_curve(run), layer_widths(run), fixed_rules(run) if digits else []
+        data[str(run)] = {"budget_curve": curve, "layer_widths": layers, "fixed_rules": rules}
         lines += [f"## {run}", "", "| budget code | calibration accuracy @ BitOPs | test accuracy @ BitOPs |",
                   "|---:|---:|---:|"]
         lines += [f"| {r['code']}{' (calibrated)' if r['calibrated'] else ''} | "
                   f"{100 * r['calibration']['accuracy']:.2f} @ {r['calibration']['bitops_vs_uniform4']:.3f}x | "
                   f"{100 * r['test']['accuracy']:.2f} @ {r['test']['bitops_vs_uniform4']:.3f}x |" for r in curve]
-        lines += ["", "| widths by rule (no controller) | test accuracy | BitOPs |", "|---|---:|---:|"]
-        lines += [f"| {r['rule']} | {100 * r['accuracy']:.2f} | {r['bitops_vs_uniform4']:.3f}x |" for r in rules]
+        metric = "perplexity" if "perplexity" in layers[0] else "accuracy"
+        scale = 1.0 if metric == "perplexity" else 100.0
+        lines += ["", f"| one governed layer at another width, the rest at {layers[0]['bits']} (no controller) | "
+                  f"test {metric} | BitOPs |", "|---|---:|---:|"]
+        lines += [f"| {'none' if r['layer'] == 'none' else r['layer'] + ' at ' + str(r['bits'])} | "
+                  f"{scale * r[metric]:.3f} | {r['bitops_vs_uniform4']:.3f}x |" for r in layers]
+        if rules:
+            lines += ["", "| widths by rule (no controller) | test accuracy | BitOPs |", "|---|---:|---:|"]
+            lines += [f"| {r['rule']} | {100 * r['accuracy']:.2f} | {r['bitops_vs_uniform4']:.3f}x |" for r in rules]
         lines.append("")
     return "\n".join(lines), data
 

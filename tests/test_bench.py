@@ -324,9 +324,18 @@ def test_transformer_summary_reads_a_trials_directory(tmp_path):
     assert sum(r["calibrated"] for r in curve) == 1 and len(curve) >= 2
     test_bitops = [r["test"]["bitops_vs_uniform4"] for r in curve]
     assert test_bitops == sorted(test_bitops)  # a larger code never buys fewer bits
+    layers = token_probes.layer_widths(tmp_path / "token-s0")  # 5 bits is no candidate of this run: 3 only
+    assert layers[0]["layer"] == "none" and layers[0]["accuracy"] == saved_static4_accuracy(tmp_path / "token-s0")
+    assert [r["bits"] for r in layers[1:]] == [3] * (len(layers) - 1) and len(layers) > 2
+    assert all(r["bitops_vs_uniform4"] < layers[0]["bitops_vs_uniform4"] == pytest.approx(1.0) for r in layers[1:])
     rules = {r["rule"]: r for r in token_probes.fixed_rules(tmp_path / "token-s0")}
     assert rules["every patch 4"]["bitops_vs_uniform4"] == pytest.approx(1.0) and "blank 2, inked 5" not in rules
     assert rules["every patch 4"]["accuracy"] == saved_static4_accuracy(tmp_path / "token-s0")
+    token_probes.main([str(tmp_path / "token-s0"), "--out", str(tmp_path / "probes.md")])
+    probes = (tmp_path / "probes.md").read_text()
+    assert "| one governed layer at another width" in probes and "| widths by rule" in probes
+    saved = json.loads((tmp_path / "probes.json").read_text())["runs"][str(tmp_path / "token-s0")]
+    assert saved["layer_widths"] == layers and set(saved) == {"budget_curve", "layer_widths", "fixed_rules"}
     rows = transformer_summary.collect(tmp_path)
     assert rows["token-s0"]["options"]["token_costs"] == "gradient" and "controller" in rows["token-s0"]
     assert set(rows["static4-s0"]) == {"options", "static 4-bit"}
