@@ -51,7 +51,10 @@ def summarise(trials: Path) -> str:
         lines.append(f"| {bits} | {stat(ours)} | {stat(alone)} | {diff} | "
                      f"{token[seeds[0]][mode]['bitops_vs_uniform4']:.2f} |")
     ctrl = [token[s]["controller"] for s in seeds]
-    lines += ["", f"controller (a width per governed layer and token): {metric} {stat([c[metric] for c in ctrl])} at "
+    saved = json.loads((trials / f"token-s{seeds[0]}" / "results.json").read_text())["config"]
+    what = ("one width per token" if saved.get("controller_granularity") == "token-shared"
+            else "a width per governed layer and token")
+    lines += ["", f"controller ({what}): {metric} {stat([c[metric] for c in ctrl])} at "
               f"{statistics.mean(c['bitops_vs_uniform4'] for c in ctrl):.2f}x uniform-4 BitOPs; static 4 of the same "
               f"checkpoints {stat([token[s]['static 4-bit'][metric] for s in seeds])}; controller - static 4: "
               f"{stat([token[s]['controller'][metric] - token[s]['static 4-bit'][metric] for s in seeds])}",
@@ -195,14 +198,16 @@ def calibrated_widths(trials: Path) -> str:
 
 
 def collect(trials: Path) -> dict:
-    """Every run's result rows by mode (metric, BitOPs, histogram) with its imitation options."""
-    keep = ("accuracy", "perplexity", "bitops", "bitops_vs_uniform4", "histogram")
+    """Every run's result rows by mode (metric, BitOPs, histogram, the controller's allowed widths) with
+    the options that differ between runs (widths, imitation targets, schedule, controller)."""
+    keep = ("accuracy", "perplexity", "bitops", "bitops_vs_uniform4", "histogram", "allowed_bits")
     runs = {}
     for path in sorted(trials.glob("*/results.json")):
         saved = json.loads(path.read_text())
         runs[path.parent.name] = {
             "options": {k: saved["config"].get(k) for k in ("candidate_bits", "token_costs", "warmup_epochs", "epochs",
-                                                            "static_schedule", "limit")},
+                                                            "static_schedule", "limit", "controller_granularity",
+                                                            "controller_hidden", "controller_widths")},
             **{r["mode"]: {k: r[k] for k in keep if k in r} for r in saved["rows"]}}
     return runs
 
