@@ -53,8 +53,9 @@ class ConvertConfig:
                                          "one per sample ('sample'), one per governed layer for each token "
                                          "of a transformer ('token'), or one per token for every governed layer "
                                          "('token-shared')", flag="--controller", choices=GRANULARITIES)
-    controller_hidden: Optional[int] = option(None, "hidden units of the controller (unset: about 1%% of the "
-                                              "backbone's parameters in the controller)", metavar="UNITS")
+    controller_hidden: Optional[int] = option(None, "hidden units of the controller (unset: enough for a "
+                                              "controller with about 1%% of the backbone's parameters)",
+                                              metavar="UNITS")
 
     def __post_init__(self) -> None:
         numerics.check_shift_rule(self.shift_rule)
