@@ -40,28 +40,35 @@ def budget_curve(run: Path, below: int = 3, above: int = 6) -> list[dict]:
     return rows
 
 
-def layer_widths(run: Path, widths: tuple = (3, 5), base: int = 4) -> list[dict]:
-    """Test metric (accuracy, or perplexity for next-token targets; training path at eval
-    statistics) and BitOPs / uniform 4 without the controller, with every governed layer at
-    `base` bits and then each one alone at each of `widths` (candidates only), for every token."""
+def forced_metric(model, ds, widths, batch_size: int = 256) -> dict:
+    """Test metric (accuracy, or perplexity for next-token targets) and BitOPs / uniform 4 less the
+    controller's, with the test split run at `widths` [N, (T,) governed] (`force_widths`; the
+    training path at eval statistics, whose integers the eval path equals)."""
     import torch
     import torch.nn.functional as F
 
+    with torch.no_grad():
+        outs = [model.train_forward(x, force_widths=w)
+                for x, w in zip(ds.x_test.split(batch_size), widths.split(batch_size))]
+    logits, bitops = torch.cat([o.logits for o in outs]), torch.cat([o.bitops for o in outs]).double()
+    metric = ({"perplexity": float(torch.exp(F.cross_entropy(logits, ds.y_test)))} if ds.y_test.dim() > 1
+              else {"accuracy": float((logits.argmax(1) == ds.y_test).float().mean())})
+    unit, controller = model.uniform_bitops(4), 64 * model.controller.macs()
+    return {**metric, "bitops_vs_uniform4": (float(bitops.mean()) - controller) / unit}
+
+
+def layer_widths(run: Path, widths: tuple = (3, 5), base: int = 4) -> list[dict]:
+    """`forced_metric` with every governed layer at `base` bits and then each one alone at each of
+    `widths` (candidates only), for every token: which layers could pay for others."""
+    import torch
+
     model, _, ds = load_run(run)
     model.set_dynamic(True)
-    governed, unit, controller = len(model.governed), model.uniform_bitops(4), 64 * model.controller.macs()
-    tokens = (model.controller.tokens,) if model.controller.per_token else ()
+    governed = len(model.governed)
+    shape = (len(ds.x_test), *((model.controller.tokens,) if model.controller.per_token else ()), governed)
 
     def measure(layer_bits: list) -> dict:
-        outs = []
-        with torch.no_grad():
-            for x in ds.x_test.split(256):
-                shape = (x.shape[0], *tokens, governed)
-                outs.append(model.train_forward(x, force_widths=torch.tensor(layer_bits).expand(shape)))
-        logits, bitops = torch.cat([o.logits for o in outs]), torch.cat([o.bitops for o in outs]).double()
-        metric = ({"perplexity": float(torch.exp(F.cross_entropy(logits, ds.y_test)))} if ds.y_test.dim() > 1
-                  else {"accuracy": float((logits.argmax(1) == ds.y_test).float().mean())})
-        return {**metric, "bitops_vs_uniform4": (float(bitops.mean()) - controller) / unit}
+        return forced_metric(model, ds, torch.tensor(layer_bits).expand(shape))
 
     rows = [{"layer": "none", "bits": base, **measure([base] * governed)}]
     for bits in (b for b in widths if b in model.candidate_bits):
@@ -84,15 +91,10 @@ def fixed_rules(run: Path) -> list[dict]:
     patches = ds.x_test[:, 0].float().unfold(1, 2, 2).unfold(2, 2, 2).reshape(n, 16, 4)
     blank, ink_rank = patches.amax(-1) == 0, patches.sum(-1).argsort(1).argsort(1)
     random_rank = torch.rand(n, 16, generator=torch.Generator().manual_seed(0)).argsort(1)
-    governed, unit, controller = len(model.governed), model.uniform_bitops(4), 64 * model.controller.macs()
+    governed = len(model.governed)
 
-    def measure(widths) -> dict:
-        widths = widths.view(n, 16, 1).expand(n, 16, governed)
-        with torch.no_grad():
-            outs = [model.train_forward(x, force_widths=w) for x, w in zip(ds.x_test.split(120), widths.split(120))]
-        logits, bitops = torch.cat([o.logits for o in outs]), torch.cat([o.bitops for o in outs]).double()
-        return {"accuracy": float((logits.argmax(1) == ds.y_test).float().mean()),
-                "bitops_vs_uniform4": (float(bitops.mean()) - controller) / unit}
+    def measure(widths) -> dict:  # batches of 120, as the committed digits probes were measured
+        return forced_metric(model, ds, widths.view(n, 16, 1).expand(n, 16, governed), batch_size=120)
 
     rules = [(f"every patch {b}", torch.full((n, 16), b)) for b in (4, 3)]
     rules += [(f"blank {lo}, inked {hi}", torch.where(blank, lo, hi)) for lo, hi in ((2, 4), (3, 4), (4, 3), (2, 5))]
