@@ -2,7 +2,8 @@
 BitOPs move with the budget code (`budget_curve`), how each governed layer alone at another width
 moves the metric (`layer_widths`: which layers could pay for others), and how fixed per-token
 rules do on the same network (`fixed_rules`: digits only, blank patches against inked ones,
-least ink, random tokens).
+least ink, random tokens), and for a next-token model how well anything could tell which
+tokens a width moves (`token_harm`: an oracle, a predictor that sees the model's output, random).
 
 Usage: python -m bench.token_probes RUN_DIR [RUN_DIR ...] [--out RESULTS.md]
 (RUN_DIR: a `dqt train --controller token|token-shared` output folder on digits, MNIST-1D or pydoc)
@@ -77,6 +78,93 @@ def layer_widths(run: Path, widths: tuple = (3, 5), base: int = 4) -> list[dict]
     return rows
 
 
+def _cheapest_within(loss, cost):
+    """Per token, the choice minimising loss + lam * cost, with lam the smallest that keeps the
+    summed cost at or below zero (bisection): the best allocation that `loss` can tell."""
+    lo, hi = 0.0, 1e4
+    for _ in range(80):
+        lam = (lo + hi) / 2
+        if float(cost[(loss + lam * cost).argmin(-1)].sum()) > 0:
+            lo = lam
+        else:
+            hi = lam
+    return (loss + hi * cost).argmin(-1)
+
+
+def token_harm(run: Path, low: int = 3, high: int = 5, base: int = 4, ridge: float = 0.1) -> dict:
+    """Can a controller tell which tokens a width moves? For a next-token model: the governed
+    layers after the last attention step (whose width for token t changes token t's prediction
+    alone) at `low`, `base` and `high` bits for every token, the rest at `base`; then three
+    allocations of those layers' widths at or below the BitOPs of `base`:
+
+    - *oracle*: each token's width chosen knowing its loss at every width (an upper bound no
+      controller reaches: it picks the lucky draws of the quantization noise);
+    - *predicted*: a ridge regression fitted on the first half of the test windows predicts each
+      token's loss change at `low` and `high` from the `base` model's own output distribution,
+      its entropy and the current token (more than the controller sees: it reads the layers'
+      input, not the output), allocated on the second half;
+    - *random*: the predicted allocation's counts of each width on random tokens.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    model, _, ds = load_run(run)
+    if ds.y_test.dim() < 2:
+        raise ValueError(f"token_harm needs next-token targets; {run} is a classifier")
+    missing = [b for b in (low, base, high) if b not in model.candidate_bits]
+    if missing:
+        raise ValueError(f"token_harm: widths {missing} are not candidates of {run} ({model.candidate_bits})")
+    model.set_dynamic(True)
+    last_attention = max(i for i, s in enumerate(model.steps) if s.kind == "attention")
+    after = {s.name for s in model.steps[last_attention + 1:] if s.kind == "layer"}
+    local = [i for i, name in enumerate(model.governed) if name in after]
+    n, tokens, governed = len(ds.x_test), model.controller.tokens, len(model.governed)
+    nll, bitops = {}, {}
+    for bits in (low, base, high):
+        widths = torch.full((n, tokens, governed), base)
+        widths[:, :, local] = bits
+        with torch.no_grad():
+            outs = [model.train_forward(x, force_widths=w) for x, w in zip(ds.x_test.split(256), widths.split(256))]
+        logits = torch.cat([o.logits for o in outs])  # [N, vocab, T]
+        nll[bits] = F.cross_entropy(logits, ds.y_test, reduction="none")
+        bitops[bits] = float(torch.cat([o.bitops for o in outs]).double().mean())
+        if bits == base:
+            probs = logits.float().softmax(1).transpose(1, 2)  # [N, T, vocab]
+    unit = model.uniform_bitops(4)
+    cost = torch.tensor([(bitops[b] - bitops[base]) / unit / tokens for b in (low, base, high)])
+    loss = torch.stack([nll[b] for b in (low, base, high)], -1)  # [N, T, 3]
+
+    def perplexity(pick, part=slice(None)):
+        return float(torch.exp(loss[part].gather(-1, pick[..., None]).mean()))
+
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1, keepdim=True)
+    current = F.one_hot(ds.x_test.long(), probs.shape[-1]).float()
+    features = torch.cat([probs, entropy, current, torch.ones_like(entropy)], -1)
+    change = torch.stack([loss[..., 0] - loss[..., 1], loss[..., 2] - loss[..., 1]], -1)
+    half, held = n // 2, slice(n // 2, None)
+    fit_x, fit_y = features[:half].flatten(0, 1), change[:half].flatten(0, 1)
+    weights = torch.linalg.solve(fit_x.T @ fit_x + ridge * torch.eye(fit_x.shape[1]), fit_x.T @ fit_y)
+    guess = features[held] @ weights
+    predicted = _cheapest_within(torch.stack([guess[..., 0], torch.zeros_like(guess[..., 0]), guess[..., 1]], -1), cost)
+    shuffled = predicted.flatten()[torch.randperm(predicted.numel(), generator=torch.Generator().manual_seed(0))]
+    oracle = _cheapest_within(loss, cost)
+
+    def correlation(k):
+        return float(torch.corrcoef(torch.stack([guess[..., k].flatten(), change[held][..., k].flatten()]))[0, 1])
+
+    def shares(pick):
+        return {str(b): float((pick == i).float().mean()) for i, b in enumerate((low, base, high))}
+
+    return {"layers": [model.governed[i] for i in local], "widths": [low, base, high],
+            "perplexity": {str(b): float(torch.exp(nll[b].mean())) for b in (low, base, high)},
+            "bitops_vs_uniform4": {str(b): bitops[b] / unit for b in (low, base, high)},
+            "oracle": {"perplexity": perplexity(oracle), "shares": shares(oracle)},
+            "held_out": {"windows": n - half, "base_perplexity": float(torch.exp(nll[base][held].mean())),
+                         "predicted": {"perplexity": perplexity(predicted, held), "shares": shares(predicted),
+                                       "correlation_low": correlation(0), "correlation_high": correlation(1)},
+                         "random": {"perplexity": perplexity(shuffled.view_as(predicted), held)}}}
+
+
 def fixed_rules(run: Path) -> list[dict]:
     """Test accuracy (training path at eval statistics, which the integer eval equals) with each
     token's width set by a rule instead of the controller, every governed layer alike: blank 2 x 2
@@ -110,6 +198,10 @@ def report(runs: list[Path]) -> tuple[str, dict]:
         digits = json.loads((run / "results.json").read_text())["config"]["data"] == "digits"
         curve, layers, rules = budget_curve(run), layer_widths(run), fixed_rules(run) if digits else []
         data[str(run)] = {"budget_curve": curve, "layer_widths": layers, "fixed_rules": rules}
+        harm = None
+        if "perplexity" in layers[0]:
+            above = [b for b in sorted({r["bits"] for r in layers[1:]}) if b > layers[0]["bits"]]
+            harm = data[str(run)]["token_harm"] = token_harm(run, high=above[0]) if above else None
         lines += [f"## {run}", "", "| budget code | calibration accuracy @ BitOPs | test accuracy @ BitOPs |",
                   "|---:|---:|---:|"]
         lines += [f"| {r['code']}{' (calibrated)' if r['calibrated'] else ''} | "
@@ -124,6 +216,23 @@ def report(runs: list[Path]) -> tuple[str, dict]:
         if rules:
             lines += ["", "| widths by rule (no controller) | test accuracy | BitOPs |", "|---|---:|---:|"]
             lines += [f"| {r['rule']} | {100 * r['accuracy']:.2f} | {r['bitops_vs_uniform4']:.3f}x |" for r in rules]
+        if harm:
+            low, base, high = (str(b) for b in harm["widths"])
+            lines += ["", f"| {', '.join(harm['layers'])} (after the last attention) at | test perplexity | BitOPs |",
+                      "|---|---:|---:|"]
+            lines += [f"| {b} bits, every token | {harm['perplexity'][b]:.3f} | {harm['bitops_vs_uniform4'][b]:.3f}x |"
+                      for b in (low, base, high)]
+            held = harm["held_out"]
+            lines += ["", f"| their widths per token, at most the BitOPs of {base} bits | perplexity | "
+                      f"tokens at {low} / {base} / {high} |", "|---|---:|---:|"]
+            lines += [f"| {name} | {r['perplexity']:.3f} | {' / '.join(f'{100 * v:.0f}%' for v in r['shares'].values())} |"
+                      for name, r in (("oracle (knows each token's loss; all windows)", harm["oracle"]),
+                                      (f"predicted (held-out {held['windows']} windows)", held["predicted"]))]
+            lines += [f"| random, the predicted counts (held out) | {held['random']['perplexity']:.3f} | |",
+                      f"| {base} bits, every token (held out) | {held['base_perplexity']:.3f} | |", "",
+                      f"Predicted against measured loss change per token: correlation "
+                      f"{held['predicted']['correlation_low']:.3f} at {low} bits, "
+                      f"{held['predicted']['correlation_high']:.3f} at {high} bits."]
         lines.append("")
     return "\n".join(lines), data
 

@@ -344,7 +344,8 @@ def test_transformer_summary_reads_a_trials_directory(tmp_path):
 def test_character_widths_reads_a_character_model_run(tmp_path):
     """bench.transformer_summary.character_widths on a tiny pydoc run with one width per token:
     the width by character class, the characters with fewest and most bits, and by difficulty,
-    every one a mean of candidate widths."""
+    every one a mean of candidate widths; token_harm on the layers after the last attention, its
+    allocations within the BitOPs of 4 bits."""
     import re
 
     from bench import transformer_summary
@@ -360,3 +361,17 @@ def test_character_widths_reads_a_character_model_run(tmp_path):
     assert lines[1].startswith("fewest bits: ") and lines[2].startswith("most bits: ") and "harder than" in lines[3]
     widths = [float(w) for w in re.findall(r"(\d+\.\d\d)(?: bits|;|,|$)", text, flags=re.M)]
     assert len(widths) >= 6 and all(3.0 <= w <= 8.0 for w in widths)
+    from bench import token_probes
+    harm = token_probes.token_harm(tmp_path / "token-s0", high=8)
+    assert harm["layers"] == ["layer9_blocks_1_proj", "layer10_blocks_1_fc1", "layer11_blocks_1_fc2"]
+    saved = {r["mode"]: r for r in json.loads((tmp_path / "token-s0" / "results.json").read_text())["rows"]}
+    # the same integers; the perplexity is float math on their dequantized logits, summed in another order
+    assert harm["perplexity"]["4"] == pytest.approx(saved["static 4-bit"]["perplexity"], rel=1e-4)
+    spend = {b: harm["bitops_vs_uniform4"][b] - harm["bitops_vs_uniform4"]["4"] for b in ("3", "4", "8")}
+    assert spend["3"] < 0 < spend["8"]
+    for allocation in (harm["oracle"], harm["held_out"]["predicted"]):  # never above the BitOPs of 4 bits
+        assert sum(allocation["shares"].values()) == pytest.approx(1.0)
+        assert sum(spend[b] * share for b, share in allocation["shares"].items()) <= 1e-6
+    assert -1.0 <= harm["held_out"]["predicted"]["correlation_low"] <= 1.0
+    with pytest.raises(ValueError, match="not candidates"):
+        token_probes.token_harm(tmp_path / "token-s0")  # 5 bits is no candidate of this run
