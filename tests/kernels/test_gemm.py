@@ -35,7 +35,7 @@ def triton_conv(x, w, ka, kw, **kwargs):
     return out.cpu()
 
 
-@settings(SETTINGS, max_examples=30)
+@settings(SETTINGS, max_examples=20)
 @given(matmul_case(cols=(1, 3, 15, 32, 41, 70)))
 def test_matmul_matches_reference(case):
     x, w, ka, kw, rule, kwargs, _ = case
@@ -44,7 +44,7 @@ def test_matmul_matches_reference(case):
     assert got.dtype == want.dtype and torch.equal(got, want)
 
 
-@settings(SETTINGS, max_examples=30)
+@settings(SETTINGS, max_examples=20)
 @given(conv_case(channels=(1, 3, 5, 8, 35), kernels=(1, 3, 7), max_extra=3))
 def test_conv_matches_reference(case):
     x, w, geometry, ka, kw, rule, kwargs, _ = case

@@ -13,7 +13,7 @@ import dqt_triton as dq
 from tests import oracle
 from tests.strategies import CODE_DTYPES, as_rows, codes, conv_case, width_epilogue_spec
 
-SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # "cpu_library": the CPU path with its float32 library convolution at every size (it otherwise
 # takes over from im2col only on larger outputs than these cases have).
 BACKENDS = ["reference", "cpu", "cpu_library"]
