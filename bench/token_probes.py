@@ -114,8 +114,11 @@ def token_harm(run: Path, low: int = 3, high: int = 5, base: int = 4, ridge: flo
     missing = [b for b in (low, base, high) if b not in model.candidate_bits]
     if missing:
         raise ValueError(f"token_harm: widths {missing} are not candidates of {run} ({model.candidate_bits})")
+    attention = [i for i, s in enumerate(model.steps) if s.kind == "attention"]
+    if not attention:
+        raise ValueError(f"token_harm: {run} has no attention step, so no layer is local to one token")
     model.set_dynamic(True)
-    last_attention = max(i for i, s in enumerate(model.steps) if s.kind == "attention")
+    last_attention = attention[-1]
     after = {s.name for s in model.steps[last_attention + 1:] if s.kind == "layer"}
     local = [i for i, name in enumerate(model.governed) if name in after]
     n, tokens, governed = len(ds.x_test), model.controller.tokens, len(model.governed)
