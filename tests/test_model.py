@@ -624,7 +624,7 @@ def _count_host_reads(monkeypatch) -> dict:
     return counts
 
 
-@pytest.mark.parametrize("arch", ["cnn", "resnet_tiny"])
+@pytest.mark.parametrize("arch", ["cnn", pytest.param("resnet_tiny", marks=pytest.mark.slow)])
 def test_triton_path_of_a_frozen_dynamic_model_reads_nothing_on_the_host_after_warm_up(arch, monkeypatch):
     """After one warm-up call (which validates each layer and places its constants on the
     device), a forward pass of the frozen model and of the eval-mode model through the Triton

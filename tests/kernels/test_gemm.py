@@ -233,9 +233,11 @@ def test_matmul_width_tables_all_backends_equal_oracle(x_dtype, kind, per_sample
             assert all(o.dtype == want.dtype and torch.equal(o, want) for o in outs), (M, rule)
 
 
-@pytest.mark.parametrize("x_dtype", CODE_DTYPES)
-@pytest.mark.parametrize("kind", WIDTH_KINDS)
-@pytest.mark.parametrize("per_sample", [False, True])
+# CI: each epilogue kind, with and without per-sample shifts, on one code dtype (alternating);
+# -m slow adds the other dtype.
+@pytest.mark.parametrize(("x_dtype", "kind", "per_sample"), [
+    pytest.param(x_dtype, kind, per_sample, marks=[] if d == (k + per_sample) % 2 else [pytest.mark.slow])
+    for k, kind in enumerate(WIDTH_KINDS) for per_sample in (False, True) for d, x_dtype in enumerate(CODE_DTYPES)])
 def test_conv_width_tables_all_backends_equal_oracle(x_dtype, kind, per_sample):
     """reference == cpu == triton == oracle for width tables on a 3x3 conv with Cout = 10."""
     gen = torch.Generator().manual_seed(42)
