@@ -41,17 +41,24 @@ def budget_curve(run: Path, below: int = 3, above: int = 6) -> list[dict]:
     return rows
 
 
-def forced_metric(model, ds, widths, batch_size: int = 256) -> dict:
-    """Test metric (accuracy, or perplexity for next-token targets) and BitOPs / uniform 4 less the
-    controller's, with the test split run at `widths` [N, (T,) governed] (`force_widths`; the
-    training path at eval statistics, whose integers the eval path equals)."""
+def forced_outputs(model, ds, widths, batch_size: int = 256):
+    """Logits and BitOPs per sample (float64) of the test split run at `widths` [N, (T,) governed]
+    (`force_widths`; the training path at eval statistics, whose integers the eval path equals)."""
     import torch
-    import torch.nn.functional as F
 
     with torch.no_grad():
         outs = [model.train_forward(x, force_widths=w)
                 for x, w in zip(ds.x_test.split(batch_size), widths.split(batch_size))]
-    logits, bitops = torch.cat([o.logits for o in outs]), torch.cat([o.bitops for o in outs]).double()
+    return torch.cat([o.logits for o in outs]), torch.cat([o.bitops for o in outs]).double()
+
+
+def forced_metric(model, ds, widths, batch_size: int = 256) -> dict:
+    """Test metric (accuracy, or perplexity for next-token targets) and BitOPs / uniform 4 less the
+    controller's, with the test split run at `widths` (`forced_outputs`)."""
+    import torch
+    import torch.nn.functional as F
+
+    logits, bitops = forced_outputs(model, ds, widths, batch_size)
     metric = ({"perplexity": float(torch.exp(F.cross_entropy(logits, ds.y_test)))} if ds.y_test.dim() > 1
               else {"accuracy": float((logits.argmax(1) == ds.y_test).float().mean())})
     unit, controller = model.uniform_bitops(4), 64 * model.controller.macs()
@@ -126,11 +133,9 @@ def token_harm(run: Path, low: int = 3, high: int = 5, base: int = 4, ridge: flo
     for bits in (low, base, high):
         widths = torch.full((n, tokens, governed), base)
         widths[:, :, local] = bits
-        with torch.no_grad():
-            outs = [model.train_forward(x, force_widths=w) for x, w in zip(ds.x_test.split(256), widths.split(256))]
-        logits = torch.cat([o.logits for o in outs])  # [N, vocab, T]
+        logits, per_sample = forced_outputs(model, ds, widths)  # logits [N, vocab, T]
         nll[bits] = F.cross_entropy(logits, ds.y_test, reduction="none")
-        bitops[bits] = float(torch.cat([o.bitops for o in outs]).double().mean())
+        bitops[bits] = float(per_sample.mean())
         if bits == base:
             probs = logits.float().softmax(1).transpose(1, 2)  # [N, T, vocab]
     unit = model.uniform_bitops(4)
