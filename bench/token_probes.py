@@ -42,19 +42,22 @@ def budget_curve(run: Path, below: int = 3, above: int = 6) -> list[dict]:
 
 
 def forced_outputs(model, ds, widths, batch_size: int = 256):
-    """Logits and BitOPs per sample (float64) of the test split run at `widths` [N, (T,) governed]
-    (`force_widths`; the training path at eval statistics, whose integers the eval path equals)."""
+    """Logits and BitOPs per sample (float64, the controller counted) of the test split at
+    `widths` [N, (T,) governed]: the integer eval program, what deploys
+    (`DQTModel(x, widths)` in eval mode), not the training path, whose float norms differ from it."""
     import torch
 
+    logits, bitops = [], []
     with torch.no_grad():
-        outs = [model.train_forward(x, force_widths=w)
-                for x, w in zip(ds.x_test.split(batch_size), widths.split(batch_size))]
-    return torch.cat([o.logits for o in outs]), torch.cat([o.bitops for o in outs]).double()
+        for x, w in zip(ds.x_test.split(batch_size), widths.split(batch_size)):
+            logits.append(model(x, w))
+            bitops.append(model.last_bitops)
+    return torch.cat(logits), torch.cat(bitops).double()
 
 
 def forced_metric(model, ds, widths, batch_size: int = 256) -> dict:
-    """Test metric (accuracy, or perplexity for next-token targets) and BitOPs / uniform 4 less the
-    controller's, with the test split run at `widths` (`forced_outputs`)."""
+    """Test metric (accuracy, or perplexity for next-token targets) and BitOPs / uniform 4 without
+    the controller, with the test split run at `widths` (`forced_outputs`)."""
     import torch
     import torch.nn.functional as F
 
@@ -174,7 +177,7 @@ def token_harm(run: Path, low: int = 3, high: int = 5, base: int = 4, ridge: flo
 
 
 def fixed_rules(run: Path) -> list[dict]:
-    """Test accuracy (training path at eval statistics, which the integer eval equals) with each
+    """Test accuracy (the integer eval program, `forced_metric`) with each
     token's width set by a rule instead of the controller, every governed layer alike: blank 2 x 2
     patches (no ink) at one width and the others at another; the k patches with least ink at a
     lower width; k random patches at a lower width (the rules whose widths are all candidates).

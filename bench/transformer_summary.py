@@ -64,8 +64,7 @@ def summarise(trials: Path) -> str:
 
 
 def shuffled_widths(model_path: Path, seeds: int = 5) -> tuple[float, dict, str]:
-    """The per-token controller's test metric on the training path at eval statistics
-    (`simulated_forward`) against the same widths moved among each sample's tokens (the same
+    """The per-token controller's test metric on the integer eval program (what deploys) against the same widths moved among each sample's tokens (the same
     widths and BitOPs per sample): "tokens" moves each token's whole width profile (its widths at
     every layer) to another token, which tests whether the controller knows which tokens need
     bits; "layers" draws a new permutation per layer, which also breaks up each token's profile.
@@ -79,7 +78,9 @@ def shuffled_widths(model_path: Path, seeds: int = 5) -> tuple[float, dict, str]
     shuffle = {"generator": None, "per_layer": False}
 
     def moved(x):
-        widths = model.train_forward(x).bits[..., governed, 0]  # [B, T, governed]: the controller's choice
+        with torch.no_grad():
+            model(x)
+        widths = model.last_bits[..., governed, 0]  # [B, T, governed]: the controller's choice
         if shuffle["generator"] is None:
             return widths
         B, T, L = widths.shape
@@ -87,8 +88,7 @@ def shuffled_widths(model_path: Path, seeds: int = 5) -> tuple[float, dict, str]
         return widths.gather(1, keys.argsort(1).expand(B, T, L))  # a permutation of the T tokens per sample (and layer)
 
     def metric() -> float:
-        with torch.no_grad():  # the training path at eval statistics, as `simulated_forward`
-            out = torch.cat([model.train_forward(x, force_widths=moved(x)).logits for x in ds.x_test.split(256)])
+        out = torch.cat([model(x, moved(x)) for x in ds.x_test.split(256)])
         if ds.y_test.dim() > 1:
             return float(torch.exp(F.cross_entropy(out, ds.y_test)))
         return float((out.argmax(1) == ds.y_test).float().mean())
@@ -215,7 +215,7 @@ def collect(trials: Path) -> dict:
 def shuffle_table(trials: Path) -> str:
     """`shuffled_widths` for every checkpoint with a per-token controller under `trials`."""
     lines = ["controller against its widths moved among each sample's tokens, whole profiles ('tokens') or per layer "
-             "('layers'); training path at eval statistics, mean (range) of 5 draws:"]
+             "('layers'); integer eval, mean (range) of 5 draws:"]
     for results in sorted(trials.glob("*/results.json")):
         path = results.parent / "model.pt"
         if "controller" not in _rows(results):

@@ -195,12 +195,13 @@ class DQTModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits for input codes x. Training: nested QAT; eval: the integer-only program."""
+    def forward(self, x: Tensor, widths: Optional[Tensor] = None) -> Tensor:
+        """Logits for input codes x. Training: nested QAT; eval: the integer-only program. Dynamic:
+        `widths` [B, (T,) governed] replace the controller's choice (`last_bitops` still counts it)."""
         if self.training:
-            logits, self.last_bits, self.last_bitops = self.train_forward(x)[:3]
+            logits, self.last_bits, self.last_bitops = self.train_forward(x, force_widths=widths)[:3]
         else:
-            logits, self.last_bits, self.last_bitops = self._runner()(x)
+            logits, self.last_bits, self.last_bitops = self._runner()(x, widths)
         return logits
 
     def train_forward(self, x: Tensor, force_bits: Optional[int] = None, budget_codes: Optional[Tensor] = None,

@@ -84,17 +84,23 @@ def run_controller(p: ControllerProgram, x: Tensor, cache: Optional[dict] = None
 class RunPass:
     """What the step kinds' `run` share during one `run_program` call."""
 
-    def __init__(self, program: IntegerProgram, x: Tensor, cache: dict) -> None:
+    def __init__(self, program: IntegerProgram, x: Tensor, cache: dict, widths: Optional[Tensor] = None) -> None:
         self.program, self.x, self.cache = program, x, cache
         self.rule = program.shift_rule
         self.governed = {n: i for i, n in enumerate(program.governed)} if program.dynamic else {}
-        self.widths: Optional[Tensor] = None  # [B, governed], once the controller has run
+        self.widths: Optional[Tensor] = widths  # [B, (T,) governed]: given, or once the controller has run
+        self.forced = widths is not None
         self.values: list[Tensor] = []
 
     def shifts(self, name: str):
         """(activation shift, weight shift) of layer `name`: per sample for a governed layer
         (the controller runs on its source value when the first governed layer needs it)."""
         if name in self.governed:
+            if self.forced and self.program.controller.per_token:
+                tokens = self.values[self.program.controller_source].shape[1]
+                if self.widths.shape[1] != tokens:
+                    raise ValueError(f"widths give {self.widths.shape[1]} tokens; the model has {tokens}")
+                self.forced = False  # checked once
             if self.widths is None:
                 p = self.program
                 choice = run_controller(p.controller, self.values[p.controller_source], self.cache)
@@ -124,17 +130,42 @@ def run_program(program: IntegerProgram, x: Tensor, cache: Optional[dict] = None
     return logits, chosen
 
 
+def check_widths(program: IntegerProgram, x: Tensor, widths: Tensor) -> None:
+    """A clear error for forced widths that a dynamic program cannot run: the shape of the
+    controller's choice, [B, governed] per sample or [B, T, governed] per token, and candidates only."""
+    if not program.dynamic:
+        raise ValueError("forced widths replace the controller's choice: they need the dynamic program")
+    if not isinstance(widths, Tensor) or widths.dtype.is_floating_point or widths.dtype == torch.bool:
+        raise TypeError(f"widths must be an integer tensor, got {getattr(widths, 'dtype', type(widths).__name__)}")
+    per_token = program.controller.per_token
+    tokens = widths.shape[1:2] if per_token and widths.dim() == 3 else ()  # checked against the tokens in `shifts`
+    shape = (x.shape[0], *tokens, len(program.governed))
+    if widths.dim() != 2 + per_token or tuple(widths.shape) != shape:
+        raise ValueError(f"widths must have shape [batch, {'tokens, ' if per_token else ''}governed layers] "
+                         f"= [{x.shape[0]}, {'T, ' if per_token else ''}{len(program.governed)}], "
+                         f"got {list(widths.shape)}")
+    if widths.device != x.device:
+        raise ValueError(f"widths are on {widths.device}, the input on {x.device}")
+    candidates = torch.tensor(program.candidate_bits, device=widths.device)
+    if not bool((widths.unsqueeze(-1) == candidates).any(-1).all()):
+        raise ValueError(f"widths hold values outside the candidates {list(program.candidate_bits)}")
+
+
 def run_program_values(program: IntegerProgram, x: Tensor, cache: Optional[dict] = None,
-                       given: Optional[dict] = None) -> tuple[Tensor, Tensor, list]:
+                       given: Optional[dict] = None, widths: Optional[Tensor] = None) -> tuple[Tensor, Tensor, list]:
     """`run_program`, also returning every value of the pass (index 0 the input, i + 1 the
     output codes of step i). `given` maps value indices to codes already computed for the same
     inputs (a cheaper pass's values that this program would compute identically: see
-    `policy.reusable_values`); those steps are not run again."""
+    `policy.reusable_values`); those steps are not run again. `widths` ([B, (T,) governed],
+    candidates of a dynamic program) replace the controller's choice, which then does not run."""
     check_input(program.input_shape, program.input_dtype, program.input_scale, x)
+    if widths is not None:
+        check_widths(program, x, widths)
+        widths = widths.long()
     cache = {} if cache is None else cache
     given = given or {}
     names = program.layer_names
-    run = RunPass(program, x, cache)
+    run = RunPass(program, x, cache, widths)
     values = run.values
     values.append(x)
     for index, step in enumerate(program.steps):
@@ -162,10 +193,11 @@ class ProgramRunner:
     def cache(self, x: object) -> dict:
         return self.caches.setdefault(x.device if isinstance(x, Tensor) else None, {})
 
-    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(logits, chosen bits [B, layers, 2], BitOPs per sample [B])."""
+    def __call__(self, x: Tensor, widths: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(logits, chosen bits [B, layers, 2], BitOPs per sample [B]); `widths` replace the
+        controller's choice (`run_program_values`); the BitOPs count the fixed MACs either way."""
         cache = self.cache(x)
-        logits, chosen = run_program(self.program, x, cache)
+        logits, chosen, _ = run_program_values(self.program, x, cache, widths=widths)
         macs = device_constant(cache, "macs", lambda: torch.tensor(
             [self.macs[n] for n in self.program.layer_names], dtype=torch.float64, device=chosen.device))
         return logits, chosen, bitops_from_bits(chosen, macs, self.controller_macs)
@@ -216,8 +248,10 @@ class FrozenDQTModel(nn.Module):
         self.runner = ProgramRunner(map_tensors(self.program, move), self.macs, self.controller_macs)
         return super()._apply(fn, recurse)
 
-    def forward(self, x: Tensor) -> Tensor:
-        logits, self.last_bits, self.last_bitops = self.runner(x)
+    def forward(self, x: Tensor, widths: Optional[Tensor] = None) -> Tensor:
+        """Logits for input codes x; a dynamic program takes `widths` [B, (T,) governed] in place
+        of its controller's choice (a per-layer or per-token allocation made elsewhere)."""
+        logits, self.last_bits, self.last_bitops = self.runner(x, widths)
         return logits
 
     def run_values(self, x: Tensor, given: Optional[dict] = None) -> tuple[Tensor, list]:

@@ -133,6 +133,24 @@ def test_a_per_sample_controller_sets_every_governed_layer_alike_and_freezes_exa
         dq.DQTModel.from_float(models.mlp(64, 16, 10), (64,), dynamic=True, controller_granularity="channel")
 
 
+def test_forced_widths_per_sample_equal_eval_and_the_static_program():
+    """`model(x, widths)` on a per-layer controller: its own widths give eval's logits, every
+    layer at 4 the static 4-bit program's, a mixed allocation the same integers frozen."""
+    model, x = build("cnn", "dynamic")
+    logits = model(x)
+    governed = [model.layer_names.index(n) for n in model.governed]
+    own = model.last_bits[:, governed, 0]
+    assert torch.equal(model(x, own), logits)
+    with model.kept_mode():
+        static4 = model.set_bits(4)(x)
+    assert torch.equal(model(x, torch.full_like(own, 4)), static4)
+    mixed = torch.tensor([2, 8, 4, 6])[torch.arange(own.numel()) % 4].view_as(own)
+    assert torch.equal(model.freeze()(x, mixed), model(x, mixed))
+    assert torch.equal(model.last_bits[:, governed, 1], mixed)
+    with pytest.raises(ValueError, match="shape"):
+        model(x[:3], own)
+
+
 def test_one_file_serves_every_width_and_dynamic(tmp_path):
     model, x = build("cnn", "dynamic")
     model.save(tmp_path / "m.pt")

@@ -112,6 +112,37 @@ def test_widths_per_token_are_priced_per_token(name):
     assert out.bits.shape == bits.shape
 
 
+@pytest.mark.parametrize("mode", ["token", "token-shared"])
+@pytest.mark.parametrize("name", ["vit", "lm"])
+def test_forced_widths_run_the_deployed_integer_program(name, mode):
+    """`model(x, widths)` in eval mode: the controller's own widths give eval's logits, every token at 4 bits
+    gives the static 4-bit program's logits, and the frozen model takes the same widths; all bit
+    for bit (what the token probes measure is what deploys)."""
+    model, x = trained(name, mode)
+    logits = model(x)
+    governed = [model.layer_names.index(n) for n in model.governed]
+    own = model.last_bits[..., governed, 0]  # [B, T, governed]
+    assert torch.equal(model(x, own), logits)
+    frozen = model.freeze()
+    assert torch.equal(frozen(x, own), logits) and torch.equal(frozen.last_bits, model.last_bits)
+    four = torch.full_like(own, 4)
+    at_four = model(x, four)
+    assert not torch.equal(at_four, logits) or bool((own == 4).all())
+    with model.kept_mode():
+        static4 = model.set_bits(4)(x)
+    assert torch.equal(at_four, static4) and torch.equal(frozen(x, four), static4)
+    with pytest.raises(ValueError, match="candidates"):
+        model(x, torch.full_like(own, 3))
+    with pytest.raises(ValueError, match="shape"):
+        model(x, own[..., :1])
+    with pytest.raises(ValueError, match="tokens"):
+        model(x, own[:, :-1])
+    with pytest.raises(TypeError, match="integer"):
+        model(x, own.float())
+    with pytest.raises(ValueError, match="dynamic"):
+        model.set_bits(4)(x, own)
+
+
 @pytest.mark.parametrize("name", ["vit", "lm"])
 def test_training_paths_of_the_new_steps_return_the_program_codes(name):
     """Each new step's training forward, fed the integer program's input codes and steps, returns
