@@ -131,7 +131,8 @@ def add_config_options(parser: argparse.ArgumentParser, cls) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, Trainer, environment_device, format_table, recipe_default
+    from .report import format_table
+    from .training import TrainConfig, Trainer, environment_device, recipe_default
 
     values = {name: getattr(args, name) for name in config_option_names(TrainConfig)}
     cfg = TrainConfig(**{name: recipe_default(args.data, name) if value is None else value
@@ -159,7 +160,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .training import evaluate_checkpoint, format_table
+    from .report import format_table
+    from .training import evaluate_checkpoint
 
     print(format_table(evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.bits)))
     return 0

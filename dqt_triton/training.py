@@ -185,10 +185,11 @@ def evaluate(model: DQTModel, x: torch.Tensor, y: torch.Tensor, batch_size: int 
 
 
 def results_table(model: DQTModel, ds: Dataset) -> dict:
-    """Accuracy at every static width (governed layers; edges at `edge_bits`), of the escalation
-    mode at the deployment budget and of the paper's controller at the model's budget code, with
-    BitOPs, the per-input spread and the width histogram; with calibrated policies, every
-    policy at every budget (`policy.compare_policies`)."""
+    """Accuracy at every static width (governed layers; edges at `edge_bits`), of the deployed
+    width policy at the deployment budget and of the paper's controller at the model's budget
+    code, with BitOPs, the per-input spread and the width histogram; with calibrated policies,
+    every policy at every budget against the best static choice that fits it
+    (`policy.compare_policies`)."""
     rows = []
     for b in sorted(model.candidate_bits, reverse=True):
         model.set_bits(b)
@@ -196,13 +197,14 @@ def results_table(model: DQTModel, ds: Dataset) -> dict:
     budgets = None
     if model.policies is not None:
         table = policy.PolicyTable.from_dict(model.policies)
-        budgets = policy.compare_policies(model, table, ds.x_test, ds.y_test, rows)
-        deployed = next((r for r in budgets if r["budget_bits"] == table.deployment_budget), None)
-        if deployed is not None and deployed["escalation"] is not None:
-            esc = deployed["escalation"]
-            cascade = policy.Cascade.from_dict(esc["policy"])
-            hist = policy.stage_histogram(model, cascade, esc["stage_shares"])
-            rows.append({"mode": "escalation", "budget_bits": table.deployment_budget, **esc, "histogram": hist,
+        budgets = policy.compare_policies(model, table, ds.x_test, ds.y_test, rows, controller_stats=evaluate)
+        at_deployment = next((r for r in budgets if r["budget_bits"] == table.deployment_budget), None)
+        if at_deployment is not None and at_deployment["deployed"] is not None:
+            dep = at_deployment["deployed"]
+            cascade = policy.Cascade.from_dict(dep["policy"])
+            hist = policy.stage_histogram(model, cascade, dep["stage_shares"])
+            rows.append({"mode": "deployed", "family": at_deployment["deployed_family"],
+                         "budget_bits": table.deployment_budget, **dep, "histogram": hist,
                          "mean_bits": sum(b * p for b, p in hist.items())})
     agreement = None
     if model.controller is not None:
@@ -215,56 +217,6 @@ def results_table(model: DQTModel, ds: Dataset) -> dict:
         r["bitops_vs_uniform4"] = r["bitops"] / model.uniform_bitops(4)
     return {"rows": rows, "agreement_dynamic": agreement, "edge_bits": model.edge_bits, "budgets": budgets,
             "uniform4_bitops": model.uniform_bitops(4)}
-
-
-def format_table(results: dict) -> str:
-    perplexity = all("perplexity" in r for r in results["rows"])  # next-token targets: accuracy per token
-    lines = [f"{'mode':<14} {'accuracy':>9}" + (f" {'perplexity':>10}" if perplexity else "") +
-             f" {'BitOPs/sample':>15} {'vs uniform 4':>12}  chosen-width histogram"]
-    for r in results["rows"]:
-        hist = " ".join(f"{b}:{p:.2f}" for b, p in r["histogram"].items() if p > 0)
-        ppl = f" {r['perplexity']:>10.3f}" if perplexity else ""
-        lines.append(f"{r['mode']:<14} {r['accuracy']:>9.4f}{ppl} {r['bitops']:>15,.0f} "
-                     f"{r['bitops_vs_uniform4']:>12.2f}  {hist}")
-    if results.get("edge_bits"):
-        lines.append(f"(first and last layers at {results['edge_bits']} bits in every row; the histogram counts "
-                     "the governed layers)")
-    for r in results["rows"]:
-        if r["mode"] in ("escalation", "controller") and r.get("spread") is not None:
-            where = (f"budget uniform {r['budget_bits']:g}" if r["mode"] == "escalation"
-                     else f"budget code {r['budget_code']}, widths {r.get('allowed_bits', 'all')}")
-            lines.append(f"{r['mode']}, per input: BitOPs of the dearest 10% / cheapest 10% = {r['spread']:.2f}x; "
-                         f"accuracy of the cheap half {r['cheap_half_accuracy']:.4f}, dear half "
-                         f"{r['dear_half_accuracy']:.4f} ({where})")
-    if results.get("agreement_dynamic") is not None:
-        lines.append(f"train-path / integer-eval top-1 agreement (controller): {results['agreement_dynamic']:.4f}")
-    if results.get("budgets"):
-        lines += ["", format_budgets(results["budgets"], results["uniform4_bitops"])]
-    return "\n".join(lines)
-
-
-def format_budgets(budgets: list, unit: float) -> str:
-    """The width policies at each budget: accuracy @ BitOPs / uniform 4 of each, and the hull of
-    the static widths at the escalation mode's BitOPs."""
-    def cell(r: Optional[dict]) -> str:
-        return "-" if r is None else f"{r['accuracy']:.4f} @ {r['bitops'] / unit:.2f}"
-
-    head = ["budget", "static hull*", "best allocation", "uniform cascade", "escalation", "controller"]
-    lines = ["Width policies at run-time budgets (accuracy @ BitOPs / uniform 4; calibrated on the held-out split):",
-             f"{head[0]:<7} {head[1]:>12} {head[2]:>16} {head[3]:>16} {head[4]:>16} {head[5]:>16}  decile spread"]
-    for r in budgets:
-        hull = r["hull_at_escalation"]
-        esc = r["escalation"]
-        spread = f"{esc['spread']:.2f}x" if esc and esc.get("spread") else "-"
-        lines.append(f"{r['budget_bits']:<7.2f} {'-' if hull is None else f'{hull:.4f}':>12} "
-                     f"{cell(r['allocation']):>16} {cell(r['cascade']):>16} {cell(esc):>16} "
-                     f"{cell(r['controller']):>16}  {spread}")
-    lines.append("* the best mix of the same checkpoint's uniform widths at the escalation mode's BitOPs.\n"
-                 "uniform cascade / escalation: every input at a cheap width, the inputs whose top-1 margin is below a "
-                 "calibrated threshold\nagain at a dearer one, resuming from the layers both share (every pass "
-                 "counted); escalation may use per-layer\nallocations (only where they beat uniform widths clearly on "
-                 "the calibration split). Decile spread: escalation's\ndearest 10% of inputs / cheapest 10%.")
-    return "\n".join(lines)
 
 
 def split_training_set(cfg: TrainConfig, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -572,5 +524,5 @@ def environment_device(requested: str) -> str:
     return requested if requested != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-__all__ = ["TrainConfig", "Trainer", "load_dataset", "evaluate", "results_table", "format_table",
+__all__ = ["TrainConfig", "Trainer", "load_dataset", "evaluate", "results_table",
            "evaluate_checkpoint"]

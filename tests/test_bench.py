@@ -49,16 +49,23 @@ def test_evidence_runs_resumably_and_summarizes(tmp_path, monkeypatch):
     assert summary["seeds"] == [0, 1]
     budgets = {row["budget_bits"]: row for row in summary["budgets"]}
     assert set(budgets) == {2.5, 3.0, 4.0}  # the deployment budget (--budget 4) too
-    for row in budgets.values():
-        assert {"allocation", "cascade", "escalation", "controller"} <= set(row)
-        mean, se = row["escalation"]["accuracy"]
+    runs = [json.loads((tmp_path / "runs" / f"tiny-dqt-seed{s}.json").read_text()) for s in (0, 1)]
+    for b, row in budgets.items():
+        assert {"deployed", "allocation", "cascade", "escalation", "cascade3", "controller"} <= set(row)
+        mean, se = row["deployed"]["accuracy"]
         assert 0.0 <= mean <= 1.0 and se >= 0.0
-        assert row["escalation"]["bitops_vs_uniform4"] > 0
+        assert row["deployed"]["bitops_vs_uniform4"] > 0
+        gains = [next(r for r in run["budgets"] if r["budget_bits"] == b)["gain_over_static"] for run in runs]
+        vs = row["deployed_minus_best_static"]
+        assert vs["per_seed"] == {"0": gains[0], "1": gains[1]} and vs["worst"] == min(gains)
+        assert vs["mean_se"][0] == pytest.approx(sum(gains) / 2)
     names = [t for t, _, _ in summary["targets"]]
-    assert "budget 3.0: escalation not below the static hull by more than one SE" in names
+    assert "budget 3.0: deployed - best affordable static >= -0.1 pp (mean)" in names
+    assert "budget 4.0 (deployment): no seed below -0.5 pp" in names
+    assert "budget 2.5: deployed - best affordable static >= +1.5 pp (mean)" in names
     assert "checkpoint at 4 bits within 1.5 pp of 4-bit trained alone" in names
     text = (tmp_path / "summary.md").read_text()
-    assert "| 4 |" in text and "escalation - hull" in text
+    assert "| 4 |" in text and "deployed - best static" in text and "deployed - hull at its BitOPs" in text
     before = (tmp_path / "runs" / "tiny-dqt-seed0.json").read_text()
     evidence.main(["run", "--seeds", "0", "--out", str(tmp_path)])  # finished runs are kept, not redone
     assert (tmp_path / "runs" / "tiny-dqt-seed0.json").read_text() == before

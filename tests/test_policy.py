@@ -96,20 +96,170 @@ def test_cascade_search_matches_brute_force_over_pairs_and_thresholds():
     assert float(spent.mean()) <= budget * (1 + 1e-12)
 
 
-def test_escalation_is_the_uniform_cascade_unless_per_layer_stages_win_clearly():
+def designed_calibration(n: int = 60, seed: int = 3, allocs=((2, 2), (3, 2), (4, 4), (8, 8)), lift: float = 0.2):
+    """A Calibration over designed logits: dearer allocations get more inputs right (by `lift`
+    each), margins tie on purpose."""
+    model = governed_mlp()
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n,), generator=gen)
+    table = {a: torch.round(torch.randn(n, 10, generator=gen) * 4) / 4 for a in allocs}
+    for i, a in enumerate(allocs):
+        right = torch.rand(n, generator=gen) < 0.3 + lift * i
+        table[a][right, y[right]] = 10.0
+    return Calibration(model, torch.arange(n), y, batch_size=17, forward_at=lambda a, xb: table[tuple(a)][xb]), table
+
+
+def test_three_stage_search_matches_brute_force_over_its_grid():
+    """best_cascade3: for every stage triple and first-stage count on its grid, no second-stage
+    threshold within the budget does better; the found cascade reproduces its accuracy and cost
+    when run, and is at least as good on the data as any two-stage cascade through its stages."""
+    allocs = [(2, 2), (3, 2), (4, 4), (8, 8)]
+    cal, table = designed_calibration(allocs=allocs)
+    n, y = len(cal.y), cal.y
+    budget = 0.5 * (cal.cost((3, 2)) + cal.cost((8, 8)))
+    found = policy.best_cascade3(cal, allocs, budget)
+    assert found is not None and len(found.stages) == 3
+    right, cost = policy.outcome(cal, found)
+    acc = float(right.double().mean())
+    assert float(cost.mean()) <= budget * (1 + 1e-12)
+    best = 0.0
+    for lo, mid, hi in itertools.combinations(sorted(allocs, key=cal.cost), 3):
+        m1, m2 = policy.top1_margin(table[lo]), policy.top1_margin(table[mid])
+        k1_max = min(n, int((budget - cal.cost(lo)) / cal.escalation_cost(lo, mid) * n + 1e-9))
+        grid = {max(1, round(k1_max * (i + 1) / policy.select.K1_GRID)) for i in range(policy.select.K1_GRID)}
+        for t1 in [*m1.unique().tolist(), float("inf")]:
+            first = m1 < t1
+            if int(first.sum()) not in grid or k1_max < 1:
+                continue
+            for t2 in [*m2[first].unique().tolist(), float("inf")]:
+                second = first & (m2 < t2)
+                if not bool(second.any()):
+                    continue
+                spent = (cal.cost(lo) + float(first.double().mean()) * cal.escalation_cost(lo, mid)
+                         + float(second.double().mean()) * cal.escalation_cost(mid, hi))
+                if spent <= budget:
+                    pick = torch.where(second[:, None], table[hi], torch.where(first[:, None], table[mid], table[lo]))
+                    best = max(best, float((pick.argmax(1) == y).double().mean()))
+    assert acc == pytest.approx(best)
+    logits, spent, stage = policy.run_cascade(lambda a, xb, given: (table[tuple(a)][xb], [xb]), found,
+                                              torch.arange(n), [], lambda a: {}, cal.cost, cal.escalation_cost)
+    assert torch.equal(logits.argmax(1) == y, right) and torch.equal(spent, cost)
+
+
+def test_a_logistic_gate_ranks_wrong_answers_and_runs_frozen_exactly():
+    """fit_gate learns which answers are wrong from the logits (here: flat rows, high entropy,
+    are the wrong ones); a gated cascade round-trips its file form, escalates exactly the inputs
+    whose gate score is below its threshold, and its frozen run equals the search's outcome."""
+    n = 300
+    gen = torch.Generator().manual_seed(4)
+    y = torch.randint(0, 10, (n,), generator=gen)
+    wrong = torch.rand(n, generator=gen) < 0.3
+    logits = torch.randn(n, 10, generator=gen)
+    answer = torch.where(wrong, (y + 1) % 10, y)
+    logits[torch.arange(n), answer] += torch.where(wrong, 1.0, 4.0)  # wrong answers are less sure
+    cal = Calibration(governed_mlp(), torch.arange(n), y, forward_at=lambda a, xb: logits[xb])
+    gate = policy.fit_gate(cal, (2, 2))
+    assert gate is not None and len(gate) == len(policy.GATE_FEATURES) + 1
+    score = policy.stage_score(logits, gate)
+    ranked = score.argsort()[:int(wrong.sum())]  # the lowest scores: most likely wrong
+    assert float(wrong[ranked].double().mean()) > 0.6  # 30% of all answers are wrong
+    right = Calibration(governed_mlp(), torch.arange(n), logits.argmax(1), forward_at=lambda a, xb: logits[xb])
+    assert policy.fit_gate(right, (2, 2)) is None  # every answer right: nothing to fit, the margin
+
+    model = governed_mlp()
+    x = inputs(60, seed=6)
+    cheap = policy.eval_at(model, (2, 2), x)
+    labels = policy.eval_at(model, (8, 8), x).argmax(1)
+    live = Calibration(model, x, labels)
+    gate = policy.fit_gate(live, (2, 2))
+    threshold = float(policy.stage_score(cheap, gate).median())
+    cascade = Cascade(((2, 2), (8, 8)), (threshold,), (gate,))
+    assert Cascade.from_dict(cascade.to_dict()) == cascade and "gate <" in cascade.describe()
+    frozen = policy.FrozenCascade.from_model(model, cascade)
+    got = frozen(x)
+    escalated = frozen.last_stage == 1
+    assert torch.equal(escalated, policy.stage_score(cheap, gate) < threshold) and 0 < int(escalated.sum()) < 60
+    assert torch.equal(got[~escalated], cheap[~escalated])
+    assert torch.equal(got[escalated], policy.eval_at(model, (8, 8), x)[escalated])
+    right_live, cost = policy.outcome(live, cascade)
+    assert torch.equal(right_live, got.argmax(1) == labels) and torch.equal(cost, frozen.last_bitops)
+    with pytest.raises(ValueError, match="gates"):
+        Cascade(((2, 2), (8, 8)), (threshold,), ((1.0, 2.0),))
+
+
+def test_cross_fitting_scores_each_input_with_a_policy_fitted_without_it():
+    """crossfit: the folds partition the inputs; each input's out-of-fold outcome is that of the
+    family fitted on the other folds (recomputed here for every fold)."""
+    cal, _ = designed_calibration(n=80)
+    cands = policy.Candidates(((2, 2), (3, 2), (4, 4), (8, 8)), ((2, 2), (4, 4), (8, 8)))
+    budget = cal.cost((4, 4))
+    folds = policy.select.folds(80, 5)
+    assert sorted(torch.cat(folds).tolist()) == list(range(80)) and {len(f) for f in folds} == {16}
+    oof = policy.crossfit(cal, cands, budget, k=5)
+    assert set(oof) == set(policy.FAMILIES)
+    for held in folds:
+        keep = torch.ones(80, dtype=torch.bool)
+        keep[held] = False
+        fit_on = cal.subset(torch.nonzero(keep).flatten())
+        for family, fit in policy.FAMILIES.items():
+            fitted = fit(fit_on, cands, budget)
+            right, cost = policy.outcome(cal.subset(held), fitted)
+            assert torch.equal(oof[family][0][held], right) and torch.equal(oof[family][1][held], cost), family
+    static = oof["static"]
+    assert torch.equal(static[0], cal.correct((4, 4))) and bool((static[1] == budget).all())
+
+
+def test_the_choice_spends_the_budget_unless_the_data_says_otherwise():
+    """choose: where the static width spends the budget, a family has to beat it beyond 2 paired
+    SE out of fold (then the most accurate such); where it leaves budget unspent, the families
+    that spend it are deployed unless clearly worse, the most accurate of them."""
+    n = 200
+    base = torch.zeros(n, dtype=torch.bool)
+    base[:150] = True
+    cost = lambda c: torch.full((n,), float(c), dtype=torch.float64)  # noqa: E731
+    slight = base.clone()
+    slight[150:153] = True  # +1.5 pp: inside 2 SE
+    clear = base.clone()
+    clear[150:180] = True  # +15 pp
+    worse = base.clone()
+    worse[100:150] = False  # -25 pp
+    family, stats = policy.choose({"static": (base, cost(4)), "cascade": (slight, cost(3.9))}, budget=4.0)
+    assert family == "static" and stats["cascade"]["gain"] == pytest.approx(0.015) and stats["static"]["gain"] == 0.0
+    family, _ = policy.choose({"static": (base, cost(4)), "cascade": (slight, cost(3.9)),
+                               "cascade3": (clear, cost(3.0)), "escalation": (clear, cost(3.5))}, budget=4.0)
+    assert family == "escalation"  # both beat it clearly, equally: the dearer
+    # budget 3, the static width costs 2: spend it unless clearly worse
+    family, _ = policy.choose({"static": (base, cost(2)), "cascade": (base, cost(3))}, budget=3.0)
+    assert family == "cascade"
+    family, _ = policy.choose({"static": (base, cost(2)), "cascade": (worse, cost(3))}, budget=3.0)
+    assert family == "static"
+    family, _ = policy.choose({"static": (base, cost(2)), "cascade": (base, cost(3)), "cascade3": (slight, cost(2.8)),
+                               "allocation": (clear, cost(2.2))}, budget=3.0)
+    assert family == "cascade3"  # the allocation spends under 90% of the dearest: the best spender
+
+
+def test_calibrated_policies_hold_every_family_and_deploy_the_cross_fitted_choice():
     model = governed_mlp()
     x = inputs(200)
     y = model.set_bits(8)(x).argmax(1)  # the widest width's answers as labels: lower widths err
     table = policy.calibrate_policies(model, x, y, (2.5, 3.0, 4.0))
     cal = Calibration(model, x, y)
+    cands = policy.Candidates(tuple(policy.candidate_allocations(model, cal)),
+                              tuple(policy.uniform(model, b) for b in (2, 3, 4, 8)))
     for i, b in enumerate(table.budgets):
-        a, c, e = table.allocation[i], table.cascade[i], table.escalation[i]
-        assert a is not None and c is not None and e is not None
-        assert all(len(set(stage)) == 1 for stage in c.stages)  # uniform widths
-        assert e == c or policy.better_by(cal, e, c, policy.PER_LAYER_MARGIN_SE)
-        stats = policy.evaluate_cascade(model, e, x, y)
-        assert stats["accuracy"] >= float(policy.cascade_correct(cal, c).float().mean())
-        assert stats["bitops"] <= model.uniform_bitops(b) * (1 + 1e-9)
+        budget = model.uniform_bitops(b) * (1 + 1e-9)
+        family, stats = policy.choose(policy.crossfit(cal, cands, budget), budget)
+        assert table.deployed_family[i] == family and table.out_of_fold[i] == stats
+        fitted = policy.FAMILIES[family](cal, cands, budget)
+        assert table.deployed[i] == fitted
+        assert all(len(set(stage)) == 1 for stage in table.cascade[i].stages)  # uniform widths
+        widest = max(w for w in (2, 3, 4, 8) if policy.allocation_bitops(model, (w, w)) <= budget)
+        if family == "static":
+            assert table.deployed[i] == Cascade(((widest, widest),))
+        run = policy.evaluate_cascade(model, table.deployed[i], x, y)  # the frozen integer programs
+        right, spent = policy.outcome(cal, table.deployed[i])  # the search's cached logits
+        assert float(spent.mean()) <= budget and run["accuracy"] == pytest.approx(float(right.double().mean()))
+        assert run["bitops"] == pytest.approx(float(spent.mean()))
     assert table.controller_codes[0] is not None
 
 
@@ -153,13 +303,14 @@ def test_policies_survive_save_and_load(tmp_path):
     model.save(tmp_path / "m.pt")
     loaded = dq.DQTModel.load(tmp_path / "m.pt")
     assert policy.PolicyTable.from_dict(loaded.policies) == table
-    runner = policy.escalation_at(loaded, 3.0)
+    runner = policy.deployed_at(loaded, 3.0)
     direct = policy.FrozenCascade.from_model(model, table.at(3.0))
     assert runner.cascade == table.at(3.0) and torch.equal(runner(x), direct(x))
-    with pytest.raises(ValueError, match="no escalation policy calibrated for budget 2.0"):
-        policy.escalation_at(loaded, 2.0)
+    assert policy.escalation_at(loaded, 3.0).cascade == table.at(3.0, "escalation")
+    with pytest.raises(ValueError, match="no deployed policy calibrated for budget 2.0"):
+        policy.deployed_at(loaded, 2.0)
     with pytest.raises(ValueError, match="no calibrated width policies"):
-        policy.escalation_at(governed_mlp(), 3.0)
+        policy.deployed_at(governed_mlp(), 3.0)
 
 
 def test_bad_cascades_are_refused():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dqt_triton import DQTModel
+from dqt_triton import DQTModel, policy
 from dqt_triton.checkpoint import load_file
 from dqt_triton.cli import main
 from dqt_triton.training import POLICY_BUDGETS, TrainConfig, Trainer, load_dataset, split_training_set
@@ -31,7 +31,7 @@ def test_train_prints_the_results_table_and_writes_its_files(tmp_path, capsys):
     out = capsys.readouterr().out
     modes = [line.split()[0] + " " + line.split()[1] for line in out.splitlines() if line.startswith("static")]
     assert modes == ["static 8-bit", "static 4-bit", "static 2-bit"]
-    assert any(line.startswith("escalation ") for line in out.splitlines())  # the dynamic mode, at --budget
+    assert any(line.startswith("deployed ") for line in out.splitlines())  # the deployed policy, at --budget
     assert any(line.startswith("controller ") for line in out.splitlines())  # the paper's
     assert "agreement" in out
     for name in ("model.pt", "train_state.pt", "metrics.csv", "metrics.jsonl", "results.json"):
@@ -39,7 +39,8 @@ def test_train_prints_the_results_table_and_writes_its_files(tmp_path, capsys):
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3] and [m["phase"] for m in metrics] == ["qat8", "dqt", "dqt"]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert [r["mode"] for r in results["rows"]][3:] == ["escalation", "controller"]
+    assert [r["mode"] for r in results["rows"]][3:] == ["deployed", "controller"]
+    assert results["rows"][3]["family"] in policy.FAMILIES
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in results["rows"])
     assert results["rows"][3]["budget_bits"] == 4.0 and abs(sum(results["rows"][3]["histogram"].values()) - 1) < 1e-9
 
@@ -47,12 +48,20 @@ def test_train_prints_the_results_table_and_writes_its_files(tmp_path, capsys):
     budget_lines = [ln for ln in out.splitlines() if ln[:4] in {f"{b:<4.2f}"[:4] for b in POLICY_BUDGETS}]
     assert "Width policies at run-time budgets" in out and len(budget_lines) == len(POLICY_BUDGETS)
     assert [r["budget_bits"] for r in results["budgets"]] == list(POLICY_BUDGETS)
-    assert all(r["escalation"]["bitops"] > 0 and r["hull_at_escalation"] is not None for r in results["budgets"])
+    for r in results["budgets"]:  # against the best static choice within the budget, on the same test split
+        assert r["deployed"]["bitops"] > 0 and r["hull_at_deployed"] is not None and r["deployed_family"] in policy.FAMILIES
+        static = r["best_static"]
+        within = lambda row: row is not None and row["bitops"] <= r["budget_bitops"] * (1 + 1e-9)  # noqa: E731
+        fits = [row["accuracy"] for row in [*results["rows"][:3], r["allocation"]] if within(row)]
+        assert static["accuracy"] == max(fits)
+        assert r["gain_over_static"] == pytest.approx(r["deployed"]["accuracy"] - static["accuracy"])
+        assert r["gain_se"] >= 0.0 and set(r["out_of_fold"]) <= set(policy.FAMILIES)
+    assert any(ln.startswith("verdict: ") for ln in out.splitlines())
 
     assert main(["eval", str(tmp_path / "model.pt")]) == 0
     eval_out = capsys.readouterr().out
-    assert [ln for ln in eval_out.splitlines() if ln.startswith(("static", "escalation", "controller"))] == \
-        [ln for ln in out.splitlines() if ln.startswith(("static", "escalation", "controller"))]
+    assert [ln for ln in eval_out.splitlines() if ln.startswith(("static", "deployed", "controller", "verdict"))] == \
+        [ln for ln in out.splitlines() if ln.startswith(("static", "deployed", "controller", "verdict"))]
     assert [ln for ln in eval_out.splitlines() if ln in budget_lines] == budget_lines
 
     # dqt allocate: the calibrated allocation at a reported budget, a fresh search at another
