@@ -119,7 +119,7 @@ def test_three_stage_search_matches_brute_force_over_its_grid():
     budget = 0.5 * (cal.cost((3, 2)) + cal.cost((8, 8)))
     found = policy.best_cascade3(cal, allocs, budget)
     assert found is not None and len(found.stages) == 3
-    right, cost = policy.outcome(cal, found)
+    right, cost, _ = policy.outcome(cal, found)
     acc = float(right.double().mean())
     assert float(cost.mean()) <= budget * (1 + 1e-12)
     best = 0.0
@@ -181,8 +181,9 @@ def test_a_logistic_gate_ranks_wrong_answers_and_runs_frozen_exactly():
     assert torch.equal(escalated, policy.stage_score(cheap, gate) < threshold) and 0 < int(escalated.sum()) < 60
     assert torch.equal(got[~escalated], cheap[~escalated])
     assert torch.equal(got[escalated], policy.eval_at(model, (8, 8), x)[escalated])
-    right_live, cost = policy.outcome(live, cascade)
+    right_live, cost, stage = policy.outcome(live, cascade)
     assert torch.equal(right_live, got.argmax(1) == labels) and torch.equal(cost, frozen.last_bitops)
+    assert torch.equal(stage, frozen.last_stage)
     with pytest.raises(ValueError, match="gates"):
         Cascade(((2, 2), (8, 8)), (threshold,), ((1.0, 2.0),))
 
@@ -203,7 +204,7 @@ def test_cross_fitting_scores_each_input_with_a_policy_fitted_without_it():
         fit_on = cal.subset(torch.nonzero(keep).flatten())
         for family, fit in policy.FAMILIES.items():
             fitted = fit(fit_on, cands, budget)
-            right, cost = policy.outcome(cal.subset(held), fitted)
+            right, cost, _ = policy.outcome(cal.subset(held), fitted)
             assert torch.equal(oof[family][0][held], right) and torch.equal(oof[family][1][held], cost), family
     static = oof["static"]
     assert torch.equal(static[0], cal.correct((4, 4))) and bool((static[1] == budget).all())
@@ -257,7 +258,7 @@ def test_calibrated_policies_hold_every_family_and_deploy_the_cross_fitted_choic
         if family == "static":
             assert table.deployed[i] == Cascade(((widest, widest),))
         run = policy.evaluate_cascade(model, table.deployed[i], x, y)  # the frozen integer programs
-        right, spent = policy.outcome(cal, table.deployed[i])  # the search's cached logits
+        right, spent, _ = policy.outcome(cal, table.deployed[i])  # the search's cached logits
         assert float(spent.mean()) <= budget and run["accuracy"] == pytest.approx(float(right.double().mean()))
         assert run["bitops"] == pytest.approx(float(spent.mean()))
     assert table.controller_codes[0] is not None

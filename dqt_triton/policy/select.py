@@ -172,19 +172,22 @@ def best_cascade3(cal: Calibration, allocs: Sequence[Allocation], budget: float)
     return None if best is None else best[1]
 
 
-def outcome(cal: Calibration, cascade: Cascade) -> tuple[Tensor, Tensor]:
-    """Per input of `cal`: whether `cascade` answers right, and its BitOPs (every pass counted,
-    a later pass paying only the layers it recomputes), from the cached logits."""
+def outcome(cal: Calibration, cascade: Cascade) -> tuple[Tensor, Tensor, Tensor]:
+    """Per input of `cal`: whether `cascade` answers right, its BitOPs (every pass counted, a
+    later pass paying only the layers it recomputes) and the stage it ends at, from the cached
+    logits: what `FrozenCascade` computes (a later pass resumes to the same logits)."""
     prev = cascade.stages[0]
     logits = cal.logits(prev)
     cost = torch.full((len(cal.y),), cal.cost(prev), dtype=torch.float64)
+    stage = torch.zeros(len(cal.y), dtype=torch.long)
     active = torch.ones(len(cal.y), dtype=torch.bool)
     for i, (alloc, threshold) in enumerate(zip(cascade.stages[1:], cascade.thresholds)):
         active = active & (stage_score(logits, cascade.gate(i)) < threshold)
         logits = torch.where(active[:, None], cal.logits(alloc), logits)
         cost = cost + active.double() * cal.escalation_cost(prev, alloc)
+        stage = torch.where(active, i + 1, stage)
         prev = alloc
-    return logits.argmax(1) == cal.y, cost
+    return logits.argmax(1) == cal.y, cost, stage
 
 
 def folds(n: int, k: int = FOLDS, seed: int = FOLD_SEED) -> list[Tensor]:
@@ -211,7 +214,7 @@ def crossfit(cal: Calibration, cands: Candidates, budget: float, k: int = FOLDS,
             if fitted is None:
                 result[f] = None
                 continue
-            right, cost = outcome(score_on, fitted)
+            right, cost, _ = outcome(score_on, fitted)
             result[f][0][held], result[f][1][held] = right, cost
     return result
 
