@@ -385,3 +385,25 @@ def test_character_widths_reads_a_character_model_run(tmp_path):
     assert -1.0 <= harm["held_out"]["predicted"]["correlation_low"] <= 1.0
     with pytest.raises(ValueError, match="not candidates"):
         token_probes.token_harm(tmp_path / "token-s0")  # 5 bits is no candidate of this run
+
+
+def test_router_probe_measures_what_early_features_know(tmp_path):
+    """bench.router_probe: the AUC is the rank statistic (ties half), and on a tiny run each
+    cascade's router and margin AUCs are probabilities over its calibration split."""
+    import torch
+
+    from bench import router_probe
+    from dqt_triton.cli import main
+
+    assert router_probe.auc(torch.tensor([3.0, 2.0, 1.0, 0.0]), torch.tensor([True, True, False, False])) == 1.0
+    assert router_probe.auc(torch.tensor([1.0, 1.0, 0.0]), torch.tensor([True, False, False])) == 0.75
+    assert main(["train", "--model", "mlp", "--width", "8", "--limit", "256", "--warmup-epochs", "1", "--epochs", "1",
+                 "--bits", "2", "4", "8", "--policy-budgets", "2.5", "3", "--out", str(tmp_path / "run")]) == 0
+    rows = router_probe.probe(tmp_path / "run", (2.5, 3.0))
+    assert rows and {r["budget_bits"] for r in rows} <= {2.5, 3.0}
+    for r in rows:
+        assert r["samples"] == 51 and 0.0 < r["escalated_share"] <= 1.0
+        assert all(0.0 <= r[k] <= 1.0 or r[k] != r[k] for k in ("router_auc_escalated", "router_auc_wrong",
+                                                                 "margin_auc_wrong"))
+    router_probe.main([str(tmp_path / "run"), "--budgets", "2.5", "3", "--out", str(tmp_path / "probe.md")])
+    assert "router AUC: escalated" in (tmp_path / "probe.md").read_text()
