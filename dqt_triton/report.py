@@ -64,9 +64,10 @@ def format_budgets(budgets: list, unit: float) -> str:
                      + " ".join(f"{cell(r[k]):>15}" for k in ("allocation", "cascade", "escalation", "cascade3",
                                                               "gated", "controller")))
     lines.append("best static: the best of the uniform widths and the calibrated allocation that fit the budget, on "
-                 "the test split.\ndeployed: chosen out of fold (5-fold cross-fitting on the calibration split): of the "
-                 "families within 2 paired SE of\nthe best, those that spend the budget, and of those the most "
-                 "accurate. gain: deployed - best static, ± paired SE.\n* the hull of the uniform widths at the deployed "
+                 "the test split.\ndeployed: chosen out of fold (5-fold cross-fitting on the calibration split): where the "
+                 "static width spends the budget,\na family that beats it by more than 2 paired SE; where it leaves "
+                 "budget unspent, the best family that spends it\nunless clearly worse. gain: deployed - best static, "
+                 "± paired SE.\n* the hull of the uniform widths at the deployed "
                  "policy's own BitOPs (forgives unspent budget). Cascades: every input at a\ncheap width, the inputs "
                  "whose top-1 margin is below a calibrated threshold again at a dearer one, resuming from\nthe layers "
                  "both share (every pass counted).")
@@ -74,28 +75,34 @@ def format_budgets(budgets: list, unit: float) -> str:
 
 
 def verdict(results: dict) -> Optional[str]:
-    """Plain advice from `results_table`'s budgets: what to deploy at the deployment budget and
-    where dynamic widths pay on the test split (gain over the best static choice beyond 2 SE)."""
+    """Plain advice from `results_table`'s budgets: what to deploy at the deployment budget, and
+    where dynamic widths were deployed, the largest gain over the best static choice on the test
+    split and whether it is beyond two standard errors."""
     budgets = results.get("budgets")
     deployment = next((r for r in results["rows"] if r["mode"] == "deployed"), None)
     if not budgets or deployment is None:
         return None
     at = next(r for r in budgets if r["budget_bits"] == deployment["budget_bits"])
+
+    def versus(r: dict) -> str:
+        if r["gain_over_static"] is None:
+            return ""
+        return (f"{100 * r['gain_over_static']:+.1f} ± {100 * r['gain_se']:.1f} pp against the best static choice "
+                f"({r['best_static']['mode']})")
+
     b = f"{at['budget_bits']:g} bits"
-    static = at["best_static"]
     if at["deployed_family"] == "static":
-        first = f"no dynamic policy beat the static width out of fold at {b}: deploy {at['deployed']['policy']['stages'][0][0]}-bit static"
+        width = at["deployed"]["policy"]["stages"][0][0]
+        text = (f"at {b} deploy static {width}-bit: no dynamic policy beat it out of fold on the calibration split "
+                f"(test: {versus(at)})")
     else:
-        first = f"deploy {at['deployed_family']} at {b}"
-    if at["gain_over_static"] is not None:
-        first += (f" (test: {100 * at['gain_over_static']:+.1f} ± {100 * at['gain_se']:.1f} pp against the best static "
-                  f"choice, {static['mode']})")
-    pays = [r for r in budgets if r["deployed_family"] != "static" and r["gain_over_static"] is not None
-            and r["gain_over_static"] > 2 * r["gain_se"]]
-    if pays:
-        best = max(pays, key=lambda r: r["gain_over_static"])
-        first += (f"; dynamic widths gain {100 * best['gain_over_static']:+.1f} ± {100 * best['gain_se']:.1f} pp at "
-                  f"{best['budget_bits']:g} bits ({best['deployed_family']})")
+        text = f"at {b} deploy the {at['deployed_family']} policy (test: {versus(at)})"
+    dynamic = [r for r in budgets if r["deployed_family"] != "static" and r["gain_over_static"] is not None]
+    if dynamic:
+        best = max(dynamic, key=lambda r: r["gain_over_static"])
+        clear = best["gain_over_static"] > 2 * best["gain_se"]
+        text += (f"; dynamic widths gain most at {best['budget_bits']:g} bits: {versus(best)}, "
+                 f"{'beyond 2 SE' if clear else 'within noise on this test split'} ({best['deployed_family']})")
     else:
-        first += "; no budget where dynamic widths beat static ones beyond 2 SE on this test split"
-    return "verdict: " + first + "."
+        text += "; no budget deploys dynamic widths"
+    return "verdict: " + text + "."
