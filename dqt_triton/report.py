@@ -47,26 +47,31 @@ def format_budgets(budgets: list, unit: float) -> str:
     def gain(r: dict) -> str:
         return "-" if r["gain_over_static"] is None else f"{100 * r['gain_over_static']:+.1f} ± {100 * r['gain_se']:.1f}"
 
+    def out_of_fold(r: dict) -> str:  # the deployed family's out-of-fold gain over the static width
+        row = (r.get("out_of_fold") or {}).get(r["deployed_family"], {})
+        return "-" if "gain" not in row else f"{100 * row['gain']:+.1f} ± {100 * row['se']:.1f}"
+
     def static(r: dict) -> str:
         s = r["best_static"]
         return "-" if s is None else f"{s['accuracy']:.4f} {s['mode'].removeprefix('static ')}"
 
-    head = ["budget", "best static", "deployed", "family", "gain pp", "hull*", "allocation", "uniform cascade",
+    head = ["budget", "best static", "deployed", "family", "gain pp", "oof pp", "hull*", "allocation", "uniform cascade",
             "escalation", "3-stage cascade", "gated cascade", "controller"]
     lines = ["Width policies at run-time budgets (test accuracy @ BitOPs / uniform 4; fitted and chosen on the "
              "held-out calibration split):",
-             f"{head[0]:<6} {head[1]:>18} {head[2]:>15} {head[3]:>10} {head[4]:>11} {head[5]:>7} "
-             + " ".join(f"{h:>15}" for h in head[6:])]
+             f"{head[0]:<6} {head[1]:>18} {head[2]:>15} {head[3]:>10} {head[4]:>11} {head[5]:>11} {head[6]:>7} "
+             + " ".join(f"{h:>15}" for h in head[7:])]
     for r in budgets:
         hull = r["hull_at_deployed"]
         lines.append(f"{r['budget_bits']:<6.2f} {static(r):>18} {cell(r['deployed']):>15} {r['deployed_family']:>10} "
-                     f"{gain(r):>11} {'-' if hull is None else f'{hull:.4f}':>7} "
+                     f"{gain(r):>11} {out_of_fold(r):>11} {'-' if hull is None else f'{hull:.4f}':>7} "
                      + " ".join(f"{cell(r[k]):>15}" for k in ("allocation", "cascade", "escalation", "cascade3",
                                                               "gated", "controller")))
     lines.append("best static: the best of the uniform widths and the calibrated allocation that fit the budget, on "
                  "the test split.\ndeployed: chosen out of fold (5-fold cross-fitting on the calibration split): where the "
                  "static width spends the budget,\na family that beats it by more than 2 paired SE; where it leaves "
                  "budget unspent, the best family that spends it\nunless clearly worse. gain: deployed - best static, "
+                 "± paired SE;\noof: the deployed family's out-of-fold gain over the static width the budget affords, "
                  "± paired SE.\n* the hull of the uniform widths at the deployed "
                  "policy's own BitOPs (forgives unspent budget). Cascades: every input at a\ncheap width, the inputs "
                  "whose top-1 margin is below a calibrated threshold again at a dearer one, resuming from\nthe layers "

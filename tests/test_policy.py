@@ -296,6 +296,30 @@ def test_frozen_escalation_equals_eval_and_each_stage_bit_for_bit(backend, dear)
     assert stats["stage_shares"] == pytest.approx([1 - share, share])
 
 
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_a_frozen_three_stage_gated_cascade_equals_the_models_policy(backend):
+    """A three-stage cascade with a gate on its first transition and the margin on its second,
+    frozen and run on each CPU backend, gives every input the logits of its last stage's full
+    pass, the stage and the BitOPs the model's own policy (cached eval logits) computes."""
+    model = governed_mlp()
+    x = inputs(48, seed=8)
+    labels = policy.eval_at(model, (8, 8), x).argmax(1)
+    cal = Calibration(model, x, labels)
+    gate = policy.fit_gate(cal, (2, 2))
+    first = float(policy.stage_score(cal.logits((2, 2)), gate).quantile(0.6))
+    second = float(policy.top1_margin(cal.logits((3, 3))).quantile(0.5))
+    cascade = Cascade(((2, 2), (3, 3), (8, 8)), (first, second), (gate, None))
+    right, cost, stage = policy.outcome(cal, cascade)
+    assert set(stage.tolist()) == {0, 1, 2}
+    with dq.use_backend(backend):
+        frozen = policy.FrozenCascade.from_model(model, cascade)
+        logits = frozen(x)
+    assert torch.equal(frozen.last_stage, stage) and torch.equal(frozen.last_bitops, cost)
+    for i, alloc in enumerate(cascade.stages):
+        assert torch.equal(logits[stage == i], cal.logits(alloc)[stage == i])
+    assert torch.equal(logits.argmax(1) == labels, right)
+
+
 def test_policies_survive_save_and_load(tmp_path):
     model = governed_mlp()
     x = inputs(64)
