@@ -50,27 +50,18 @@ def early_features(model, x: torch.Tensor, alloc) -> torch.Tensor:
     return v.flatten(2).mean(2) if v.dim() > 2 else v
 
 
-def out_of_fold_scores(features: torch.Tensor, target: torch.Tensor, folds: int = 5, ridge: float = 1e-2) -> torch.Tensor:
-    """Logistic regression (Newton's method, standardized features, a small ridge) fitted on
-    folds-1 folds and scored on the held-out one, for every fold."""
+def out_of_fold_scores(features: torch.Tensor, target: torch.Tensor, folds: int = 5) -> torch.Tensor:
+    """A logistic regression (`policy.select.logistic_fit`) fitted on folds-1 folds and scored
+    on the held-out one, for every fold."""
     from dqt_triton.policy.select import folds as make_folds
+    from dqt_triton.policy.select import logistic_fit
 
-    n = len(target)
-    scores = torch.zeros(n, dtype=torch.float64)
-    y = target.double()
-    for held in make_folds(n, folds):
-        keep = torch.ones(n, dtype=torch.bool)
+    scores = torch.zeros(len(target), dtype=torch.float64)
+    for held in make_folds(len(target), folds):
+        keep = torch.ones(len(target), dtype=torch.bool)
         keep[held] = False
-        f = features[keep]
-        mu, sd = f.mean(0), f.std(0).clamp_min(1e-9)
-        x = torch.cat([(f - mu) / sd, torch.ones(len(f), 1, dtype=torch.float64)], 1)
-        w = torch.zeros(x.shape[1], dtype=torch.float64)
-        eye = torch.eye(x.shape[1], dtype=torch.float64) * ridge
-        for _ in range(25):
-            p = torch.sigmoid(x @ w)
-            w = w - torch.linalg.solve(x.T @ (x * (p * (1 - p))[:, None]) + eye, x.T @ (p - y[keep]) + eye @ w)
-        xh = torch.cat([(features[held] - mu) / sd, torch.ones(len(held), 1, dtype=torch.float64)], 1)
-        scores[held] = xh @ w
+        weights, bias = logistic_fit(features[keep], target[keep])
+        scores[held] = features[held] @ weights + bias
     return scores
 
 

@@ -84,26 +84,31 @@ def fit_gated(cal: Calibration, cands: Candidates, budget: float) -> Optional[Ca
     return None if found is None else found[0]
 
 
-def fit_gate(cal: Calibration, alloc: Allocation, ridge: float = 1e-2, steps: int = 30) -> Optional[tuple]:
+def fit_gate(cal: Calibration, alloc: Allocation) -> Optional[tuple]:
     """A logistic gate on `cal`'s logits at `alloc`: the log-odds that its answer is wrong from
-    `cascade.GATE_FEATURES` (Newton's method on standardized features, a small ridge), as weights on the
-    raw features and a bias (`cascade.stage_score`); None when every answer is right or every
-    one wrong (nothing to fit: the margin then)."""
-    f = gate_features(cal.logits(alloc))
-    wrong = (~cal.correct(alloc)).double().cpu()
-    if float(wrong.min()) == float(wrong.max()):
+    `cascade.GATE_FEATURES` (`logistic_fit`), as weights and a bias (`cascade.stage_score`);
+    None when every answer is right or every one wrong (nothing to fit: the margin then)."""
+    wrong = ~cal.correct(alloc).cpu()
+    if bool(wrong.all()) or not bool(wrong.any()):
         return None
-    mu, sd = f.mean(0), f.std(0).clamp_min(1e-12)
-    x = torch.cat([(f - mu) / sd, torch.ones(len(f), 1, dtype=torch.float64)], 1)
+    weights, bias = logistic_fit(gate_features(cal.logits(alloc)), wrong)
+    return (*(float(v) for v in weights), bias)
+
+
+def logistic_fit(features: Tensor, target: Tensor, ridge: float = 1e-2, steps: int = 30) -> tuple[Tensor, float]:
+    """Logistic regression of a boolean `target` on float64 `features` [N, F]: Newton's method on
+    standardized features with a small ridge (deterministic), returned as weights on the raw
+    features and a bias."""
+    y = target.double()
+    mu, sd = features.mean(0), features.std(0).clamp_min(1e-12)
+    x = torch.cat([(features - mu) / sd, torch.ones(len(features), 1, dtype=torch.float64)], 1)
     w = torch.zeros(x.shape[1], dtype=torch.float64)
     eye = torch.eye(x.shape[1], dtype=torch.float64) * ridge
     for _ in range(steps):
         p = torch.sigmoid(x @ w)
-        grad = x.T @ (p - wrong) + eye @ w
-        hess = x.T @ (x * (p * (1 - p))[:, None]) + eye
-        w = w - torch.linalg.solve(hess, grad)
+        w = w - torch.linalg.solve(x.T @ (x * (p * (1 - p))[:, None]) + eye, x.T @ (p - y) + eye @ w)
     raw = w[:-1] / sd
-    return (*(float(v) for v in raw), float(w[-1] - (raw * mu).sum()))
+    return raw, float(w[-1] - (raw * mu).sum())
 
 
 def _front(cal: Calibration, cands: Candidates) -> list:
@@ -257,5 +262,5 @@ def choose(out_of_fold: dict, budget: float, z: float = TIE_SE, spend_share: flo
     return max(pick, key=lambda f: (stats[f]["accuracy"], stats[f]["bitops"])), stats
 
 
-__all__ = ["Candidates", "FAMILIES", "fit_gate", "FOLDS", "SPEND_SHARE", "TIE_SE", "best_cascade3", "choose", "crossfit", "folds", "outcome",
+__all__ = ["Candidates", "FAMILIES", "fit_gate", "logistic_fit", "FOLDS", "SPEND_SHARE", "TIE_SE", "best_cascade3", "choose", "crossfit", "folds", "outcome",
            "paired_gain"]
