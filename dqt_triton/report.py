@@ -70,7 +70,7 @@ def format_budgets(budgets: list, unit: float) -> str:
     lines.append("best static: the best of the uniform widths and the calibrated allocation that fit the budget, on "
                  "the test split.\ndeployed: chosen out of fold (5-fold cross-fitting on the calibration split): where the "
                  "static width spends the budget,\na family that beats it by more than 2 paired SE; where it leaves "
-                 "budget unspent, the best family that spends it\nunless clearly worse. gain: deployed - best static, "
+                 "budget unspent, of the families within 2 SE\nof the best, the best that spends it. gain: deployed - best static, "
                  "± paired SE;\noof: the deployed family's out-of-fold gain over the static width the budget affords, "
                  "± paired SE.\n* the hull of the uniform widths at the deployed "
                  "policy's own BitOPs (forgives unspent budget). Cascades: every input at a\ncheap width, the inputs "

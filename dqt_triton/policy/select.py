@@ -17,8 +17,8 @@ by K-fold cross-fitting: fitted on K-1 folds of the calibration split, run on th
 so every calibration input is scored by a policy that never saw it. The out-of-fold data then
 decides (`choose`), and the chosen family is refitted on the whole split: where the static width
 spends the budget, a dynamic family has to beat it clearly; where the budget falls between two
-uniform widths, so that the narrower one leaves budget unspent, a family that spends it is
-deployed unless it is clearly worse.
+uniform widths, so that the narrower one leaves budget unspent, the families the data cannot
+tell from the best one are tied, and the most accurate of those that spend the budget wins.
 """
 
 from __future__ import annotations
@@ -237,29 +237,34 @@ def choose(out_of_fold: dict, budget: float, z: float = TIE_SE, spend_share: flo
 
     When the static width spends the budget (at least `spend_share` of it), it is deployed
     unless a family beats it out of fold by more than `z` paired standard errors (then the most
-    accurate of those). When it leaves budget unspent (a budget between two uniform widths), the
-    families that spend at least `spend_share` of what the dearest family spends and are not
-    clearly worse than it (gain above -`z` SE) are preferred, the most accurate of them; the
-    static width only when none is. Ties go to the dearer family."""
+    accurate of those). When it leaves budget unspent (a budget between two uniform widths): the
+    families the out-of-fold data cannot tell from the most accurate one (within `z` paired SE
+    of it), of those the ones spending at least `spend_share` of the dearest one's BitOPs, and
+    of those the most accurate. Ties go to the dearer family."""
     found = {f: v for f, v in out_of_fold.items() if v is not None}
     stats: dict = {}
     for f, (right, cost) in found.items():
         stats[f] = {"accuracy": float(right.double().mean()), "bitops": float(cost.mean())}
         if "static" in found:
             stats[f]["gain"], stats[f]["se"] = paired_gain(right, found["static"][0])
-    if "static" not in stats:  # nothing uniform fits: the most accurate family, if any
-        ranked = sorted(stats, key=lambda f: (stats[f]["accuracy"], stats[f]["bitops"]))
-        return (ranked[-1] if ranked else "static"), stats
-    others = [f for f in stats if f != "static"]
-    if stats["static"]["bitops"] >= spend_share * budget:
-        pick = [f for f in others if stats[f]["gain"] > 0 and stats[f]["gain"] > z * stats[f]["se"]]
-    else:
-        dearest = max((stats[f]["bitops"] for f in others), default=0.0)
-        pick = [f for f in others if stats[f]["bitops"] >= spend_share * dearest
-                and stats[f]["bitops"] > stats["static"]["bitops"] and stats[f]["gain"] >= -z * stats[f]["se"]]
-    if not pick:
+    if not stats:
         return "static", stats
-    return max(pick, key=lambda f: (stats[f]["accuracy"], stats[f]["bitops"])), stats
+
+    def most_accurate(families: list) -> str:
+        return max(families, key=lambda f: (stats[f]["accuracy"], stats[f]["bitops"]))
+
+    if "static" in stats and stats["static"]["bitops"] >= spend_share * budget:
+        pick = [f for f in stats if f != "static" and stats[f]["gain"] > 0 and stats[f]["gain"] > z * stats[f]["se"]]
+        return (most_accurate(pick) if pick else "static"), stats
+    best = most_accurate(list(stats))
+
+    def tied_with_best(f: str) -> bool:
+        behind, se = paired_gain(found[best][0], found[f][0])
+        return f == best or behind <= z * se
+
+    tied = [f for f in stats if tied_with_best(f)]
+    dearest = max(stats[f]["bitops"] for f in tied)
+    return most_accurate([f for f in tied if stats[f]["bitops"] >= spend_share * dearest]), stats
 
 
 __all__ = ["Candidates", "FAMILIES", "fit_gate", "logistic_fit", "FOLDS", "SPEND_SHARE", "TIE_SE", "best_cascade3", "choose", "crossfit", "folds", "outcome",
