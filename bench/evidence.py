@@ -398,7 +398,7 @@ def summarize(out: Path) -> dict:
                                    "checkpoint": {b: mean_se(c["accuracy"]) for b, c in s["checkpoint"].items()},
                                    "alone": {b: mean_se(v) for b, v in s["alone"].items()},
                                    "float": mean_se(s["float"])}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary) + "\n")  # one line: every run's rows make it large
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     _plot(table, out / "accuracy_vs_bitops.png")
     print("\n".join(lines))
