@@ -186,7 +186,7 @@ def best_cascade(cal: Calibration, allocs: Sequence[Allocation], budget: float,
         if c_lo >= budget:
             continue
         gate = gates(lo) if gates is not None else None
-        m = stage_score(cal.logits(lo), gate)
+        m = stage_score(cal.logits(lo), gate).to(cal.y.device)  # a gate scores on the host
         order = torch.argsort(m, stable=True)
         m_sorted = m[order]
         right_lo, nll_lo = cal.correct(lo)[order].double(), cal.nll_per_input(lo)[order]

@@ -182,17 +182,17 @@ def outcome(cal: Calibration, cascade: Cascade) -> tuple[Tensor, Tensor, Tensor]
     later pass paying only the layers it recomputes) and the stage it ends at, from the cached
     logits: what `FrozenCascade` computes (a later pass resumes to the same logits)."""
     prev = cascade.stages[0]
-    logits = cal.logits(prev)
+    logits, y = cal.logits(prev).cpu(), cal.y.cpu()  # on the host, as the gate's score and the costs
     cost = torch.full((len(cal.y),), cal.cost(prev), dtype=torch.float64)
     stage = torch.zeros(len(cal.y), dtype=torch.long)
     active = torch.ones(len(cal.y), dtype=torch.bool)
     for i, (alloc, threshold) in enumerate(zip(cascade.stages[1:], cascade.thresholds)):
         active = active & (stage_score(logits, cascade.gate(i)) < threshold)
-        logits = torch.where(active[:, None], cal.logits(alloc), logits)
+        logits = torch.where(active[:, None], cal.logits(alloc).cpu(), logits)
         cost = cost + active.double() * cal.escalation_cost(prev, alloc)
         stage = torch.where(active, i + 1, stage)
         prev = alloc
-    return logits.argmax(1) == cal.y, cost, stage
+    return logits.argmax(1) == y, cost, stage
 
 
 def folds(n: int, k: int = FOLDS, seed: int = FOLD_SEED) -> list[Tensor]:

@@ -18,7 +18,7 @@ from .search import Calibration, candidate_allocations
 
 log = logging.getLogger(__name__)
 
-FITTED = ("allocation", "cascade", "escalation", "cascade3", "gated")  # the families kept in the table besides `deployed`
+FITTED = ("allocation", "cascade", "escalation", "cascade3", "gated")  # families kept besides `deployed`
 
 
 @dataclass
@@ -45,8 +45,9 @@ class PolicyTable:
     def to_dict(self) -> dict:
         enc = lambda cs: [c.to_dict() if c is not None else None for c in cs]  # noqa: E731
         return {"budgets": list(self.budgets), "allocation": enc(self.allocation), "cascade": enc(self.cascade),
-                "escalation": enc(self.escalation), "cascade3": enc(self.cascade3), "gated": enc(self.gated), "deployed": enc(self.deployed),
-                "deployed_family": list(self.deployed_family), "out_of_fold": list(self.out_of_fold),
+                "escalation": enc(self.escalation), "cascade3": enc(self.cascade3), "gated": enc(self.gated),
+                "deployed": enc(self.deployed), "deployed_family": list(self.deployed_family),
+                "out_of_fold": list(self.out_of_fold),
                 "controller_codes": list(self.controller_codes), "calibration_size": self.calibration_size,
                 "deployment_budget": self.deployment_budget}
 
@@ -59,8 +60,8 @@ class PolicyTable:
         return cls([float(b) for b in d["budgets"]], dec(d["allocation"]), dec(d["cascade"]), dec(d["escalation"]),
                    list(d["controller_codes"]), int(d.get("calibration_size", 0)),
                    None if deployment is None else float(deployment), dec(d.get("cascade3", none)),
-                   dec(d.get("gated", none)), dec(d.get("deployed", d["escalation"])), list(d.get("deployed_family", ["escalation"] * len(none))),
-                   list(d.get("out_of_fold", none)))
+                   dec(d.get("gated", none)), dec(d.get("deployed", d["escalation"])),
+                   list(d.get("deployed_family", ["escalation"] * len(none))), list(d.get("out_of_fold", none)))
 
     def at(self, budget_bits: float, kind: str = "deployed") -> Optional[Cascade]:
         if budget_bits not in self.budgets:
@@ -101,7 +102,7 @@ def calibrate_policies(model, x: Tensor, y: Tensor, budgets_bits: Sequence[float
     return table
 
 
-def best_static(model, budget_bitops: float, static_rows: Sequence[dict], allocation: Optional[dict]) -> Optional[dict]:
+def best_static(budget_bitops: float, static_rows: Sequence[dict], allocation: Optional[dict]) -> Optional[dict]:
     """The best static choice costing at most `budget_bitops` on the rows' data: the uniform
     widths (`static_rows`: `training.evaluate` rows, with their "mode") and the calibrated
     per-layer allocation (an entry of `compare_policies`); None when none fits."""
@@ -146,14 +147,14 @@ def compare_policies(model, table: PolicyTable, x: Tensor, y: Tensor, static_row
             row["controller"] = {"budget_code": int(table.controller_codes[i]), **controller_stats(model, x, y)}
         else:
             row["controller"] = None
-        static = best_static(model, row["budget_bitops"], static_rows, row["allocation"])
+        static = best_static(row["budget_bitops"], static_rows, row["allocation"])
         row["best_static"] = static
         dep = row["deployed"]
         if static is not None and dep is not None:
             if static["mode"] == "allocation":
                 base = right["allocation"]
             else:
-                base = test.correct(uniform(model, int(static["mode"].split()[1].split("-")[0])))
+                base = test.correct(uniform(model, int(static["mode"].split()[1].split("-")[0]))).cpu()
             gain, se = select.paired_gain(right["deployed"], base)
             row["gain_over_static"], row["gain_se"] = gain, se
         else:
