@@ -29,10 +29,10 @@ from .select import (FAMILIES, FOLDS, SPEND_SHARE, TIE_SE, Candidates, best_casc
 from .table import (PolicyTable, best_static, calibrate_policies, compare_policies, deployed_at, escalation_at,
                     stage_histogram)
 
-__all__ = ["GATE_FEATURES", "gate_features", "stage_score", "fit_gate", "Allocation", "Cascade", "FrozenCascade", "allocation_bitops", "allocation_bits", "escalation_bitops",
-           "reusable_values", "run_cascade", "suffix_bitops", "top1_margin", "uniform", "cascade_run",
-           "cascade_statistics", "cost_statistics", "evaluate_cascade", "hull_accuracy", "EXHAUSTIVE_LIMIT",
-           "Calibration", "best_allocation", "best_cascade", "candidate_allocations", "eval_at", "frontier",
-           "greedy_path", "FAMILIES", "FOLDS", "SPEND_SHARE", "TIE_SE", "Candidates", "best_cascade3", "choose", "crossfit",
-           "outcome", "paired_gain", "PolicyTable", "best_static", "calibrate_policies", "compare_policies",
-           "deployed_at", "escalation_at", "stage_histogram"]
+__all__ = ["GATE_FEATURES", "Allocation", "Cascade", "FrozenCascade", "allocation_bitops", "allocation_bits",
+           "escalation_bitops", "gate_features", "reusable_values", "run_cascade", "stage_score", "suffix_bitops",
+           "top1_margin", "uniform", "cascade_run", "cascade_statistics", "cost_statistics", "evaluate_cascade",
+           "hull_accuracy", "EXHAUSTIVE_LIMIT", "Calibration", "best_allocation", "best_cascade",
+           "candidate_allocations", "eval_at", "frontier", "greedy_path", "FAMILIES", "FOLDS", "SPEND_SHARE", "TIE_SE",
+           "Candidates", "best_cascade3", "choose", "crossfit", "fit_gate", "outcome", "paired_gain", "PolicyTable",
+           "best_static", "calibrate_policies", "compare_policies", "deployed_at", "escalation_at", "stage_histogram"]

@@ -267,5 +267,5 @@ def choose(out_of_fold: dict, budget: float, z: float = TIE_SE, spend_share: flo
     return most_accurate([f for f in tied if stats[f]["bitops"] >= spend_share * dearest]), stats
 
 
-__all__ = ["Candidates", "FAMILIES", "fit_gate", "logistic_fit", "FOLDS", "SPEND_SHARE", "TIE_SE", "best_cascade3", "choose", "crossfit", "folds", "outcome",
-           "paired_gain"]
+__all__ = ["Candidates", "FAMILIES", "FOLDS", "SPEND_SHARE", "TIE_SE", "best_cascade3", "choose", "crossfit",
+           "fit_gate", "folds", "logistic_fit", "outcome", "paired_gain"]
