@@ -6,6 +6,12 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .policy import select
+
+
+def _pp(gain: float, se: float) -> str:
+    """A difference in accuracy and its standard error, in percentage points."""
+    return f"{100 * gain:+.1f} ± {100 * se:.1f}"
 
 def format_table(results: dict) -> str:
     perplexity = all("perplexity" in r for r in results["rows"])  # next-token targets: accuracy per token
@@ -45,18 +51,18 @@ def format_budgets(budgets: list, unit: float) -> str:
         return "-" if r is None else f"{r['accuracy']:.4f} @ {r['bitops'] / unit:.2f}"
 
     def gain(r: dict) -> str:
-        return "-" if r["gain_over_static"] is None else f"{100 * r['gain_over_static']:+.1f} ± {100 * r['gain_se']:.1f}"
+        return "-" if r["gain_over_static"] is None else _pp(r["gain_over_static"], r["gain_se"])
 
     def out_of_fold(r: dict) -> str:  # the deployed family's out-of-fold gain over the static width
         row = (r.get("out_of_fold") or {}).get(r["deployed_family"], {})
-        return "-" if "gain" not in row else f"{100 * row['gain']:+.1f} ± {100 * row['se']:.1f}"
+        return "-" if "gain" not in row else _pp(row["gain"], row["se"])
 
     def static(r: dict) -> str:
         s = r["best_static"]
         return "-" if s is None else f"{s['accuracy']:.4f} {s['mode'].removeprefix('static ')}"
 
-    head = ["budget", "best static", "deployed", "family", "gain pp", "oof pp", "hull*", "allocation", "uniform cascade",
-            "escalation", "3-stage cascade", "gated cascade", "controller"]
+    head = ["budget", "best static", "deployed", "family", "gain pp", "oof pp", "hull*", "allocation",
+            "uniform cascade", "escalation", "3-stage cascade", "gated cascade", "controller"]
     lines = ["Width policies at run-time budgets (test accuracy @ BitOPs / uniform 4; fitted and chosen on the "
              "held-out calibration split):",
              f"{head[0]:<6} {head[1]:>18} {head[2]:>15} {head[3]:>10} {head[4]:>11} {head[5]:>11} {head[6]:>7} "
@@ -68,14 +74,15 @@ def format_budgets(budgets: list, unit: float) -> str:
                      + " ".join(f"{cell(r[k]):>15}" for k in ("allocation", "cascade", "escalation", "cascade3",
                                                               "gated", "controller")))
     lines.append("best static: the best of the uniform widths and the calibrated allocation that fit the budget, on "
-                 "the test split.\ndeployed: chosen out of fold (5-fold cross-fitting on the calibration split): where the "
-                 "static width spends the budget,\na family that beats it by more than 2 paired SE; where it leaves "
-                 "budget unspent, of the families within 2 SE\nof the best, the best that spends it. gain: deployed - best static, "
-                 "± paired SE;\noof: the deployed family's out-of-fold gain over the static width the budget affords, "
-                 "± paired SE.\n* the hull of the uniform widths at the deployed "
-                 "policy's own BitOPs (forgives unspent budget). Cascades: every input at a\ncheap width, the inputs "
-                 "whose top-1 margin is below a calibrated threshold again at a dearer one, resuming from\nthe layers "
-                 "both share (every pass counted).")
+                 f"the test split.\ndeployed: chosen out of fold ({select.FOLDS}-fold cross-fitting on the "
+                 "calibration split): where the static width spends the budget,\na family that beats it by more than "
+                 f"{select.TIE_SE:g} paired SE; where it leaves budget unspent, of the families within "
+                 f"{select.TIE_SE:g} SE\nof the best, the best that spends it. gain: deployed - best static, ± paired "
+                 "SE;\noof: the deployed family's out-of-fold gain over the static width the budget affords, ± paired "
+                 "SE.\n* the hull of the uniform widths at the deployed policy's own BitOPs (forgives unspent budget). "
+                 "Cascades: every input at a\ncheap width, the inputs whose top-1 margin is below a calibrated "
+                 "threshold again at a dearer one, resuming from\nthe layers "
+"both share (every pass counted).")
     return "\n".join(lines)
 
 
@@ -92,7 +99,7 @@ def verdict(results: dict) -> Optional[str]:
     def versus(r: dict) -> str:
         if r["gain_over_static"] is None:
             return ""
-        return (f"{100 * r['gain_over_static']:+.1f} ± {100 * r['gain_se']:.1f} pp against the best static choice "
+        return (f"{_pp(r['gain_over_static'], r['gain_se'])} pp against the best static choice "
                 f"({r['best_static']['mode']})")
 
     b = f"{at['budget_bits']:g} bits"
